@@ -1,0 +1,171 @@
+"""One training recipe for every experiment: SGD with momentum, weight decay and a cosine schedule.
+
+On CUDA it runs in bf16 autocast with channels_last; data stay on the device (`DeviceLoader`) and
+the loop never waits on the host inside an epoch: the loss is summed on the device and read once per
+epoch. Masks attached by `snipnb.pruning.apply_masks` are enforced at every step.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .loader import DeviceLoader
+from .pruning import enforce_masks, masked_parameters
+
+SCHEDULES = ("cosine", "constant")
+
+
+def default_device() -> torch.device:
+    """CUDA if present, else Apple's MPS, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class History:
+    train_loss: list[float] = field(default_factory=list)  # mean over each epoch's examples
+    test_acc: list[float] = field(default_factory=list)  # after each epoch, in [0, 1]
+    seconds: float = 0.0
+    images: int = 0  # training images processed
+
+    @property
+    def best_acc(self) -> float:
+        """Best test accuracy over epochs. It selects on the test set, so it flatters; see final_acc."""
+        return max(self.test_acc) if self.test_acc else float("nan")
+
+    @property
+    def best_epoch(self) -> int:
+        return int(np.argmax(self.test_acc)) + 1 if self.test_acc else 0
+
+    @property
+    def final_acc(self) -> float:
+        return self.test_acc[-1] if self.test_acc else float("nan")
+
+
+def _loader(data, batch_size, device, channels_last, train, augment, seed):
+    if isinstance(data, DeviceLoader):
+        return data
+    return DeviceLoader(data, batch_size, shuffle=train, augment=augment and train, device=device,
+                        channels_last=channels_last, seed=seed)
+
+
+def _autocast(device: torch.device, amp: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data, *, batch_size: int = 2048, device=None, amp=None) -> float:
+    """Top-1 accuracy of `model` on `data` (an ImageData or a DeviceLoader), in [0, 1]."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    amp = device.type == "cuda" if amp is None else amp
+    loader = _loader(data, batch_size, device, device.type == "cuda", False, False, 0)
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    for x, y in loader:
+        with _autocast(device, amp):
+            correct += (model(x).argmax(1) == y).sum()
+    model.train(was_training)
+    return correct.item() / len(loader.labels)
+
+
+def fit(
+    model: nn.Module,
+    train,
+    test=None,
+    epochs: int = 30,
+    *,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    nesterov: bool = True,
+    weight_decay: float = 5e-4,
+    batch_size: int = 128,
+    schedule: str = "cosine",
+    warmup_epochs: float = 0.0,
+    label_smoothing: float = 0.0,
+    augment: bool = False,
+    device=None,
+    amp: bool | None = None,
+    channels_last: bool | None = None,
+    eval_batch_size: int = 2048,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "train",
+) -> History:
+    """Train `model` in place on `train` and test it after every epoch; return the `History`.
+
+    `train` and `test` are `ImageData` (then `augment` turns on crop+flip for training) or
+    `DeviceLoader`s. `amp` (bf16 autocast) and `channels_last` default to on for CUDA, off elsewhere.
+    The same `seed` on the CPU repeats a run exactly (batch order, augmentation, any dropout).
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    device = torch.device(device) if device is not None else default_device()
+    cuda = device.type == "cuda"
+    amp = cuda if amp is None else amp
+    channels_last = cuda if channels_last is None else channels_last
+    seed_everything(seed)
+
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    train_loader = _loader(train, batch_size, device, channels_last, True, augment, seed)
+    test_loader = _loader(test, eval_batch_size, device, channels_last, False, False, seed) if test is not None else None
+    masked = masked_parameters(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
+                                weight_decay=weight_decay)
+    steps = epochs * len(train_loader)
+    warmup = int(warmup_epochs * len(train_loader))
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    history = History()
+    start = time.perf_counter()
+    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+    for _ in bar:
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        for x, y in train_loader:
+            with _autocast(device, amp):
+                loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            # Pruned weights are zero and now so are their gradients, so SGD's momentum and weight
+            # decay both see zeros there and the weights stay exactly zero.
+            enforce_masks(model, masked)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach().float() * len(y)
+        history.images += len(train_loader.labels)
+        history.train_loss.append(loss_sum.item() / len(train_loader.labels))
+        if test_loader is not None:
+            history.test_acc.append(evaluate(model, test_loader, device=device, amp=amp))
+            bar.set_postfix(loss=f"{history.train_loss[-1]:.3f}", acc=f"{history.test_acc[-1]:.3f}")
+    history.seconds = time.perf_counter() - start
+    return history

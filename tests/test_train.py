@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from snipnb import data, models
+from snipnb.pruning import apply_masks, masks_from_scores, scores
+from snipnb.train import evaluate, fit
+
+
+@pytest.fixture(scope="module")
+def mnist_like():
+    kw = dict(num_classes=4, channels=1, image_size=16, per_class=40, test_per_class=20, seed=0)
+    return data.synthetic(train=True, **kw), data.synthetic(train=False, **kw)
+
+
+def net(seed=0):
+    return models.build("simple_convnet", 4, in_channels=1, image_size=16, seed=seed)
+
+
+def test_fit_learns_the_synthetic_task(mnist_like):
+    train, test = mnist_like
+    model = net()
+    before = evaluate(model, test)
+    history = fit(model, train, test, epochs=6, lr=0.05, batch_size=32, progress=False)
+    assert len(history.test_acc) == len(history.train_loss) == 6
+    assert history.train_loss[-1] < history.train_loss[0]
+    assert history.final_acc > 0.6 > before + 0.2
+    assert history.best_acc == max(history.test_acc) and 1 <= history.best_epoch <= 6
+    assert history.images == 6 * len(train)
+
+
+def test_a_cpu_run_repeats_exactly_with_the_same_seed(mnist_like):
+    train, test = mnist_like
+    runs = []
+    for _ in range(2):
+        model = net(seed=1)
+        h = fit(model, train, test, epochs=2, batch_size=32, augment=True, seed=7, progress=False)
+        runs.append((h, model.state_dict()))
+    assert runs[0][0].train_loss == runs[1][0].train_loss
+    assert runs[0][0].test_acc == runs[1][0].test_acc
+    for k, v in runs[0][1].items():
+        assert torch.equal(v, runs[1][1][k]), k
+    other = fit(net(seed=1), train, test, epochs=2, batch_size=32, augment=True, seed=8, progress=False)
+    assert other.train_loss != runs[0][0].train_loss  # the seed drives batch order and crops
+
+
+def test_pruned_weights_are_exactly_zero_after_training(mnist_like):
+    train, test = mnist_like
+    model = net()
+    batch = [(train.images[:64].float() / 255, train.labels[:64])]
+    masks = masks_from_scores(scores(model, batch), 0.9)
+    apply_masks(model, masks)
+    fit(model, train, test, epochs=3, momentum=0.9, weight_decay=5e-3, batch_size=32, progress=False)
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        assert torch.count_nonzero(params[name][~mask]) == 0, name
+        assert torch.count_nonzero(params[name][mask]) > 0.9 * mask.sum(), name
+
+
+@pytest.mark.parametrize("kwargs, argument", [(dict(epochs=0), "epochs"), (dict(lr=0.0), "lr"),
+                                              (dict(schedule="step"), "schedule")])
+def test_fit_rejects_bad_arguments(mnist_like, kwargs, argument):
+    train, test = mnist_like
+    with pytest.raises(ValueError, match=argument):
+        fit(net(), train, test, **{"epochs": 1, **kwargs}, progress=False)
