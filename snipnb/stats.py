@@ -1,0 +1,55 @@
+"""Summaries a reviewer expects: mean ± std over seeds, and paired differences with a 95% CI.
+
+Runs of two methods on the same seed share the model initialisation and the data subset, so the
+comparison is paired: the per-seed difference removes the seed-to-seed variance both share.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from scipy import stats as scipy_stats
+
+
+def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of a Student-t confidence interval; low/high are NaN for fewer than 2 values."""
+    values = pd.Series(values, dtype=float).dropna()
+    mean = float(values.mean()) if len(values) else math.nan
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = scipy_stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def summarize(df: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
+    """Mean, std (ddof=1) and count of `value` for each group of `by`, plus a 'mean ± std' column."""
+    out = df.groupby(by, sort=False)[value].agg(["mean", "std", "count"]).reset_index()
+    out["mean ± std"] = [f"{m:.2f} ± {s:.2f}" if not math.isnan(s) else f"{m:.2f}"
+                         for m, s in zip(out["mean"], out["std"])]
+    return out
+
+
+def paired_difference(df: pd.DataFrame, value: str, baseline: dict, variant: list[str], pair_on: list[str],
+                      group: list[str] | None = None, level: float = 0.95) -> pd.DataFrame:
+    """Per-pair difference `value - value(baseline)`, summarised with a t confidence interval.
+
+    `baseline` selects the reference rows (e.g. `{"method": "dense"}`); `variant` names the columns
+    that tell compared runs apart (e.g. `["method", "sparsity"]`); `pair_on` the columns a run is
+    matched on (e.g. `["seed"]`); `group` the columns kept apart (e.g. `["model"]`), each with its own
+    baseline. Only pairs present on both sides count (`n`). `wins` counts pairs where the variant is
+    higher. A CI that excludes 0 is a difference the seeds agree on.
+    """
+    group = list(group or [])
+    is_base = pd.Series(True, index=df.index)
+    for col, val in baseline.items():
+        is_base &= df[col] == val
+    base = df[is_base][group + pair_on + [value]].rename(columns={value: "_base"})
+    merged = df[~is_base].merge(base, on=group + pair_on)
+    merged["_diff"] = merged[value] - merged["_base"]
+    rows = []
+    for key, part in merged.groupby(group + variant, sort=False):
+        mean, low, high = t_interval(part["_diff"], level)
+        rows.append(dict(zip(group + variant, key), diff=mean, ci_low=low, ci_high=high, n=len(part),
+                         wins=int((part["_diff"] > 0).sum())))
+    return pd.DataFrame(rows)

@@ -1,0 +1,37 @@
+import math
+
+import pandas as pd
+import pytest
+
+from snipnb.stats import paired_difference, summarize, t_interval
+
+
+def test_t_interval_matches_a_hand_computed_case():
+    mean, low, high = t_interval([1.0, 2.0, 3.0])
+    half = 4.302652729911275 / math.sqrt(3)  # t_{0.975, 2} * std 1 / sqrt(n)
+    assert mean == 2.0 and low == pytest.approx(2 - half) and high == pytest.approx(2 + half)
+    assert math.isnan(t_interval([5.0])[1])
+
+
+def test_summarize_reports_mean_std_and_count_per_group():
+    df = pd.DataFrame(dict(method=["a", "a", "b"], acc=[1.0, 3.0, 5.0]))
+    out = summarize(df, ["method"], "acc").set_index("method")
+    assert out.loc["a", "mean"] == 2.0 and out.loc["a", "std"] == pytest.approx(math.sqrt(2))
+    assert out.loc["a", "mean ± std"] == "2.00 ± 1.41" and out.loc["b", "mean ± std"] == "5.00"
+
+
+def test_paired_difference_pairs_on_seed_within_each_group():
+    rows = []
+    for model, shift in (("m1", 0.0), ("m2", 10.0)):
+        for seed, base in enumerate([50.0, 60.0, 70.0]):
+            rows.append(dict(model=model, method="dense", sparsity=0.0, seed=seed, acc=base + shift))
+            rows.append(dict(model=model, method="snip", sparsity=0.9, seed=seed, acc=base + shift + seed + 1))
+    # A seed with no dense partner must be ignored, not compared with another seed's baseline.
+    rows.append(dict(model="m1", method="snip", sparsity=0.9, seed=9, acc=0.0))
+    out = paired_difference(pd.DataFrame(rows), "acc", baseline={"method": "dense"},
+                            variant=["method", "sparsity"], pair_on=["seed"], group=["model"])
+    assert len(out) == 2
+    for _, row in out.iterrows():
+        # Differences are 1, 2, 3 whatever the per-seed level: pairing removes it.
+        assert row["diff"] == pytest.approx(2.0) and row.n == 3 and row.wins == 3
+        assert row.ci_low == pytest.approx(2 - 4.302652729911275 / math.sqrt(3))
