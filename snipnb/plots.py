@@ -1,0 +1,69 @@
+"""The figures the notebooks share; each draws on an axis it is given or makes its own."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+
+def _axis(ax, figsize=(7, 3.5)):
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def density_bars(reports: dict, ax=None, title: str = "Kept weights per layer"):
+    """Grouped bars of per-layer density, one colour per mask (a dict label -> SparsityReport)."""
+    ax = _axis(ax)
+    labels = list(reports)
+    layers = list(next(iter(reports.values())).layers.layer)
+    width = 0.8 / len(labels)
+    x = np.arange(len(layers))
+    for i, label in enumerate(labels):
+        density = reports[label].layers.set_index("layer").loc[layers, "density"]
+        ax.bar(x + (i - (len(labels) - 1) / 2) * width, density, width, label=label)
+    ax.set_xticks(x, [layer.removesuffix(".weight") for layer in layers], rotation=45, ha="right")
+    ax.set_ylabel("density (kept / total)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    return ax
+
+
+def kept_inputs(mask: torch.Tensor, image_shape: tuple[int, int, int]) -> np.ndarray:
+    """For a first fully-connected layer's mask (out x C*H*W): kept connections per input pixel (H x W)."""
+    if mask.dim() != 2 or mask.shape[1] != int(np.prod(image_shape)):
+        raise ValueError(f"mask must be (out, {int(np.prod(image_shape))}) for image_shape={image_shape}, "
+                         f"got {tuple(mask.shape)}")
+    return mask.sum(0).view(image_shape).sum(0).cpu().numpy()
+
+
+def image_grid(images: dict[str, np.ndarray], cmap: str = "viridis", title: str | None = None):
+    """Side-by-side images with one colour bar each (e.g. kept-connection maps per method)."""
+    fig, axes = plt.subplots(1, len(images), figsize=(3 * len(images), 3), squeeze=False)
+    for ax, (label, image) in zip(axes[0], images.items()):
+        shown = ax.imshow(image, cmap=cmap)
+        ax.set_title(label, fontsize="small")
+        ax.axis("off")
+        fig.colorbar(shown, ax=ax, fraction=0.046)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def errorbars(summary: pd.DataFrame, x: str, hue: str, y: str = "mean", err: str = "std", ax=None,
+              ylabel: str | None = None, logx: bool = False):
+    """One line with error bars per value of `hue`, from a `stats.summarize` table."""
+    ax = _axis(ax)
+    for label, part in summary.groupby(hue, sort=False):
+        part = part.sort_values(x)
+        ax.errorbar(part[x], part[y], yerr=part[err].fillna(0), marker="o", capsize=3, label=str(label))
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel or y)
+    ax.legend(fontsize="small")
+    return ax

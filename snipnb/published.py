@@ -1,0 +1,18 @@
+"""Numbers published by others, for showing beside ours. Each entry names its source.
+
+These are the only typed-in results in the project, and they are never ours: every number of ours
+comes from a run.
+"""
+
+# Lee, Ajanthan & Torr, "SNIP: Single-shot network pruning based on connection sensitivity",
+# ICLR 2019, Table 1: MNIST test error (%) of the reference (dense) network and of SNIP at the given
+# sparsity. Their recipe: SGD, momentum 0.9, batch 100, weight decay 5e-4, learning rate 0.1 decayed
+# by 0.1 every 25k iterations, 10% of the training set held out for validation.
+SNIP_TABLE1_ERROR = {
+    ("lenet300_100", 0.0): 1.7,
+    ("lenet300_100", 0.95): 1.6,
+    ("lenet300_100", 0.98): 2.4,
+    ("lenet5_caffe", 0.0): 0.9,
+    ("lenet5_caffe", 0.98): 0.8,
+    ("lenet5_caffe", 0.99): 1.1,
+}
