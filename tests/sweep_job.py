@@ -1,0 +1,35 @@
+"""A tiny job for the sweep tests; importable by name so spawned workers can run it."""
+
+import dataclasses
+import os
+import sys
+import time
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    seed: int
+    scale: float = 1.0
+    sleep: float = 0.0
+
+
+def run(job: Job) -> dict:
+    import torch
+
+    log = os.environ.get("SWEEP_TEST_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(f"start {job.seed} {job.scale}\n")
+    time.sleep(job.sleep)
+    g = torch.Generator().manual_seed(job.seed)
+    return {"value": float(torch.randn(3, generator=g).sum()) * job.scale}
+
+
+def grid(sleep=0.0):
+    return [Job(seed=s, scale=scale, sleep=sleep) for s in range(4) for scale in (1.0, 2.0)]
+
+
+if __name__ == "__main__":
+    from snipnb.sweep import run_sweep
+
+    run_sweep(run, grid(sleep=float(sys.argv[2])), sys.argv[1], progress=False)

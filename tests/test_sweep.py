@@ -1,0 +1,109 @@
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from snipnb.sweep import config_id, in_shard, parse_shard, read_records, run_sweep, write_record
+
+sys.path.insert(0, str(Path(__file__).parent))
+import sweep_job  # noqa: E402
+from sweep_job import Job, grid, run  # noqa: E402
+
+
+def table(df):
+    return df.drop(columns=["seconds"]).sort_values("id").reset_index(drop=True)
+
+
+def test_config_id_is_stable_and_sensitive_to_every_field():
+    assert config_id(Job(1)) == config_id(Job(1))
+    assert config_id(Job(1)) != config_id(Job(1, scale=2.0))
+
+    @dataclasses.dataclass(frozen=True)
+    class Other:
+        seed: int
+        scale: float = 1.0
+        sleep: float = 0.0
+
+    assert config_id(Other(1)) != config_id(Job(1))  # the class is part of the identity
+    with pytest.raises(ValueError, match="config"):
+        config_id({"seed": 1})
+
+
+def test_a_rerun_skips_finished_runs_and_a_new_value_runs_only_new_cells(tmp_path, monkeypatch):
+    log = tmp_path / "log"
+    monkeypatch.setenv("SWEEP_TEST_LOG", str(log))
+    first = run_sweep(run, grid(), tmp_path / "results", progress=False)
+    assert len(first) == 8 and len(log.read_text().splitlines()) == 8
+    more = grid() + [Job(seed=9)]
+    second = run_sweep(run, more, tmp_path / "results", progress=False)
+    assert log.read_text().splitlines()[8:] == ["start 9 1.0"]
+    assert len(second) == 9
+
+
+def test_a_killed_sweep_resumes_and_every_run_finishes_exactly_once(tmp_path):
+    folder, log = tmp_path / "results", tmp_path / "log"
+    env = {**os.environ, "SWEEP_TEST_LOG": str(log), "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.Popen([sys.executable, sweep_job.__file__, str(folder), "0.4"], env=env)
+    deadline = time.time() + 120
+    while len(list(folder.glob("*.json"))) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished_before = {p.stem for p in folder.glob("*.json")}
+    assert 3 <= len(finished_before) < 8, "the sweep should have been killed half-way"
+    assert len(read_records(folder)) == len(finished_before)  # every file left is a whole record
+    started_before = len(log.read_text().splitlines())
+
+    os.environ["SWEEP_TEST_LOG"] = str(log)
+    try:
+        resumed = run_sweep(run, grid(sleep=0.4), folder, progress=False)
+    finally:
+        del os.environ["SWEEP_TEST_LOG"]
+    restarted = log.read_text().splitlines()[started_before:]
+    # Only unfinished runs ran again (the one killed mid-way among them), each once.
+    assert len(restarted) == 8 - len(finished_before) == len(set(restarted))
+    assert len(resumed) == 8 and resumed.id.is_unique
+    uninterrupted = run_sweep(run, grid(sleep=0.4), tmp_path / "clean", progress=False)
+    pd.testing.assert_frame_equal(table(resumed), table(uninterrupted))
+
+
+def test_two_shards_make_the_same_records_as_one_sweep(tmp_path):
+    whole = run_sweep(run, grid(), tmp_path / "whole", progress=False)
+    shard0 = run_sweep(run, grid(), tmp_path / "split", shard="0/2", progress=False)
+    assert 0 < len(shard0) < 8  # a shard runs only its slice
+    both = run_sweep(run, grid(), tmp_path / "split", shard="1/2", progress=False)
+    pd.testing.assert_frame_equal(table(both), table(whole))
+    assert all(in_shard(c, "0/2") != in_shard(c, "1/2") for c in grid())
+
+
+def test_worker_processes_give_the_same_records(tmp_path):
+    serial = run_sweep(run, grid(), tmp_path / "serial", progress=False)
+    parallel = run_sweep(run, grid(), tmp_path / "parallel", workers=2, progress=False)
+    pd.testing.assert_frame_equal(table(parallel), table(serial))
+
+
+def test_partial_temporary_files_are_not_records(tmp_path):
+    write_record(tmp_path, Job(1), {"value": 1.0}, 0.1)
+    (tmp_path / f".{config_id(Job(2))}.json.123.tmp").write_text('{"trunc')
+    assert list(read_records(tmp_path).seed) == [1]
+
+
+@pytest.mark.parametrize("shard", ["2/2", "1", "a/b", "-1/3", "0/0"])
+def test_bad_shards_are_rejected(shard):
+    with pytest.raises(ValueError, match="shard"):
+        parse_shard(shard)
+
+
+def test_bad_sweeps_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="configs"):
+        run_sweep(run, [], tmp_path)
+    with pytest.raises(ValueError, match="duplicates"):
+        run_sweep(run, [Job(1), Job(1)], tmp_path)
+    with pytest.raises(ValueError, match="workers"):
+        run_sweep(run, [Job(1)], tmp_path, workers=0)
