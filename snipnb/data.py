@@ -1,0 +1,287 @@
+"""Image datasets as whole uint8 tensors, plus the seeded splits the experiments are built from.
+
+Every split is small enough to hold in memory, so a dataset is just `ImageData`: all images as one
+uint8 N x C x H x W tensor, the labels, and the per-channel statistics of the *training* split (so
+train and test are normalised identically). MNIST and CIFAR come through torchvision; `synthetic`
+is a learnable stand-in with the same shapes for machines without the real files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import socket
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torchvision import datasets
+from torchvision.datasets.utils import check_integrity, extract_archive
+
+DATASETS = ("mnist", "cifar10", "cifar100", "synthetic")
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset's files are not on disk and could not be downloaded."""
+
+
+@dataclass(eq=False)
+class ImageData:
+    images: torch.Tensor = field(repr=False)  # uint8, N x C x H x W, contiguous, CPU
+    labels: torch.Tensor = field(repr=False)  # int64, N
+    num_classes: int
+    mean: tuple[float, ...]  # per channel, training split, [0, 1] units
+    std: tuple[float, ...]
+    name: str
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 N x C x H x W, got {self.images.dtype} "
+                             f"{tuple(self.images.shape)}")
+        if self.labels.dtype != torch.int64 or self.labels.shape != (len(self.images),):
+            raise ValueError(f"labels must be int64 of shape ({len(self.images)},), got {self.labels.dtype} "
+                             f"{tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices) -> ImageData:
+        """The rows at `indices` (a tensor or list of ints, or a boolean mask); stats are kept."""
+        index = torch.as_tensor(indices)
+        if index.dtype != torch.bool:
+            index = index.long()
+        return ImageData(self.images[index].contiguous(), self.labels[index].clone(), self.num_classes,
+                         self.mean, self.std, self.name)
+
+    def classes(self, keep) -> ImageData:
+        """Only the rows whose label is in `keep`. Labels are not renumbered, so heads stay comparable."""
+        keep = torch.tensor([int(label) for label in keep], dtype=torch.int64)
+        return self.subset(torch.isin(self.labels, keep))
+
+
+def data_root(root=None) -> pathlib.Path:
+    """`root` if given, else $SNIPNB_DATA, else ~/.cache/snipnb/data."""
+    if root is None:
+        root = os.environ.get("SNIPNB_DATA") or pathlib.Path.home() / ".cache" / "snipnb" / "data"
+    return pathlib.Path(root).expanduser()
+
+
+def load(name: str, train: bool = True, root=None, download: bool = True, **synthetic_options) -> ImageData:
+    """Load a whole split of one of `DATASETS`.
+
+    Real datasets are read from `data_root(root)` in torchvision's layout and downloaded there only
+    if missing, `download` is true and $SNIPNB_OFFLINE is not set. `synthetic_options` go to
+    `synthetic` and are an error for the real datasets.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"name must be one of {DATASETS}, got name={name!r}")
+    if name == "synthetic":
+        return synthetic(train=train, **synthetic_options)
+    if synthetic_options:
+        raise TypeError(f"options {sorted(synthetic_options)} only apply to name='synthetic', not {name!r}")
+
+    root = data_root(root)
+    images, labels = _read_torchvision(name, train, root, download)
+    key = (name, str(root))
+    if train:
+        _TRAIN_STATS[key] = _channel_stats(images)
+    elif key not in _TRAIN_STATS:
+        _TRAIN_STATS[key] = _channel_stats(_read_torchvision(name, True, root, download)[0])
+    mean, std = _TRAIN_STATS[key]
+    return ImageData(images, labels, _NUM_CLASSES[name], mean, std, name)
+
+
+# Train-split statistics per (name, root), so loading a test split does not re-read the training
+# set every time. Stale only if the files on disk are replaced while the process runs.
+_TRAIN_STATS: dict[tuple[str, str], tuple[tuple[float, ...], tuple[float, ...]]] = {}
+_NUM_CLASSES = {"mnist": 10, "cifar10": 10, "cifar100": 100}
+# The torchvision class, the folder under the root it reads, and the files it expects there.
+_TORCHVISION = {
+    "mnist": (datasets.MNIST, "MNIST/raw", "train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                                           "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"),
+    "cifar10": (datasets.CIFAR10, "cifar-10-batches-py", "data_batch_1..5, test_batch, batches.meta"),
+    "cifar100": (datasets.CIFAR100, "cifar-100-python", "train, test, meta"),
+}
+
+
+def _read_torchvision(name: str, train: bool, root: pathlib.Path, download: bool):
+    try:
+        dataset = _open_torchvision(name, root, train, download)
+    except (RuntimeError, OSError) as error:
+        raise DatasetNotFoundError(_not_found_message(name, root, download, error)) from error
+    if name == "mnist":
+        images = dataset.data.unsqueeze(1)  # N x 28 x 28 -> N x 1 x 28 x 28
+    else:
+        images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2)  # torchvision gives N x H x W x C
+    return images.contiguous(), torch.as_tensor(dataset.targets, dtype=torch.int64)
+
+
+def _open_torchvision(name: str, root: pathlib.Path, train: bool, download: bool):
+    dataset_class, folder, _ = _TORCHVISION[name]
+    try:
+        return dataset_class(root, train=train, download=False)
+    except RuntimeError:
+        # Unpacking and downloading write next to the data. A folder marked read-only (a shared
+        # copy, say) is left alone, even when running as root, which could write there anyway.
+        if _marked_read_only(root, root / folder):
+            raise
+    # Archives copied in by hand, or left by an earlier download, unpack without the network.
+    for archive in _verified_archives(dataset_class, root):
+        extract_archive(str(archive))
+    if not download or _offline():
+        return dataset_class(root, train=train, download=False)
+    # torchvision's download has no timeout of its own; a stalled mirror would hang the run.
+    with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+        return dataset_class(root, train=train, download=True)
+
+
+def _marked_read_only(*folders: pathlib.Path) -> bool:
+    return any(folder.is_dir() and not folder.stat().st_mode & 0o222 for folder in folders)
+
+
+def _verified_archives(dataset_class, root: pathlib.Path) -> list[pathlib.Path]:
+    # Only archives whose md5 is torchvision's, so a half-finished download is never unpacked.
+    if dataset_class is datasets.MNIST:
+        candidates = [(root / "MNIST" / "raw" / file, md5) for file, md5 in dataset_class.resources]
+    else:
+        candidates = [(root / dataset_class.filename, dataset_class.tgz_md5)]
+    return [path for path, md5 in candidates if check_integrity(str(path), md5)]
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float):
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _offline() -> bool:
+    return os.environ.get("SNIPNB_OFFLINE", "").strip().lower() in {"1", "true", "yes"}
+
+
+def _not_found_message(name: str, root: pathlib.Path, download: bool, error: Exception) -> str:
+    _, folder, files = _TORCHVISION[name]
+    folder = root / folder
+    if _marked_read_only(root, folder):
+        why = "the folder is read-only, so nothing was unpacked or downloaded into it"
+    elif _offline():
+        why = "SNIPNB_OFFLINE is set, so no download was tried"
+    elif not download:
+        why = "download=False, so no download was tried"
+    else:
+        why = f"the download failed: {error}"
+    return (f"dataset {name!r} not found in {folder} ({why}). To provide it, copy torchvision's "
+            f"layout into a writable folder ({folder} holding {files}; the archives torchvision downloads, "
+            f"placed where it puts them, also work) and pass it as root= or set $SNIPNB_DATA, or run once "
+            f"online with download=True.")
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    # A 256-bin histogram per channel gives exact mean/std in float64 without ever materialising a
+    # float copy of the whole split (CIFAR would need 600 MB for that).
+    values = torch.arange(256, dtype=torch.float64) / 255
+    means, stds = [], []
+    for channel in range(images.shape[1]):
+        counts = torch.bincount(images[:, channel].flatten(), minlength=256).double()
+        counts /= counts.sum()
+        mean = (counts * values).sum()
+        means.append(mean.item())
+        stds.append(((counts * (values - mean) ** 2).sum()).sqrt().item())
+    return tuple(means), tuple(stds)
+
+
+def synthetic(train: bool = True, *, num_classes: int = 10, channels: int = 3, image_size: int = 32,
+              per_class: int = 100, test_per_class: int = 50, seed: int = 0, clutter: float = 1.5,
+              max_shift: int = 3, noise: float = 0.1) -> ImageData:
+    """A learnable stand-in for MNIST/CIFAR (`channels=1, image_size=28` for MNIST's shape).
+
+    Each class has a smooth random prototype (a 4 x 4 random grid upsampled). A sample is its class
+    prototype at a random contrast, shifted by up to `max_shift` pixels, plus a smooth random
+    "clutter" image of relative strength `clutter`, a random brightness and pixel noise of std
+    `noise` ([0, 1] units). Clutter lives in the same low-frequency space as the prototypes, so it
+    cannot be averaged away and is what keeps the task from being trivially separable.
+    `per_class` counts training samples per class. Train and test share prototypes for a seed but
+    draw different samples; the same arguments always give identical tensors.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    # Drawn first so each split's sample stream depends only on `seed`, not on the other options.
+    train_seed, test_seed = torch.randint(2**62, (2,), generator=generator).tolist()
+    canvas = image_size + 2 * max_shift
+    prototypes = _smooth_images(num_classes, channels, canvas, generator)
+
+    def draw(count: int, sample_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(sample_seed)
+        n = num_classes * count
+        labels = torch.arange(num_classes).repeat_interleave(count)[torch.randperm(n, generator=g)]
+        shifts = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=g)
+        contrast = torch.empty(n, 1, 1, 1).uniform_(0.5, 1.5, generator=g)
+        brightness = 0.1 * torch.randn(n, 1, 1, 1, generator=g)
+        images = torch.empty(n, channels, image_size, image_size, dtype=torch.uint8)
+        pixel = torch.arange(image_size)
+        channel = torch.arange(channels).view(1, -1, 1, 1)
+        for start in range(0, n, 4096):  # chunks bound the float memory for CIFAR-sized requests
+            part = slice(start, start + 4096)
+            rows, cols = shifts[part, 0, None] + pixel, shifts[part, 1, None] + pixel
+            crops = prototypes[labels[part].view(-1, 1, 1, 1), channel,
+                               rows[:, None, :, None], cols[:, None, None, :]]
+            signal = contrast[part] * crops + clutter * _smooth_images(len(crops), channels, image_size, g)
+            pixels = 0.5 + 0.2 * signal + brightness[part] + noise * torch.randn(crops.shape, generator=g)
+            images[part] = (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
+        return images, labels
+
+    train_images, train_labels = draw(per_class, train_seed)
+    mean, std = _channel_stats(train_images)
+    images, labels = (train_images, train_labels) if train else draw(test_per_class, test_seed)
+    return ImageData(images, labels, num_classes, mean, std, "synthetic")
+
+
+def _smooth_images(n: int, channels: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    # Bicubic upsampling of a 4 x 4 random grid, written as the separable matrix product it is:
+    # `F.interpolate` on thousands of tiny images is several times slower.
+    grid = torch.randn(n, channels, 4, 4, generator=generator)
+    basis = torch.eye(4).view(4, 1, 4, 1)
+    upsample = F.interpolate(basis, size=(size, 1), mode="bicubic", align_corners=False).view(4, size).T
+    return upsample @ grid @ upsample.T
+
+
+def few_shot_indices(labels: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """`k` indices per class present in `labels`, as a sorted int64 tensor.
+
+    One seeded permutation per class, truncated to `k`: for a fixed seed the k=1 subset lies inside
+    the k=2 subset, and so on, so growing k only ever adds examples.
+    """
+    labels = torch.as_tensor(labels)
+    classes, sizes = torch.unique(labels, return_counts=True)
+    smallest = int(sizes.argmin())
+    if k < 1 or k > sizes[smallest]:
+        raise ValueError(f"k must be between 1 and the size of the smallest class (class "
+                         f"{int(classes[smallest])} with {int(sizes[smallest])} examples), got k={k}")
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in classes:
+        members = torch.nonzero(labels == c).flatten()
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:k]])
+    return torch.cat(chosen).sort().values.long()
+
+
+def class_split(labels_or_num_classes, n_tasks: int, seed: int | None = None) -> list[list[int]]:
+    """Cut the classes into `n_tasks` equal groups, for class-incremental tasks.
+
+    Classes are 0..C-1 for an int, else the distinct labels. `seed=None` keeps the natural order
+    (Split-MNIST's 0/1, 2/3, ...); a seed shuffles them first. Each group is sorted.
+    """
+    if isinstance(labels_or_num_classes, int):
+        classes = torch.arange(labels_or_num_classes)
+    else:
+        classes = torch.unique(torch.as_tensor(labels_or_num_classes))
+    if n_tasks < 1 or len(classes) % n_tasks != 0:
+        raise ValueError(f"n_tasks must be >= 1 and divide the number of classes ({len(classes)}), "
+                         f"got n_tasks={n_tasks}")
+    if seed is not None:
+        classes = classes[torch.randperm(len(classes), generator=torch.Generator().manual_seed(seed))]
+    return [sorted(group.tolist()) for group in classes.chunk(n_tasks)]
