@@ -57,8 +57,16 @@ def test_pruned_weights_are_exactly_zero_after_training(mnist_like):
 
 
 @pytest.mark.parametrize("kwargs, argument", [(dict(epochs=0), "epochs"), (dict(lr=0.0), "lr"),
-                                              (dict(schedule="step"), "schedule")])
+                                              (dict(schedule="step"), "schedule"),
+                                              (dict(eval_every=0), "eval_every")])
 def test_fit_rejects_bad_arguments(mnist_like, kwargs, argument):
     train, test = mnist_like
     with pytest.raises(ValueError, match=argument):
         fit(net(), train, test, **{"epochs": 1, **kwargs}, progress=False)
+
+
+def test_eval_every_tests_on_schedule_and_always_after_the_last_epoch(mnist_like):
+    train, test = mnist_like
+    history = fit(net(), train, test, epochs=5, eval_every=2, batch_size=32, progress=False)
+    assert history.test_epochs == [2, 4, 5] and len(history.test_acc) == 3
+    assert history.best_epoch in (2, 4, 5) and len(history.train_loss) == 5
