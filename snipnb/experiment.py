@@ -52,26 +52,40 @@ def saliency_batches(data, per_class: int, seed: int, device=None):
     return list(DeviceLoader(subset, len(subset), device=device or "cpu"))
 
 
-def prune_and_fit(model_name: str, method: str, sparsity: float, seed: int, train, test, *,
-                  saliency_data=None, saliency_per_class: int = 10, scope: str = "global",
-                  epochs: int = 30, **fit_options):
-    """Build `model_name` from `seed`, prune it by `method` at `sparsity`, train, and report one row.
+def build_pruned(model_name: str, method: str, sparsity: float, seed: int, like, *, saliency_data=None,
+                 saliency_per_class: int = 10, scope: str = "global"):
+    """Build `model_name` from `seed` for data shaped like `like` and prune it by `method`.
 
-    Saliency is computed on `saliency_data` (default: `train`; another dataset for cross-domain SNIP).
-    Returns (row, model): the row holds the settings, the final and best test accuracy in percent,
-    the density actually kept and whether any layer collapsed.
+    Saliency is computed on `saliency_data` (default: `like`; another dataset for cross-domain SNIP).
+    Returns (model, masks), masks None for `dense`.
     """
     from .models import build
-    from .pruning import apply_masks, sparsity_report
-    from .train import fit
+    from .pruning import apply_masks
 
-    channels, size = train.images.shape[1], train.images.shape[-1]
-    model = build(model_name, train.num_classes, in_channels=channels, image_size=size, seed=seed)
-    batches = None if method in ("dense", "random", "magnitude") else saliency_batches(
-        saliency_data if saliency_data is not None else train, saliency_per_class, seed)
+    channels, size = like.images.shape[1], like.images.shape[-1]
+    model = build(model_name, like.num_classes, in_channels=channels, image_size=size, seed=seed)
+    needs_data = method not in ("dense", "random", "magnitude")
+    batches = saliency_batches(like if saliency_data is None else saliency_data, saliency_per_class,
+                               seed) if needs_data else None
     masks = make_masks(model, method, sparsity, batches, seed, scope)
     if masks is not None:
         apply_masks(model, masks)
+    return model, masks
+
+
+def prune_and_fit(model_name: str, method: str, sparsity: float, seed: int, train, test, *,
+                  saliency_data=None, saliency_per_class: int = 10, scope: str = "global",
+                  epochs: int = 30, **fit_options):
+    """`build_pruned`, train on `train`, test on `test`, and report one row.
+
+    Returns (row, model): the row holds the settings, the final and best test accuracy in percent,
+    the density actually kept and whether any layer collapsed.
+    """
+    from .pruning import sparsity_report
+    from .train import fit
+
+    model, masks = build_pruned(model_name, method, sparsity, seed, train, saliency_data=saliency_data,
+                                saliency_per_class=saliency_per_class, scope=scope)
     history = fit(model, train, test, epochs, seed=seed, **fit_options)
     report = sparsity_report(model)
     row = dict(model=model_name, method=method, sparsity=sparsity if masks is not None else 0.0, seed=seed,

@@ -222,6 +222,16 @@ def shuffle_masks(masks: dict[str, torch.Tensor], seed: int) -> dict[str, torch.
     return shuffled
 
 
+def mask_overlap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Jaccard index of the kept weights of two masks over the layers both cover: |A ∩ B| / |A ∪ B|."""
+    shared = [n for n in a if n in b]
+    if not shared:
+        raise ValueError("the masks share no layer to compare")
+    both = sum(int((a[n] & b[n].to(a[n].device)).sum()) for n in shared)
+    either = sum(int((a[n] | b[n].to(a[n].device)).sum()) for n in shared)
+    return both / either if either else 1.0
+
+
 def _owner(model: nn.Module, name: str):
     module_name, _, param_name = name.rpartition(".")
     try:

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from snipnb import models
-from snipnb.pruning import (apply_masks, enforce_masks, masks_from_scores, masks_from_state_dict, masks_of,
+from snipnb.pruning import (apply_masks, enforce_masks, mask_overlap, masks_from_scores, masks_from_state_dict, masks_of,
                             prunable, scores, shuffle_masks, sparsity_report)
 
 
@@ -271,3 +271,12 @@ def test_sparsity_report_counts_density_and_collapse():
 def test_unmasked_model_reports_dense():
     report = sparsity_report(tiny_mlp())
     assert report.density == 1.0 and report.collapsed == []
+
+
+def test_mask_overlap_is_the_jaccard_index_over_shared_layers():
+    a = {"x": torch.tensor([True, True, False, False]), "y": torch.tensor([True]), "only_a": torch.tensor([True])}
+    b = {"x": torch.tensor([True, False, True, False]), "y": torch.tensor([True])}
+    assert mask_overlap(a, b) == pytest.approx(2 / 4)  # kept by both: x0, y0; by either: x0, x1, x2, y0
+    assert mask_overlap(a, a) == 1.0
+    with pytest.raises(ValueError, match="share no layer"):
+        mask_overlap({"p": a["x"]}, {"q": a["x"]})

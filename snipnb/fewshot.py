@@ -1,0 +1,88 @@
+"""Experiment 1: few-shot learning from scratch, one run per `FewShotRun`.
+
+A run trains one model on k images per class of a dataset (the nested subset `few_shot_indices`
+draws for its seed) and tests it on the whole test split. Pruning happens once at initialisation by
+one of `experiment.METHODS`, or `snip_cross_domain`: labeled SNIP scored on images of another
+dataset (`source`) as many as the few-shot set holds, while training on the target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+from . import data
+from .experiment import METHODS as PRUNING_METHODS
+from .experiment import build_pruned, prune_and_fit
+
+METHODS = (*PRUNING_METHODS, "snip_cross_domain")
+# What cross-domain SNIP scores on, per target, unless a run names another source.
+CROSS_DOMAIN_SOURCE = {"cifar100": "cifar10", "cifar10": "cifar100", "mnist": "synthetic", "synthetic": "mnist"}
+
+
+@dataclasses.dataclass(frozen=True)
+class FewShotRun:
+    """Every setting that changes a result; where the data live and which device runs it do not."""
+
+    model: str = "resnet18"
+    dataset: str = "cifar100"
+    k: int = 5
+    method: str = "dense"
+    sparsity: float = 0.0
+    seed: int = 0
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    augment: bool = True
+    eval_every: int = 1  # test every this many epochs (best_acc is the best of those tests)
+    source: str | None = None  # cross-domain saliency data; None: CROSS_DOMAIN_SOURCE[dataset]
+    synthetic_shape: tuple = (3, 32)  # (channels, image size) when dataset or source is synthetic
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method == "dense" and self.sparsity != 0:
+            raise ValueError("sparsity must be 0 for method='dense'")
+        if not 0 <= self.sparsity < 1:
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+
+
+@functools.lru_cache(maxsize=8)
+def _load(name: str, train: bool, synthetic_shape: tuple, synthetic_seed: int = 0):
+    # One load per process and dataset: a sweep worker runs many configs on the same data.
+    channels, size = synthetic_shape
+    options = dict(channels=channels, image_size=size, seed=synthetic_seed) if name == "synthetic" else {}
+    return data.load(name, train=train, **options)
+
+
+def _data(run: FewShotRun):
+    """(few-shot training set, test set, pruning method, saliency data, saliency images per class)."""
+    train = _load(run.dataset, True, run.synthetic_shape)
+    test = _load(run.dataset, False, run.synthetic_shape)
+    subset = train.subset(data.few_shot_indices(train.labels, run.k, run.seed))
+    if run.method != "snip_cross_domain":
+        # Labeled and label-free SNIP score the few-shot set itself: it is all the data there is.
+        return subset, test, run.method, subset, run.k
+    # A synthetic source draws other class prototypes than a synthetic target: another domain.
+    source = _load(run.source or CROSS_DOMAIN_SOURCE[run.dataset], True, run.synthetic_shape, synthetic_seed=1)
+    # As many source images as the few-shot set has, balanced over the source's classes.
+    return subset, test, "snip", source, math.ceil(len(subset) / source.num_classes)
+
+
+def masks_for(run: FewShotRun):
+    """The masks `run` trains with (None for dense), without training: for comparing criteria."""
+    subset, _, method, saliency_data, per_class = _data(run)
+    return build_pruned(run.model, method, run.sparsity, run.seed, subset, saliency_data=saliency_data,
+                        saliency_per_class=per_class)[1]
+
+
+def run_few_shot(run: FewShotRun, device=None) -> dict:
+    """Train and test one few-shot run; return its results as a flat dict of numbers."""
+    subset, test, method, saliency_data, per_class = _data(run)
+    row, _ = prune_and_fit(run.model, method, run.sparsity, run.seed, subset, test, saliency_data=saliency_data,
+                           saliency_per_class=per_class, epochs=run.epochs, batch_size=run.batch_size,
+                           lr=run.lr, weight_decay=run.weight_decay, augment=run.augment, device=device,
+                           eval_every=run.eval_every, progress=False)
+    return {key: row[key] for key in ("final_acc", "best_acc", "density", "collapsed")}

@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from snipnb.fewshot import FewShotRun, masks_for, run_few_shot
+
+
+def tiny(**kw):
+    base = dict(model="simple_convnet", dataset="synthetic", k=2, epochs=2, batch_size=8, source="synthetic",
+                synthetic_shape=(1, 16))
+    return FewShotRun(**{**base, **kw})
+
+
+def test_a_run_reports_accuracy_and_the_density_it_trained():
+    result = run_few_shot(tiny(method="snip", sparsity=0.8))
+    assert set(result) == {"final_acc", "best_acc", "density", "collapsed"}
+    assert result["density"] == pytest.approx(0.2, abs=1e-4)
+    assert 0 <= result["final_acc"] <= result["best_acc"] <= 100
+
+
+def test_a_run_repeats_exactly_on_the_cpu():
+    assert run_few_shot(tiny(method="shuffled_snip", sparsity=0.5)) == run_few_shot(tiny(method="shuffled_snip",
+                                                                                         sparsity=0.5))
+
+
+def test_cross_domain_snip_scores_other_images_than_labeled_snip():
+    labeled, cross = masks_for(tiny(method="snip", sparsity=0.9)), masks_for(tiny(method="snip_cross_domain",
+                                                                                   sparsity=0.9))
+    assert set(labeled) == set(cross)
+    assert not all(torch.equal(labeled[n], cross[n]) for n in labeled)
+    assert sum(int(m.sum()) for m in cross.values()) == sum(int(m.sum()) for m in labeled.values())
+
+
+def test_the_seed_picks_the_subset_and_the_masks():
+    a, b = masks_for(tiny(method="snip", sparsity=0.9, seed=0)), masks_for(tiny(method="snip", sparsity=0.9, seed=1))
+    assert not torch.equal(a["body.0.weight"], b["body.0.weight"])
+    assert masks_for(tiny()) is None  # dense
+
+
+@pytest.mark.parametrize("kwargs, argument", [(dict(method="snap"), "method"),
+                                              (dict(method="dense", sparsity=0.5), "sparsity"),
+                                              (dict(method="snip", sparsity=1.0), "sparsity")])
+def test_bad_runs_are_rejected_when_made(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        tiny(**kwargs)
