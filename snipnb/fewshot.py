@@ -18,7 +18,7 @@ from .experiment import build_pruned, prune_and_fit
 
 METHODS = (*PRUNING_METHODS, "snip_cross_domain")
 # What cross-domain SNIP scores on, per target, unless a run names another source.
-CROSS_DOMAIN_SOURCE = {"cifar100": "cifar10", "cifar10": "cifar100", "mnist": "synthetic", "synthetic": "mnist"}
+CROSS_DOMAIN_SOURCE = {"cifar100": "cifar10", "cifar10": "cifar100", "mnist": "synthetic", "synthetic": "synthetic"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,3 +86,18 @@ def run_few_shot(run: FewShotRun, device=None) -> dict:
                            lr=run.lr, weight_decay=run.weight_decay, augment=run.augment, device=device,
                            eval_every=run.eval_every, progress=False)
     return {key: row[key] for key in ("final_acc", "best_acc", "density", "collapsed")}
+
+
+def grid(models, ks, sparsities, methods, seeds: int, **settings) -> list[FewShotRun]:
+    """Every (model, k, seed) once dense and once per pruning method and sparsity.
+
+    `settings` are the other `FewShotRun` fields, shared by all runs (dataset, epochs, lr, ...).
+    """
+    runs = []
+    for model in models:
+        for k in ks:
+            for seed in range(seeds):
+                runs.append(FewShotRun(model=model, k=k, seed=seed, **settings))
+                runs += [FewShotRun(model=model, k=k, seed=seed, method=method, sparsity=sparsity, **settings)
+                         for method in methods if method != "dense" for sparsity in sparsities]
+    return runs

@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .pruning import SparsityReport, mask_overlap
+
 
 def _axis(ax, figsize=(7, 3.5)):
     if ax is None:
@@ -14,15 +16,22 @@ def _axis(ax, figsize=(7, 3.5)):
     return ax
 
 
-def density_bars(reports: dict, ax=None, title: str = "Kept weights per layer"):
-    """Grouped bars of per-layer density, one colour per mask (a dict label -> SparsityReport)."""
+def _layer_density(masks_or_report) -> pd.Series:
+    if isinstance(masks_or_report, SparsityReport):
+        return masks_or_report.layers.set_index("layer").density
+    return pd.Series({name: float(mask.float().mean()) for name, mask in masks_or_report.items()})
+
+
+def density_bars(masks: dict, ax=None, title: str = "Kept weights per layer"):
+    """Grouped bars of per-layer density, one colour per label (values: SparsityReport or masks)."""
     ax = _axis(ax)
-    labels = list(reports)
-    layers = list(next(iter(reports.values())).layers.layer)
+    labels = list(masks)
+    densities = {label: _layer_density(value) for label, value in masks.items()}
+    layers = list(densities[labels[0]].index)
     width = 0.8 / len(labels)
     x = np.arange(len(layers))
     for i, label in enumerate(labels):
-        density = reports[label].layers.set_index("layer").loc[layers, "density"]
+        density = densities[label].reindex(layers).fillna(1.0)  # a layer left unscored stays dense
         ax.bar(x + (i - (len(labels) - 1) / 2) * width, density, width, label=label)
     ax.set_xticks(x, [layer.removesuffix(".weight") for layer in layers], rotation=45, ha="right")
     ax.set_ylabel("density (kept / total)")
@@ -67,3 +76,20 @@ def errorbars(summary: pd.DataFrame, x: str, hue: str, y: str = "mean", err: str
     ax.set_ylabel(ylabel or y)
     ax.legend(fontsize="small")
     return ax
+
+
+def overlap_matrix(masks: dict, ax=None, title: str = "Mask overlap (Jaccard)"):
+    """Heat map of the Jaccard index between every pair of masks (a dict label -> masks)."""
+    labels = list(masks)
+    values = np.array([[mask_overlap(masks[a], masks[b]) for b in labels] for a in labels])
+    ax = _axis(ax, figsize=(1.1 * len(labels) + 2, 1.1 * len(labels) + 1))
+    shown = ax.imshow(values, vmin=0, vmax=1, cmap="magma")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center",
+                    color="black" if values[i, j] > 0.5 else "white", fontsize="small")
+    ax.set_title(title)
+    ax.figure.colorbar(shown, ax=ax, fraction=0.046)
+    return values
