@@ -112,13 +112,13 @@ def fit(
     progress: bool = True,
     desc: str = "train",
 ) -> History:
-    """Train `model` in place on `train` and test it after every epoch; return the `History`.
+    """Train `model` in place on `train`, testing it on `test` as it goes; return the `History`.
 
     `train` and `test` are `ImageData` (then `augment` turns on crop+flip for training) or
     `DeviceLoader`s. `amp` (bf16 autocast) defaults to on for CUDA only, `channels_last` to on for
     CUDA and the CPU.
-    The test set is evaluated every `eval_every` epochs and after the last one (`History.epochs`
-    says which). The same `seed` on the CPU repeats a run exactly (batch order, augmentation).
+    The test set is evaluated every `eval_every` epochs and after the last one
+    (`History.test_epochs` says which). The same `seed` on the CPU repeats a run exactly (batch order, augmentation).
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
