@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-METHODS = ("snip", "magnitude", "random", "fisher")
+METHODS = ("snip", "snip_per_sample", "magnitude", "random", "fisher")
 OBJECTIVES = ("labels", "pseudo_labels", "rotation")
 BN_MODES = ("eval", "train")
 SCOPES = ("global", "layerwise")
@@ -54,6 +54,9 @@ def scores(
     - `snip`: connection sensitivity |dL/dθ · θ| (Lee et al. 2019). The signed gradients of all
       batches are summed before the absolute value is taken, as SNIP and FORCE do, so that opposite
       votes from different batches cancel rather than add up.
+    - `snip_per_sample`: the mean over samples of the per-sample |dL_n/dθ · θ|, with true labels:
+      SNIP's saliency built like the Fisher, so the two can stand in for each other as an EWC
+      importance (here no sign can cancel across samples).
     - `magnitude`: |θ|. `random`: uniform noise from `seed` (the random-pruning control).
     - `fisher`: the diagonal Fisher, the mean over *samples* of the squared per-sample gradient
       (not the square of a batch-mean gradient). `fisher_labels="empirical"` uses the true labels,
@@ -99,8 +102,8 @@ def scores(
     model.train(bn_mode == "train")
     try:
         with torch.autocast(next(model.parameters()).device.type, enabled=False):
-            if method == "fisher":
-                totals, count = _fisher_sums(model, batches, names, fisher_labels, seed)
+            if method in ("fisher", "snip_per_sample"):
+                totals, count = _per_sample_sums(model, batches, names, method, fisher_labels, seed)
             else:
                 totals, count = _gradient_sums(model, batches, names, objective, seed)
     finally:
@@ -110,7 +113,7 @@ def scores(
                 v.copy_(saved_buffers[k])
     if count == 0:
         raise ValueError("batches is empty: saliency needs at least one batch")
-    if method == "fisher":
+    if method in ("fisher", "snip_per_sample"):
         return {n: t / count for n, t in totals.items()}
     return {n: (t * named[n].detach().float()).abs() for n, t in totals.items() if t is not None}
 
@@ -150,7 +153,8 @@ def _gradient_sums(model, batches, names, objective, seed):
     return dict(zip(names, totals)), count
 
 
-def _fisher_sums(model, batches, names, fisher_labels, seed, chunk_size=32):
+def _per_sample_sums(model, batches, names, method, fisher_labels, seed, chunk_size=32):
+    """Sums over samples of g_n² (fisher) or |g_n · θ| (snip_per_sample), g_n one sample's gradient."""
     from torch.func import functional_call, grad, vmap
 
     named = {n: p.detach() for n, p in model.named_parameters()}
@@ -169,12 +173,13 @@ def _fisher_sums(model, batches, names, fisher_labels, seed, chunk_size=32):
     for x, y in batches:
         device = next(iter(scored.values())).device
         x, y = x.to(device).float(), y.to(device)
-        if fisher_labels == "sampled":
+        if method == "fisher" and fisher_labels == "sampled":
             with torch.no_grad():
                 probs = F.softmax(model(x).float(), dim=1).cpu()
             y = torch.multinomial(probs, 1, generator=sampler).squeeze(1).to(device)
         for n, g in per_sample_grads(scored, x, y).items():
-            totals[n] += g.float().pow(2).sum(0)
+            g = g.float()
+            totals[n] += g.pow(2).sum(0) if method == "fisher" else (g * scored[n].float()).abs().sum(0)
         count += len(x)
     return totals, count
 

@@ -280,3 +280,18 @@ def test_mask_overlap_is_the_jaccard_index_over_shared_layers():
     assert mask_overlap(a, a) == 1.0
     with pytest.raises(ValueError, match="share no layer"):
         mask_overlap({"p": a["x"]}, {"q": a["x"]})
+
+
+def test_per_sample_snip_is_the_mean_of_per_sample_saliencies():
+    model, data = tiny_mlp(), batches(n=1, size=4)
+    got = scores(model, data, "snip_per_sample")
+    x, y = data[0]
+    expected = torch.zeros_like(model[0].weight)
+    for xi, yi in zip(x, y):
+        model.zero_grad()
+        F.cross_entropy(model(xi[None]), yi[None]).backward()
+        expected += (model[0].weight.grad * model[0].weight).abs()
+    torch.testing.assert_close(got["0.weight"], expected / 4)
+    # The mean of |.| is at least the |.| of the mean, which batch SNIP takes (triangle inequality).
+    batch = scores(model, data, "snip")["0.weight"]
+    assert torch.all(got["0.weight"] >= batch - 1e-6) and torch.any(got["0.weight"] > batch + 1e-4)
