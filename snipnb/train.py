@@ -11,6 +11,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -108,6 +109,8 @@ def fit(
     channels_last: bool | None = None,
     eval_batch_size: int = 2048,
     eval_every: int = 1,
+    penalty: Callable[[], torch.Tensor] | None = None,
+    after_step: Callable[[], None] | None = None,
     seed: int = 0,
     progress: bool = True,
     desc: str = "train",
@@ -118,7 +121,10 @@ def fit(
     `DeviceLoader`s. `amp` (bf16 autocast) defaults to on for CUDA only, `channels_last` to on for
     CUDA and the CPU.
     The test set is evaluated every `eval_every` epochs and after the last one
-    (`History.test_epochs` says which). The same `seed` on the CPU repeats a run exactly (batch order, augmentation).
+    (`History.test_epochs` says which). The same `seed` on the CPU repeats a run exactly (batch
+    order, augmentation).
+    Continual-learning strategies hook in with `penalty()`, added to every step's loss (EWC), and
+    `after_step()`, called after every optimiser step (PackNet restores its frozen weights there).
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -161,12 +167,15 @@ def fit(
         for x, y in train_loader:
             with _autocast(device, amp):
                 loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+            total = loss if penalty is None else loss + penalty()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             # Pruned weights are zero and now so are their gradients, so SGD's momentum and weight
             # decay both see zeros there and the weights stay exactly zero.
             enforce_masks(model, masked)
             optimizer.step()
+            if after_step is not None:
+                after_step()
             scheduler.step()
             loss_sum += loss.detach().float() * len(y)
         history.images += len(train_loader.labels)

@@ -70,3 +70,20 @@ def test_eval_every_tests_on_schedule_and_always_after_the_last_epoch(mnist_like
     history = fit(net(), train, test, epochs=5, eval_every=2, batch_size=32, progress=False)
     assert history.test_epochs == [2, 4, 5] and len(history.test_acc) == 3
     assert history.best_epoch in (2, 4, 5) and len(history.train_loss) == 5
+
+
+def test_penalty_is_added_to_the_loss_and_after_step_runs_every_step(mnist_like):
+    train, test = mnist_like
+    model = net()
+    steps = []
+    anchor = model.head.weight.detach().clone()
+
+    def pull_head_to_anchor():
+        return 2.0 * ((model.head.weight - anchor) ** 2).sum()
+
+    fit(model, train, None, epochs=2, batch_size=32, penalty=pull_head_to_anchor,
+        after_step=lambda: steps.append(1), progress=False)
+    free = net()
+    fit(free, train, None, epochs=2, batch_size=32, progress=False)
+    assert len(steps) == 2 * -(-len(train) // 32)
+    assert (model.head.weight - anchor).abs().max() < 0.25 * (free.head.weight - anchor).abs().max()
