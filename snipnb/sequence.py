@@ -1,0 +1,132 @@
+"""Experiments 3 and 4: one strategy over one task sequence, one run per `ContinualRun`.
+
+The run records the full accuracy matrix R (R[i, j]: accuracy on task j after training task i) on
+the validation or the test split, the accuracy at initialisation b, the class-incremental accuracy
+after each task, and, for PackNet, which task owns how much of every layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import numpy as np
+import torch
+
+from . import data, metrics
+from .continual import (CRITERIA, EWC, STRATEGIES, MultiHeadNet, PackNet, _HeadView, body_parameters,
+                        class_incremental_accuracy, importance, split_tasks)
+from .models import build
+from .train import default_device, evaluate, fit
+
+
+@dataclasses.dataclass(frozen=True)
+class ContinualRun:
+    """Every setting that changes a result; the data folder and the device do not."""
+
+    strategy: str = "finetune"
+    model: str = "resnet18"
+    dataset: str = "cifar100"
+    n_tasks: int = 5
+    seed: int = 0
+    epochs: int = 10  # per task
+    batch_size: int = 64
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    augment: bool = True
+    ewc_lambda: float = 100.0
+    ewc_online: bool = False
+    fisher_labels: str = "empirical"  # or "sampled": the true Fisher
+    importance_examples: int = 1024
+    keep: float | None = None  # PackNet: fraction of the free weights a task keeps; None: equal shares
+    retrain_epochs: int = 2  # PackNet: retraining after pruning
+    split: str = "test"  # "val" while choosing λ and keep, "test" for the reported numbers
+    synthetic_shape: tuple = (3, 32)
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.split not in ("val", "test"):
+            raise ValueError(f"split must be 'val' or 'test', got {self.split!r}")
+        if self.keep is not None and not 0 < self.keep <= 1:
+            raise ValueError(f"keep must be in (0, 1] or None, got {self.keep}")
+
+
+@functools.lru_cache(maxsize=4)
+def _load(name: str, train: bool, synthetic_shape: tuple):
+    channels, size = synthetic_shape
+    return data.load(name, train=train, **(dict(channels=channels, image_size=size) if name == "synthetic" else {}))
+
+
+def tasks_for(run: ContinualRun):
+    """The run's task sequence: class order from the seed (Split-MNIST keeps 0/1, 2/3, ...)."""
+    order_seed = None if run.dataset == "mnist" else run.seed
+    return split_tasks(_load(run.dataset, True, run.synthetic_shape), _load(run.dataset, False, run.synthetic_shape),
+                       run.n_tasks, order_seed)
+
+
+def _joint_data(tasks) -> data.ImageData:
+    # Labels shifted into one label space, matching the concatenated heads of MultiHeadNet.
+    offsets = np.cumsum([0] + [len(t.classes) for t in tasks[:-1]])
+    images = torch.cat([t.train.images for t in tasks])
+    labels = torch.cat([t.train.labels + int(o) for t, o in zip(tasks, offsets)])
+    first = tasks[0].train
+    return data.ImageData(images, labels, int(sum(len(t.classes) for t in tasks)), first.mean, first.std, first.name)
+
+
+def run_sequence(run: ContinualRun, device=None) -> dict:
+    """Train `run.strategy` over the task sequence and return R, b and the metrics (in percent)."""
+    device = torch.device(device) if device is not None else default_device()
+    tasks = tasks_for(run)
+    T = len(tasks)
+    first = tasks[0].train
+    backbone = build(run.model, 1, in_channels=first.images.shape[1], image_size=first.images.shape[-1], seed=run.seed)
+    torch.manual_seed(run.seed)  # the heads
+    net = MultiHeadNet(backbone, [len(t.classes) for t in tasks]).to(device)
+    evals = [t.val if run.split == "val" else t.test for t in tasks]
+    train_options = dict(batch_size=run.batch_size, lr=run.lr, weight_decay=run.weight_decay, augment=run.augment,
+                         device=device, seed=run.seed, progress=False)
+    heads = [_HeadView(net, j) for j in range(T)]
+    b = [100 * evaluate(heads[j], evals[j]) for j in range(T)]
+
+    if run.strategy == "joint":
+        net.task = "all"
+        fit(net, _joint_data(tasks), None, run.epochs, **train_options)
+        row = [100 * evaluate(heads[j], evals[j]) for j in range(T)]
+        class_il = 100 * class_incremental_accuracy(heads, evals, device)
+        return dict(R=[row], b=b, class_il=[class_il], avg_acc=float(np.mean(row)), forgetting=math.nan,
+                    bwt=math.nan, fwt=math.nan, final_class_il=class_il)
+
+    ewc = EWC(run.ewc_lambda, online=run.ewc_online) if run.strategy in ("ewc", "snip_ewc") else None
+    packnet = PackNet(net) if run.strategy in ("packnet", "snip_packnet") else None
+    importance_options = dict(examples=run.importance_examples, fisher_labels=run.fisher_labels, seed=run.seed,
+                              device=device)
+    R, class_il, retrained = np.zeros((T, T)), [], []
+    for t, task in enumerate(tasks):
+        net.task = t
+        if packnet is not None:
+            fit(net, task.train, None, run.epochs, after_step=packnet.frozen_restorer(net, t), **train_options)
+            weight_scores = importance(net, task.train, CRITERIA[run.strategy], params=packnet.weights,
+                                       **importance_options)
+            packnet.claim(net, t, weight_scores, run.keep if t < T - 1 and run.keep else 1 / (T - t))
+            if run.retrain_epochs:
+                fit(net, task.train, None, run.retrain_epochs,
+                    after_step=packnet.frozen_restorer(net, t, retraining=True), **train_options)
+            packnet.save_norms(net, t)
+            retrained.append(100 * evaluate(packnet.view(net, t), evals[t]))
+            models = [packnet.view(net, j) for j in range(T)]
+        else:
+            penalty = (lambda: ewc.penalty(net)) if ewc is not None and ewc.anchors else None
+            fit(net, task.train, None, run.epochs, penalty=penalty, **train_options)
+            if ewc is not None:
+                ewc.consolidate(net, importance(net, task.train, CRITERIA[run.strategy],
+                                                params=body_parameters(net), **importance_options))
+            models = heads
+        R[t] = [100 * evaluate(models[j], evals[j]) for j in range(T)]
+        class_il.append(100 * class_incremental_accuracy(models[: t + 1], evals[: t + 1], device))
+    result = dict(R=R.tolist(), b=b, class_il=class_il, final_class_il=class_il[-1], **metrics.summary(R, b))
+    if packnet is not None:
+        result["after_retraining"] = retrained  # task t right after its own pruning and retraining
+        result["usage"] = packnet.usage()
+    return result

@@ -1,0 +1,118 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from snipnb import data, models
+from snipnb.continual import EWC, MultiHeadNet, PackNet, split_tasks
+from snipnb.sequence import ContinualRun, run_sequence
+from snipnb.train import fit
+
+
+def small(**kw):
+    base = dict(model="simple_convnet", dataset="synthetic", n_tasks=5, epochs=1, batch_size=32, lr=0.05,
+                synthetic_shape=(1, 16), importance_examples=64, retrain_epochs=1, augment=False)
+    return ContinualRun(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    kw = dict(num_classes=6, channels=1, image_size=16, per_class=30, test_per_class=10)
+    return split_tasks(data.synthetic(True, **kw), data.synthetic(False, **kw), 3, seed=0)
+
+
+def test_split_tasks_partitions_classes_and_holds_out_validation(tasks):
+    assert sorted(c for t in tasks for c in t.classes) == list(range(6))
+    for t in tasks:
+        assert t.train.num_classes == 2 and set(t.train.labels.tolist()) == {0, 1}
+        assert len(t.val) == 6 and len(t.train) == 54 and len(t.test) == 20
+        # no image is both in train and validation
+        assert not (t.train.images.flatten(1)[:, None] == t.val.images.flatten(1)[None]).all(-1).any()
+
+
+def test_multi_head_net_uses_the_head_of_its_task():
+    net = MultiHeadNet(models.build("simple_convnet", 1, in_channels=1, image_size=16, seed=0), [2, 3])
+    x = torch.randn(4, 1, 16, 16)
+    net.eval()
+    net.task = 1
+    assert net(x).shape == (4, 3)
+    net.task = "all"
+    both = net(x)
+    net.task = 0
+    torch.testing.assert_close(both[:, :2], net(x))
+
+
+def test_ewc_penalty_is_zero_at_the_anchor_and_weights_the_squared_drift():
+    net = torch.nn.Linear(2, 1, bias=False)
+    ewc = EWC(lam=3.0)
+    ewc.consolidate(net, {"weight": torch.tensor([[1.0, 2.0]])})
+    assert ewc.penalty(net) == 0
+    with torch.no_grad():
+        net.weight += torch.tensor([[1.0, 0.5]])
+    assert ewc.penalty(net).item() == pytest.approx(3.0 * (1.0 * 1.0 + 2.0 * 0.25))
+    online = EWC(lam=1.0, online=True, gamma=0.5)
+    online.consolidate(net, {"weight": torch.ones(1, 2)})
+    online.consolidate(net, {"weight": torch.ones(1, 2)})
+    assert len(online.anchors) == 1 and torch.equal(online.anchors[0][0]["weight"], torch.full((1, 2), 1.5))
+
+
+def test_ewc_with_lambda_zero_is_fine_tuning_exactly():
+    finetune = run_sequence(small(strategy="finetune", n_tasks=2), device="cpu")
+    ewc = run_sequence(small(strategy="ewc", n_tasks=2, ewc_lambda=0.0), device="cpu")
+    assert ewc["R"] == finetune["R"] and ewc["class_il"] == finetune["class_il"]
+
+
+def test_packnet_frozen_weights_are_bit_identical_after_later_tasks(tasks):
+    net = MultiHeadNet(models.build("simple_convnet", 1, in_channels=1, image_size=16, seed=0), [2, 2, 2])
+    packnet = PackNet(net)
+    options = dict(batch_size=16, lr=0.1, weight_decay=5e-3, device="cpu", progress=False)
+    net.task = 0
+    fit(net, tasks[0].train, None, 1, after_step=packnet.frozen_restorer(net, 0), **options)
+    magnitude = {n: p.detach().abs() for n, p in net.named_parameters() if n in packnet.weights}
+    packnet.claim(net, 0, magnitude, keep=1 / 3)
+    packnet.save_norms(net, 0)
+    owned = {n: p.detach()[packnet.owner[n] == 0].clone() for n, p in net.named_parameters() if n in packnet.weights}
+    shared = {n: p.detach().clone() for n, p in net.named_parameters() if n in packnet.shared}
+    assert shared, "simple_convnet's conv biases are shared parameters PackNet must freeze"
+    released = sum(int((packnet.owner[n] == -1).sum()) for n in packnet.weights)
+    kept = sum(int((packnet.owner[n] == 0).sum()) for n in packnet.weights)
+    assert kept == round((kept + released) / 3)
+    for t in (1, 2):
+        net.task = t
+        fit(net, tasks[t].train, None, 2, after_step=packnet.frozen_restorer(net, t), **options)
+    params = dict(net.named_parameters())
+    for n, before in owned.items():
+        assert torch.equal(params[n].detach()[packnet.owner[n] == 0], before), n
+    for n, before in shared.items():
+        assert torch.equal(params[n].detach(), before), n
+
+
+def test_packnet_never_forgets_and_uses_its_capacity():
+    result = run_sequence(small(strategy="packnet", n_tasks=5), device="cpu")
+    R = np.array(result["R"])
+    assert result["after_retraining"] == pytest.approx(list(np.diag(R)))
+    assert R[-1] == pytest.approx(list(np.diag(R)))  # the final row equals the diagonal: no forgetting
+    assert result["forgetting"] <= 1e-9
+    shares = np.array(list(result["usage"].values()))  # layers x (tasks..., free)
+    assert shares.sum(1) == pytest.approx(np.ones(len(shares)))
+    assert shares[:, :-1].sum() > 0
+
+
+@pytest.mark.parametrize("strategy", ["finetune", "joint", "ewc", "snip_ewc", "packnet", "snip_packnet"])
+def test_every_strategy_reports_the_accuracy_matrix_and_metrics(strategy):
+    result = run_sequence(small(strategy=strategy, n_tasks=2), device="cpu")
+    rows = 1 if strategy == "joint" else 2
+    assert np.array(result["R"]).shape == (rows, 2) and len(result["b"]) == 2
+    assert 0 <= result["avg_acc"] <= 100 and 0 <= result["final_class_il"] <= 100
+    if strategy == "joint":
+        assert math.isnan(result["forgetting"])
+
+
+def test_bad_runs_are_rejected():
+    with pytest.raises(ValueError, match="strategy"):
+        small(strategy="replay")
+    with pytest.raises(ValueError, match="split"):
+        small(split="train")
+    with pytest.raises(ValueError, match="keep"):
+        small(keep=0.0)
