@@ -93,3 +93,53 @@ def overlap_matrix(masks: dict, ax=None, title: str = "Mask overlap (Jaccard)"):
     ax.set_title(title)
     ax.figure.colorbar(shown, ax=ax, fraction=0.046)
     return values
+
+
+def accuracy_matrix(R, ax=None, title: str = "", vmax: float = 100.0):
+    """Heat map of an accuracy matrix: row i = after training task i, column j = task j."""
+    R = np.asarray(R)
+    ax = _axis(ax, figsize=(3.6, 3.2))
+    shown = ax.imshow(R, vmin=0, vmax=vmax, cmap="viridis")
+    for i in range(R.shape[0]):
+        for j in range(R.shape[1]):
+            ax.text(j, i, f"{R[i, j]:.0f}", ha="center", va="center", fontsize="x-small",
+                    color="white" if R[i, j] < 0.6 * vmax else "black")
+    ax.set_xlabel("task tested")
+    ax.set_ylabel("after training task")
+    ax.set_title(title, fontsize="small")
+    return shown
+
+
+def task_curves(matrices: dict, ax=None, title: str = "Accuracy on each task over the sequence"):
+    """For each strategy (a dict label -> mean R), accuracy on every task from the stage it was
+    trained on to the end; one colour per strategy, one line per task."""
+    ax = _axis(ax)
+    for color, (label, R) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], matrices.items()):
+        R = np.asarray(R)
+        for j in range(R.shape[1]):
+            stages = np.arange(j, R.shape[0])
+            ax.plot(stages, R[j:, j], color=color, marker="o", ms=3, label=label if j == 0 else None)
+    ax.set_xlabel("after training task")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    return ax
+
+
+def capacity_bars(usage: dict[str, list[float]], ax=None, title: str = "Share of each layer owned by each task"):
+    """Stacked bars per layer: the fraction of its weights each task owns, and the free rest."""
+    ax = _axis(ax)
+    layers = list(usage)
+    shares = np.array([usage[n] for n in layers])
+    bottom = np.zeros(len(layers))
+    for t in range(shares.shape[1]):
+        label = "free" if t == shares.shape[1] - 1 else f"task {t}"
+        ax.bar(range(len(layers)), shares[:, t], bottom=bottom, label=label,
+               color="lightgrey" if label == "free" else None)
+        bottom += shares[:, t]
+    ax.set_xticks(range(len(layers)), [n.removeprefix("body.").removesuffix(".weight") for n in layers],
+                  rotation=45, ha="right")
+    ax.set_ylabel("share of the layer's weights")
+    ax.set_title(title)
+    ax.legend(fontsize="small", ncol=2)
+    return ax

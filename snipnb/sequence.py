@@ -130,3 +130,36 @@ def run_sequence(run: ContinualRun, device=None) -> dict:
         result["after_retraining"] = retrained  # task t right after its own pruning and retraining
         result["usage"] = packnet.usage()
     return result
+
+
+def mean_matrix(results, strategy: str) -> np.ndarray:
+    """The accuracy matrix of `strategy` averaged over the seeds in a sweep's results table."""
+    rows = results[results.strategy == strategy]
+    return np.mean([np.array(R) for R in rows.R], axis=0)
+
+
+def first_task_importances(run: ContinualRun, criteria=("fisher", "snip_per_sample"), device=None,
+                           max_entries: int = 1_000_000) -> dict[str, torch.Tensor]:
+    """Train the first task of `run` and return each criterion's importance of the body parameters,
+    flattened (the same random `max_entries` positions for all), for comparing criteria."""
+    device = torch.device(device) if device is not None else default_device()
+    task = tasks_for(run)[0]
+    backbone = build(run.model, 1, in_channels=task.train.images.shape[1], image_size=task.train.images.shape[-1],
+                     seed=run.seed)
+    net = MultiHeadNet(backbone, [len(task.classes)]).to(device)
+    fit(net, task.train, None, run.epochs, batch_size=run.batch_size, lr=run.lr, weight_decay=run.weight_decay,
+        augment=run.augment, device=device, seed=run.seed, progress=False)
+    flat = {}
+    for criterion in criteria:
+        weights = importance(net, task.train, criterion, params=body_parameters(net),
+                             examples=run.importance_examples, seed=run.seed, device=device)
+        flat[criterion] = torch.cat([w.flatten().cpu() for w in weights.values()])
+    n = len(next(iter(flat.values())))
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:max_entries]
+    return {c: v[pick] for c, v in flat.items()}
+
+
+def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rank correlation of two flat tensors (ties ranked by position)."""
+    ranks = [torch.argsort(torch.argsort(v)).double() for v in (a, b)]
+    return float(torch.corrcoef(torch.stack(ranks))[0, 1])

@@ -116,3 +116,12 @@ def test_bad_runs_are_rejected():
         small(split="train")
     with pytest.raises(ValueError, match="keep"):
         small(keep=0.0)
+
+
+def test_rank_correlation_is_spearmans():
+    from snipnb.sequence import rank_correlation
+
+    a = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert rank_correlation(a, a ** 3) == pytest.approx(1.0)  # monotone: ranks agree exactly
+    assert rank_correlation(a, -a) == pytest.approx(-1.0)
+    assert rank_correlation(a, torch.tensor([2.0, 1.0, 4.0, 3.0])) == pytest.approx(0.6)  # 1 - 6*4/(4*15)
