@@ -70,7 +70,7 @@ import os
 import tempfile
 
 if os.environ.get("SNIPNB_SMOKE"):
-    model, dataset, n_tasks, seeds, epochs, lambdas = "simple_convnet", "synthetic", 2, 2, 1, [1, 100]
+    model, dataset, n_tasks, seeds, epochs, lambdas = "lenet300_100", "synthetic", 2, 2, 1, [1, 100]
     importance_examples = 64
     results_dir = tempfile.mkdtemp()
 

@@ -62,7 +62,7 @@ import os
 import tempfile
 
 if os.environ.get("SNIPNB_SMOKE"):
-    model, dataset, n_tasks, seeds, epochs, retrain_epochs, keeps = "simple_convnet", "synthetic", 2, 2, 1, 1, [None, 0.5]
+    model, dataset, n_tasks, seeds, epochs, retrain_epochs, keeps = "lenet300_100", "synthetic", 2, 2, 1, 1, [None, 0.5]
     importance_examples, results_dir = 64, tempfile.mkdtemp()
 
 # %%
