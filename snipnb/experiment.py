@@ -53,20 +53,20 @@ def saliency_batches(data, per_class: int, seed: int, device=None):
 
 
 def build_pruned(model_name: str, method: str, sparsity: float, seed: int, like, *, saliency_data=None,
-                 saliency_per_class: int = 10, scope: str = "global"):
+                 saliency_per_class: int = 10, scope: str = "global", device=None):
     """Build `model_name` from `seed` for data shaped like `like` and prune it by `method`.
 
-    Saliency is computed on `saliency_data` (default: `like`; another dataset for cross-domain SNIP).
-    Returns (model, masks), masks None for `dense`.
+    Saliency is computed on `saliency_data` (default: `like`; another dataset for cross-domain SNIP),
+    on `device` (default: the CPU). Returns (model, masks), masks None for `dense`.
     """
     from .models import build
     from .pruning import apply_masks
 
     channels, size = like.images.shape[1], like.images.shape[-1]
-    model = build(model_name, like.num_classes, in_channels=channels, image_size=size, seed=seed)
+    model = build(model_name, like.num_classes, in_channels=channels, image_size=size, seed=seed).to(device or "cpu")
     needs_data = method not in ("dense", "random", "magnitude")
     batches = saliency_batches(like if saliency_data is None else saliency_data, saliency_per_class,
-                               seed) if needs_data else None
+                               seed, device) if needs_data else None
     masks = make_masks(model, method, sparsity, batches, seed, scope)
     if masks is not None:
         apply_masks(model, masks)
@@ -85,7 +85,7 @@ def prune_and_fit(model_name: str, method: str, sparsity: float, seed: int, trai
     from .train import fit
 
     model, masks = build_pruned(model_name, method, sparsity, seed, train, saliency_data=saliency_data,
-                                saliency_per_class=saliency_per_class, scope=scope)
+                                saliency_per_class=saliency_per_class, scope=scope, device=fit_options.get("device"))
     history = fit(model, train, test, epochs, seed=seed, **fit_options)
     report = sparsity_report(model)
     row = dict(model=model_name, method=method, sparsity=sparsity if masks is not None else 0.0, seed=seed,
