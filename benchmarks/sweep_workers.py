@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from snipnb import fewshot
+from snipnb import data, fewshot
 from snipnb.sweep import run_sweep
 from snipnb.train import default_device
 
@@ -31,8 +31,7 @@ def main():
     args = parser.parse_args()
     device = args.device or str(default_device())
     runs = fewshot.grid([args.model], [1, 5], [0.9], ["snip", "random"], args.seeds, dataset=args.dataset,
-                        epochs=args.epochs, synthetic_shape=(1, 28) if args.dataset == "mnist" else (3, 32),
-                        augment=args.dataset != "mnist")
+                        epochs=args.epochs, **data.recipe_defaults(args.dataset))
     print(f"device: {device}; torch {torch.__version__}; grid of {len(runs)} runs "
           f"({args.model}, {args.dataset}, k in 1/5, {args.epochs} epochs)")
     print("| workers | wall time (s) | runs per minute | speed-up |")

@@ -88,7 +88,7 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from snipnb import fewshot, plots, stats
+from snipnb import data, fewshot, plots, stats
 from snipnb.sweep import run_sweep
 from snipnb.train import default_device
 
@@ -96,8 +96,7 @@ if data_root is not None:
     os.environ["SNIPNB_DATA"] = str(data_root)  # worker processes read it too
 device = device or str(default_device())
 settings = dict(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, eval_every=eval_every,
-                augment=dataset != "mnist",  # crops and flips do not preserve digits
-                synthetic_shape=(1, 28) if dataset == "mnist" else (3, 32))
+                **data.recipe_defaults(dataset))
 runs = fewshot.grid(models, ks, sparsities, methods, seeds, **settings)
 display(Markdown(f"**This run:** dataset `{dataset}`, {len(runs)} runs ({len(models)} models × {len(ks)} k × "
                  f"{seeds} seeds × (dense + {len(methods)} methods × {len(sparsities)} sparsities)), "

@@ -83,7 +83,7 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from snipnb import plots, published, stats
+from snipnb import data, plots, published, stats
 from snipnb.sequence import ContinualRun, first_task_importances, mean_matrix, rank_correlation, run_sequence
 from snipnb.sweep import run_sweep
 from snipnb.train import default_device
@@ -93,8 +93,7 @@ if data_root is not None:
 device = device or str(default_device())
 common = dict(model=model, dataset=dataset, n_tasks=n_tasks, epochs=epochs, batch_size=batch_size, lr=lr,
               ewc_online=online, fisher_labels=fisher_labels, importance_examples=importance_examples,
-              augment=dataset not in ("mnist", "synthetic"),
-              synthetic_shape=(1, 28) if dataset == "mnist" else (3, 32))
+              **data.recipe_defaults(dataset))
 sweep = functools.partial(run_sweep, functools.partial(run_sequence, device=device), workers=workers, shard=shard)
 display(Markdown(f"**This run:** `{model}` on `{dataset}` in {n_tasks} tasks, {epochs} epochs per task, "
                  f"{seeds} seeds, λ grid {lambdas}, on `{device}` with torch {torch.__version__}."))

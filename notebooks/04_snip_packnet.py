@@ -73,7 +73,7 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from snipnb import plots, published, stats
+from snipnb import data, plots, published, stats
 from snipnb.sequence import ContinualRun, mean_matrix, run_sequence
 from snipnb.sweep import run_sweep
 from snipnb.train import default_device
@@ -83,8 +83,7 @@ if data_root is not None:
 device = device or str(default_device())
 common = dict(model=model, dataset=dataset, n_tasks=n_tasks, epochs=epochs, retrain_epochs=retrain_epochs,
               batch_size=batch_size, lr=lr, importance_examples=importance_examples,
-              augment=dataset not in ("mnist", "synthetic"),
-              synthetic_shape=(1, 28) if dataset == "mnist" else (3, 32))
+              **data.recipe_defaults(dataset))
 sweep = functools.partial(run_sweep, functools.partial(run_sequence, device=device), workers=workers, shard=shard)
 display(Markdown(f"**This run:** `{model}` on `{dataset}` in {n_tasks} tasks, {epochs} + {retrain_epochs} epochs "
                  f"per task, {seeds} seeds, keep grid {keeps}, on `{device}` with torch {torch.__version__}."))

@@ -285,3 +285,11 @@ def class_split(labels_or_num_classes, n_tasks: int, seed: int | None = None) ->
     if seed is not None:
         classes = classes[torch.randperm(len(classes), generator=torch.Generator().manual_seed(seed))]
     return [sorted(group.tolist()) for group in classes.chunk(n_tasks)]
+
+
+def recipe_defaults(name: str) -> dict:
+    """The per-dataset defaults the experiment configs share: crop-and-flip augmentation for CIFAR
+    only (it does not preserve digits), and the image shape a synthetic stand-in should have."""
+    if name not in DATASETS:
+        raise ValueError(f"name must be one of {DATASETS}, got name={name!r}")
+    return dict(augment=name in ("cifar10", "cifar100"), synthetic_shape=(1, 28) if name == "mnist" else (3, 32))

@@ -326,3 +326,11 @@ def test_subset_and_classes_select_rows_and_keep_stats():
     assert kept.labels.tolist() == [1, 3, 1] and kept.images[:, 0, 0, 0].tolist() == [1, 3, 4]
     assert (kept.num_classes, kept.mean, kept.std) == (4, (0.5,), (0.25,))
     assert len(full.classes(torch.tensor([2]))) == 1
+
+
+def test_recipe_defaults_augment_cifar_only_and_shape_synthetic_like_the_real_set():
+    assert data.recipe_defaults("cifar100") == dict(augment=True, synthetic_shape=(3, 32))
+    assert data.recipe_defaults("mnist") == dict(augment=False, synthetic_shape=(1, 28))
+    assert data.recipe_defaults("synthetic")["augment"] is False
+    with pytest.raises(ValueError, match="name"):
+        data.recipe_defaults("imagenet")
