@@ -210,6 +210,8 @@ class PackNet:
             named[n][free[n] & ~claimed] = 0.0
 
     def save_norms(self, net: MultiHeadNet, task: int) -> None:
+        """Keep task `task`'s BatchNorm statistics and affine parameters for its evaluation. Without
+        this (the `shared` policy) every task is evaluated with the last task's BatchNorm."""
         state = net.state_dict()
         self.norm_state[task] = {n: state[n].clone() for n in self.norm_names}
 
@@ -219,7 +221,7 @@ class PackNet:
 
     def usage(self) -> dict[str, list[float]]:
         """Per layer, the fraction of its weights owned by each task and, last, still free."""
-        tasks = sorted(self.norm_state)
+        tasks = range(max(int(o.max()) for o in self.owner.values()) + 1)
         return {n: [float((o == t).float().mean()) for t in tasks] + [float((o == -1).float().mean())]
                 for n, o in self.owner.items()}
 

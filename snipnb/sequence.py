@@ -41,6 +41,7 @@ class ContinualRun:
     importance_examples: int = 1024
     keep: float | None = None  # PackNet: fraction of the free weights a task keeps; None: equal shares
     retrain_epochs: int = 2  # PackNet: retraining after pruning
+    packnet_bn: str = "per_task"  # PackNet's BatchNorm: "per_task" statistics and affine, or "shared"
     split: str = "test"  # "val" while choosing λ and keep, "test" for the reported numbers
     synthetic_shape: tuple = (3, 32)
 
@@ -49,6 +50,8 @@ class ContinualRun:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.split not in ("val", "test"):
             raise ValueError(f"split must be 'val' or 'test', got {self.split!r}")
+        if self.packnet_bn not in ("per_task", "shared"):
+            raise ValueError(f"packnet_bn must be 'per_task' or 'shared', got {self.packnet_bn!r}")
         if self.keep is not None and not 0 < self.keep <= 1:
             raise ValueError(f"keep must be in (0, 1] or None, got {self.keep}")
 
@@ -113,7 +116,8 @@ def run_sequence(run: ContinualRun, device=None) -> dict:
             if run.retrain_epochs:
                 fit(net, task.train, None, run.retrain_epochs,
                     after_step=packnet.frozen_restorer(net, t, retraining=True), **train_options)
-            packnet.save_norms(net, t)
+            if run.packnet_bn == "per_task":
+                packnet.save_norms(net, t)
             retrained.append(100 * evaluate(packnet.view(net, t), evals[t]))
             models = [packnet.view(net, j) for j in range(T)]
         else:

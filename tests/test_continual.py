@@ -125,3 +125,13 @@ def test_rank_correlation_is_spearmans():
     assert rank_correlation(a, a ** 3) == pytest.approx(1.0)  # monotone: ranks agree exactly
     assert rank_correlation(a, -a) == pytest.approx(-1.0)
     assert rank_correlation(a, torch.tensor([2.0, 1.0, 4.0, 3.0])) == pytest.approx(0.6)  # 1 - 6*4/(4*15)
+
+
+def test_shared_batchnorm_lets_packnet_forget_what_per_task_batchnorm_keeps():
+    shared = run_sequence(small(strategy="packnet", n_tasks=2, packnet_bn="shared"), device="cpu")
+    per_task = run_sequence(small(strategy="packnet", n_tasks=2), device="cpu")
+    # Same weights and heads either way; only task 0's BatchNorm differs at the end.
+    assert per_task["R"][1][0] == per_task["after_retraining"][0]
+    assert shared["R"][1][0] != shared["after_retraining"][0]
+    with pytest.raises(ValueError, match="packnet_bn"):
+        small(packnet_bn="frozen")
