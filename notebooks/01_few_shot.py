@@ -210,9 +210,13 @@ lines.append(f"- **H1** (SNIP at {focus_sparsity} beats dense for k ≤ 10), ove
 for model in models:
     snip = focus[(focus.method == "snip") & (focus.model == model)].sort_values("k")
     if len(snip) > 2:
-        trend = snip["diff"].corr(snip["k"], method="spearman")
-        lines.append(f"- **H2** ({model}): rank correlation of SNIP's gain with k is {trend:+.2f} "
-                     f"({'shrinks' if trend < 0 else 'does not shrink'} as k grows).")
+        # H2 is about the size of SNIP's effect, whichever its sign: does |SNIP - dense| fall with k?
+        size_trend = snip["diff"].abs().corr(snip["k"], method="spearman")
+        sign = "gains" if (snip["diff"] > 0).all() else "losses" if (snip["diff"] < 0).all() else "mixed"
+        lines.append(f"- **H2** ({model}): SNIP − dense by k: " +
+                     ", ".join(f"{d:+.1f} (k={k})" for k, d in zip(snip.k, snip["diff"])) +
+                     f"; {sign}. Rank correlation of their size with k: {size_trend:+.2f}, so the effect "
+                     f"{'shrinks' if size_trend < 0 else 'does not shrink'} as k grows.")
 means = focus.groupby("method")["diff"].mean()
 if {"snip", "snip_pseudo_labels", "snip_cross_domain"} <= set(means.index):
     order = means[["snip", "snip_pseudo_labels", "snip_cross_domain"]].sort_values(ascending=False)
