@@ -95,21 +95,23 @@ def run_sequence(run: ContinualRun, device=None) -> dict:
 
     if run.strategy == "joint":
         net.task = "all"
-        fit(net, _joint_data(tasks), None, run.epochs, **train_options)
+        history = fit(net, _joint_data(tasks), None, run.epochs, **train_options)
         row = [100 * evaluate(heads[j], evals[j]) for j in range(T)]
         class_il = 100 * class_incremental_accuracy(heads, evals, device)
         return dict(R=[row], b=b, class_il=[class_il], avg_acc=float(np.mean(row)), forgetting=math.nan,
-                    bwt=math.nan, fwt=math.nan, final_class_il=class_il)
+                    bwt=math.nan, fwt=math.nan, final_class_il=class_il,
+                    diverged=not all(math.isfinite(loss) for loss in history.train_loss))
 
     ewc = EWC(run.ewc_lambda, online=run.ewc_online) if run.strategy in ("ewc", "snip_ewc") else None
     packnet = PackNet(net) if run.strategy in ("packnet", "snip_packnet") else None
     importance_options = dict(examples=run.importance_examples, fisher_labels=run.fisher_labels, seed=run.seed,
                               device=device)
-    R, class_il, retrained = np.zeros((T, T)), [], []
+    R, class_il, retrained, histories = np.zeros((T, T)), [], [], []
     for t, task in enumerate(tasks):
         net.task = t
         if packnet is not None:
-            fit(net, task.train, None, run.epochs, after_step=packnet.frozen_restorer(net, t), **train_options)
+            histories.append(fit(net, task.train, None, run.epochs, after_step=packnet.frozen_restorer(net, t),
+                                 **train_options))
             weight_scores = importance(net, task.train, CRITERIA[run.strategy], params=packnet.weights,
                                        **importance_options)
             packnet.claim(net, t, weight_scores, run.keep if t < T - 1 and run.keep else 1 / (T - t))
@@ -122,14 +124,17 @@ def run_sequence(run: ContinualRun, device=None) -> dict:
             models = [packnet.view(net, j) for j in range(T)]
         else:
             penalty = (lambda: ewc.penalty(net)) if ewc is not None and ewc.anchors else None
-            fit(net, task.train, None, run.epochs, penalty=penalty, **train_options)
+            histories.append(fit(net, task.train, None, run.epochs, penalty=penalty, **train_options))
             if ewc is not None:
                 ewc.consolidate(net, importance(net, task.train, CRITERIA[run.strategy],
                                                 params=body_parameters(net), **importance_options))
             models = heads
         R[t] = [100 * evaluate(models[j], evals[j]) for j in range(T)]
         class_il.append(100 * class_incremental_accuracy(models[: t + 1], evals[: t + 1], device))
-    result = dict(R=R.tolist(), b=b, class_il=class_il, final_class_il=class_il[-1], **metrics.summary(R, b))
+    # A penalty too stiff for the learning rate blows the weights up; say so rather than report chance.
+    diverged = any(not math.isfinite(loss) for h in histories for loss in h.train_loss)
+    result = dict(R=R.tolist(), b=b, class_il=class_il, final_class_il=class_il[-1], diverged=diverged,
+                  **metrics.summary(R, b))
     if packnet is not None:
         result["after_retraining"] = retrained  # task t right after its own pruning and retraining
         result["usage"] = packnet.usage()

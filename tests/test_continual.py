@@ -135,3 +135,9 @@ def test_shared_batchnorm_lets_packnet_forget_what_per_task_batchnorm_keeps():
     assert shared["R"][1][0] != shared["after_retraining"][0]
     with pytest.raises(ValueError, match="packnet_bn"):
         small(packnet_bn="frozen")
+
+
+def test_a_penalty_too_stiff_for_the_learning_rate_is_reported_as_diverged():
+    tame = run_sequence(small(strategy="ewc", n_tasks=2, ewc_lambda=0.001), device="cpu")
+    wild = run_sequence(small(strategy="ewc", n_tasks=2, ewc_lambda=1e6, lr=0.5), device="cpu")
+    assert tame["diverged"] is False and wild["diverged"] is True
