@@ -9,6 +9,7 @@ is a learnable stand-in with the same shapes for machines without the real files
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pathlib
 import socket
@@ -285,6 +286,16 @@ def class_split(labels_or_num_classes, n_tasks: int, seed: int | None = None) ->
     if seed is not None:
         classes = classes[torch.randperm(len(classes), generator=torch.Generator().manual_seed(seed))]
     return [sorted(group.tolist()) for group in classes.chunk(n_tasks)]
+
+
+@functools.lru_cache(maxsize=8)
+def load_cached(name: str, train: bool, synthetic_shape: tuple = (3, 32), synthetic_seed: int = 0) -> ImageData:
+    """`load` once per process: a sweep worker runs many configs on the same data. For `synthetic`,
+    `synthetic_shape` is (channels, image size) and `synthetic_seed` picks its class prototypes."""
+    if name != "synthetic":
+        return load(name, train=train)
+    channels, size = synthetic_shape
+    return load(name, train=train, channels=channels, image_size=size, seed=synthetic_seed)
 
 
 def recipe_defaults(name: str) -> dict:

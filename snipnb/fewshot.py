@@ -9,7 +9,6 @@ dataset (`source`) as many as the few-shot set holds, while training on the targ
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 from . import data
@@ -49,24 +48,17 @@ class FewShotRun:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
 
 
-@functools.lru_cache(maxsize=8)
-def _load(name: str, train: bool, synthetic_shape: tuple, synthetic_seed: int = 0):
-    # One load per process and dataset: a sweep worker runs many configs on the same data.
-    channels, size = synthetic_shape
-    options = dict(channels=channels, image_size=size, seed=synthetic_seed) if name == "synthetic" else {}
-    return data.load(name, train=train, **options)
-
-
 def _data(run: FewShotRun):
     """(few-shot training set, test set, pruning method, saliency data, saliency images per class)."""
-    train = _load(run.dataset, True, run.synthetic_shape)
-    test = _load(run.dataset, False, run.synthetic_shape)
+    train = data.load_cached(run.dataset, True, run.synthetic_shape)
+    test = data.load_cached(run.dataset, False, run.synthetic_shape)
     subset = train.subset(data.few_shot_indices(train.labels, run.k, run.seed))
     if run.method != "snip_cross_domain":
         # Labeled and label-free SNIP score the few-shot set itself: it is all the data there is.
         return subset, test, run.method, subset, run.k
     # A synthetic source draws other class prototypes than a synthetic target: another domain.
-    source = _load(run.source or CROSS_DOMAIN_SOURCE[run.dataset], True, run.synthetic_shape, synthetic_seed=1)
+    source = data.load_cached(run.source or CROSS_DOMAIN_SOURCE[run.dataset], True, run.synthetic_shape,
+                             synthetic_seed=1)
     # As many source images as the few-shot set has, balanced over the source's classes.
     return subset, test, "snip", source, math.ceil(len(subset) / source.num_classes)
 

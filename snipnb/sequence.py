@@ -8,7 +8,6 @@ after each task, and, for PackNet, which task owns how much of every layer.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import numpy as np
@@ -56,17 +55,11 @@ class ContinualRun:
             raise ValueError(f"keep must be in (0, 1] or None, got {self.keep}")
 
 
-@functools.lru_cache(maxsize=4)
-def _load(name: str, train: bool, synthetic_shape: tuple):
-    channels, size = synthetic_shape
-    return data.load(name, train=train, **(dict(channels=channels, image_size=size) if name == "synthetic" else {}))
-
-
 def tasks_for(run: ContinualRun):
     """The run's task sequence: class order from the seed (Split-MNIST keeps 0/1, 2/3, ...)."""
     order_seed = None if run.dataset == "mnist" else run.seed
-    return split_tasks(_load(run.dataset, True, run.synthetic_shape), _load(run.dataset, False, run.synthetic_shape),
-                       run.n_tasks, order_seed)
+    return split_tasks(data.load_cached(run.dataset, True, run.synthetic_shape),
+                       data.load_cached(run.dataset, False, run.synthetic_shape), run.n_tasks, order_seed)
 
 
 def _joint_data(tasks) -> data.ImageData:

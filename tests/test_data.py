@@ -334,3 +334,11 @@ def test_recipe_defaults_augment_cifar_only_and_shape_synthetic_like_the_real_se
     assert data.recipe_defaults("synthetic")["augment"] is False
     with pytest.raises(ValueError, match="name"):
         data.recipe_defaults("imagenet")
+
+
+def test_load_cached_loads_once_and_keys_on_shape_and_seed():
+    a = data.load_cached("synthetic", True, (1, 16))
+    assert data.load_cached("synthetic", True, (1, 16)) is a
+    assert a.images.shape[1:] == (1, 16, 16)
+    other = data.load_cached("synthetic", True, (1, 16), synthetic_seed=1)
+    assert not torch.equal(other.images, a.images)
