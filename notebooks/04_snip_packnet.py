@@ -129,8 +129,11 @@ fig, axes = plt.subplots(1, len(strategies), figsize=(4 * len(strategies), 3.6))
 for ax, s in zip(axes, strategies):
     plots.accuracy_matrix(mean_matrix(results, s), ax=ax, title=f"{s}: mean R over seeds")
 fig.tight_layout()
-fig, ax = plt.subplots(figsize=(7, 3.8))
-plots.task_curves({s: mean_matrix(results, s) for s in strategies}, ax=ax)
+fig, (left, right) = plt.subplots(1, 2, figsize=(13, 3.8))
+plots.task_curves({s: mean_matrix(results, s) for s in strategies}, ax=left)
+forgetting = stats.summarize(results[results.strategy != "joint"], ["strategy"], "forgetting")
+right.bar(forgetting.strategy, forgetting["mean"], yerr=forgetting["std"].fillna(0), capsize=4)
+right.set(ylabel="average forgetting (%)", title="Forgetting, mean ± std over seeds")
 fig.tight_layout()
 
 # %% [markdown]
@@ -157,7 +160,7 @@ for metric in ("avg_acc", "final_class_il"):
     sure = row.ci_low > 0 or row.ci_high < 0
     lines.append(f"- {metric}: snip_packnet − packnet = {row['diff']:+.2f} points (95% CI {row.ci_low:+.2f} to "
                  f"{row.ci_high:+.2f}; {'the seeds agree' if sure else 'not distinguishable from 0'}).")
-forgetting = results.groupby("strategy").forgetting.max()
-lines.append("- Largest forgetting over seeds: " + ", ".join(f"{s} {forgetting[s]:.2f}" for s in strategies) +
+worst = results.groupby("strategy").forgetting.max()
+lines.append("- Largest forgetting over seeds: " + ", ".join(f"{s} {worst[s]:.2f}" for s in strategies) +
              " points. PackNet cannot forget by construction: a task's weights, statistics and head are frozen.")
 display(Markdown("\n".join(lines)))
