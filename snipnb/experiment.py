@@ -11,7 +11,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .pruning import masks_from_scores, scores, shuffle_masks
+from .data import few_shot_indices
+from .loader import DeviceLoader
+from .models import build
+from .pruning import apply_masks, masks_from_scores, scores, shuffle_masks, sparsity_report
+from .train import fit
 
 # method name -> (score method, SNIP objective)
 _SCORED = {
@@ -22,6 +26,7 @@ _SCORED = {
     "random": ("random", "labels"),
 }
 METHODS = ("dense", *_SCORED, "shuffled_snip")
+DATA_FREE_METHODS = ("dense", "random", "magnitude")  # the rest score weights on a batch of images
 
 
 def make_masks(model: nn.Module, method: str, sparsity: float, batches=None, seed: int = 0,
@@ -45,9 +50,6 @@ def saliency_batches(data, per_class: int, seed: int, device=None):
 
     SNIP needs only a mini-batch; balancing it keeps every class represented even when it is small.
     """
-    from .data import few_shot_indices
-    from .loader import DeviceLoader
-
     subset = data.subset(few_shot_indices(data.labels, per_class, seed))
     return list(DeviceLoader(subset, len(subset), device=device or "cpu"))
 
@@ -59,14 +61,10 @@ def build_pruned(model_name: str, method: str, sparsity: float, seed: int, like,
     Saliency is computed on `saliency_data` (default: `like`; another dataset for cross-domain SNIP),
     on `device` (default: the CPU). Returns (model, masks), masks None for `dense`.
     """
-    from .models import build
-    from .pruning import apply_masks
-
     channels, size = like.images.shape[1], like.images.shape[-1]
     model = build(model_name, like.num_classes, in_channels=channels, image_size=size, seed=seed).to(device or "cpu")
-    needs_data = method not in ("dense", "random", "magnitude")
-    batches = saliency_batches(like if saliency_data is None else saliency_data, saliency_per_class,
-                               seed, device) if needs_data else None
+    batches = None if method in DATA_FREE_METHODS else saliency_batches(
+        like if saliency_data is None else saliency_data, saliency_per_class, seed, device)
     masks = make_masks(model, method, sparsity, batches, seed, scope)
     if masks is not None:
         apply_masks(model, masks)
@@ -81,9 +79,6 @@ def prune_and_fit(model_name: str, method: str, sparsity: float, seed: int, trai
     Returns (row, model): the row holds the settings, the final and best test accuracy in percent,
     the density actually kept and whether any layer collapsed.
     """
-    from .pruning import sparsity_report
-    from .train import fit
-
     model, masks = build_pruned(model_name, method, sparsity, seed, train, saliency_data=saliency_data,
                                 saliency_per_class=saliency_per_class, scope=scope, device=fit_options.get("device"))
     history = fit(model, train, test, epochs, seed=seed, **fit_options)
