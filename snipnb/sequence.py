@@ -71,18 +71,27 @@ def _joint_data(tasks) -> data.ImageData:
     return data.ImageData(images, labels, int(sum(len(t.classes) for t in tasks)), first.mean, first.std, first.name)
 
 
+def _fresh_net(run: ContinualRun, tasks, device) -> MultiHeadNet:
+    """The run's initial network: the backbone and then one head per task, both from `run.seed`."""
+    first = tasks[0].train
+    backbone = build(run.model, 1, in_channels=first.images.shape[1], image_size=first.images.shape[-1], seed=run.seed)
+    torch.manual_seed(run.seed)  # the heads
+    return MultiHeadNet(backbone, [len(t.classes) for t in tasks]).to(device)
+
+
+def _train_options(run: ContinualRun, device) -> dict:
+    return dict(batch_size=run.batch_size, lr=run.lr, weight_decay=run.weight_decay, augment=run.augment,
+                device=device, seed=run.seed, progress=False)
+
+
 def run_sequence(run: ContinualRun, device=None) -> dict:
     """Train `run.strategy` over the task sequence and return R, b and the metrics (in percent)."""
     device = torch.device(device) if device is not None else default_device()
     tasks = tasks_for(run)
     T = len(tasks)
-    first = tasks[0].train
-    backbone = build(run.model, 1, in_channels=first.images.shape[1], image_size=first.images.shape[-1], seed=run.seed)
-    torch.manual_seed(run.seed)  # the heads
-    net = MultiHeadNet(backbone, [len(t.classes) for t in tasks]).to(device)
+    net = _fresh_net(run, tasks, device)
     evals = [t.val if run.split == "val" else t.test for t in tasks]
-    train_options = dict(batch_size=run.batch_size, lr=run.lr, weight_decay=run.weight_decay, augment=run.augment,
-                         device=device, seed=run.seed, progress=False)
+    train_options = _train_options(run, device)
     heads = [_HeadView(net, j) for j in range(T)]
     b = [100 * evaluate(heads[j], evals[j]) for j in range(T)]
 
@@ -146,11 +155,8 @@ def first_task_importances(run: ContinualRun, criteria=("fisher", "snip_per_samp
     flattened (the same random `max_entries` positions for all), for comparing criteria."""
     device = torch.device(device) if device is not None else default_device()
     task = tasks_for(run)[0]
-    backbone = build(run.model, 1, in_channels=task.train.images.shape[1], image_size=task.train.images.shape[-1],
-                     seed=run.seed)
-    net = MultiHeadNet(backbone, [len(task.classes)]).to(device)
-    fit(net, task.train, None, run.epochs, batch_size=run.batch_size, lr=run.lr, weight_decay=run.weight_decay,
-        augment=run.augment, device=device, seed=run.seed, progress=False)
+    net = _fresh_net(run, [task], device)
+    fit(net, task.train, None, run.epochs, **_train_options(run, device))
     flat = {}
     for criterion in criteria:
         weights = importance(net, task.train, criterion, params=body_parameters(net),
