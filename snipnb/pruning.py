@@ -1,8 +1,8 @@
-"""Saliency scores, masks and the controls reviewers ask for.
+"""Saliency scores, the masks they choose, and the controls reviewers ask for.
 
-A mask is a dict from parameter name (as in `model.named_parameters()`) to a bool tensor of the same
-shape; `True` keeps the weight. Applied to a model, each mask becomes a buffer `<param>_mask` on the
-parameter's module, so it is saved and loaded with `state_dict` (open_lth keeps masks the same way).
+A mask is a dict from a weight's name (as in `model.named_parameters()` of the unpruned model) to a
+bool tensor of the same shape; `True` keeps the weight. How a model holds its masks (in the forward
+pass, saved with its state dict) is `snipnb.masks`; its functions are re-exported here.
 """
 
 from __future__ import annotations
@@ -15,23 +15,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .masks import (PRUNABLE_MODULES, SparsityReport, apply_masks, load_pruned, masks_from_state_dict,  # noqa: F401
+                    masks_of, named_weights, parameter_names, prunable, remove_masks, sparsity_report,
+                    weight, weight_name)
+
 METHODS = ("snip", "snip_per_sample", "magnitude", "random", "fisher")
 OBJECTIVES = ("labels", "pseudo_labels", "rotation")
 BN_MODES = ("eval", "train")
 SCOPES = ("global", "layerwise")
 FISHER_LABELS = ("empirical", "sampled")
-PRUNABLE_MODULES = (nn.Conv2d, nn.Linear)
 
 
 def _choice(argument: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"{argument} must be one of {allowed}, got {value!r}")
-
-
-def prunable(model: nn.Module) -> list[str]:
-    """Names of the weights SNIP prunes: conv and linear weights, not biases or norm parameters."""
-    return [f"{m_name}.weight" if m_name else "weight"
-            for m_name, m in model.named_modules() if isinstance(m, PRUNABLE_MODULES)]
 
 
 # --------------------------------------------------------------------------------------- scores
@@ -80,7 +77,7 @@ def scores(
     _choice("objective", objective, OBJECTIVES)
     _choice("bn_mode", bn_mode, BN_MODES)
     _choice("fisher_labels", fisher_labels, FISHER_LABELS)
-    named = dict(model.named_parameters())
+    named = named_weights(model)
     names = prunable(model) if params is None else list(params)
     unknown = [n for n in names if n not in named]
     if unknown:
@@ -89,7 +86,7 @@ def scores(
         raise ValueError("params is empty: nothing to score")
 
     if method == "magnitude":
-        return {n: named[n].detach().float().abs() for n in names}
+        return {n: weight(model, n).detach().float().abs() for n in names}
     if method == "random":
         g = torch.Generator().manual_seed(seed)
         return {n: torch.rand(named[n].shape, generator=g).to(named[n].device) for n in names}
@@ -115,7 +112,7 @@ def scores(
         raise ValueError("batches is empty: saliency needs at least one batch")
     if method in ("fisher", "snip_per_sample"):
         return {n: t / count for n, t in totals.items()}
-    return {n: (t * named[n].detach().float()).abs() for n, t in totals.items() if t is not None}
+    return {n: (t * weight(model, n).detach().float()).abs() for n, t in totals.items() if t is not None}
 
 
 def _objective_loss(model, x, y, objective, head_generator):
@@ -134,12 +131,21 @@ def _objective_loss(model, x, y, objective, head_generator):
     return F.cross_entropy(features @ (weight / features.shape[1] ** 0.5).T, targets)
 
 
+def _check_batch(x, y) -> None:
+    # An empty batch adds nothing to the sums and would pass for a batch with no signal.
+    if len(x) == 0:
+        raise ValueError("batches has a batch of 0 images: saliency needs images to score on")
+    if len(y) != len(x):
+        raise ValueError(f"a batch has {len(x)} images but {len(y)} labels")
+
+
 def _gradient_sums(model, batches, names, objective, seed):
-    named = dict(model.named_parameters())
+    named = named_weights(model)
     tensors = [named[n] for n in names]
     totals: list[torch.Tensor | None] = [None] * len(names)
     count = 0
     for x, y in batches:
+        _check_batch(x, y)
         device = tensors[0].device
         x, y = x.to(device).float(), y.to(device)
         # The same auxiliary head for every batch, or the summed gradients would not agree on a task.
@@ -157,8 +163,10 @@ def _per_sample_sums(model, batches, names, method, fisher_labels, seed, chunk_s
     """Sums over samples of g_n² (fisher) or |g_n · θ| (snip_per_sample), g_n one sample's gradient."""
     from torch.func import functional_call, grad, vmap
 
+    # functional_call wants the names named_parameters() uses (a masked weight's is `...original`).
+    real = parameter_names(model)
     named = {n: p.detach() for n, p in model.named_parameters()}
-    scored = {n: named[n] for n in names}
+    scored = {real[n]: named[real[n]] for n in names}
     fixed = {n: p for n, p in named.items() if n not in scored}
     buffers = dict(model.named_buffers())
     sampler = torch.Generator().manual_seed(seed)
@@ -171,6 +179,7 @@ def _per_sample_sums(model, batches, names, method, fisher_labels, seed, chunk_s
     totals = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in scored.items()}
     count = 0
     for x, y in batches:
+        _check_batch(x, y)
         device = next(iter(scored.values())).device
         x, y = x.to(device).float(), y.to(device)
         if method == "fisher" and fisher_labels == "sampled":
@@ -181,7 +190,7 @@ def _per_sample_sums(model, batches, names, method, fisher_labels, seed, chunk_s
             g = g.float()
             totals[n] += g.pow(2).sum(0) if method == "fisher" else (g * scored[n].float()).abs().sum(0)
         count += len(x)
-    return totals, count
+    return {weight_name(n): t for n, t in totals.items()}, count
 
 
 # ---------------------------------------------------------------------------------------- masks
@@ -235,99 +244,3 @@ def mask_overlap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     both = sum(int((a[n] & b[n].to(a[n].device)).sum()) for n in shared)
     either = sum(int((a[n] | b[n].to(a[n].device)).sum()) for n in shared)
     return both / either if either else 1.0
-
-
-def _owner(model: nn.Module, name: str):
-    module_name, _, param_name = name.rpartition(".")
-    try:
-        module = model.get_submodule(module_name)
-    except AttributeError:
-        module = None
-    if module is None or not isinstance(getattr(module, param_name, None), nn.Parameter):
-        raise ValueError(f"masks has a name that is not a parameter of the model: {name!r}")
-    return module, param_name
-
-
-def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
-    """Attach masks as `<param>_mask` buffers and zero the pruned weights, in place.
-
-    Training through `snipnb.train.fit` keeps pruned weights at exactly zero: it zeroes their
-    gradients before each optimiser step (so neither momentum nor weight decay can move them) and
-    re-applies the masks after it. A hand-written loop should call `enforce_masks` the same way.
-    Applying again replaces the masks.
-    """
-    for name, mask in masks.items():
-        module, param_name = _owner(model, name)
-        param = getattr(module, param_name)
-        if mask.shape != param.shape:
-            raise ValueError(f"masks[{name!r}] has shape {tuple(mask.shape)}, "
-                             f"the parameter has {tuple(param.shape)}")
-        mask = mask.to(device=param.device, dtype=torch.bool)
-        buffer = f"{param_name}_mask"
-        if hasattr(module, buffer):
-            getattr(module, buffer).copy_(mask)
-        else:
-            module.register_buffer(buffer, mask.clone())
-    enforce_masks(model)
-    return model
-
-
-def masked_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter, torch.Tensor]]:
-    """(name, parameter, mask) for every parameter that has a mask attached."""
-    found = []
-    for m_name, module in model.named_modules():
-        for p_name, param in module.named_parameters(recurse=False):
-            mask = getattr(module, f"{p_name}_mask", None)
-            if isinstance(mask, torch.Tensor):
-                found.append((f"{m_name}.{p_name}" if m_name else p_name, param, mask))
-    return found
-
-
-@torch.no_grad()
-def enforce_masks(model: nn.Module, masked=None) -> None:
-    """Zero every pruned weight and its gradient. `masked` may be a cached `masked_parameters`."""
-    for _, param, mask in masked if masked is not None else masked_parameters(model):
-        param.mul_(mask)
-        if param.grad is not None:
-            param.grad.mul_(mask)
-
-
-def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The masks currently attached to `model`, keyed by parameter name."""
-    return {name: mask.clone() for name, _, mask in masked_parameters(model)}
-
-
-def masks_from_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The masks saved in a state dict, so a fresh model can be prepared for `load_state_dict`:
-    `apply_masks(model, masks_from_state_dict(sd)); model.load_state_dict(sd)`."""
-    return {k[: -len("_mask")]: v for k, v in state_dict.items() if k.endswith("_mask")}
-
-
-# --------------------------------------------------------------------------------------- report
-
-
-@dataclass
-class SparsityReport:
-    layers: pd.DataFrame  # one row per prunable weight: shape, total, kept, nonzero, density, collapsed
-    total: int
-    kept: int
-    collapsed: list[str]  # layers with no weight left: the network is cut there
-
-    @property
-    def density(self) -> float:
-        return self.kept / self.total
-
-
-def sparsity_report(model: nn.Module) -> SparsityReport:
-    """Per-layer and global density of the prunable weights, from the attached masks."""
-    masks = {name: mask for name, _, mask in masked_parameters(model)}
-    named = dict(model.named_parameters())
-    rows = []
-    for name in prunable(model):
-        p = named[name]
-        kept = int(masks[name].sum()) if name in masks else p.numel()
-        rows.append(dict(layer=name, shape=tuple(p.shape), total=p.numel(), kept=kept,
-                         nonzero=int((p != 0).sum()), density=kept / p.numel(), collapsed=kept == 0))
-    layers = pd.DataFrame(rows)
-    return SparsityReport(layers=layers, total=int(layers.total.sum()), kept=int(layers.kept.sum()),
-                          collapsed=list(layers.layer[layers.collapsed]))
