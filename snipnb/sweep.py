@@ -13,9 +13,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import pathlib
 import socket
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -82,11 +84,26 @@ def read_records(folder, configs=None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _run_one(fn, config, folder, threads):
-    if threads:
-        import torch
+def _start_worker(parent_pid: int, threads: int) -> None:
+    """Pool worker set-up: share the CPU cores, and die with the process that started the sweep.
 
-        torch.set_num_threads(threads)
+    A killed sweep (SIGKILL, a lost job on a cluster) cannot tell its workers to stop, and a worker
+    left behind would go on taking runs, then block for ever, holding a GPU's memory. So every worker
+    watches its parent and exits within a second of losing it.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
+def _run_one(fn, config, folder):
     start = time.perf_counter()
     result = fn(config)
     write_record(folder, config, result, time.perf_counter() - start)
@@ -114,15 +131,14 @@ def run_sweep(fn, configs, folder, *, workers: int = 1, shard: str | None = None
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, disable=not progress)
     if workers == 1:
         for config in todo:
-            _run_one(fn, config, folder, None)
+            _run_one(fn, config, folder)
             bar.update()
     else:
         # Processes rather than threads: each run holds the GIL for its Python loop.
         threads = max(1, (os.cpu_count() or 1) // workers)
-        import multiprocessing
-
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_run_one, fn, c, folder, threads) for c in todo]
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_start_worker, initargs=(os.getpid(), threads)) as pool:
+            futures = [pool.submit(_run_one, fn, c, folder) for c in todo]
             for future in as_completed(futures):
                 future.result()  # re-raise a failed run here, with its traceback
                 bar.update()

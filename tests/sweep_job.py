@@ -32,4 +32,5 @@ def grid(sleep=0.0):
 if __name__ == "__main__":
     from snipnb.sweep import run_sweep
 
-    run_sweep(run, grid(sleep=float(sys.argv[2])), sys.argv[1], progress=False)
+    workers = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    run_sweep(run, grid(sleep=float(sys.argv[2])), sys.argv[1], workers=workers, progress=False)

@@ -107,3 +107,48 @@ def test_bad_sweeps_are_rejected(tmp_path):
         run_sweep(run, [Job(1), Job(1)], tmp_path)
     with pytest.raises(ValueError, match="workers"):
         run_sweep(run, [Job(1)], tmp_path, workers=0)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, from /proc (Linux)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its entry waits to be reaped
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
+def test_workers_of_a_killed_sweep_exit_with_it(tmp_path):
+    folder, log = tmp_path / "results", tmp_path / "log"
+    env = {**os.environ, "SWEEP_TEST_LOG": str(log), "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.Popen([sys.executable, sweep_job.__file__, str(folder), "1.0", "2"], env=env)
+    deadline = time.time() + 120
+    while (not log.exists() or len(log.read_text().splitlines()) < 2) and time.time() < deadline:
+        time.sleep(0.05)
+    children = _descendants(proc.pid)
+    assert len(children) >= 2, "the pool workers should be running"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 15
+    while any(_alive(pid) for pid in children) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in children if _alive(pid)], "processes of the killed sweep live on"
+    started = len(log.read_text().splitlines())
+    time.sleep(1.5)  # nobody starts a run after the sweep died
+    assert len(log.read_text().splitlines()) == started
