@@ -14,7 +14,16 @@ def _check(R) -> np.ndarray:
     R = np.asarray(R, dtype=float)
     if R.ndim != 2 or R.shape[0] != R.shape[1] or R.shape[0] < 1:
         raise ValueError(f"R must be a square T x T accuracy matrix, got shape {R.shape}")
+    _check_finite("R", R)
     return R
+
+
+def _check_finite(name: str, values: np.ndarray) -> None:
+    # A NaN accuracy (a diverged run, an empty test split) would otherwise come out as a NaN metric.
+    bad = np.argwhere(~np.isfinite(values))
+    if len(bad):
+        where = ", ".join(f"{name}[{', '.join(map(str, i))}] = {values[tuple(i)]}" for i in bad[:3])
+        raise ValueError(f"{name} must hold finite accuracies, got {where}")
 
 
 def average_accuracy(R) -> float:
@@ -23,17 +32,17 @@ def average_accuracy(R) -> float:
 
 
 def average_forgetting(R) -> float:
-    """Chaudhry et al. (2018): for every task but the last, the best accuracy it had at any earlier
-    stage minus its final accuracy, averaged. Stages before a task was trained are included in the
-    max, as in Chaudhry et al. and Mammoth; they only matter if a task was better *before* it was
-    learned. Avalanche's `forgetting` instead uses the accuracy right after the task was trained
-    (R[j, j]), never the max; that is `-backward_transfer` here, term by term.
+    """Chaudhry et al. (2018): for every task j but the last, the best accuracy it had once it was
+    learned (rows j..T-2) minus its final accuracy, averaged. Rows before task j was trained are
+    left out: they read an untrained head. FACIL and Mammoth compute the same in effect (they hold
+    zeros before a task is trained). Avalanche's `forgetting` uses R[j, j] rather than the max;
+    that is `-backward_transfer` here, term by term.
     """
     R = _check(R)
     T = len(R)
     if T < 2:
         return 0.0
-    return float(np.mean([R[: T - 1, j].max() - R[T - 1, j] for j in range(T - 1)]))
+    return float(np.mean([R[j : T - 1, j].max() - R[T - 1, j] for j in range(T - 1)]))
 
 
 def backward_transfer(R) -> float:
@@ -55,6 +64,7 @@ def forward_transfer(R, b) -> float:
     b = np.asarray(b, dtype=float)
     if b.shape != (len(R),):
         raise ValueError(f"b must hold one accuracy per task ({len(R)}), got shape {b.shape}")
+    _check_finite("b", b)
     T = len(R)
     if T < 2:
         return 0.0

@@ -43,3 +43,24 @@ def test_single_task_and_bad_shapes():
         average_accuracy(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="b"):
         forward_transfer(R, [1.0, 2.0])
+
+
+def test_forgetting_ignores_rows_from_before_a_task_was_learned():
+    # Task 1's untrained head happened to read 95 after task 0; once learned it had 80, finally 85.
+    # Counting the untrained row would call that 10 points of forgetting; it is a 5-point gain.
+    lucky = np.array([[90.0, 95.0, 30.0],
+                      [70.0, 80.0, 99.0],
+                      [60.0, 85.0, 75.0]])
+    # task 0: max(90, 70) - 60 = 30; task 1: max(80) - 85 = -5
+    assert average_forgetting(lucky) == pytest.approx((30 - 5) / 2)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_metrics_refuse_non_finite_accuracies(bad):
+    broken = R.copy()
+    broken[1, 0] = bad
+    for metric in (average_accuracy, average_forgetting, backward_transfer):
+        with pytest.raises(ValueError, match=r"R\[1, 0\]"):
+            metric(broken)
+    with pytest.raises(ValueError, match=r"b\[2\]"):
+        forward_transfer(R, [10.0, 11.0, bad])
