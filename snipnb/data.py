@@ -94,10 +94,26 @@ def load(name: str, train: bool = True, root=None, download: bool = True, **synt
     return ImageData(images, labels, _NUM_CLASSES[name], mean, std, name)
 
 
+def num_classes(name: str) -> int:
+    """How many classes dataset `name` has (`synthetic` as `load_cached` makes it)."""
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+    return _NUM_CLASSES.get(name, 10)
+
+
+def smallest_class(name: str) -> int:
+    """Images in the smallest class of the training split of `name` (as `load_cached` makes it),
+    the largest k a few-shot run can ask for."""
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+    return _SMALLEST_TRAIN_CLASS[name]
+
+
 # Train-split statistics per (name, root), so loading a test split does not re-read the training
 # set every time. Stale only if the files on disk are replaced while the process runs.
 _TRAIN_STATS: dict[tuple[str, str], tuple[tuple[float, ...], tuple[float, ...]]] = {}
 _NUM_CLASSES = {"mnist": 10, "cifar10": 10, "cifar100": 100}
+_SMALLEST_TRAIN_CLASS = {"mnist": 5421, "cifar10": 5000, "cifar100": 500, "synthetic": 100}
 # The torchvision class, the folder under the root it reads, and the files it expects there.
 _TORCHVISION = {
     "mnist": (datasets.MNIST, "MNIST/raw", "train-images-idx3-ubyte, train-labels-idx1-ubyte, "
@@ -209,6 +225,14 @@ def synthetic(train: bool = True, *, num_classes: int = 10, channels: int = 3, i
     `per_class` counts training samples per class. Train and test share prototypes for a seed but
     draw different samples; the same arguments always give identical tensors.
     """
+    for argument, value, least in (("num_classes", num_classes, 1), ("channels", channels, 1),
+                                   ("image_size", image_size, 1), ("per_class", per_class, 1),
+                                   ("test_per_class", test_per_class, 1), ("max_shift", max_shift, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{argument} must be an int >= {least}, got {value!r}")
+    for argument, value in (("clutter", clutter), ("noise", noise)):
+        if not value >= 0:
+            raise ValueError(f"{argument} must be >= 0, got {value!r}")
     generator = torch.Generator().manual_seed(seed)
     # Drawn first so each split's sample stream depends only on `seed`, not on the other options.
     train_seed, test_seed = torch.randint(2**62, (2,), generator=generator).tolist()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from . import data
+from . import checks, data, models
 from .experiment import METHODS as PRUNING_METHODS
 from .experiment import build_pruned, prune_and_fit
 
@@ -40,12 +40,22 @@ class FewShotRun:
     synthetic_shape: tuple = (3, 32)  # (channels, image size) when dataset or source is synthetic
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        # Checked here, so a grid with one bad cell fails before its first run, not hours later.
+        checks.one_of("model", self.model, models.NAMES)
+        checks.one_of("dataset", self.dataset, data.DATASETS)
+        checks.one_of("method", self.method, METHODS)
+        if self.source is not None:
+            checks.one_of("source", self.source, data.DATASETS)
+        checks.integer("k", self.k, 1, data.smallest_class(self.dataset))
+        checks.number("sparsity", self.sparsity, 0, below=1)
         if self.method == "dense" and self.sparsity != 0:
-            raise ValueError("sparsity must be 0 for method='dense'")
-        if not 0 <= self.sparsity < 1:
-            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+            raise ValueError(f"sparsity must be 0 for method='dense', got {self.sparsity}")
+        checks.integer("seed", self.seed, 0)
+        checks.integer("epochs", self.epochs, 1)
+        checks.integer("batch_size", self.batch_size, 1)
+        checks.integer("eval_every", self.eval_every, 1)
+        checks.number("lr", self.lr, above=0)
+        checks.number("weight_decay", self.weight_decay, 0)
 
 
 def _data(run: FewShotRun):

@@ -12,6 +12,10 @@ import torch.nn.functional as F
 
 NAMES = ("resnet18", "resnet20", "vgg11", "wrn16_2", "simple_convnet", "lenet300_100", "lenet5_caffe")
 
+# The input each model is built for unless told otherwise: the SNIP paper's LeNets are MNIST
+# networks (so their parameter counts match the paper's), the rest CIFAR networks.
+DEFAULT_INPUT = {name: (1, 28) if name.startswith("lenet") else (3, 32) for name in NAMES}
+
 # Smallest square input each model accepts. Two floor-mode max-pool stacks
 # shrink the image to nothing below these; everything else pools adaptively.
 _MIN_IMAGE_SIZE = {"simple_convnet": 16, "lenet5_caffe": 16}
@@ -194,14 +198,19 @@ def _check_positive(arg: str, value) -> None:
         raise ValueError(f"{arg} must be a positive int, got {value!r}")
 
 
-def build(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, seed: int | None = None) -> nn.Module:
-    """Build model `name` for `in_channels` x `image_size`^2 inputs.
+def build(name: str, num_classes: int, in_channels: int | None = None, image_size: int | None = None,
+          seed: int | None = None) -> nn.Module:
+    """Build model `name` for `in_channels` x `image_size`^2 inputs (default: `DEFAULT_INPUT[name]`,
+    1 x 28 x 28 for the LeNets, 3 x 32 x 32 for the rest).
 
     With `seed`, initialisation is reproducible and the caller's global RNG
     state is left untouched (so building a model never shifts data order).
     """
     if name not in _BUILDERS:
         raise ValueError(f"name must be one of {NAMES}, got {name!r}")
+    default_channels, default_size = DEFAULT_INPUT[name]
+    in_channels = default_channels if in_channels is None else in_channels
+    image_size = default_size if image_size is None else image_size
     _check_positive("num_classes", num_classes)
     _check_positive("in_channels", in_channels)
     _check_positive("image_size", image_size)

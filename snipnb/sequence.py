@@ -13,10 +13,10 @@ import math
 import numpy as np
 import torch
 
-from . import data, metrics
+from . import checks, data, metrics
 from .continual import (CRITERIA, EWC, STRATEGIES, MultiHeadNet, PackNet, _HeadView, body_parameters,
                         class_incremental_accuracy, importance, split_tasks)
-from .models import build
+from .models import NAMES, build
 from .train import default_device, evaluate, fit
 
 
@@ -45,14 +45,27 @@ class ContinualRun:
     synthetic_shape: tuple = (3, 32)
 
     def __post_init__(self):
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.split not in ("val", "test"):
-            raise ValueError(f"split must be 'val' or 'test', got {self.split!r}")
-        if self.packnet_bn not in ("per_task", "shared"):
-            raise ValueError(f"packnet_bn must be 'per_task' or 'shared', got {self.packnet_bn!r}")
-        if self.keep is not None and not 0 < self.keep <= 1:
-            raise ValueError(f"keep must be in (0, 1] or None, got {self.keep}")
+        # Checked here, so a grid with one bad cell fails before its first run, not hours later.
+        checks.one_of("strategy", self.strategy, STRATEGIES)
+        checks.one_of("model", self.model, NAMES)
+        checks.one_of("dataset", self.dataset, data.DATASETS)
+        classes = data.num_classes(self.dataset)
+        checks.integer("n_tasks", self.n_tasks, 1)
+        if classes % self.n_tasks:
+            raise ValueError(f"n_tasks must divide the {classes} classes of {self.dataset!r}, got {self.n_tasks}")
+        checks.one_of("split", self.split, ("val", "test"))
+        checks.one_of("packnet_bn", self.packnet_bn, ("per_task", "shared"))
+        checks.one_of("fisher_labels", self.fisher_labels, ("empirical", "sampled"))
+        if self.keep is not None:
+            checks.number("keep", self.keep, most=1, above=0)
+        checks.integer("seed", self.seed, 0)
+        checks.integer("epochs", self.epochs, 1)
+        checks.integer("retrain_epochs", self.retrain_epochs, 0)
+        checks.integer("batch_size", self.batch_size, 1)
+        checks.integer("importance_examples", self.importance_examples, 1)
+        checks.number("lr", self.lr, above=0)
+        checks.number("weight_decay", self.weight_decay, 0)
+        checks.number("ewc_lambda", self.ewc_lambda, 0)
 
 
 def tasks_for(run: ContinualRun):

@@ -2,7 +2,8 @@
 
 On CUDA it runs in bf16 autocast; convolutions use channels_last; data stay on the device (`DeviceLoader`) and
 the loop never waits on the host inside an epoch: the loss is summed on the device and read once per
-epoch. Masks attached by `snipnb.pruning.apply_masks` are enforced at every step.
+epoch. Masks attached by `snipnb.masks.apply_masks` hold in the forward pass, so nothing here
+handles them.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 from tqdm import tqdm
 
 from .loader import DeviceLoader
-from .pruning import enforce_masks, masked_parameters
 
 SCHEDULES = ("cosine", "constant")
 
@@ -79,14 +80,35 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 2048, device=None, amp
     device = torch.device(device) if device is not None else next(model.parameters()).device
     amp = device.type == "cuda" if amp is None else amp
     loader = _loader(data, batch_size, device, device.type in ("cuda", "cpu"), False, False, 0)
+    labels = label_range(loader.labels)
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
-    for x, y in loader:
-        with _autocast(device, amp):
-            correct += (model(x).argmax(1) == y).sum()
+    # A masked model's weights are computed once for the whole pass, not once per batch.
+    with parametrize.cached():
+        for i, (x, y) in enumerate(loader):
+            with _autocast(device, amp):
+                logits = model(x)
+            if i == 0:
+                check_labels(labels, logits.shape[1], "evaluate")
+            correct += (logits.argmax(1) == y).sum()
     model.train(was_training)
     return correct.item() / len(loader.labels)
+
+
+def label_range(labels: torch.Tensor) -> tuple[int, int]:
+    """(smallest, largest) label, read once per run: the one host sync the label check costs."""
+    low, high = torch.aminmax(labels)
+    return int(low), int(high)
+
+
+def check_labels(labels: tuple[int, int], outputs: int, where: str) -> None:
+    """Refuse labels a model with `outputs` logits cannot predict, before they fail deep inside
+    cross-entropy (or, worse, silently count as wrong answers in an accuracy)."""
+    low, high = labels
+    if low < 0 or high >= outputs:
+        raise ValueError(f"{where}: the labels run from {low} to {high}, but the model has {outputs} output "
+                         f"classes (0..{outputs - 1}); build it for {high + 1} classes or renumber the labels")
 
 
 def fit(
@@ -144,7 +166,6 @@ def fit(
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     train_loader = _loader(train, batch_size, device, channels_last, True, augment, seed)
     test_loader = _loader(test, eval_batch_size, device, channels_last, False, False, seed) if test is not None else None
-    masked = masked_parameters(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
                                 weight_decay=weight_decay)
     steps = epochs * len(train_loader)
@@ -158,21 +179,22 @@ def fit(
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    labels = label_range(train_loader.labels)
     history = History()
     start = time.perf_counter()
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
     for epoch in bar:
         model.train()
         loss_sum = torch.zeros((), device=device)
-        for x, y in train_loader:
+        for step, (x, y) in enumerate(train_loader):
             with _autocast(device, amp):
-                loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+                logits = model(x)
+                if epoch == 0 and step == 0:
+                    check_labels(labels, logits.shape[1], "fit")
+                loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
             total = loss if penalty is None else loss + penalty()
             optimizer.zero_grad(set_to_none=True)
             total.backward()
-            # Pruned weights are zero and now so are their gradients, so SGD's momentum and weight
-            # decay both see zeros there and the weights stay exactly zero.
-            enforce_masks(model, masked)
             optimizer.step()
             if after_step is not None:
                 after_step()

@@ -141,3 +141,16 @@ def test_a_penalty_too_stiff_for_the_learning_rate_is_reported_as_diverged():
     tame = run_sequence(small(strategy="ewc", n_tasks=2, ewc_lambda=0.001), device="cpu")
     wild = run_sequence(small(strategy="ewc", n_tasks=2, ewc_lambda=1e6, lr=0.5), device="cpu")
     assert tame["diverged"] is False and wild["diverged"] is True
+
+
+@pytest.mark.parametrize("kwargs, argument", [(dict(model="resnet1000"), "model"),
+                                              (dict(dataset="cifar100", n_tasks=3), "n_tasks"),
+                                              (dict(n_tasks=0), "n_tasks"),
+                                              (dict(strategy="gem"), "strategy"),
+                                              (dict(dataset="imagenet"), "dataset"),
+                                              (dict(epochs=0), "epochs"), (dict(lr=-1.0), "lr"),
+                                              (dict(keep=0.0), "keep"), (dict(ewc_lambda=-1.0), "ewc_lambda"),
+                                              (dict(fisher_labels="true"), "fisher_labels")])
+def test_bad_continual_runs_are_rejected_when_made(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        small(**kwargs)

@@ -342,3 +342,11 @@ def test_load_cached_loads_once_and_keys_on_shape_and_seed():
     assert a.images.shape[1:] == (1, 16, 16)
     other = data.load_cached("synthetic", True, (1, 16), synthetic_seed=1)
     assert not torch.equal(other.images, a.images)
+
+
+@pytest.mark.parametrize("option, value", [("num_classes", 0), ("per_class", 0), ("test_per_class", 0),
+                                           ("channels", 0), ("image_size", -1), ("max_shift", -1),
+                                           ("noise", -0.1), ("num_classes", 2.5)])
+def test_synthetic_refuses_settings_that_make_no_dataset(option, value):
+    with pytest.raises(ValueError, match=option):
+        data.synthetic(**{option: value})

@@ -38,7 +38,15 @@ def test_the_seed_picks_the_subset_and_the_masks():
 
 @pytest.mark.parametrize("kwargs, argument", [(dict(method="snap"), "method"),
                                               (dict(method="dense", sparsity=0.5), "sparsity"),
-                                              (dict(method="snip", sparsity=1.0), "sparsity")])
+                                              (dict(method="snip", sparsity=1.0), "sparsity"),
+                                              (dict(k=0), "k"), (dict(k=101), "k"),
+                                              (dict(dataset="cifar100", k=501), "k"),
+                                              (dict(model="resnet1000"), "model"),
+                                              (dict(dataset="imagenet"), "dataset"),
+                                              (dict(source="svhn"), "source"),
+                                              (dict(epochs=0), "epochs"), (dict(lr=0.0), "lr"),
+                                              (dict(batch_size=0), "batch_size"),
+                                              (dict(eval_every=0), "eval_every")])
 def test_bad_runs_are_rejected_when_made(kwargs, argument):
     with pytest.raises(ValueError, match=argument):
         tiny(**kwargs)

@@ -62,6 +62,13 @@ def test_lenet_param_counts(name):
     assert n_params(build(name, 10, 1, 28)) == LENET_COUNTS_1x28_10[name]
 
 
+@pytest.mark.parametrize("name", sorted(LENET_COUNTS_1x28_10))
+def test_lenets_default_to_the_papers_mnist_input(name):
+    # The SNIP paper's LeNets are 28 x 28 MNIST networks: no extra arguments for its counts.
+    assert n_params(build(name, 10)) == LENET_COUNTS_1x28_10[name]
+    assert n_params(build(name, 10, in_channels=1)) == LENET_COUNTS_1x28_10[name]
+
+
 def test_counts_at_ten_classes_match_published_figures():
     assert n_params(build("resnet20", 10)) == 269_722
     assert n_params(build("vgg11", 10)) == 9_231_114

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from snipnb import data, models
-from snipnb.pruning import apply_masks, masks_from_scores, scores
+from snipnb.pruning import apply_masks, masks_from_scores, scores, weight
 from snipnb.train import evaluate, fit
 
 
@@ -50,10 +50,9 @@ def test_pruned_weights_are_exactly_zero_after_training(mnist_like):
     masks = masks_from_scores(scores(model, batch), 0.9)
     apply_masks(model, masks)
     fit(model, train, test, epochs=3, momentum=0.9, weight_decay=5e-3, batch_size=32, progress=False)
-    params = dict(model.named_parameters())
     for name, mask in masks.items():
-        assert torch.count_nonzero(params[name][~mask]) == 0, name
-        assert torch.count_nonzero(params[name][mask]) > 0.9 * mask.sum(), name
+        assert torch.count_nonzero(weight(model, name)[~mask]) == 0, name
+        assert torch.count_nonzero(weight(model, name)[mask]) > 0.9 * mask.sum(), name
 
 
 @pytest.mark.parametrize("kwargs, argument", [(dict(epochs=0), "epochs"), (dict(lr=0.0), "lr"),
@@ -87,3 +86,13 @@ def test_penalty_is_added_to_the_loss_and_after_step_runs_every_step(mnist_like)
     fit(free, train, None, epochs=2, batch_size=32, progress=False)
     assert len(steps) == 2 * -(-len(train) // 32)
     assert (model.head.weight - anchor).abs().max() < 0.25 * (free.head.weight - anchor).abs().max()
+
+
+@pytest.mark.parametrize("labels", [torch.tensor([0, 4]), torch.tensor([-1, 0])], ids=["too_large", "negative"])
+def test_labels_the_model_cannot_predict_are_refused(mnist_like, labels):
+    train, test = mnist_like
+    bad = data.ImageData(train.images[:2], labels, 5, train.mean, train.std, "bad")
+    with pytest.raises(ValueError, match=r"4 output classes"):
+        fit(net(), bad, None, epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"4 output classes"):
+        evaluate(net(), bad)
