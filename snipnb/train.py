@@ -111,6 +111,43 @@ def check_labels(labels: tuple[int, int], outputs: int, where: str) -> None:
                          f"classes (0..{outputs - 1}); build it for {high + 1} classes or renumber the labels")
 
 
+def check_recipe(*, epochs: int, eval_every: int, lr: float, schedule: str) -> None:
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if eval_every < 1:
+        raise ValueError(f"eval_every must be >= 1, got {eval_every}")
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+
+def resolve_device(device, amp: bool | None, channels_last: bool | None) -> tuple[torch.device, bool, bool]:
+    """The device (default: `default_device()`), bf16 autocast (default: on CUDA only) and
+    channels_last (default: on CUDA and the CPU, where oneDNN's convolutions prefer it too)."""
+    device = torch.device(device) if device is not None else default_device()
+    amp = device.type == "cuda" if amp is None else amp
+    channels_last = device.type in ("cuda", "cpu") if channels_last is None else channels_last
+    return device, amp, channels_last
+
+
+def sgd(params, steps: int, *, lr: float, momentum: float, nesterov: bool, weight_decay: float,
+        schedule: str, warmup_steps: int = 0):
+    """The recipe's optimiser: SGD (nesterov if asked and momentum > 0) and a per-step learning-rate
+    schedule over `steps` steps, linear warm-up first. Returns (optimizer, scheduler)."""
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
+                                weight_decay=weight_decay)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, steps - warmup_steps)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+
 def fit(
     model: nn.Module,
     train,
@@ -148,37 +185,16 @@ def fit(
     Continual-learning strategies hook in with `penalty()`, added to every step's loss (EWC), and
     `after_step()`, called after every optimiser step (PackNet restores its frozen weights there).
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if eval_every < 1:
-        raise ValueError(f"eval_every must be >= 1, got {eval_every}")
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    device = torch.device(device) if device is not None else default_device()
-    cuda = device.type == "cuda"
-    amp = cuda if amp is None else amp
-    # channels_last is faster for convolutions on CUDA and on oneDNN CPUs alike.
-    channels_last = device.type in ("cuda", "cpu") if channels_last is None else channels_last
+    check_recipe(epochs=epochs, eval_every=eval_every, lr=lr, schedule=schedule)
+    device, amp, channels_last = resolve_device(device, amp, channels_last)
     seed_everything(seed)
 
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     train_loader = _loader(train, batch_size, device, channels_last, True, augment, seed)
     test_loader = _loader(test, eval_batch_size, device, channels_last, False, False, seed) if test is not None else None
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
-                                weight_decay=weight_decay)
-    steps = epochs * len(train_loader)
-    warmup = int(warmup_epochs * len(train_loader))
-
-    def lr_factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    optimizer, scheduler = sgd(model.parameters(), epochs * len(train_loader), lr=lr, momentum=momentum,
+                               nesterov=nesterov, weight_decay=weight_decay, schedule=schedule,
+                               warmup_steps=int(warmup_epochs * len(train_loader)))
     labels = label_range(train_loader.labels)
     history = History()
     start = time.perf_counter()

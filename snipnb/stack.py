@@ -1,0 +1,209 @@
+"""Many runs as one: train and test a stack of same-shaped runs in one step.
+
+An experiment grid is hundreds of short runs of one architecture on small data: seeds, pruning
+methods and sparsities of one grid cell differ only in their numbers. `fit_stack` trains such runs
+together. Their parameters and buffers are stacked along a new first dimension and one forward pass
+computes every run, `torch.func.vmap` over `functional_call` (convolutions of a stack become one
+grouped convolution, linear layers one batched matrix product). Nothing else is shared: each run has
+its own batch order and augmentation (its own `DeviceLoader` and seed), its own mask, its own
+optimiser state (SGD's momentum is element-wise) and its own BatchNorm statistics. The recipe is
+`train.fit`'s, and a stacked run gives the same result as the same run alone, to float tolerance
+(tests/test_stack.py checks it with masks and BatchNorm).
+
+What a stack needs in common: the architecture and parameter shapes, the number of training images
+(so every run takes the same steps), the batch size and the recipe's settings. Test sets are shared:
+each test batch goes through every run of the stack in one pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+from tqdm import tqdm
+
+from .loader import DeviceLoader
+from .masks import masks_of, named_weights, remove_masks
+from .train import (History, _autocast, check_labels, check_recipe, label_range, resolve_device, seed_everything,
+                    sgd)
+
+# Measured on a 2-core CPU (benchmarks/RESULTS.md): 256 images per test batch beat 2,048 there.
+EVAL_BATCH_SIZE = {"cpu": 256}
+
+
+class Stack:
+    """`models` held as one stacked set of tensors on `device`, with a forward pass over all of them.
+
+    `params[name]` is an (S, ...) leaf tensor per weight, by the unpruned name; `masks[name]` a float
+    (S, ...) 0/1 tensor for each weight any run masks (all ones for runs that do not). The forward
+    pass uses `params * masks`, as each run's own parametrization would.
+    """
+
+    def __init__(self, models: list[nn.Module], device: torch.device):
+        if not models:
+            raise ValueError("models is empty: a stack needs at least one run")
+        self.template = remove_masks(copy.deepcopy(models[0])).to("meta")
+        shapes = {n: p.shape for n, p in self.template.named_parameters()}
+        buffer_names = [n for n, _ in self.template.named_buffers()]
+        for i, model in enumerate(models):
+            _check_same_architecture(model, shapes, i)
+        weights = [named_weights(m) for m in models]
+        self.params = {n: torch.stack([w[n].detach().to(device) for w in weights]).requires_grad_()
+                       for n in shapes}
+        self.buffers = {n: torch.stack([dict(m.named_buffers())[n].detach().to(device) for m in models])
+                        for n in buffer_names}
+        run_masks = [masks_of(m) for m in models]
+        masked = sorted({n for masks in run_masks for n in masks})
+        self.masks = {n: torch.stack([masks.get(n, torch.ones(shapes[n], dtype=torch.bool)).to(device)
+                                      for masks in run_masks]).to(self.params[n].dtype) for n in masked}
+        self.size = len(models)
+
+    def masked_params(self) -> dict[str, torch.Tensor]:
+        return {n: p * self.masks[n] if n in self.masks else p for n, p in self.params.items()}
+
+    def forward(self, x: torch.Tensor, *, train: bool, shared: bool = False, params=None) -> torch.Tensor:
+        """Logits (S, batch, classes) of every run. `x` is (S, batch, ...), one batch per run, or with
+        `shared` one (batch, ...) that every run sees. `params` defaults to `masked_params()`."""
+        self.template.train(train)
+
+        def one(p, b, images):
+            return functional_call(self.template, (p, b), (images,))
+
+        params = self.masked_params() if params is None else params
+        return vmap(one, in_dims=(0, 0, None if shared else 0))(params, self.buffers, x)
+
+    @torch.no_grad()
+    def write_back(self, models: list[nn.Module]) -> None:
+        """Copy each run's trained parameters and buffers into its model."""
+        for i, model in enumerate(models):
+            weights, buffers = named_weights(model), dict(model.named_buffers())
+            for n, p in self.params.items():
+                weights[n].copy_(p[i])
+            for n, b in self.buffers.items():
+                buffers[n].copy_(b[i])
+
+
+def _check_same_architecture(other: nn.Module, shapes: dict, index: int) -> None:
+    theirs = {n: p.shape for n, p in named_weights(other).items()}
+    if theirs != shapes:
+        differ = sorted(n for n in set(shapes) | set(theirs) if shapes.get(n) != theirs.get(n))
+        raise ValueError(f"models[{index}] differs from models[0] in parameters {differ[:3]}: "
+                         "a stack holds one architecture")
+
+
+def fit_stack(
+    models: list[nn.Module],
+    trains: list,
+    test=None,
+    epochs: int = 30,
+    *,
+    seeds: list[int],
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    nesterov: bool = True,
+    weight_decay: float = 5e-4,
+    batch_size: int = 128,
+    schedule: str = "cosine",
+    warmup_epochs: float = 0.0,
+    label_smoothing: float = 0.0,
+    augment: bool = False,
+    device=None,
+    amp: bool | None = None,
+    eval_batch_size: int | None = None,
+    eval_every: int = 1,
+    progress: bool = True,
+    desc: str = "stack",
+) -> list[History]:
+    """`train.fit` for many runs at once: run i trains `models[i]` on `trains[i]` with seed `seeds[i]`.
+
+    The models are trained in place (their parameters and buffers are written back at the end) and
+    every one is tested on the shared `test` every `eval_every` epochs and after the last. Returns
+    one `History` per run; `seconds` is the stack's wall time divided among its runs.
+    `eval_batch_size` defaults to what was measured fastest for the device (`EVAL_BATCH_SIZE`).
+    """
+    check_recipe(epochs=epochs, eval_every=eval_every, lr=lr, schedule=schedule)
+    if not len(models) == len(trains) == len(seeds):
+        raise ValueError(f"models, trains and seeds must have one entry per run, got {len(models)}, "
+                         f"{len(trains)} and {len(seeds)}")
+    sizes = {len(t) for t in trains}
+    if len(sizes) > 1:
+        raise ValueError(f"the training sets of a stack must have one size (the same steps per epoch), "
+                         f"got sizes {sorted(sizes)}")
+    # channels_last does not carry through vmap's stacked dimension, so a stack runs contiguous.
+    device, amp, _ = resolve_device(device, amp, False)
+    eval_batch_size = eval_batch_size or EVAL_BATCH_SIZE.get(device.type, 2048)
+    seed_everything(seeds[0])
+
+    stack = Stack(models, device)
+    loaders = [t if isinstance(t, DeviceLoader) else
+               DeviceLoader(t, batch_size, shuffle=True, augment=augment, device=device, seed=s)
+               for t, s in zip(trains, seeds)]
+    test_loader = None
+    if test is not None:
+        test_loader = test if isinstance(test, DeviceLoader) else DeviceLoader(test, eval_batch_size, device=device)
+    steps_per_epoch = len(loaders[0])
+    optimizer, scheduler = sgd(stack.params.values(), epochs * steps_per_epoch, lr=lr, momentum=momentum,
+                               nesterov=nesterov, weight_decay=weight_decay, schedule=schedule,
+                               warmup_steps=int(warmup_epochs * steps_per_epoch))
+    labels = (min(label_range(loader.labels)[0] for loader in loaders),
+              max(label_range(loader.labels)[1] for loader in loaders))
+    histories = [History() for _ in models]
+    n = len(loaders[0].labels)
+    start = time.perf_counter()
+    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+    try:
+        for epoch in bar:
+            loss_sum = torch.zeros(stack.size, device=device)
+            for step, batches in enumerate(zip(*loaders)):
+                x = torch.stack([b[0] for b in batches])
+                y = torch.stack([b[1] for b in batches])
+                with _autocast(device, amp):
+                    logits = stack.forward(x, train=True)
+                    if epoch == 0 and step == 0:
+                        check_labels(labels, logits.shape[-1], "fit_stack")
+                    losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none",
+                                             label_smoothing=label_smoothing).view(y.shape).float().mean(1)
+                optimizer.zero_grad(set_to_none=True)
+                # Each run's loss depends on its own slice only, so the sum's gradient is every
+                # run's own gradient, side by side.
+                losses.sum().backward()
+                optimizer.step()
+                scheduler.step()
+                loss_sum += losses.detach() * y.shape[1]
+            for history, loss in zip(histories, (loss_sum / n).tolist()):
+                history.train_loss.append(loss)
+                history.images += n
+            if test_loader is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
+                for history, acc in zip(histories, evaluate_stack(stack, test_loader, amp=amp)):
+                    history.test_epochs.append(epoch + 1)
+                    history.test_acc.append(acc)
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        if isinstance(error, torch.OutOfMemoryError) or "alloc" in str(error).lower():
+            raise MemoryError(f"a stack of {stack.size} runs does not fit in {device} memory; pass a smaller "
+                              f"stack (say {max(1, stack.size // 2)})") from error
+        raise
+    stack.write_back(models)
+    seconds = (time.perf_counter() - start) / stack.size
+    for history in histories:
+        history.seconds = seconds
+    return histories
+
+
+@torch.no_grad()
+def evaluate_stack(stack: Stack, data: DeviceLoader, amp: bool = False) -> list[float]:
+    """Top-1 accuracy in [0, 1] of every run of `stack` on `data`; each batch goes through all runs
+    in one pass, with the masked weights computed once."""
+    params = stack.masked_params()
+    labels = label_range(data.labels)
+    correct = torch.zeros(stack.size, dtype=torch.long, device=data.device)
+    for i, (x, y) in enumerate(data):
+        with _autocast(data.device, amp):
+            logits = stack.forward(x, train=False, shared=True, params=params)
+        if i == 0:
+            check_labels(labels, logits.shape[-1], "evaluate_stack")
+        correct += (logits.argmax(-1) == y).sum(1)
+    return [c / len(data.labels) for c in correct.tolist()]
