@@ -29,20 +29,39 @@ METHODS = ("dense", *_SCORED, "shuffled_snip")
 DATA_FREE_METHODS = ("dense", "random", "magnitude")  # the rest score weights on a batch of images
 
 
+def scoring(method: str) -> str | None:
+    """The saliency `method` ranks weights by: shuffled SNIP ranks by SNIP's, dense by none. Methods
+    with one scoring share one computation of it (`build_pruned`'s `cache`)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return None if method == "dense" else "snip" if method == "shuffled_snip" else method
+
+
+def method_scores(model: nn.Module, method: str, batches=None, seed: int = 0) -> dict[str, torch.Tensor] | None:
+    """The scores `method` prunes `model` by, at any sparsity (see `scoring`); None for `dense`."""
+    name = scoring(method)
+    if name is None:
+        return None
+    score_method, objective = _SCORED[name]
+    return scores(model, batches, score_method, objective=objective, seed=seed)
+
+
+def masks_for_method(weight_scores, method: str, sparsity: float, seed: int = 0,
+                     scope: str = "global") -> dict[str, torch.Tensor] | None:
+    """Masks keeping the top (1 - sparsity) of `method_scores`; shuffled for `shuffled_snip`."""
+    if weight_scores is None:
+        return None
+    masks = masks_from_scores(weight_scores, sparsity, scope)
+    return shuffle_masks(masks, seed) if method == "shuffled_snip" else masks
+
+
 def make_masks(model: nn.Module, method: str, sparsity: float, batches=None, seed: int = 0,
                scope: str = "global") -> dict[str, torch.Tensor] | None:
     """Masks for `model` by `method` at `sparsity`; None for `dense`.
 
     `batches` feed the data-dependent methods: pass another dataset's batches for cross-domain SNIP.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if method == "dense":
-        return None
-    if method == "shuffled_snip":
-        return shuffle_masks(make_masks(model, "snip", sparsity, batches, seed, scope), seed)
-    score_method, objective = _SCORED[method]
-    return masks_from_scores(scores(model, batches, score_method, objective=objective, seed=seed), sparsity, scope)
+    return masks_for_method(method_scores(model, method, batches, seed), method, sparsity, seed, scope)
 
 
 def saliency_batches(data, per_class: int, seed: int, device=None):
@@ -55,17 +74,29 @@ def saliency_batches(data, per_class: int, seed: int, device=None):
 
 
 def build_pruned(model_name: str, method: str, sparsity: float, seed: int, like, *, saliency_data=None,
-                 saliency_per_class: int = 10, scope: str = "global", device=None):
+                 saliency_per_class: int = 10, scope: str = "global", device=None, cache: dict | None = None,
+                 saliency_key=None):
     """Build `model_name` from `seed` for data shaped like `like` and prune it by `method`.
 
     Saliency is computed on `saliency_data` (default: `like`; another dataset for cross-domain SNIP),
-    on `device` (default: the CPU). Returns (model, masks), masks None for `dense`.
+    on `device` (default: the CPU). With `cache`, a dict the caller keeps across calls, a network's
+    scores are computed once and reused for every sparsity and for shuffled SNIP; `saliency_key`
+    must then name the saliency data (default: the object's identity). Returns (model, masks),
+    masks None for `dense`.
     """
     channels, size = like.images.shape[1], like.images.shape[-1]
     model = build(model_name, like.num_classes, in_channels=channels, image_size=size, seed=seed).to(device or "cpu")
-    batches = None if method in DATA_FREE_METHODS else saliency_batches(
-        like if saliency_data is None else saliency_data, saliency_per_class, seed, device)
-    masks = make_masks(model, method, sparsity, batches, seed, scope)
+    source = like if saliency_data is None else saliency_data
+    key = (model_name, like.num_classes, channels, size, seed, scoring(method), saliency_per_class,
+           id(source) if saliency_key is None else saliency_key)
+    if cache is not None and key in cache:
+        weight_scores = cache[key]
+    else:
+        batches = None if method in DATA_FREE_METHODS else saliency_batches(source, saliency_per_class, seed, device)
+        weight_scores = method_scores(model, method, batches, seed)
+        if cache is not None:
+            cache[key] = weight_scores
+    masks = masks_for_method(weight_scores, method, sparsity, seed, scope)
     if masks is not None:
         apply_masks(model, masks)
     return model, masks

@@ -11,9 +11,14 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import torch
+
 from . import checks, data, models
 from .experiment import METHODS as PRUNING_METHODS
-from .experiment import build_pruned, prune_and_fit
+from .experiment import build_pruned
+from .pruning import sparsity_report
+from .stack import fit_stack
+from .train import default_device, fit
 
 METHODS = (*PRUNING_METHODS, "snip_cross_domain")
 # What cross-domain SNIP scores on, per target, unless a run names another source.
@@ -59,35 +64,79 @@ class FewShotRun:
 
 
 def _data(run: FewShotRun):
-    """(few-shot training set, test set, pruning method, saliency data, saliency images per class)."""
+    """(few-shot training set, test set, pruning method, saliency data, saliency images per class,
+    a key naming the saliency data)."""
     train = data.load_cached(run.dataset, True, run.synthetic_shape)
     test = data.load_cached(run.dataset, False, run.synthetic_shape)
     subset = train.subset(data.few_shot_indices(train.labels, run.k, run.seed))
     if run.method != "snip_cross_domain":
         # Labeled and label-free SNIP score the few-shot set itself: it is all the data there is.
-        return subset, test, run.method, subset, run.k
+        return subset, test, run.method, subset, run.k, ("few-shot", run.dataset, run.k, run.seed)
     # A synthetic source draws other class prototypes than a synthetic target: another domain.
-    source = data.load_cached(run.source or CROSS_DOMAIN_SOURCE[run.dataset], True, run.synthetic_shape,
-                             synthetic_seed=1)
+    source_name = run.source or CROSS_DOMAIN_SOURCE[run.dataset]
+    source = data.load_cached(source_name, True, run.synthetic_shape, synthetic_seed=1)
     # As many source images as the few-shot set has, balanced over the source's classes.
-    return subset, test, "snip", source, math.ceil(len(subset) / source.num_classes)
+    return subset, test, "snip", source, math.ceil(len(subset) / source.num_classes), ("source", source_name)
 
 
 def masks_for(run: FewShotRun):
     """The masks `run` trains with (None for dense), without training: for comparing criteria."""
-    subset, _, method, saliency_data, per_class = _data(run)
+    subset, _, method, saliency_data, per_class, _ = _data(run)
     return build_pruned(run.model, method, run.sparsity, run.seed, subset, saliency_data=saliency_data,
                         saliency_per_class=per_class)[1]
 
 
+def _result(model, history) -> dict:
+    report = sparsity_report(model)
+    return dict(final_acc=100 * history.final_acc, best_acc=100 * history.best_acc, density=report.density,
+                collapsed=len(report.collapsed))
+
+
 def run_few_shot(run: FewShotRun, device=None) -> dict:
     """Train and test one few-shot run; return its results as a flat dict of numbers."""
-    subset, test, method, saliency_data, per_class = _data(run)
-    row, _ = prune_and_fit(run.model, method, run.sparsity, run.seed, subset, test, saliency_data=saliency_data,
-                           saliency_per_class=per_class, epochs=run.epochs, batch_size=run.batch_size,
-                           lr=run.lr, weight_decay=run.weight_decay, augment=run.augment, device=device,
-                           eval_every=run.eval_every, progress=False)
-    return {key: row[key] for key in ("final_acc", "best_acc", "density", "collapsed")}
+    return run_few_shot_stack([run], device, stacked=False)[0]
+
+
+# What the runs of one stack may differ in: everything else (model, data, k, recipe) they share.
+STACK_VARIES = ("seed", "method", "sparsity", "source")
+
+
+def stack_key(run: FewShotRun) -> tuple:
+    """Runs with equal keys can train as one stack (`run_few_shot_stack`, `sweep.run_sweep(stack=)`)."""
+    return tuple((f.name, getattr(run, f.name)) for f in dataclasses.fields(run) if f.name not in STACK_VARIES)
+
+
+def run_few_shot_stack(runs: list[FewShotRun], device=None, *, stacked: bool = True) -> list[dict]:
+    """Train and test `runs` as one stack (`stack.fit_stack`); one result dict per run, in order.
+
+    The runs must share everything but `STACK_VARIES`. A network's saliency is scored once and
+    reused for every sparsity and for shuffled SNIP. `stacked=False` trains them one by one with
+    `train.fit` instead, the reference a stack is tested against.
+    """
+    runs = list(runs)
+    if not runs:
+        raise ValueError("runs is empty: nothing to train")
+    for run in runs[1:]:
+        differ = [name for (name, a), (_, b) in zip(stack_key(runs[0]), stack_key(run)) if a != b]
+        if differ:
+            raise ValueError(f"runs of one stack must share {differ[0]!r}: got {getattr(runs[0], differ[0])!r} "
+                             f"and {getattr(run, differ[0])!r}")
+    device = torch.device(device) if device is not None else default_device()
+    cache, built, trains = {}, [], []
+    for run in runs:
+        subset, test, method, saliency_data, per_class, saliency_key = _data(run)
+        model, _ = build_pruned(run.model, method, run.sparsity, run.seed, subset, saliency_data=saliency_data,
+                                saliency_per_class=per_class, device=device, cache=cache, saliency_key=saliency_key)
+        built.append(model)
+        trains.append(subset)
+    first = runs[0]
+    recipe = dict(batch_size=first.batch_size, lr=first.lr, weight_decay=first.weight_decay, augment=first.augment,
+                  device=device, eval_every=first.eval_every, progress=False)
+    if stacked:
+        histories = fit_stack(built, trains, test, first.epochs, seeds=[r.seed for r in runs], **recipe)
+    else:
+        histories = [fit(m, t, test, first.epochs, seed=r.seed, **recipe) for m, t, r in zip(built, trains, runs)]
+    return [_result(model, history) for model, history in zip(built, histories)]
 
 
 def grid(models, ks, sparsities, methods, seeds: int, **settings) -> list[FewShotRun]:

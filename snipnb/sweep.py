@@ -4,8 +4,10 @@ A run is a config, a frozen dataclass, and a function of it that returns a dict 
 identity is a hash of the config's class and fields, so the same settings always map to the same
 record and adding a value to a grid only adds runs. Each finished run is one JSON file in the results
 folder. It is written to a temporary name and renamed into place, so a run killed half-way leaves
-nothing behind. Rerunning a sweep skips every config that has a record; `shard="i/n"` runs the
-configs whose hash falls in slice i of n, so several GPUs or machines can fill one folder.
+nothing behind. Rerunning a sweep skips every config that has a record made by the same library
+code (each record says which code made it, `provenance`); `shard="i/n"` runs the configs whose hash
+falls in slice i of n, so several GPUs or machines can fill one folder. Configs that can train
+together are run as stacks (`stack`, `stack_key`; see `snipnb.stack`), one record per run still.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ import pathlib
 import socket
 import threading
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import pandas as pd
 from tqdm import tqdm
+
+from . import provenance
 
 
 def config_id(config) -> str:
@@ -55,12 +60,15 @@ def record_path(folder, config) -> pathlib.Path:
     return pathlib.Path(folder) / f"{config_id(config)}.json"
 
 
-def write_record(folder, config, result: dict, seconds: float) -> pathlib.Path:
-    """Write one finished run atomically: a reader sees the whole record or none of it."""
+def write_record(folder, config, result: dict, seconds: float, *, code: dict | None = None,
+                 stack_size: int = 1, device: str | None = None) -> pathlib.Path:
+    """Write one finished run atomically: a reader sees the whole record or none of it. `code` is
+    `provenance.code_version()` (taken now if not given): which code made the result."""
     path = record_path(folder, config)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"id": config_id(config), "config_class": type(config).__name__,
               "config": dataclasses.asdict(config), "result": result, "seconds": seconds,
+              **(code or provenance.code_version()), "stack_size": stack_size, "device": device,
               "host": socket.gethostname(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
@@ -71,8 +79,13 @@ def write_record(folder, config, result: dict, seconds: float) -> pathlib.Path:
     return path
 
 
+# Record fields that come into a results table beside the config and the results.
+RECORD_COLUMNS = ("seconds", "id", "code", "commit", "dirty", "stack_size", "device")
+
+
 def read_records(folder, configs=None) -> pd.DataFrame:
-    """One row per finished run in `folder` (only those of `configs` if given): config fields, then results."""
+    """One row per finished run in `folder` (only those of `configs` if given): config fields, results,
+    then where the record came from (`RECORD_COLUMNS`)."""
     folder = pathlib.Path(folder)
     paths = ([record_path(folder, c) for c in configs] if configs is not None
              else sorted(folder.glob("*.json")))
@@ -80,8 +93,15 @@ def read_records(folder, configs=None) -> pd.DataFrame:
     for path in paths:
         if path.exists():
             record = json.loads(path.read_text())
-            rows.append({**record["config"], **record["result"], "seconds": record["seconds"], "id": record["id"]})
+            rows.append({**record["config"], **record["result"], **{k: record.get(k) for k in RECORD_COLUMNS}})
     return pd.DataFrame(rows)
+
+
+def _record_code(path: pathlib.Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("code")
+    except (OSError, ValueError):
+        return None
 
 
 def _start_worker(parent_pid: int, threads: int) -> None:
@@ -103,44 +123,93 @@ def _start_worker(parent_pid: int, threads: int) -> None:
     threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 
-def _run_one(fn, config, folder):
+def _run_chunk(fn, chunk: list, folder, code: dict, stacked: bool, device: str | None) -> list[str]:
     start = time.perf_counter()
-    result = fn(config)
-    write_record(folder, config, result, time.perf_counter() - start)
-    return config_id(config)
+    results = fn(chunk) if stacked else [fn(chunk[0])]
+    if len(results) != len(chunk):
+        raise ValueError(f"a stacked fn must return one result per config: got {len(results)} for {len(chunk)}")
+    seconds = (time.perf_counter() - start) / len(chunk)
+    for config, result in zip(chunk, results):
+        write_record(folder, config, result, seconds, code=code, stack_size=len(chunk), device=device)
+    return [config_id(c) for c in chunk]
 
 
-def run_sweep(fn, configs, folder, *, workers: int = 1, shard: str | None = None, progress: bool = True,
+def stacks(configs: list, stack: int, key) -> list[list]:
+    """`configs` cut into stacks: configs with equal `key(config)`, in order of first appearance, in
+    as few chunks of at most `stack` as there can be, of near-equal sizes."""
+    groups: dict = {}
+    for config in configs:
+        groups.setdefault(key(config), []).append(config)
+    chunks = []
+    for group in groups.values():
+        count = -(-len(group) // stack)
+        size = -(-len(group) // count)
+        chunks += [group[i : i + size] for i in range(0, len(group), size)]
+    return chunks
+
+
+REUSE = ("same_code", "any")
+
+
+def run_sweep(fn, configs, folder, *, workers: int = 1, shard: str | None = None, stack: int = 1,
+              stack_key=None, reuse: str = "same_code", device: str | None = None, progress: bool = True,
               desc: str = "runs") -> pd.DataFrame:
-    """Run `fn(config)` for every config of this shard that has no record in `folder`; return all records.
+    """Run every config of this shard that has no record in `folder`; return all records.
 
-    `fn` must be importable by name (a module-level function) when `workers > 1`: the runs go to
-    `workers` processes, which share the CPU cores or one GPU. The returned table holds every config
-    of `configs` that has a record, finished now or earlier, by this shard or another.
+    - Without `stack_key`, `fn(config)` returns one run's results, a flat dict. With `stack_key`,
+      `fn(list_of_configs)` trains them as one stack and returns one dict per config: configs with
+      equal `stack_key(config)` are grouped into stacks of at most `stack` runs. Each run still gets
+      its own record.
+    - `reuse="same_code"` (default) reruns a config whose record was made by other library code
+      (`provenance.code_version()["code"]`) and says how many; `reuse="any"` keeps every record.
+    - `workers > 1` runs stacks (or runs) in that many processes, sharing the CPU cores or one GPU;
+      `fn` must then be importable by name. A worker exits when the sweep's process dies.
+    - `device` is written into each record (the name of what ran it, e.g. `provenance.device_name`).
+
+    The returned table holds every config of `configs` that has a record, finished now or earlier,
+    by this shard or another.
     """
     configs = list(configs)
     if not configs:
-        raise ValueError("configs is empty: nothing to run")
+        raise ValueError("configs is empty: nothing to run (is a grid parameter such as seeds 0 or an empty list?)")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if stack < 1:
+        raise ValueError(f"stack must be >= 1, got {stack}")
+    if reuse not in REUSE:
+        raise ValueError(f"reuse must be one of {REUSE}, got {reuse!r}")
     ids = [config_id(c) for c in configs]
     if len(set(ids)) != len(ids):
         raise ValueError("configs has duplicates: every run must differ in at least one field")
+    code = provenance.code_version()
     mine = [c for c in configs if in_shard(c, shard)]
-    todo = [c for c in mine if not record_path(folder, c).exists()]
+    todo, stale = [], []
+    for c in mine:
+        path = record_path(folder, c)
+        if not path.exists():
+            todo.append(c)
+        elif reuse == "same_code" and _record_code(path) != code["code"]:
+            stale.append(c)
+    if stale:
+        warnings.warn(f"{len(stale)} of {len(mine)} records in {folder} were made by other library code than "
+                      f"this ({code['code']}); they run again. Pass reuse='any' to keep them.", stacklevel=2)
+    todo += stale
+    stacked = stack_key is not None
+    chunks = stacks(todo, stack, stack_key) if stacked else [[c] for c in todo]
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, disable=not progress)
     if workers == 1:
-        for config in todo:
-            _run_one(fn, config, folder)
-            bar.update()
+        for chunk in chunks:
+            _run_chunk(fn, chunk, folder, code, stacked, device)
+            bar.update(len(chunk))
     else:
         # Processes rather than threads: each run holds the GIL for its Python loop.
         threads = max(1, (os.cpu_count() or 1) // workers)
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_start_worker, initargs=(os.getpid(), threads)) as pool:
-            futures = [pool.submit(_run_one, fn, c, folder) for c in todo]
+            futures = {pool.submit(_run_chunk, fn, chunk, folder, code, stacked, device): len(chunk)
+                       for chunk in chunks}
             for future in as_completed(futures):
                 future.result()  # re-raise a failed run here, with its traceback
-                bar.update()
+                bar.update(futures[future])
     bar.close()
     return read_records(folder, configs)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from snipnb.fewshot import FewShotRun, masks_for, run_few_shot
+from snipnb.fewshot import FewShotRun, masks_for, run_few_shot, run_few_shot_stack, stack_key
 
 
 def tiny(**kw):
@@ -50,3 +50,35 @@ def test_the_seed_picks_the_subset_and_the_masks():
 def test_bad_runs_are_rejected_when_made(kwargs, argument):
     with pytest.raises(ValueError, match=argument):
         tiny(**kwargs)
+
+
+def test_a_stack_of_runs_gives_what_the_runs_give_one_by_one():
+    # A few-shot grid cell: dense, two sparsities of SNIP and shuffled SNIP, two seeds.
+    cell = [tiny(seed=s, method=m, sparsity=sp, augment=False) for s in (0, 1)
+            for m, sp in (("dense", 0.0), ("snip", 0.5), ("snip", 0.8), ("shuffled_snip", 0.8))]
+    stacked = run_few_shot_stack(cell)
+    alone = run_few_shot_stack(cell, stacked=False)
+    for a, b in zip(stacked, alone):
+        assert a["density"] == b["density"] and a["collapsed"] == b["collapsed"]
+        assert a["final_acc"] == pytest.approx(b["final_acc"], abs=1.0)  # a borderline image or two
+    assert run_few_shot(cell[1]) == alone[1]
+
+
+def test_saliency_is_scored_once_per_network_and_reused_across_sparsities(monkeypatch):
+    from snipnb import experiment
+
+    calls = []
+    original = experiment.method_scores
+    monkeypatch.setattr(experiment, "method_scores", lambda *a, **k: calls.append(a[1]) or original(*a, **k))
+    cell = [tiny(seed=0, method=m, sparsity=sp, epochs=1)
+            for m, sp in (("snip", 0.5), ("snip", 0.8), ("shuffled_snip", 0.8), ("random", 0.5), ("random", 0.9))]
+    run_few_shot_stack(cell)
+    assert sorted(calls) == ["random", "snip"]
+
+
+def test_a_stack_refuses_runs_that_differ_in_what_it_shares():
+    with pytest.raises(ValueError, match="'k'"):
+        run_few_shot_stack([tiny(k=2), tiny(k=3)])
+    with pytest.raises(ValueError, match="'epochs'"):
+        run_few_shot_stack([tiny(), tiny(epochs=3, seed=1)])
+    assert stack_key(tiny(seed=0, method="snip", sparsity=0.5)) == stack_key(tiny(seed=3))

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -9,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from snipnb.sweep import config_id, in_shard, parse_shard, read_records, run_sweep, write_record
+from snipnb.sweep import config_id, in_shard, parse_shard, read_records, record_path, run_sweep, stacks, write_record
 
 sys.path.insert(0, str(Path(__file__).parent))
 import sweep_job  # noqa: E402
@@ -152,3 +153,63 @@ def test_workers_of_a_killed_sweep_exit_with_it(tmp_path):
     started = len(log.read_text().splitlines())
     time.sleep(1.5)  # nobody starts a run after the sweep died
     assert len(log.read_text().splitlines()) == started
+
+
+def test_stacks_group_by_key_in_near_equal_chunks():
+    jobs = [Job(seed=s, scale=scale) for s in range(5) for scale in (1.0, 2.0)]
+    chunks = stacks(jobs, 2, lambda j: j.scale)
+    assert [len(c) for c in chunks] == [2, 2, 1, 2, 2, 1]
+    assert all(len({j.scale for j in c}) == 1 for c in chunks)
+    assert [len(c) for c in stacks(jobs, 4, lambda j: j.scale)] == [3, 2, 3, 2]  # not 4 + 1
+    assert sorted(config_id(j) for c in chunks for j in c) == sorted(config_id(j) for j in jobs)
+
+
+def test_a_stacked_sweep_writes_one_record_per_run(tmp_path, monkeypatch):
+    log = tmp_path / "log"
+    monkeypatch.setenv("SWEEP_TEST_LOG", str(log))
+    stacked = run_sweep(sweep_job.run_stack, grid(), tmp_path / "stacked", stack=3, stack_key=sweep_job.by_scale,
+                        progress=False)
+    # 4 jobs per scale and stacks of at most 3: two stacks of 2 each, not 3 + 1.
+    assert [line for line in log.read_text().splitlines() if line.startswith("stack")] == ["stack 2"] * 4
+    serial = run_sweep(run, grid(), tmp_path / "serial", progress=False)
+    assert list(stacked.stack_size) == [2] * 8 and list(serial.stack_size) == [1] * 8
+    pd.testing.assert_frame_equal(table(stacked).drop(columns="stack_size"), table(serial).drop(columns="stack_size"))
+
+
+def test_a_killed_stacked_sweep_resumes_without_loss_or_duplicates(tmp_path):
+    folder, log = tmp_path / "results", tmp_path / "log"
+    env = {**os.environ, "SWEEP_TEST_LOG": str(log), "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.Popen([sys.executable, sweep_job.__file__, str(folder), "0.3", "1", "2"], env=env)
+    deadline = time.time() + 120
+    while len(list(folder.glob("*.json"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p.stem for p in folder.glob("*.json")}
+    assert 2 <= len(finished) < 8 and len(finished) % 2 == 0  # whole stacks or nothing
+    resumed = run_sweep(sweep_job.run_stack, grid(sleep=0.3), folder, stack=2, stack_key=sweep_job.by_scale,
+                        progress=False)
+    assert len(resumed) == 8 and resumed.id.is_unique
+    assert finished <= set(resumed.id)
+
+
+def test_records_say_which_code_made_them_and_other_code_is_not_reused(tmp_path, monkeypatch):
+    from snipnb import provenance
+
+    first = run_sweep(run, grid(), tmp_path, progress=False)
+    now = provenance.code_version()
+    assert set(first.code) == {now["code"]} and set(first.commit) == {now["commit"]}
+    record = json.loads(record_path(tmp_path, grid()[0]).read_text())
+    assert record["torch"] and record["snipnb"] and "dirty" in record
+    # Another library version made one record: by default it runs again, with a warning.
+    record["code"], record["result"]["value"] = "0000000000000000", 999.0
+    record_path(tmp_path, grid()[0]).write_text(json.dumps(record))
+    log = tmp_path / "log"
+    monkeypatch.setenv("SWEEP_TEST_LOG", str(log))
+    kept = run_sweep(run, grid(), tmp_path, reuse="any", progress=False)
+    assert 999.0 in set(kept.value) and not log.exists()
+    with pytest.warns(UserWarning, match="1 of 8 records .* other library code"):
+        again = run_sweep(run, grid(), tmp_path, progress=False)
+    assert 999.0 not in set(again.value) and log.read_text().splitlines() == ["start 0 1.0"]
+    with pytest.raises(ValueError, match="reuse"):
+        run_sweep(run, grid(), tmp_path, reuse="never")

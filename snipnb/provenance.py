@@ -1,0 +1,71 @@
+"""Which code made a result: every sweep record and every executed chapter carries this.
+
+`code` is a hash of the library's own source files, so it changes exactly when the code that
+computes results changes (not when a README or a notebook does); `commit` and `dirty` say where in
+the history that code sits, for a reader who wants to check it out.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import pathlib
+import platform
+import subprocess
+
+import torch
+
+from . import __version__
+
+PACKAGE = pathlib.Path(__file__).resolve().parent
+
+
+def source_hash(package: pathlib.Path = PACKAGE) -> str:
+    """16 hex digits of SHA-256 over the package's .py files (their paths and contents)."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(PACKAGE), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=1)
+def git_state() -> tuple[str | None, bool | None]:
+    """(commit, whether tracked files differ from it), or (None, None) outside a git checkout."""
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:
+        return None, None
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return commit, bool(status) if status is not None else None
+
+
+def code_version() -> dict:
+    """The code a run is made with: source hash, git commit and dirtiness, library and torch versions."""
+    commit, dirty = git_state()
+    return dict(code=source_hash(), commit=commit, dirty=dirty, snipnb=__version__, torch=torch.__version__)
+
+
+def device_name(device=None) -> str:
+    """A readable name of `device` (default: CUDA if present, else the CPU): 'NVIDIA H100 80GB HBM3',
+    'cpu (x86_64, 2 threads)'."""
+    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+    return device.type
+
+
+def describe(device=None) -> str:
+    """One line for the top of a chapter: commit, code hash, versions and device."""
+    v = code_version()
+    commit = (v["commit"] or "no git checkout")[:10] + (" (with uncommitted changes)" if v["dirty"] else "")
+    return (f"commit `{commit}`, library code `{v['code']}`, snipnb {v['snipnb']}, torch {v['torch']}, "
+            f"on {device_name(device)}")
