@@ -1,10 +1,15 @@
-"""Learning tasks one after another: task splits, a multi-head network and the strategies.
+"""Learning tasks one after another: task sequences, the networks that learn them, the strategies.
 
-Task-incremental learning: each task has its own head and the task id is given at test time.
-Class-incremental accuracy is reported too: all heads trained so far answer together, without the
-task id. Every strategy trains through `snipnb.train.fit`; EWC adds a `penalty`, PackNet restores
-frozen weights in `after_step`. EWC and PackNet take their importance from one function,
-`importance`, so each SNIP variant differs from its baseline in the score alone.
+Three scenarios (van de Ven & Tolias 2019, "Three scenarios for continual learning"):
+- task-incremental (`task`): one head per task, the task id given at test time;
+- class-incremental (`class`): one head over every class seen so far, no task id at test time;
+- domain-incremental (`domain`): one shared head, the same classes in every task (Permuted MNIST).
+
+Every strategy trains through `snipnb.train.fit`; EWC adds a `penalty`, PackNet restores frozen
+weights in `after_step`. EWC and PackNet take their importance from one function, `importance`, so
+each SNIP variant differs from its baseline in the score alone, and so do the controls: EWC with a
+uniform importance (plain L2 to the old weights) or a shuffled Fisher (the same values at random
+positions), and PackNet keeping a random fraction of the free weights.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
@@ -20,8 +26,13 @@ from .loader import DeviceLoader
 from .pruning import prunable, scores
 from .train import evaluate, fit
 
-STRATEGIES = ("finetune", "joint", "ewc", "snip_ewc", "packnet", "snip_packnet")
-CRITERIA = {"ewc": "fisher", "snip_ewc": "snip_per_sample", "packnet": "magnitude", "snip_packnet": "snip"}
+SCENARIOS = ("task", "class", "domain")
+STRATEGIES = ("finetune", "joint", "ewc", "snip_ewc", "ewc_uniform", "ewc_random", "packnet", "snip_packnet",
+              "random_packnet")
+CRITERIA = {"ewc": "fisher", "snip_ewc": "snip_per_sample", "ewc_uniform": "uniform", "ewc_random": "shuffled_fisher",
+            "packnet": "magnitude", "snip_packnet": "snip", "random_packnet": "random"}
+EWC_STRATEGIES = ("ewc", "snip_ewc", "ewc_uniform", "ewc_random")
+PACKNET_STRATEGIES = ("packnet", "snip_packnet", "random_packnet")
 
 
 # ----------------------------------------------------------------------------------------- tasks
@@ -29,39 +40,82 @@ CRITERIA = {"ewc": "fisher", "snip_ewc": "snip_per_sample", "packnet": "magnitud
 
 @dataclass
 class Task:
-    classes: list[int]  # the dataset's class ids, in the order of this task's head
-    train: ImageData  # labels renumbered 0..len(classes)-1
+    classes: list[int]  # the dataset's class ids this task holds
+    train: ImageData  # labels: 0..len(classes)-1 per task (task-IL), or the network's output index
     val: ImageData
     test: ImageData
 
 
-def _renumber(data: ImageData, classes: list[int]) -> ImageData:
+def _relabel(data: ImageData, classes: list[int], labels: list[int]) -> ImageData:
     part = data.classes(classes)
     lookup = torch.full((data.num_classes,), -1, dtype=torch.int64)
-    lookup[torch.tensor(classes)] = torch.arange(len(classes))
-    return ImageData(part.images, lookup[part.labels], len(classes), data.mean, data.std, data.name)
+    lookup[torch.tensor(classes)] = torch.tensor(labels)
+    return ImageData(part.images, lookup[part.labels], max(labels) + 1, data.mean, data.std, data.name)
+
+
+def _hold_out(pool: ImageData, val_fraction: float, g: torch.Generator) -> tuple[ImageData, ImageData]:
+    order = torch.randperm(len(pool), generator=g)
+    n_val = max(1, round(val_fraction * len(pool)))
+    return pool.subset(order[n_val:]), pool.subset(order[:n_val])
+
+
+def _check_fraction(val_fraction: float) -> None:
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
 
 
 def split_tasks(train: ImageData, test: ImageData, n_tasks: int, seed: int | None,
-                val_fraction: float = 0.1) -> list[Task]:
+                val_fraction: float = 0.1, scenario: str = "task") -> list[Task]:
     """Cut a dataset into `n_tasks` tasks of equal class count (class order from `seed`; None keeps
-    0, 1, 2, ...) and hold out `val_fraction` of each task's training images for validation."""
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    0, 1, 2, ...) and hold out `val_fraction` of each task's training images for validation.
+
+    Labels: per task 0..c-1 for `scenario="task"` (each task its own head); for `"class"` a class's
+    position in the class order, so one head over all classes answers (Split-MNIST keeps digit = label).
+    """
+    _check_fraction(val_fraction)
+    if scenario not in ("task", "class"):
+        raise ValueError(f"scenario must be 'task' or 'class' for split tasks, got {scenario!r}")
     tasks = []
     g = torch.Generator().manual_seed(0 if seed is None else seed)
-    for classes in class_split(train.num_classes, n_tasks, seed):
-        pool = _renumber(train, classes)
-        order = torch.randperm(len(pool), generator=g)
-        n_val = max(1, round(val_fraction * len(pool)))
-        tasks.append(Task(classes, pool.subset(order[n_val:]), pool.subset(order[:n_val]),
-                          _renumber(test, classes)))
+    groups = class_split(train.num_classes, n_tasks, seed)
+    for t, classes in enumerate(groups):
+        first = t * len(classes)
+        labels = list(range(len(classes))) if scenario == "task" else list(range(first, first + len(classes)))
+        fit_part, val = _hold_out(_relabel(train, classes, labels), val_fraction, g)
+        tasks.append(Task(classes, fit_part, val, _relabel(test, classes, labels)))
     return tasks
+
+
+def pixel_permutations(n_tasks: int, pixels: int, seed: int) -> list[torch.Tensor]:
+    """One fixed permutation of the pixels per task, drawn from `seed`; task 0 keeps the images as
+    they are (the identity), as Zenke et al. (2017) and van de Ven & Tolias (2019) do."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.arange(pixels)] + [torch.randperm(pixels, generator=g) for _ in range(n_tasks - 1)]
+
+
+def _permute(data: ImageData, permutation: torch.Tensor) -> ImageData:
+    n, c, h, w = data.images.shape
+    images = data.images.reshape(n, c, h * w)[:, :, permutation].reshape(n, c, h, w).contiguous()
+    return ImageData(images, data.labels.clone(), data.num_classes, data.mean, data.std, data.name)
+
+
+def permuted_tasks(train: ImageData, test: ImageData, n_tasks: int, seed: int,
+                   val_fraction: float = 0.1) -> list[Task]:
+    """Permuted MNIST: `n_tasks` tasks with every class, task t's images under `pixel_permutations`'
+    t-th permutation (per-channel statistics are unchanged by a permutation). The same held-out
+    validation images in every task."""
+    _check_fraction(val_fraction)
+    if n_tasks < 1:
+        raise ValueError(f"n_tasks must be >= 1, got {n_tasks}")
+    fit_part, val = _hold_out(train, val_fraction, torch.Generator().manual_seed(seed))
+    classes = list(range(train.num_classes))
+    return [Task(classes, _permute(fit_part, p), _permute(val, p), _permute(test, p))
+            for p in pixel_permutations(n_tasks, train.images[0, 0].numel(), seed)]
 
 
 class MultiHeadNet(nn.Module):
     """A shared body with one linear head per task. `task` picks the head `forward` uses; "all"
-    concatenates every head (joint training and class-incremental evaluation)."""
+    concatenates every head (joint training)."""
 
     def __init__(self, net: nn.Module, classes_per_task: list[int]):
         super().__init__()
@@ -84,29 +138,60 @@ class MultiHeadNet(nn.Module):
         return self.heads[self.task](features)
 
 
-def body_parameters(net: MultiHeadNet) -> list[str]:
-    """The shared parameters: everything but the heads."""
+class SingleHeadNet(nn.Module):
+    """A body and one head. `active[t]` outputs answer at stage `task` (van de Ven & Tolias: in
+    class-IL, the classes seen so far, so training task t never pushes down classes still to come);
+    for domain-IL every stage has every output. `task="all"` answers with every output."""
+
+    def __init__(self, net: nn.Module, active: list[int]):
+        super().__init__()
+        self.body, self.embed_dim, self.head = net.body, net.embed_dim, net.head
+        self.active = list(active)
+        self.task: int | str = 0
+
+    def embed(self, x):
+        return self.body(x)
+
+    def forward(self, x):
+        logits = self.head(self.body(x))
+        return logits if self.task == "all" else logits[:, : self.active[self.task]]
+
+
+def body_parameters(net: nn.Module) -> list[str]:
+    """The shared parameters: everything but the head(s)."""
     return [n for n, _ in net.named_parameters() if n.startswith("body.")]
 
 
 # ------------------------------------------------------------------------------------ importance
 
 
-def importance(net: MultiHeadNet, data: ImageData, criterion: str, *, params: list[str],
+def importance(net: nn.Module, data: ImageData, criterion: str, *, params: list[str],
                examples: int = 1024, fisher_labels: str = "empirical", seed: int = 0,
                device=None) -> dict[str, torch.Tensor]:
     """How much each parameter in `params` matters to the task `net.task` was trained on.
 
-    `criterion` is a `pruning.scores` method (`fisher`, `snip_per_sample`, `snip`, `magnitude`),
-    computed in eval mode on up to `examples` training images. The result is divided by its mean
-    over all entries, so Fisher and SNIP importances are on one scale and share one λ grid.
+    `criterion` is a `pruning.scores` method (`fisher`, `snip_per_sample`, `snip`, `magnitude`,
+    `random`), computed in eval mode on up to `examples` training images, or one of the controls:
+    `uniform` (every parameter 1: EWC becomes plain L2 to the old weights) and `shuffled_fisher` (the
+    Fisher's values at random positions: the same distribution, no information about which
+    parameter matters). The result is divided by its mean over all entries, so every importance is
+    on one scale and shares one λ grid.
     """
     device = device or next(net.parameters()).device
+    named = dict(net.named_parameters())
+    if criterion == "uniform":
+        return {n: torch.ones_like(named[n], dtype=torch.float32) for n in params}
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(data), generator=g)[:examples]
     batches = DeviceLoader(data.subset(pick), batch_size=256, device=device)
-    raw = scores(net, batches, criterion, params=params, fisher_labels=fisher_labels, seed=seed)
-    mean = torch.cat([v.flatten() for v in raw.values()]).mean().clamp_min(1e-30)
+    method = "fisher" if criterion == "shuffled_fisher" else criterion
+    raw = scores(net, batches, method, params=params, fisher_labels=fisher_labels, seed=seed)
+    flat = torch.cat([v.flatten() for v in raw.values()])
+    if criterion == "shuffled_fisher":
+        flat = flat[torch.randperm(len(flat), generator=g).to(flat.device)]
+        raw = dict(zip(raw, (piece.view(v.shape) for piece, v in zip(flat.split([v.numel() for v in raw.values()]),
+                                                                        raw.values()))))
+    mean = flat.mean().clamp_min(1e-30)
     return {n: v / mean for n, v in raw.items()}
 
 
@@ -246,10 +331,11 @@ class _TaskView(nn.Module):
 # ------------------------------------------------------------------------------------ evaluation
 
 
-class _HeadView(nn.Module):
-    """`net` answering with head `task`, for evaluation without touching `net.task` for good."""
+class StageView(nn.Module):
+    """`net` answering as at stage `task` (its head, or its active classes), for evaluation without
+    changing `net.task` for good."""
 
-    def __init__(self, net: MultiHeadNet, task: int):
+    def __init__(self, net: nn.Module, task: int):
         super().__init__()
         self.net, self.task = net, task
 
@@ -259,17 +345,41 @@ class _HeadView(nn.Module):
 
 
 @torch.no_grad()
-def class_incremental_accuracy(task_models: list[nn.Module], eval_sets: list[ImageData], device) -> float:
-    """Accuracy with no task id: every task model's head answers, the largest logit of all wins.
-    `task_models[j]` gives task j's logits; `eval_sets[j]` holds task j's images, local labels."""
-    sizes = [m_data.num_classes for m_data in eval_sets]
-    offsets = torch.tensor([0] + sizes[:-1], device=device).cumsum(0)
-    for m in task_models:
-        m.eval()
-    correct, total = torch.zeros((), dtype=torch.long, device=device), 0
-    for true_task, data in enumerate(eval_sets):
-        for x, y in DeviceLoader(data, 2048, device=device):
-            logits = torch.cat([m(x).float() for m in task_models], dim=1)
-            correct += (logits.argmax(1) == offsets[true_task] + y).sum()
-            total += len(y)
-    return correct.item() / total
+def _features(body: nn.Module, data: ImageData, device) -> tuple[torch.Tensor, torch.Tensor]:
+    body.eval()
+    parts = [(body(x).float().flatten(1), y) for x, y in DeviceLoader(data, 1024, device=device)]
+    return torch.cat([f for f, _ in parts]), torch.cat([y for _, y in parts])
+
+
+def linear_probe_accuracy(body: nn.Module, train: ImageData, test: ImageData, *, examples: int = 2000,
+                          steps: int = 100, weight_decay: float = 1e-4, seed: int = 0, device=None) -> float:
+    """Accuracy in [0, 1] on `test` of a linear classifier fit to the frozen `body`'s features of up to
+    `examples` images of `train`: what the body already offers a task it has not been trained on.
+
+    This is the forward-transfer probe: reading a task's untrained head instead measures a random
+    projection (±5–10 points of noise). The classifier is a multinomial logistic regression on
+    standardised features, fit by full-batch L-BFGS (deterministic), with a small L2 penalty.
+    """
+    device = device or next(body.parameters()).device
+    was_training = body.training
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:examples]
+    x, y = _features(body, train.subset(pick), device)
+    x_test, y_test = _features(body, test, device)
+    body.train(was_training)
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x, x_test = (x - mean) / std, (x_test - mean) / std
+    classes = int(max(y.max(), y_test.max())) + 1
+    weight = torch.zeros(x.shape[1], classes, device=device, requires_grad=True)
+    bias = torch.zeros(classes, device=device, requires_grad=True)
+    solver = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def loss():
+        solver.zero_grad()
+        value = F.cross_entropy(x @ weight + bias, y) + weight_decay * weight.pow(2).sum()
+        value.backward()
+        return value
+
+    with torch.enable_grad():
+        solver.step(loss)
+    with torch.no_grad():
+        return ((x_test @ weight + bias).argmax(1) == y_test).float().mean().item()

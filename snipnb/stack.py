@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from .loader import DeviceLoader
 from .masks import masks_of, named_weights, remove_masks
-from .train import (History, _autocast, check_labels, check_recipe, label_range, resolve_device, seed_everything,
-                    sgd)
+from .train import (History, _autocast, check_labels, check_recipe, label_range, make_optimizer, resolve_device,
+                    seed_everything)
 
 # Measured on a 2-core CPU (benchmarks/RESULTS.md): 256 images per test batch beat 2,048 there.
 EVAL_BATCH_SIZE = {"cpu": 256}
@@ -146,7 +146,7 @@ def fit_stack(
     if test is not None:
         test_loader = test if isinstance(test, DeviceLoader) else DeviceLoader(test, eval_batch_size, device=device)
     steps_per_epoch = len(loaders[0])
-    optimizer, scheduler = sgd(stack.params.values(), epochs * steps_per_epoch, lr=lr, momentum=momentum,
+    optimizer, scheduler = make_optimizer(stack.params.values(), epochs * steps_per_epoch, lr=lr, momentum=momentum,
                                nesterov=nesterov, weight_decay=weight_decay, schedule=schedule,
                                warmup_steps=int(warmup_epochs * steps_per_epoch))
     labels = (min(label_range(loader.labels)[0] for loader in loaders),

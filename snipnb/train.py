@@ -24,6 +24,7 @@ from tqdm import tqdm
 from .loader import DeviceLoader
 
 SCHEDULES = ("cosine", "constant")
+OPTIMIZERS = ("sgd", "adam")
 
 
 def default_device() -> torch.device:
@@ -111,7 +112,9 @@ def check_labels(labels: tuple[int, int], outputs: int, where: str) -> None:
                          f"classes (0..{outputs - 1}); build it for {high + 1} classes or renumber the labels")
 
 
-def check_recipe(*, epochs: int, eval_every: int, lr: float, schedule: str) -> None:
+def check_recipe(*, epochs: int, eval_every: int, lr: float, schedule: str, optimizer: str = "sgd") -> None:
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if eval_every < 1:
@@ -131,12 +134,17 @@ def resolve_device(device, amp: bool | None, channels_last: bool | None) -> tupl
     return device, amp, channels_last
 
 
-def sgd(params, steps: int, *, lr: float, momentum: float, nesterov: bool, weight_decay: float,
-        schedule: str, warmup_steps: int = 0):
-    """The recipe's optimiser: SGD (nesterov if asked and momentum > 0) and a per-step learning-rate
-    schedule over `steps` steps, linear warm-up first. Returns (optimizer, scheduler)."""
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
-                                weight_decay=weight_decay)
+def make_optimizer(params, steps: int, *, lr: float, momentum: float, nesterov: bool, weight_decay: float,
+        schedule: str, warmup_steps: int = 0, optimizer: str = "sgd"):
+    """The recipe's optimiser and a per-step learning-rate schedule over `steps` steps, linear
+    warm-up first. `optimizer="sgd"`: SGD, nesterov if asked and momentum > 0; `"adam"`: Adam with L2
+    weight decay (its step size is bounded by lr, so a stiff penalty such as EWC's with a large λ
+    cannot blow the weights up). Returns (optimizer, scheduler)."""
+    if optimizer == "adam":
+        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
+                                    weight_decay=weight_decay)
 
     def lr_factor(step: int) -> float:
         if step < warmup_steps:
@@ -155,6 +163,7 @@ def fit(
     epochs: int = 30,
     *,
     lr: float = 0.1,
+    optimizer: str = "sgd",
     momentum: float = 0.9,
     nesterov: bool = True,
     weight_decay: float = 5e-4,
@@ -176,6 +185,9 @@ def fit(
 ) -> History:
     """Train `model` in place on `train`, testing it on `test` as it goes; return the `History`.
 
+    The optimiser is SGD with momentum (default) or Adam (`optimizer="adam"`), with weight decay
+    and a per-step learning-rate schedule (cosine by default).
+
     `train` and `test` are `ImageData` (then `augment` turns on crop+flip for training) or
     `DeviceLoader`s. `amp` (bf16 autocast) defaults to on for CUDA only, `channels_last` to on for
     CUDA and the CPU.
@@ -185,16 +197,16 @@ def fit(
     Continual-learning strategies hook in with `penalty()`, added to every step's loss (EWC), and
     `after_step()`, called after every optimiser step (PackNet restores its frozen weights there).
     """
-    check_recipe(epochs=epochs, eval_every=eval_every, lr=lr, schedule=schedule)
+    check_recipe(epochs=epochs, eval_every=eval_every, lr=lr, schedule=schedule, optimizer=optimizer)
     device, amp, channels_last = resolve_device(device, amp, channels_last)
     seed_everything(seed)
 
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     train_loader = _loader(train, batch_size, device, channels_last, True, augment, seed)
     test_loader = _loader(test, eval_batch_size, device, channels_last, False, False, seed) if test is not None else None
-    optimizer, scheduler = sgd(model.parameters(), epochs * len(train_loader), lr=lr, momentum=momentum,
+    optimizer, scheduler = make_optimizer(model.parameters(), epochs * len(train_loader), lr=lr, momentum=momentum,
                                nesterov=nesterov, weight_decay=weight_decay, schedule=schedule,
-                               warmup_steps=int(warmup_epochs * len(train_loader)))
+                               warmup_steps=int(warmup_epochs * len(train_loader)), optimizer=optimizer)
     labels = label_range(train_loader.labels)
     history = History()
     start = time.perf_counter()

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from snipnb import data, models
-from snipnb.continual import EWC, MultiHeadNet, PackNet, split_tasks
+from snipnb.continual import (EWC, STRATEGIES, MultiHeadNet, PackNet, SingleHeadNet, importance,
+                              linear_probe_accuracy, permuted_tasks, pixel_permutations, split_tasks)
 from snipnb.sequence import ContinualRun, run_sequence
 from snipnb.train import fit
 
@@ -60,7 +61,7 @@ def test_ewc_penalty_is_zero_at_the_anchor_and_weights_the_squared_drift():
 def test_ewc_with_lambda_zero_is_fine_tuning_exactly():
     finetune = run_sequence(small(strategy="finetune", n_tasks=2), device="cpu")
     ewc = run_sequence(small(strategy="ewc", n_tasks=2, ewc_lambda=0.0), device="cpu")
-    assert ewc["R"] == finetune["R"] and ewc["class_il"] == finetune["class_il"]
+    assert ewc["R"] == finetune["R"] and ewc["probe_before"] == finetune["probe_before"]
 
 
 def test_packnet_frozen_weights_are_bit_identical_after_later_tasks(tasks):
@@ -89,7 +90,7 @@ def test_packnet_frozen_weights_are_bit_identical_after_later_tasks(tasks):
 
 
 def test_packnet_never_forgets_and_uses_its_capacity():
-    result = run_sequence(small(strategy="packnet", n_tasks=5), device="cpu")
+    result = run_sequence(small(strategy="packnet", n_tasks=5, epochs=2), device="cpu")
     R = np.array(result["R"])
     assert result["after_retraining"] == pytest.approx(list(np.diag(R)))
     assert R[-1] == pytest.approx(list(np.diag(R)))  # the final row equals the diagonal: no forgetting
@@ -99,14 +100,16 @@ def test_packnet_never_forgets_and_uses_its_capacity():
     assert shares[:, :-1].sum() > 0
 
 
-@pytest.mark.parametrize("strategy", ["finetune", "joint", "ewc", "snip_ewc", "packnet", "snip_packnet"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_every_strategy_reports_the_accuracy_matrix_and_metrics(strategy):
-    result = run_sequence(small(strategy=strategy, n_tasks=2), device="cpu")
+    result = run_sequence(small(strategy=strategy, n_tasks=2, epochs=2), device="cpu")
     rows = 1 if strategy == "joint" else 2
     assert np.array(result["R"]).shape == (rows, 2) and len(result["b"]) == 2
-    assert 0 <= result["avg_acc"] <= 100 and 0 <= result["final_class_il"] <= 100
+    assert 0 <= result["avg_acc"] <= 100
     if strategy == "joint":
         assert math.isnan(result["forgetting"])
+    else:
+        assert len(result["probe_before"]) == 2 and math.isfinite(result["fwt"])
 
 
 def test_bad_runs_are_rejected():
@@ -128,8 +131,8 @@ def test_rank_correlation_is_spearmans():
 
 
 def test_shared_batchnorm_lets_packnet_forget_what_per_task_batchnorm_keeps():
-    shared = run_sequence(small(strategy="packnet", n_tasks=2, packnet_bn="shared"), device="cpu")
-    per_task = run_sequence(small(strategy="packnet", n_tasks=2), device="cpu")
+    shared = run_sequence(small(strategy="packnet", n_tasks=2, epochs=2, packnet_bn="shared"), device="cpu")
+    per_task = run_sequence(small(strategy="packnet", n_tasks=2, epochs=2), device="cpu")
     # Same weights and heads either way; only task 0's BatchNorm differs at the end.
     assert per_task["R"][1][0] == per_task["after_retraining"][0]
     assert shared["R"][1][0] != shared["after_retraining"][0]
@@ -154,3 +157,96 @@ def test_a_penalty_too_stiff_for_the_learning_rate_is_reported_as_diverged():
 def test_bad_continual_runs_are_rejected_when_made(kwargs, argument):
     with pytest.raises(ValueError, match=argument):
         small(**kwargs)
+
+
+def test_permuted_tasks_keep_the_labels_and_permute_each_task_by_its_own_fixed_permutation():
+    kw = dict(num_classes=3, channels=1, image_size=6, per_class=10, test_per_class=4)
+    train, test = data.synthetic(True, **kw), data.synthetic(False, **kw)
+    tasks = permuted_tasks(train, test, 4, seed=7)
+    perms = pixel_permutations(4, 36, seed=7)
+    assert torch.equal(perms[0], torch.arange(36))  # task 0 is the data itself
+    assert all(sorted(p.tolist()) == list(range(36)) for p in perms)
+    assert len({tuple(p.tolist()) for p in perms}) == 4
+    for task, perm in zip(tasks, perms):
+        assert task.classes == [0, 1, 2] and task.train.num_classes == 3
+        assert torch.equal(task.test.labels, test.labels)
+        assert torch.equal(task.test.images.flatten(1), test.images.flatten(1)[:, perm])
+        assert len(task.train) + len(task.val) == len(train)
+    # The same seed gives the same tasks; another seed other permutations.
+    again = permuted_tasks(train, test, 4, seed=7)
+    assert all(torch.equal(a.train.images, b.train.images) for a, b in zip(tasks, again))
+    assert not torch.equal(pixel_permutations(4, 36, seed=8)[1], perms[1])
+
+
+def test_class_incremental_split_labels_are_head_outputs_and_the_head_grows():
+    kw = dict(num_classes=6, channels=1, image_size=16, per_class=10, test_per_class=4)
+    tasks = split_tasks(data.synthetic(True, **kw), data.synthetic(False, **kw), 3, seed=None, scenario="class")
+    assert [sorted(set(t.test.labels.tolist())) for t in tasks] == [[0, 1], [2, 3], [4, 5]]
+    net = SingleHeadNet(models.build("simple_convnet", 6, 1, 16, seed=0), active=[2, 4, 6])
+    x = torch.randn(3, 1, 16, 16)
+    net.eval()
+    shapes = []
+    for t in range(3):
+        net.task = t
+        shapes.append(net(x).shape[1])
+    assert shapes == [2, 4, 6]
+    with pytest.raises(ValueError, match="scenario"):
+        split_tasks(data.synthetic(True, **kw), data.synthetic(False, **kw), 3, seed=None, scenario="domain")
+
+
+def test_class_incremental_finetuning_forgets_what_task_incremental_keeps():
+    # The reason for the scenario: without the task id, the newest classes win every answer.
+    task_il = run_sequence(small(strategy="finetune", n_tasks=2, epochs=3), device="cpu")
+    class_il = run_sequence(small(strategy="finetune", n_tasks=2, epochs=3, scenario="class"), device="cpu")
+    assert class_il["R"][1][0] < task_il["R"][1][0] - 20
+
+
+def test_importance_controls_keep_the_scale_but_not_the_information(tasks):
+    net = MultiHeadNet(models.build("simple_convnet", 1, in_channels=1, image_size=16, seed=0), [2, 2, 2])
+    params = [n for n, _ in net.named_parameters() if n.startswith("body.")]
+    options = dict(params=params, examples=32, device="cpu")
+    fisher = importance(net, tasks[0].train, "fisher", **options)
+    shuffled = importance(net, tasks[0].train, "shuffled_fisher", **options)
+    uniform = importance(net, tasks[0].train, "uniform", **options)
+    flat = {k: torch.cat([v.flatten() for v in d.values()]) for k, d in
+            dict(fisher=fisher, shuffled=shuffled, uniform=uniform).items()}
+    assert torch.equal(flat["uniform"], torch.ones_like(flat["uniform"]))
+    # The same values (so the same distribution and mean), at other positions.
+    torch.testing.assert_close(flat["shuffled"].sort().values, flat["fisher"].sort().values)
+    assert not torch.equal(flat["shuffled"], flat["fisher"])
+    assert flat["fisher"].mean() == pytest.approx(1.0)
+
+
+def test_the_default_lambda_grid_never_diverges_with_adam():
+    # The chapters search λ over decades; with SGD the stiffest penalties blew the weights up.
+    for lam in (1e-2, 1e2, 1e6):
+        result = run_sequence(small(strategy="ewc", n_tasks=2, optimizer="adam", lr=1e-3, ewc_lambda=lam),
+                              device="cpu")
+        assert result["diverged"] is False and np.isfinite(result["R"]).all()
+
+
+def test_packnet_budget_is_the_same_epochs_as_every_strategy():
+    with pytest.raises(ValueError, match="retrain_epochs"):
+        small(strategy="packnet", epochs=2, retrain_epochs=2)
+    with pytest.raises(ValueError, match="task id"):
+        small(strategy="packnet", epochs=2, scenario="class")
+
+
+def test_linear_probe_reads_what_the_features_separate():
+    # A body that passes the images through: the probe fits the synthetic classes well above chance,
+    # and a body that outputs a constant leaves it at chance.
+    kw = dict(num_classes=4, channels=1, image_size=8, per_class=60, test_per_class=30, clutter=0.3, max_shift=0)
+    train, test = data.synthetic(True, **kw), data.synthetic(False, **kw)
+    identity = torch.nn.Flatten()
+    identity.register_parameter("unused", torch.nn.Parameter(torch.zeros(1)))
+    assert linear_probe_accuracy(identity, train, test, device="cpu") > 0.9
+
+    class Constant(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return self.w.expand(len(x), 5)
+
+    assert linear_probe_accuracy(Constant(), train, test, device="cpu") < 0.4
