@@ -184,13 +184,18 @@ def _collect(futures: dict, keep) -> list[tuple[list, BaseException]]:
     lost_errors = _worker_lost_errors()
     lost = []
     try:
-        for future in as_completed(futures):
+        for future in as_completed(list(futures)):
+            # Let go of a finished future at once: Dask keeps a result while a future refers to it,
+            # and would run it again if the worker holding it died.
+            chunk = futures.pop(future)
             try:
                 records = future.result()
             except lost_errors as error:
-                lost.append((futures[future], error))
+                lost.append((chunk, error))
                 continue
-            keep(futures[future], records)
+            finally:
+                del future
+            keep(chunk, records)
     finally:
         for future in futures:  # after an error or an interrupt: start nothing more
             future.cancel()
