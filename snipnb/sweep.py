@@ -138,9 +138,26 @@ def _start_worker(parent_pid: int, threads: int) -> None:
     threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 
-def _run_chunk(fn, chunk: list, folder, code: dict, stacked: bool, device) -> list[dict]:
+# The library code this process runs, hashed when it first runs a chunk for an executor: Python does
+# not reload modules, so a long-lived worker runs the code it started with whatever is on disk now.
+_LOADED_CODE: str | None = None
+
+
+def _check_loaded_code(code: dict) -> None:
+    global _LOADED_CODE
+    if _LOADED_CODE is None:
+        _LOADED_CODE = provenance.source_hash()
+    if _LOADED_CODE != code["code"]:
+        raise RuntimeError(f"this worker (host {socket.gethostname()}, pid {os.getpid()}) runs library code "
+                           f"{_LOADED_CODE}, the sweep's is {code['code']}: its records would name the wrong code. "
+                           f"Restart the workers after changing the code, and run them all from the same one.")
+
+
+def _run_chunk(fn, chunk: list, folder, code: dict, stacked: bool, device, check_code: bool = False) -> list[dict]:
     """Run one stack (or one run) where the executor put it; store its records in `folder` unless it
     is None (the folder is not shared: the caller stores them); return them either way."""
+    if check_code:
+        _check_loaded_code(code)
     start = time.perf_counter()
     results = fn(chunk) if stacked else [fn(chunk[0])]
     if len(results) != len(chunk):
@@ -311,7 +328,7 @@ def run_sweep(fn, configs, folder, *, workers: int = 1, executor: Executor | Non
         for chunk in chunks:
             keep(chunk, _run_chunk(fn, chunk, worker_folder, code, stacked, device))
     elif executor is not None:
-        futures = {executor.submit(_run_chunk, fn, chunk, worker_folder, code, stacked, device): chunk
+        futures = {executor.submit(_run_chunk, fn, chunk, worker_folder, code, stacked, device, True): chunk
                    for chunk in chunks}
         lost_chunks = _collect(futures, keep)
     else:

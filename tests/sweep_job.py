@@ -95,6 +95,13 @@ def send_records_to(folder: str | None) -> None:
     sweep.save_record = original if folder is None else (lambda _, record: original(folder, record))
 
 
+def pretend_loaded_code(code: str | None) -> None:
+    """In a worker process: pretend it started with other library code (None: forget it)."""
+    from snipnb import sweep
+
+    sweep._LOADED_CODE = code
+
+
 def grid(sleep=0.0):
     return [Job(seed=s, scale=scale, sleep=sleep) for s in range(4) for scale in (1.0, 2.0)]
 

@@ -140,6 +140,19 @@ def test_an_error_in_a_run_stops_the_sweep_with_that_error(executor, tmp_path):
                   progress=False)
 
 
+def test_a_worker_running_other_library_code_is_refused(cluster, executor, tmp_path):
+    # A long-lived `dask worker` keeps the code it imported; after a `git pull` its records would
+    # name code it does not run.
+    cluster.run(sweep_job.pretend_loaded_code, "0" * 16)
+    try:
+        with pytest.raises(RuntimeError, match=f"runs library code {'0' * 16}, the sweep's is .* Restart the workers"):
+            run_sweep(run, grid(), tmp_path, executor=executor, progress=False)
+    finally:
+        cluster.run(sweep_job.pretend_loaded_code, None)
+    assert not list(tmp_path.glob("*.json"))
+    assert len(run_sweep(run, grid(), tmp_path, executor=executor, progress=False)) == 8
+
+
 def test_one_run_at_a_time_per_gpu_whatever_the_threads(tmp_path):
     jobs = [Job(seed=s, sleep=0.3) for s in range(4)]
     with dask.config.set(QUIET), distributed.LocalCluster(
