@@ -220,10 +220,12 @@ def _collect(futures: dict, keep) -> list[tuple[list, BaseException]]:
 
 
 def _lost_message(lost_chunks, lost: list, total: int, folder) -> str:
-    reasons = sorted({f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
-                      for _, e in lost_chunks})
+    examples = {}  # one message of each kind of error, not one per lost run
+    for _, error in lost_chunks:
+        examples.setdefault(type(error).__name__, (str(error).strip().splitlines() or [""])[0][:200])
+    reasons = "; ".join(f"{name}: {example}" if example else name for name, example in examples.items())
     listed = ", ".join(repr(c) for c in lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
-    return (f"{len(lost)} of {total} runs were lost with their workers ({'; '.join(reasons)}). "
+    return (f"{len(lost)} of {total} runs were lost with their workers ({reasons}). "
             f"Every other run has its record in {folder}. Run the sweep again to run the {len(lost)}: {listed}")
 
 

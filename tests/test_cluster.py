@@ -124,6 +124,7 @@ def test_a_killed_local_worker_is_reported_and_a_rerun_completes_it(tmp_path):
     with pytest.raises(SweepIncomplete, match=r"runs were lost with their workers \(BrokenProcessPool") as lost:
         run_sweep(fn, grid(), folder, workers=2, progress=False)
     assert doomed in lost.value.lost
+    assert str(lost.value).count("BrokenProcessPool") == 1  # one reason, however many runs it cost
     finished = {p.name: p.read_bytes() for p in folder.glob("*.json")}
     unfinished = {record_path(folder, c).name for c in grid()} - set(finished)
     assert unfinished == {record_path(folder, c).name for c in lost.value.lost}  # every one reported
