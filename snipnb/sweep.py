@@ -8,6 +8,11 @@ nothing behind. Rerunning a sweep skips every config that has a record made by t
 code (each record says which code made it, `provenance`); `shard="i/n"` runs the configs whose hash
 falls in slice i of n, so several GPUs or machines can fill one folder. Configs that can train
 together are run as stacks (`stack`, `stack_key`; see `snipnb.stack`), one record per run still.
+
+Runs go to local processes (`workers`) or to any `concurrent.futures.Executor` (`executor`), such as a
+Dask cluster's (`snipnb.cluster`). A run whose worker is lost (a killed process, a lost node) costs
+only that run: the others finish, and the sweep then raises `SweepIncomplete` naming the lost runs,
+which the next call runs again.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ import multiprocessing
 import os
 import pathlib
 import socket
+import sys
 import threading
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import BrokenExecutor, CancelledError, Executor, ProcessPoolExecutor, as_completed
 
 import pandas as pd
 from tqdm import tqdm
@@ -60,23 +66,32 @@ def record_path(folder, config) -> pathlib.Path:
     return pathlib.Path(folder) / f"{config_id(config)}.json"
 
 
-def write_record(folder, config, result: dict, seconds: float, *, code: dict | None = None,
-                 stack_size: int = 1, device: str | None = None) -> pathlib.Path:
-    """Write one finished run atomically: a reader sees the whole record or none of it. `code` is
-    `provenance.code_version()` (taken now if not given): which code made the result."""
-    path = record_path(folder, config)
+def make_record(config, result: dict, seconds: float, *, code: dict | None = None, stack_size: int = 1,
+                device: str | None = None) -> dict:
+    """One finished run as the JSON record `write_record` stores. `code` is `provenance.code_version()`
+    (taken now if not given): which code made the result. `host` is the machine that calls this."""
+    return {"id": config_id(config), "config_class": type(config).__name__, "config": dataclasses.asdict(config),
+            "result": result, "seconds": seconds, **(code or provenance.code_version()), "stack_size": stack_size,
+            "device": device, "host": socket.gethostname(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def save_record(folder, record: dict) -> pathlib.Path:
+    """Store a record atomically: a reader sees the whole record or none of it."""
+    path = pathlib.Path(folder) / f"{record['id']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"id": config_id(config), "config_class": type(config).__name__,
-              "config": dataclasses.asdict(config), "result": result, "seconds": seconds,
-              **(code or provenance.code_version()), "stack_size": stack_size, "device": device,
-              "host": socket.gethostname(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "w") as f:
         json.dump(record, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+def write_record(folder, config, result: dict, seconds: float, *, code: dict | None = None,
+                 stack_size: int = 1, device: str | None = None) -> pathlib.Path:
+    """Write one finished run atomically (`make_record`, then `save_record`)."""
+    return save_record(folder, make_record(config, result, seconds, code=code, stack_size=stack_size, device=device))
 
 
 # Record fields that come into a results table beside the config and the results.
@@ -123,15 +138,95 @@ def _start_worker(parent_pid: int, threads: int) -> None:
     threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 
-def _run_chunk(fn, chunk: list, folder, code: dict, stacked: bool, device: str | None) -> list[str]:
+# The library code this process runs, hashed when it first runs a chunk for an executor: Python does
+# not reload modules, so a long-lived worker runs the code it started with whatever is on disk now.
+_LOADED_CODE: str | None = None
+
+
+def _check_loaded_code(code: dict) -> None:
+    global _LOADED_CODE
+    if _LOADED_CODE is None:
+        _LOADED_CODE = provenance.source_hash()
+    if _LOADED_CODE != code["code"]:
+        raise RuntimeError(f"this worker (host {socket.gethostname()}, pid {os.getpid()}) runs library code "
+                           f"{_LOADED_CODE}, the sweep's is {code['code']}: its records would name the wrong code. "
+                           f"Restart the workers after changing the code, and run them all from the same one.")
+
+
+def _run_chunk(fn, chunk: list, folder, code: dict, stacked: bool, device, check_code: bool = False) -> list[dict]:
+    """Run one stack (or one run) where the executor put it; store its records in `folder` unless it
+    is None (the folder is not shared: the caller stores them); return them either way."""
+    if check_code:
+        _check_loaded_code(code)
     start = time.perf_counter()
     results = fn(chunk) if stacked else [fn(chunk[0])]
     if len(results) != len(chunk):
         raise ValueError(f"a stacked fn must return one result per config: got {len(results)} for {len(chunk)}")
     seconds = (time.perf_counter() - start) / len(chunk)
-    for config, result in zip(chunk, results):
-        write_record(folder, config, result, seconds, code=code, stack_size=len(chunk), device=device)
-    return [config_id(c) for c in chunk]
+    device = device() if callable(device) else device  # named by the machine that ran it
+    records = [make_record(config, result, seconds, code=code, stack_size=len(chunk), device=device)
+               for config, result in zip(chunk, results)]
+    if folder is not None:
+        for record in records:
+            save_record(folder, record)
+    return records
+
+
+class SweepIncomplete(RuntimeError):
+    """Some runs were lost with their workers; every other run finished and has its record.
+
+    `lost`: the configs that have no record; `results`: the table `run_sweep` would have returned.
+    Calling `run_sweep` again runs the lost configs (and nothing else)."""
+
+    def __init__(self, message: str, lost: list, results: pd.DataFrame):
+        super().__init__(message)
+        self.lost, self.results = lost, results
+
+
+def _worker_lost_errors() -> tuple[type, ...]:
+    """What a future raises when its worker, not its run, failed: a broken local pool, a cancelled
+    future (a closed client or cluster), or Dask's `KilledWorker` (the worker died running it once
+    more than `distributed.scheduler.allowed-failures`)."""
+    errors = [BrokenExecutor, CancelledError]
+    distributed = sys.modules.get("distributed")  # a Dask executor has imported it
+    if distributed is not None and hasattr(distributed, "KilledWorker"):
+        errors.append(distributed.KilledWorker)
+    return tuple(errors)
+
+
+def _collect(futures: dict, keep) -> list[tuple[list, BaseException]]:
+    """Wait for every future (future -> its chunk), passing each finished chunk's records to `keep`.
+    Returns the chunks whose worker was lost, with the error. An error raised by a run itself
+    propagates with its traceback, after the chunks not yet started are cancelled."""
+    lost_errors = _worker_lost_errors()
+    lost = []
+    try:
+        for future in as_completed(list(futures)):
+            # Let go of a finished future at once: Dask keeps a result while a future refers to it,
+            # and would run it again if the worker holding it died.
+            chunk = futures.pop(future)
+            try:
+                records = future.result()
+            except lost_errors as error:
+                lost.append((chunk, error))
+                continue
+            finally:
+                del future
+            keep(chunk, records)
+    finally:
+        for future in futures:  # after an error or an interrupt: start nothing more
+            future.cancel()
+    return lost
+
+
+def _lost_message(lost_chunks, lost: list, total: int, folder) -> str:
+    examples = {}  # one message of each kind of error, not one per lost run
+    for _, error in lost_chunks:
+        examples.setdefault(type(error).__name__, (str(error).strip().splitlines() or [""])[0][:200])
+    reasons = "; ".join(f"{name}: {example}" if example else name for name, example in examples.items())
+    listed = ", ".join(repr(c) for c in lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
+    return (f"{len(lost)} of {total} runs were lost with their workers ({reasons}). "
+            f"Every other run has its record in {folder}. Run the sweep again to run the {len(lost)}: {listed}")
 
 
 def stacks(configs: list, stack: int, key) -> list[list]:
@@ -151,9 +246,9 @@ def stacks(configs: list, stack: int, key) -> list[list]:
 REUSE = ("same_code", "any")
 
 
-def run_sweep(fn, configs, folder, *, workers: int = 1, shard: str | None = None, stack: int = 1,
-              stack_key=None, reuse: str = "same_code", device: str | None = None, progress: bool = True,
-              desc: str = "runs") -> pd.DataFrame:
+def run_sweep(fn, configs, folder, *, workers: int = 1, executor: Executor | None = None, shard: str | None = None,
+              stack: int = 1, stack_key=None, reuse: str = "same_code", device=None, shared_folder: bool = True,
+              progress: bool = True, desc: str = "runs") -> pd.DataFrame:
     """Run every config of this shard that has no record in `folder`; return all records.
 
     - Without `stack_key`, `fn(config)` returns one run's results, a flat dict. With `stack_key`,
@@ -164,7 +259,21 @@ def run_sweep(fn, configs, folder, *, workers: int = 1, shard: str | None = None
       (`provenance.code_version()["code"]`) and says how many; `reuse="any"` keeps every record.
     - `workers > 1` runs stacks (or runs) in that many processes, sharing the CPU cores or one GPU;
       `fn` must then be importable by name. A worker exits when the sweep's process dies.
-    - `device` is written into each record (the name of what ran it, e.g. `provenance.device_name`).
+    - `executor`: any `concurrent.futures.Executor` runs them instead, e.g. a Dask cluster's
+      (`snipnb.cluster.cluster_executor`, or `distributed.Client(...).get_executor()`); it decides how
+      many run at once, so `workers` stays 1. The sweep does not shut it down.
+    - `shared_folder=True` (default): the worker that ran a config writes its record into `folder`,
+      which must be the same folder on every worker (a shared file system, as on any Slurm
+      cluster), so a finished run is kept even if this process dies. `shared_folder=False`: the
+      workers write nothing; they return the records and this process writes them.
+    - `device`: written into each record (the name of what ran it). A callable, such as
+      `functools.partial(provenance.device_name, device)`, is called by the worker that ran the
+      run, so on a cluster each record names its own machine's device.
+
+    A run whose worker is lost costs only that run: the sweep finishes the others, then raises
+    `SweepIncomplete` naming the lost configs; calling it again runs them. (Dask first runs a run
+    whose worker died again elsewhere, up to `distributed.scheduler.allowed-failures` times.) An
+    error raised by `fn` stops the sweep with its traceback.
 
     The returned table holds every config of `configs` that has a record, finished now or earlier,
     by this shard or another.
@@ -174,6 +283,12 @@ def run_sweep(fn, configs, folder, *, workers: int = 1, shard: str | None = None
         raise ValueError("configs is empty: nothing to run (is a grid parameter such as seeds 0 or an empty list?)")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if executor is not None and workers != 1:
+        raise ValueError(f"pass workers or executor, not both: the executor decides how many run at once "
+                         f"(got workers={workers})")
+    if executor is not None and not isinstance(executor, Executor):
+        raise ValueError(f"executor must be a concurrent.futures.Executor, got {type(executor).__name__} "
+                         f"(a Dask Client gives one with client.get_executor())")
     if stack < 1:
         raise ValueError(f"stack must be >= 1, got {stack}")
     if reuse not in REUSE:
@@ -181,6 +296,8 @@ def run_sweep(fn, configs, folder, *, workers: int = 1, shard: str | None = None
     ids = [config_id(c) for c in configs]
     if len(set(ids)) != len(ids):
         raise ValueError("configs has duplicates: every run must differ in at least one field")
+    # Workers elsewhere resolve a relative path against their own working directory.
+    folder = pathlib.Path(folder).absolute()
     code = provenance.code_version()
     mine = [c for c in configs if in_shard(c, shard)]
     todo, stale = [], []
@@ -197,19 +314,43 @@ def run_sweep(fn, configs, folder, *, workers: int = 1, shard: str | None = None
     stacked = stack_key is not None
     chunks = stacks(todo, stack, stack_key) if stacked else [[c] for c in todo]
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, disable=not progress)
-    if workers == 1:
+    written_there = []  # records the workers wrote, checked below
+
+    def keep(chunk, records):
+        if shared_folder:
+            written_there.extend(records)
+        else:
+            for record in records:
+                save_record(folder, record)
+        bar.update(len(chunk))
+
+    worker_folder = folder if shared_folder else None
+    lost_chunks = []
+    if executor is None and workers == 1:
         for chunk in chunks:
-            _run_chunk(fn, chunk, folder, code, stacked, device)
-            bar.update(len(chunk))
+            keep(chunk, _run_chunk(fn, chunk, worker_folder, code, stacked, device))
+    elif executor is not None:
+        futures = {executor.submit(_run_chunk, fn, chunk, worker_folder, code, stacked, device, True): chunk
+                   for chunk in chunks}
+        lost_chunks = _collect(futures, keep)
     else:
         # Processes rather than threads: each run holds the GIL for its Python loop.
         threads = max(1, (os.cpu_count() or 1) // workers)
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_start_worker, initargs=(os.getpid(), threads)) as pool:
-            futures = {pool.submit(_run_chunk, fn, chunk, folder, code, stacked, device): len(chunk)
+            futures = {pool.submit(_run_chunk, fn, chunk, worker_folder, code, stacked, device): chunk
                        for chunk in chunks}
-            for future in as_completed(futures):
-                future.result()  # re-raise a failed run here, with its traceback
-                bar.update(futures[future])
+            lost_chunks = _collect(futures, keep)
     bar.close()
-    return read_records(folder, configs)
+    unseen = [r for r in written_there if not (folder / f"{r['id']}.json").exists()]
+    if unseen:
+        for record in unseen:
+            save_record(folder, record)
+        warnings.warn(f"{len(unseen)} records the workers wrote were not in {folder} as this machine sees it; "
+                      f"written here from the results the workers returned. If the workers do not share this "
+                      f"folder, pass shared_folder=False so that they write nothing.", stacklevel=2)
+    results = read_records(folder, configs)
+    lost = [c for chunk, _ in lost_chunks for c in chunk if not record_path(folder, c).exists()]
+    if lost:
+        raise SweepIncomplete(_lost_message(lost_chunks, lost, len(mine), folder), lost, results)
+    return results

@@ -17,6 +17,12 @@ import sweep_job  # noqa: E402
 from sweep_job import Job, grid, run  # noqa: E402
 
 
+def _env(log) -> dict:
+    """The environment of a sweep in a subprocess: it imports the snipnb under test, not another."""
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "SWEEP_TEST_LOG": str(log), "PYTHONPATH": path}
+
+
 def table(df):
     return df.drop(columns=["seconds"]).sort_values("id").reset_index(drop=True)
 
@@ -49,7 +55,7 @@ def test_a_rerun_skips_finished_runs_and_a_new_value_runs_only_new_cells(tmp_pat
 
 def test_a_killed_sweep_resumes_and_every_run_finishes_exactly_once(tmp_path):
     folder, log = tmp_path / "results", tmp_path / "log"
-    env = {**os.environ, "SWEEP_TEST_LOG": str(log), "PYTHONPATH": str(Path(__file__).parent)}
+    env = _env(log)
     proc = subprocess.Popen([sys.executable, sweep_job.__file__, str(folder), "0.4"], env=env)
     deadline = time.time() + 120
     while len(list(folder.glob("*.json"))) < 3 and time.time() < deadline:
@@ -137,7 +143,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
 def test_workers_of_a_killed_sweep_exit_with_it(tmp_path):
     folder, log = tmp_path / "results", tmp_path / "log"
-    env = {**os.environ, "SWEEP_TEST_LOG": str(log), "PYTHONPATH": str(Path(__file__).parent)}
+    env = _env(log)
     proc = subprocess.Popen([sys.executable, sweep_job.__file__, str(folder), "1.0", "2"], env=env)
     deadline = time.time() + 120
     while (not log.exists() or len(log.read_text().splitlines()) < 2) and time.time() < deadline:
@@ -178,7 +184,7 @@ def test_a_stacked_sweep_writes_one_record_per_run(tmp_path, monkeypatch):
 
 def test_a_killed_stacked_sweep_resumes_without_loss_or_duplicates(tmp_path):
     folder, log = tmp_path / "results", tmp_path / "log"
-    env = {**os.environ, "SWEEP_TEST_LOG": str(log), "PYTHONPATH": str(Path(__file__).parent)}
+    env = _env(log)
     proc = subprocess.Popen([sys.executable, sweep_job.__file__, str(folder), "0.3", "1", "2"], env=env)
     deadline = time.time() + 120
     while len(list(folder.glob("*.json"))) < 2 and time.time() < deadline:
