@@ -38,7 +38,8 @@ def paired_difference(df: pd.DataFrame, value: str, baseline: dict, variant: lis
     that tell compared runs apart (e.g. `["method", "sparsity"]`); `pair_on` the columns a run is
     matched on (e.g. `["seed"]`); `group` the columns kept apart (e.g. `["model"]`), each with its own
     baseline. Only pairs present on both sides count (`n`). `wins` counts pairs where the variant is
-    higher. A CI that excludes 0 is a difference the seeds agree on.
+    higher. A CI that excludes 0 is a difference the seeds agree on; `detectable` is the smallest
+    effect the pairs could detect (`detectable_effect`), what a CI spanning 0 leaves open.
     """
     group = list(group or [])
     is_base = pd.Series(True, index=df.index)
@@ -51,5 +52,34 @@ def paired_difference(df: pd.DataFrame, value: str, baseline: dict, variant: lis
     for key, part in merged.groupby(group + variant, sort=False):
         mean, low, high = t_interval(part["_diff"], level)
         rows.append(dict(zip(group + variant, key), diff=mean, ci_low=low, ci_high=high, n=len(part),
-                         wins=int((part["_diff"] > 0).sum())))
+                         wins=int((part["_diff"] > 0).sum()),
+                         detectable=detectable_effect(part["_diff"].std(ddof=1), len(part), level)))
     return pd.DataFrame(rows)
+
+
+def detectable_effect(sd: float, n: int, level: float = 0.95, power: float = 0.8) -> float:
+    """The smallest true mean difference a paired t-test on `n` pairs with difference standard
+    deviation `sd` detects with probability `power` at two-sided `level`: (t_{1-α/2} + t_{power}) · sd/√n
+    with n - 1 degrees of freedom (the usual approximation to the noncentral t). NaN below 2 pairs.
+
+    Where a confidence interval spans 0, this is what "not detected at this power" means in numbers:
+    an effect this large would most likely have been seen; a smaller one may exist.
+    """
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    df = n - 1
+    quantiles = scipy_stats.t.ppf(0.5 + level / 2, df) + scipy_stats.t.ppf(power, df)
+    return float(quantiles * sd / math.sqrt(n))
+
+
+def verdict(row, unit: str = "points", higher: str = "higher") -> str:
+    """One phrase for a `paired_difference` row: the difference with its 95% CI, and either that the
+    seeds agree on its sign or that no difference was detected at this power, with the smallest
+    effect the run could have detected."""
+    if row["n"] < 2:
+        return f"{row['diff']:+.2f} {unit} on one seed (no interval)"
+    text = f"{row['diff']:+.2f} {unit} (95% CI {row['ci_low']:+.2f} to {row['ci_high']:+.2f}, {int(row['n'])} seeds)"
+    if row["ci_low"] > 0 or row["ci_high"] < 0:
+        return f"{text}: {'higher' if row['diff'] > 0 else 'lower'}, and the seeds agree"
+    return (f"{text}: not detected at this power (the run would detect about "
+            f"±{row['detectable']:.2f} {unit})")

@@ -35,3 +35,32 @@ def test_paired_difference_pairs_on_seed_within_each_group():
         # Differences are 1, 2, 3 whatever the per-seed level: pairing removes it.
         assert row["diff"] == pytest.approx(2.0) and row.n == 3 and row.wins == 3
         assert row.ci_low == pytest.approx(2 - 4.302652729911275 / math.sqrt(3))
+
+
+def test_detectable_effect_is_the_power_calculation_and_shrinks_with_more_pairs():
+    from snipnb.stats import detectable_effect
+
+    # n = 5: t_{0.975, 4} = 2.7764, t_{0.8, 4} = 0.9410; sd 2 -> (2.7764 + 0.9410) * 2 / sqrt(5)
+    assert detectable_effect(2.0, 5) == pytest.approx((2.7764451 + 0.9409646) * 2 / math.sqrt(5), rel=1e-5)
+    assert detectable_effect(2.0, 20) < detectable_effect(2.0, 5) < detectable_effect(2.0, 3)
+    assert math.isnan(detectable_effect(2.0, 1))
+
+
+def test_verdict_never_says_no_difference_when_the_interval_spans_zero():
+    from snipnb.stats import verdict
+
+    spans = dict(diff=0.3, ci_low=-0.5, ci_high=1.1, n=5, detectable=1.2)
+    text = verdict(spans)
+    assert "not detected at this power" in text and "±1.20" in text and "no difference" not in text
+    sure = dict(diff=-2.0, ci_low=-3.0, ci_high=-1.0, n=5, detectable=1.0)
+    assert "lower, and the seeds agree" in verdict(sure)
+
+
+def test_report_tables_round_hide_the_bare_index_and_spell_missing_one_way():
+    from snipnb.report import table
+
+    html = table(pd.DataFrame(dict(method=["a", "b"], acc=[91.23456, float("nan")]))).to_html()
+    assert "91.23" in html and "91.2346" not in html and "—" in html
+    assert ">0<" not in html and ">1<" not in html  # no 0..N row labels
+    labelled = table(pd.DataFrame(dict(acc=[1.0])).set_index(pd.Index(["dense"], name="method"))).to_html()
+    assert "dense" in labelled
