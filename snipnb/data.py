@@ -127,7 +127,8 @@ def _read_torchvision(name: str, train: bool, root: pathlib.Path, download: bool
     try:
         dataset = _open_torchvision(name, root, train, download)
     except (RuntimeError, OSError) as error:
-        raise DatasetNotFoundError(_not_found_message(name, root, download, error)) from error
+        # The message says all there is to say; torchvision's chained traceback would bury it.
+        raise DatasetNotFoundError(_not_found_message(name, root, download, error)) from None
     if name == "mnist":
         images = dataset.data.unsqueeze(1)  # N x 28 x 28 -> N x 1 x 28 x 28
     else:
@@ -194,8 +195,8 @@ def _not_found_message(name: str, root: pathlib.Path, download: bool, error: Exc
         why = f"the download failed: {error}"
     return (f"dataset {name!r} not found in {folder} ({why}). To provide it, copy torchvision's "
             f"layout into a writable folder ({folder} holding {files}; the archives torchvision downloads, "
-            f"placed where it puts them, also work) and pass it as root= or set $SNIPNB_DATA, or run once "
-            f"online with download=True.")
+            f"placed where it puts them, also work) and point to it: root= in Python, -p data_root PATH for a "
+            f"notebook run by papermill, or $SNIPNB_DATA; or run once online with download=True.")
 
 
 def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
