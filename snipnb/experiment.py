@@ -37,13 +37,15 @@ def scoring(method: str) -> str | None:
     return None if method == "dense" else "snip" if method == "shuffled_snip" else method
 
 
-def method_scores(model: nn.Module, method: str, batches=None, seed: int = 0) -> dict[str, torch.Tensor] | None:
-    """The scores `method` prunes `model` by, at any sparsity (see `scoring`); None for `dense`."""
+def method_scores(model: nn.Module, method: str, batches=None, seed: int = 0,
+                  bn_mode: str = "eval") -> dict[str, torch.Tensor] | None:
+    """The scores `method` prunes `model` by, at any sparsity (see `scoring`); None for `dense`.
+    `bn_mode` is the BatchNorm mode while scoring (`pruning.scores`)."""
     name = scoring(method)
     if name is None:
         return None
     score_method, objective = _SCORED[name]
-    return scores(model, batches, score_method, objective=objective, seed=seed)
+    return scores(model, batches, score_method, objective=objective, seed=seed, bn_mode=bn_mode)
 
 
 def masks_for_method(weight_scores, method: str, sparsity: float, seed: int = 0,
@@ -56,12 +58,12 @@ def masks_for_method(weight_scores, method: str, sparsity: float, seed: int = 0,
 
 
 def make_masks(model: nn.Module, method: str, sparsity: float, batches=None, seed: int = 0,
-               scope: str = "global") -> dict[str, torch.Tensor] | None:
+               scope: str = "global", bn_mode: str = "eval") -> dict[str, torch.Tensor] | None:
     """Masks for `model` by `method` at `sparsity`; None for `dense`.
 
     `batches` feed the data-dependent methods: pass another dataset's batches for cross-domain SNIP.
     """
-    return masks_for_method(method_scores(model, method, batches, seed), method, sparsity, seed, scope)
+    return masks_for_method(method_scores(model, method, batches, seed, bn_mode), method, sparsity, seed, scope)
 
 
 def saliency_batches(data, per_class: int, seed: int, device=None):
@@ -75,25 +77,25 @@ def saliency_batches(data, per_class: int, seed: int, device=None):
 
 def build_pruned(model_name: str, method: str, sparsity: float, seed: int, like, *, saliency_data=None,
                  saliency_per_class: int = 10, scope: str = "global", device=None, cache: dict | None = None,
-                 saliency_key=None):
+                 saliency_key=None, bn_mode: str = "eval"):
     """Build `model_name` from `seed` for data shaped like `like` and prune it by `method`.
 
     Saliency is computed on `saliency_data` (default: `like`; another dataset for cross-domain SNIP),
     on `device` (default: the CPU). With `cache`, a dict the caller keeps across calls, a network's
     scores are computed once and reused for every sparsity and for shuffled SNIP; `saliency_key`
-    must then name the saliency data (default: the object's identity). Returns (model, masks),
-    masks None for `dense`.
+    must then name the saliency data (default: the object's identity). `bn_mode` is BatchNorm's mode
+    while scoring. Returns (model, masks), masks None for `dense`.
     """
     channels, size = like.images.shape[1], like.images.shape[-1]
     model = build(model_name, like.num_classes, in_channels=channels, image_size=size, seed=seed).to(device or "cpu")
     source = like if saliency_data is None else saliency_data
-    key = (model_name, like.num_classes, channels, size, seed, scoring(method), saliency_per_class,
+    key = (model_name, like.num_classes, channels, size, seed, scoring(method), saliency_per_class, bn_mode,
            id(source) if saliency_key is None else saliency_key)
     if cache is not None and key in cache:
         weight_scores = cache[key]
     else:
         batches = None if method in DATA_FREE_METHODS else saliency_batches(source, saliency_per_class, seed, device)
-        weight_scores = method_scores(model, method, batches, seed)
+        weight_scores = method_scores(model, method, batches, seed, bn_mode)
         if cache is not None:
             cache[key] = weight_scores
     masks = masks_for_method(weight_scores, method, sparsity, seed, scope)

@@ -42,6 +42,7 @@ class FewShotRun:
     augment: bool = True
     eval_every: int = 1  # test every this many epochs (best_acc is the best of those tests)
     source: str | None = None  # cross-domain saliency data; None: CROSS_DOMAIN_SOURCE[dataset]
+    bn_mode: str = "eval"  # BatchNorm while scoring saliency: running statistics ("eval") or the batch's
     synthetic_shape: tuple = (3, 32)  # (channels, image size) when dataset or source is synthetic
 
     def __post_init__(self):
@@ -49,6 +50,7 @@ class FewShotRun:
         checks.one_of("model", self.model, models.NAMES)
         checks.one_of("dataset", self.dataset, data.DATASETS)
         checks.one_of("method", self.method, METHODS)
+        checks.one_of("bn_mode", self.bn_mode, ("eval", "train"))
         if self.source is not None:
             checks.one_of("source", self.source, data.DATASETS)
         checks.integer("k", self.k, 1, data.smallest_class(self.dataset))
@@ -83,7 +85,7 @@ def masks_for(run: FewShotRun):
     """The masks `run` trains with (None for dense), without training: for comparing criteria."""
     subset, _, method, saliency_data, per_class, _ = _data(run)
     return build_pruned(run.model, method, run.sparsity, run.seed, subset, saliency_data=saliency_data,
-                        saliency_per_class=per_class)[1]
+                        saliency_per_class=per_class, bn_mode=run.bn_mode)[1]
 
 
 def _result(model, history) -> dict:
@@ -98,7 +100,7 @@ def run_few_shot(run: FewShotRun, device=None) -> dict:
 
 
 # What the runs of one stack may differ in: everything else (model, data, k, recipe) they share.
-STACK_VARIES = ("seed", "method", "sparsity", "source")
+STACK_VARIES = ("seed", "method", "sparsity", "source", "bn_mode")
 
 
 def stack_key(run: FewShotRun) -> tuple:
@@ -126,7 +128,8 @@ def run_few_shot_stack(runs: list[FewShotRun], device=None, *, stacked: bool = T
     for run in runs:
         subset, test, method, saliency_data, per_class, saliency_key = _data(run)
         model, _ = build_pruned(run.model, method, run.sparsity, run.seed, subset, saliency_data=saliency_data,
-                                saliency_per_class=per_class, device=device, cache=cache, saliency_key=saliency_key)
+                                saliency_per_class=per_class, device=device, cache=cache, saliency_key=saliency_key,
+                                bn_mode=run.bn_mode)
         built.append(model)
         trains.append(subset)
     first = runs[0]

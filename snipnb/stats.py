@@ -72,14 +72,14 @@ def detectable_effect(sd: float, n: int, level: float = 0.95, power: float = 0.8
     return float(quantiles * sd / math.sqrt(n))
 
 
-def verdict(row, unit: str = "points", higher: str = "higher") -> str:
+def verdict(row, unit: str = "points", pairs: str = "seeds") -> str:
     """One phrase for a `paired_difference` row: the difference with its 95% CI, and either that the
     seeds agree on its sign or that no difference was detected at this power, with the smallest
     effect the run could have detected."""
     if row["n"] < 2:
         return f"{row['diff']:+.2f} {unit} on one seed (no interval)"
-    text = f"{row['diff']:+.2f} {unit} (95% CI {row['ci_low']:+.2f} to {row['ci_high']:+.2f}, {int(row['n'])} seeds)"
+    text = f"{row['diff']:+.2f} {unit} (95% CI {row['ci_low']:+.2f} to {row['ci_high']:+.2f}, {int(row['n'])} {pairs})"
     if row["ci_low"] > 0 or row["ci_high"] < 0:
-        return f"{text}: {'higher' if row['diff'] > 0 else 'lower'}, and the seeds agree"
+        return f"{text}: {'higher' if row['diff'] > 0 else 'lower'}, and the {pairs} agree"
     return (f"{text}: not detected at this power (the run would detect about "
             f"±{row['detectable']:.2f} {unit})")

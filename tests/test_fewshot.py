@@ -82,3 +82,15 @@ def test_a_stack_refuses_runs_that_differ_in_what_it_shares():
     with pytest.raises(ValueError, match="'epochs'"):
         run_few_shot_stack([tiny(), tiny(epochs=3, seed=1)])
     assert stack_key(tiny(seed=0, method="snip", sparsity=0.5)) == stack_key(tiny(seed=3))
+
+
+def test_batchnorm_mode_while_scoring_is_a_setting_of_the_run():
+    eval_masks = masks_for(tiny(method="snip", sparsity=0.9))
+    train_masks = masks_for(tiny(method="snip", sparsity=0.9, bn_mode="train"))
+    assert not all(torch.equal(eval_masks[n], train_masks[n]) for n in eval_masks)
+    # In one stack the two modes are scored apart, not served from one cache entry.
+    both = run_few_shot_stack([tiny(method="snip", sparsity=0.9, epochs=1),
+                               tiny(method="snip", sparsity=0.9, epochs=1, bn_mode="train")])
+    assert len(both) == 2
+    with pytest.raises(ValueError, match="bn_mode"):
+        tiny(bn_mode="frozen")
