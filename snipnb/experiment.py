@@ -66,39 +66,53 @@ def make_masks(model: nn.Module, method: str, sparsity: float, batches=None, see
     return masks_for_method(method_scores(model, method, batches, seed, bn_mode), method, sparsity, seed, scope)
 
 
-def saliency_batches(data, per_class: int, seed: int, device=None):
-    """One class-balanced batch of `per_class` examples per class, normalised like training data.
-
-    SNIP needs only a mini-batch; balancing it keeps every class represented even when it is small.
-    """
-    subset = data.subset(few_shot_indices(data.labels, per_class, seed))
+def saliency_batches(data, per_class: int, seed: int, device=None, balanced: bool = True):
+    """One batch of `per_class` examples per class (class-balanced), normalised like training data;
+    with `balanced=False`, as many examples drawn at random regardless of class, as the official SNIP
+    code takes its batch. SNIP needs only a mini-batch; balancing keeps every class in it."""
+    if balanced:
+        pick = few_shot_indices(data.labels, per_class, seed)
+    else:
+        count = min(len(data), per_class * data.num_classes)
+        pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count]
+    subset = data.subset(pick)
     return list(DeviceLoader(subset, len(subset), device=device or "cpu"))
 
 
 def build_pruned(model_name: str, method: str, sparsity: float, seed: int, like, *, saliency_data=None,
                  saliency_per_class: int = 10, scope: str = "global", device=None, cache: dict | None = None,
-                 saliency_key=None, bn_mode: str = "eval"):
+                 saliency_key=None, bn_mode: str = "eval", balanced: bool = True, init: str = "default",
+                 train_seed: int | None = None):
     """Build `model_name` from `seed` for data shaped like `like` and prune it by `method`.
 
     Saliency is computed on `saliency_data` (default: `like`; another dataset for cross-domain SNIP),
     on `device` (default: the CPU). With `cache`, a dict the caller keeps across calls, a network's
     scores are computed once and reused for every sparsity and for shuffled SNIP; `saliency_key`
     must then name the saliency data (default: the object's identity). `bn_mode` is BatchNorm's mode
-    while scoring. Returns (model, masks), masks None for `dense`.
+    while scoring; `balanced=False` scores a random rather than a class-balanced batch; `init` is
+    `models.build`'s. With `train_seed`, the masks go onto a fresh initialisation from that seed (the
+    official SNIP code's practice) instead of the one that was scored. Returns (model, masks), masks
+    None for `dense`.
     """
     channels, size = like.images.shape[1], like.images.shape[-1]
-    model = build(model_name, like.num_classes, in_channels=channels, image_size=size, seed=seed).to(device or "cpu")
+    model = build(model_name, like.num_classes, in_channels=channels, image_size=size, seed=seed,
+                  init=init).to(device or "cpu")
     source = like if saliency_data is None else saliency_data
-    key = (model_name, like.num_classes, channels, size, seed, scoring(method), saliency_per_class, bn_mode,
-           id(source) if saliency_key is None else saliency_key)
+    key = (model_name, like.num_classes, channels, size, seed, init, scoring(method), saliency_per_class, bn_mode,
+           balanced, id(source) if saliency_key is None else saliency_key)
     if cache is not None and key in cache:
         weight_scores = cache[key]
     else:
-        batches = None if method in DATA_FREE_METHODS else saliency_batches(source, saliency_per_class, seed, device)
+        batches = None if method in DATA_FREE_METHODS else saliency_batches(source, saliency_per_class, seed, device,
+                                                                            balanced)
         weight_scores = method_scores(model, method, batches, seed, bn_mode)
         if cache is not None:
             cache[key] = weight_scores
     masks = masks_for_method(weight_scores, method, sparsity, seed, scope)
+    if train_seed is not None and train_seed != seed:
+        # The official SNIP code scores one initialisation and trains another under the mask.
+        model = build(model_name, like.num_classes, in_channels=channels, image_size=size, seed=train_seed,
+                      init=init).to(device or "cpu")
     if masks is not None:
         apply_masks(model, masks)
     return model, masks

@@ -178,7 +178,26 @@ _BUILDERS = {
 assert tuple(_BUILDERS) == NAMES
 
 
-def _init(model: nn.Module, name: str) -> None:
+INITS = ("default", "variance_scaling")
+
+
+def _variance_scaling(model: nn.Module) -> None:
+    # TensorFlow 1.x's tf.variance_scaling_initializer() with its defaults, which the official SNIP
+    # code uses for weights and biases alike: a normal of std sqrt(1 / fan_in) truncated at 2 std
+    # (TF's fan_in of a 1-D bias is its length; a conv's fan_in is in_channels * kernel area).
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            fan_in = m.weight[0].numel()
+            nn.init.trunc_normal_(m.weight, std=fan_in ** -0.5, a=-2 * fan_in ** -0.5, b=2 * fan_in ** -0.5)
+            if m.bias is not None:
+                std = len(m.bias) ** -0.5
+                nn.init.trunc_normal_(m.bias, std=std, a=-2 * std, b=2 * std)
+
+
+def _init(model: nn.Module, name: str, init: str = "default") -> None:
+    if init == "variance_scaling":
+        _variance_scaling(model)
+        return
     if name.startswith("lenet"):
         # SNIP's LeNet experiments use variance-scaling (Glorot) init; saliency
         # |g * w| depends on the weight scale, so match the paper, head included.
@@ -199,15 +218,21 @@ def _check_positive(arg: str, value) -> None:
 
 
 def build(name: str, num_classes: int, in_channels: int | None = None, image_size: int | None = None,
-          seed: int | None = None) -> nn.Module:
+          seed: int | None = None, init: str = "default") -> nn.Module:
     """Build model `name` for `in_channels` x `image_size`^2 inputs (default: `DEFAULT_INPUT[name]`,
     1 x 28 x 28 for the LeNets, 3 x 32 x 32 for the rest).
+
+    `init="default"`: Glorot normal with zero biases for the LeNets (the SNIP paper's "variance
+    scaling"), He for the CNNs' convolutions. `init="variance_scaling"`: TensorFlow 1.x's default
+    variance scaling, biases included, as the official SNIP code initialises its LeNets.
 
     With `seed`, initialisation is reproducible and the caller's global RNG
     state is left untouched (so building a model never shifts data order).
     """
     if name not in _BUILDERS:
         raise ValueError(f"name must be one of {NAMES}, got {name!r}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
     default_channels, default_size = DEFAULT_INPUT[name]
     in_channels = default_channels if in_channels is None else in_channels
     image_size = default_size if image_size is None else image_size
@@ -221,7 +246,7 @@ def build(name: str, num_classes: int, in_channels: int | None = None, image_siz
     def make() -> Net:
         body, dim = _BUILDERS[name](in_channels, image_size)
         model = Net(body, dim, num_classes)
-        _init(model, name)
+        _init(model, name, init)
         return model
 
     if seed is None:

@@ -108,6 +108,8 @@ def fit_stack(
     weight_decay: float = 5e-4,
     batch_size: int = 128,
     schedule: str = "cosine",
+    step_every: int = 0,
+    step_gamma: float = 0.1,
     warmup_epochs: float = 0.0,
     label_smoothing: float = 0.0,
     augment: bool = False,
@@ -115,17 +117,19 @@ def fit_stack(
     amp: bool | None = None,
     eval_batch_size: int | None = None,
     eval_every: int = 1,
+    val=None,
     progress: bool = True,
     desc: str = "stack",
 ) -> list[History]:
     """`train.fit` for many runs at once: run i trains `models[i]` on `trains[i]` with seed `seeds[i]`.
 
     The models are trained in place (their parameters and buffers are written back at the end) and
-    every one is tested on the shared `test` every `eval_every` epochs and after the last. Returns
+    every one is tested on the shared `test` (and `val`, if given) every `eval_every` epochs and after
+    the last. Returns
     one `History` per run; `seconds` is the stack's wall time divided among its runs.
     `eval_batch_size` defaults to what was measured fastest for the device (`EVAL_BATCH_SIZE`).
     """
-    check_recipe(epochs=epochs, eval_every=eval_every, lr=lr, schedule=schedule)
+    check_recipe(epochs=epochs, eval_every=eval_every, lr=lr, schedule=schedule, step_every=step_every)
     if not len(models) == len(trains) == len(seeds):
         raise ValueError(f"models, trains and seeds must have one entry per run, got {len(models)}, "
                          f"{len(trains)} and {len(seeds)}")
@@ -142,13 +146,13 @@ def fit_stack(
     loaders = [t if isinstance(t, DeviceLoader) else
                DeviceLoader(t, batch_size, shuffle=True, augment=augment, device=device, seed=s)
                for t, s in zip(trains, seeds)]
-    test_loader = None
-    if test is not None:
-        test_loader = test if isinstance(test, DeviceLoader) else DeviceLoader(test, eval_batch_size, device=device)
+    test_loader, val_loader = (None if d is None else d if isinstance(d, DeviceLoader) else
+                               DeviceLoader(d, eval_batch_size, device=device) for d in (test, val))
     steps_per_epoch = len(loaders[0])
     optimizer, scheduler = make_optimizer(stack.params.values(), epochs * steps_per_epoch, lr=lr, momentum=momentum,
                                nesterov=nesterov, weight_decay=weight_decay, schedule=schedule,
-                               warmup_steps=int(warmup_epochs * steps_per_epoch))
+                               warmup_steps=int(warmup_epochs * steps_per_epoch), step_every=step_every,
+                               step_gamma=step_gamma)
     labels = (min(label_range(loader.labels)[0] for loader in loaders),
               max(label_range(loader.labels)[1] for loader in loaders))
     histories = [History() for _ in models]
@@ -181,6 +185,9 @@ def fit_stack(
                 for history, acc in zip(histories, evaluate_stack(stack, test_loader, amp=amp)):
                     history.test_epochs.append(epoch + 1)
                     history.test_acc.append(acc)
+                if val_loader is not None:
+                    for history, acc in zip(histories, evaluate_stack(stack, val_loader, amp=amp)):
+                        history.val_acc.append(acc)
     except (torch.OutOfMemoryError, RuntimeError) as error:
         if isinstance(error, torch.OutOfMemoryError) or "alloc" in str(error).lower():
             raise MemoryError(f"a stack of {stack.size} runs does not fit in {device} memory; pass a smaller "

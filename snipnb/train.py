@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .loader import DeviceLoader
 
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "step")
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -47,6 +47,7 @@ class History:
     train_loss: list[float] = field(default_factory=list)  # mean over each epoch's examples
     test_acc: list[float] = field(default_factory=list)  # in [0, 1], after each epoch in test_epochs
     test_epochs: list[int] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)  # in [0, 1], at the same epochs, when a val set is given
     seconds: float = 0.0
     images: int = 0  # training images processed
 
@@ -62,6 +63,14 @@ class History:
     @property
     def final_acc(self) -> float:
         return self.test_acc[-1] if self.test_acc else float("nan")
+
+    @property
+    def test_at_best_val(self) -> float:
+        """Test accuracy at the tested epoch with the best validation accuracy (the first, on ties):
+        checkpoint selection that never looks at the test set. NaN without a validation set."""
+        if not self.val_acc:
+            return float("nan")
+        return self.test_acc[int(np.argmax(self.val_acc))]
 
 
 def _loader(data, batch_size, device, channels_last, train, augment, seed):
@@ -112,7 +121,10 @@ def check_labels(labels: tuple[int, int], outputs: int, where: str) -> None:
                          f"classes (0..{outputs - 1}); build it for {high + 1} classes or renumber the labels")
 
 
-def check_recipe(*, epochs: int, eval_every: int, lr: float, schedule: str, optimizer: str = "sgd") -> None:
+def check_recipe(*, epochs: int, eval_every: int, lr: float, schedule: str, optimizer: str = "sgd",
+                 step_every: int = 0) -> None:
+    if schedule == "step" and step_every < 1:
+        raise ValueError(f"schedule='step' needs step_every >= 1 (steps between decays), got {step_every}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     if epochs < 1:
@@ -135,11 +147,13 @@ def resolve_device(device, amp: bool | None, channels_last: bool | None) -> tupl
 
 
 def make_optimizer(params, steps: int, *, lr: float, momentum: float, nesterov: bool, weight_decay: float,
-        schedule: str, warmup_steps: int = 0, optimizer: str = "sgd"):
+                   schedule: str, warmup_steps: int = 0, optimizer: str = "sgd", step_every: int = 0,
+                   step_gamma: float = 0.1):
     """The recipe's optimiser and a per-step learning-rate schedule over `steps` steps, linear
     warm-up first. `optimizer="sgd"`: SGD, nesterov if asked and momentum > 0; `"adam"`: Adam with L2
     weight decay (its step size is bounded by lr, so a stiff penalty such as EWC's with a large λ
-    cannot blow the weights up). Returns (optimizer, scheduler)."""
+    cannot blow the weights up). Schedules: `cosine` to zero, `constant`, or `step`: lr times
+    `step_gamma` every `step_every` steps (the SNIP paper's LeNet recipe). Returns (optimizer, scheduler)."""
     if optimizer == "adam":
         optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     else:
@@ -151,6 +165,8 @@ def make_optimizer(params, steps: int, *, lr: float, momentum: float, nesterov: 
             return (step + 1) / warmup_steps
         if schedule == "constant":
             return 1.0
+        if schedule == "step":
+            return step_gamma ** ((step - warmup_steps) // step_every)
         return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, steps - warmup_steps)))
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
@@ -169,6 +185,8 @@ def fit(
     weight_decay: float = 5e-4,
     batch_size: int = 128,
     schedule: str = "cosine",
+    step_every: int = 0,
+    step_gamma: float = 0.1,
     warmup_epochs: float = 0.0,
     label_smoothing: float = 0.0,
     augment: bool = False,
@@ -177,6 +195,7 @@ def fit(
     channels_last: bool | None = None,
     eval_batch_size: int = 2048,
     eval_every: int = 1,
+    val=None,
     penalty: Callable[[], torch.Tensor] | None = None,
     after_step: Callable[[], None] | None = None,
     seed: int = 0,
@@ -192,12 +211,13 @@ def fit(
     `DeviceLoader`s. `amp` (bf16 autocast) defaults to on for CUDA only, `channels_last` to on for
     CUDA and the CPU.
     The test set is evaluated every `eval_every` epochs and after the last one
-    (`History.test_epochs` says which). The same `seed` on the CPU repeats a run exactly (batch
+    (`History.test_epochs` says which), and so is `val` if given (`History.test_at_best_val`). The same `seed` on the CPU repeats a run exactly (batch
     order, augmentation).
     Continual-learning strategies hook in with `penalty()`, added to every step's loss (EWC), and
     `after_step()`, called after every optimiser step (PackNet restores its frozen weights there).
     """
-    check_recipe(epochs=epochs, eval_every=eval_every, lr=lr, schedule=schedule, optimizer=optimizer)
+    check_recipe(epochs=epochs, eval_every=eval_every, lr=lr, schedule=schedule, optimizer=optimizer,
+                 step_every=step_every)
     device, amp, channels_last = resolve_device(device, amp, channels_last)
     seed_everything(seed)
 
@@ -206,7 +226,9 @@ def fit(
     test_loader = _loader(test, eval_batch_size, device, channels_last, False, False, seed) if test is not None else None
     optimizer, scheduler = make_optimizer(model.parameters(), epochs * len(train_loader), lr=lr, momentum=momentum,
                                nesterov=nesterov, weight_decay=weight_decay, schedule=schedule,
-                               warmup_steps=int(warmup_epochs * len(train_loader)), optimizer=optimizer)
+                               warmup_steps=int(warmup_epochs * len(train_loader)), optimizer=optimizer,
+                               step_every=step_every, step_gamma=step_gamma)
+    val_loader = _loader(val, eval_batch_size, device, channels_last, False, False, seed) if val is not None else None
     labels = label_range(train_loader.labels)
     history = History()
     start = time.perf_counter()
@@ -233,6 +255,8 @@ def fit(
         if test_loader is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
             history.test_epochs.append(epoch + 1)
             history.test_acc.append(evaluate(model, test_loader, device=device, amp=amp))
+            if val_loader is not None:
+                history.val_acc.append(evaluate(model, val_loader, device=device, amp=amp))
             bar.set_postfix(loss=f"{history.train_loss[-1]:.3f}", acc=f"{history.test_acc[-1]:.3f}")
     history.seconds = time.perf_counter() - start
     return history

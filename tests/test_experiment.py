@@ -73,3 +73,24 @@ def test_kept_inputs_counts_connections_per_pixel():
     assert kept_inputs(mask, (2, 2, 2)).tolist() == [[3, 0], [0, 1]]
     with pytest.raises(ValueError, match="mask"):
         kept_inputs(mask, (1, 3, 3))
+
+
+def test_saliency_batch_can_be_random_as_the_official_code_takes_it(tiny):
+    train, _ = tiny
+    [(x, y)] = saliency_batches(train, per_class=3, seed=0, balanced=False)
+    assert len(y) == 12
+    [(x2, y2)] = saliency_batches(train, per_class=3, seed=0, balanced=False)
+    assert torch.equal(y, y2)
+
+
+def test_a_fresh_initialisation_can_train_under_the_scored_mask(tiny):
+    from snipnb.experiment import build_pruned
+    from snipnb.pruning import masks_of, weight
+
+    train, _ = tiny
+    scored, masks = build_pruned("lenet300_100", "snip", 0.9, 0, train)
+    fresh, same = build_pruned("lenet300_100", "snip", 0.9, 0, train, train_seed=7)
+    assert all(torch.equal(masks[n], same[n]) for n in masks)
+    assert all(torch.equal(masks_of(fresh)[n], masks[n]) for n in masks)
+    kept = masks["body.1.weight"]
+    assert not torch.equal(weight(fresh, "body.1.weight")[kept], weight(scored, "body.1.weight")[kept])

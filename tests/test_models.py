@@ -157,3 +157,15 @@ def test_channels_last_matches_contiguous():
         ref = model(x)
         out = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_variance_scaling_is_tensorflows_truncated_normal_biases_included():
+    model = build("lenet300_100", 10, seed=0, init="variance_scaling")
+    first = model.body[1]
+    std = 784 ** -0.5
+    assert first.weight.abs().max() <= 2 * std + 1e-6  # truncated at two standard deviations
+    # The std of a normal truncated at ±2σ is 0.8796σ.
+    assert float(first.weight.std()) == pytest.approx(0.8796 * std, rel=0.02)
+    assert first.bias.abs().max() > 0 and first.bias.abs().max() <= 2 * 300 ** -0.5 + 1e-6
+    with pytest.raises(ValueError, match="init"):
+        build("lenet300_100", 10, init="orthogonal")

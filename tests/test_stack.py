@@ -128,3 +128,16 @@ def test_a_stack_too_big_for_memory_says_to_make_it_smaller(sets, monkeypatch):
     monkeypatch.setattr(Stack, "forward", out_of_memory)
     with pytest.raises(MemoryError, match=r"smaller stack \(say 1\)"):
         fit_stack(runs()[:2], subsets[:2], test, seeds=[0, 1], device="cpu", **RECIPE)
+
+
+def test_a_stack_tracks_validation_and_a_step_schedule_like_fit(sets):
+    subsets, test = sets
+    val = subsets[2].subset(torch.arange(20))
+    recipe = {**RECIPE, "augment": False, "schedule": "step", "step_every": 4}
+    alone = [fit(m, t, test, val=val, seed=s, device="cpu", channels_last=False, **recipe)
+             for m, t, s in zip(runs()[:2], subsets[:2], (3, 4))]
+    stacked = fit_stack(runs()[:2], subsets[:2], test, val=val, seeds=[3, 4], device="cpu", **recipe)
+    for one, many in zip(alone, stacked):
+        assert len(many.val_acc) == len(one.val_acc) == 3
+        assert max(abs(a - b) for a, b in zip(many.val_acc, one.val_acc)) <= 1 / len(val)
+        torch.testing.assert_close(many.train_loss, one.train_loss, rtol=1e-4, atol=1e-5)

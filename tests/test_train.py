@@ -96,3 +96,30 @@ def test_labels_the_model_cannot_predict_are_refused(mnist_like, labels):
         fit(net(), bad, None, epochs=1, progress=False)
     with pytest.raises(ValueError, match=r"4 output classes"):
         evaluate(net(), bad)
+
+
+def test_step_schedule_decays_by_gamma_every_step_every_steps():
+    from snipnb.train import make_optimizer
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer, scheduler = make_optimizer([param], 100, lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.0,
+                                          schedule="step", step_every=10, step_gamma=0.1)
+    lrs = []
+    for _ in range(25):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == lrs[9] == pytest.approx(0.1)
+    assert lrs[10] == lrs[19] == pytest.approx(0.01) and lrs[20] == pytest.approx(0.001)
+    with pytest.raises(ValueError, match="step_every"):
+        fit(net(), data.synthetic(num_classes=4, channels=1, image_size=16, per_class=4), None, 1,
+            schedule="step", progress=False)
+
+
+def test_validation_picks_the_checkpoint_without_looking_at_the_test_set(mnist_like):
+    train, test = mnist_like
+    val = train.subset(torch.arange(40))
+    history = fit(net(), train, test, epochs=3, val=val, batch_size=32, progress=False)
+    assert len(history.val_acc) == len(history.test_acc) == 3
+    assert history.test_at_best_val == history.test_acc[int(torch.tensor(history.val_acc).argmax())]
+    assert torch.isnan(torch.tensor(fit(net(), train, test, epochs=1, progress=False).test_at_best_val))
