@@ -111,6 +111,16 @@ def _executed(path: pathlib.Path) -> bool:
     return any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
 
 
+def placeholder(chapter: Chapter, out: pathlib.Path, reason: str) -> None:
+    """The chapter's current notebook, unexecuted, under a banner that says so and how to run it."""
+    target = out / f"{chapter.name}.ipynb"
+    target.write_bytes((ROOT / "notebooks" / f"{chapter.notebook}.ipynb").read_bytes())
+    tidy(target, chapter.title, banner=(
+        f"**This chapter has not been executed**: {reason}\n\nIt holds no numbers. To run it, provide the "
+        f"data (see the README's Data section) and run `bash scripts/run_book.sh --only {chapter.name}` "
+        f"({chapter.cost})."))
+
+
 def run(chapter: Chapter, out: pathlib.Path, everyone: dict, mine: dict, log_output: bool) -> bool:
     notebook = ROOT / "notebooks" / f"{chapter.notebook}.ipynb"
     known = declared(notebook)
@@ -136,12 +146,7 @@ def run(chapter: Chapter, out: pathlib.Path, everyone: dict, mine: dict, log_out
             if target.exists() and _executed(target):
                 print(f"   kept the executed {target} that was there", file=sys.stderr)
                 return False
-            target.write_bytes(notebook.read_bytes())
-            command = f"bash scripts/run_book.sh --only {chapter.name}"
-            tidy(target, chapter.title, banner=(
-                f"**This chapter has not been executed**: the last attempt stopped with: {reason}\n\n"
-                f"It holds no numbers. To run it, provide the data (see the README's Data section) and run "
-                f"`{command}` ({chapter.cost})."))
+            placeholder(chapter, out, f"the last attempt stopped with: {reason}")
             return False
         target.write_bytes(executed.read_bytes())
     tidy(target, chapter.title)
@@ -180,6 +185,12 @@ def main(argv=None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     failed = []
+    if out == BOOK_CHAPTERS.resolve():
+        # On-demand chapters nobody ran here still show the current text, under their banner.
+        for chapter in CHAPTERS:
+            target = out / f"{chapter.name}.ipynb"
+            if chapter.on_demand and chapter not in chosen and not (target.exists() and _executed(target)):
+                placeholder(chapter, out, "it needs data or compute the project's own machines do not have")
     for chapter in chosen:
         print(f"== {chapter.name}")
         mine = {name: yaml.safe_load(value) for c, name, value in args.P if c == chapter.name}

@@ -1,0 +1,64 @@
+"""The main command's chapter selection, output folder and banners, on the smoke configuration."""
+
+import importlib.util
+import pathlib
+import sys
+
+import nbformat
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("run_book", ROOT / "scripts" / "run_book.py")
+run_book = importlib.util.module_from_spec(spec)
+sys.modules["run_book"] = run_book  # dataclasses look their module up while the class is made
+spec.loader.exec_module(run_book)
+
+
+def names(chapters):
+    return [c.name for c in chapters]
+
+
+def test_a_short_pattern_selects_by_the_start_of_the_name_only():
+    # "00" once also picked the three *_cifar100 chapters ("cifar100" contains "00").
+    assert names(run_book.select(run_book.CHAPTERS, ["00"], False, False)) == ["00_snip_mnist"]
+    assert names(run_book.select(run_book.CHAPTERS, ["01_few_shot_mnist"], False, False)) == ["01_few_shot_mnist"]
+    assert all(n.startswith(("03", "04")) for n in names(run_book.select(run_book.CHAPTERS, ["0[34]_"], False, False)))
+    with pytest.raises(SystemExit, match="no chapter"):
+        run_book.select(run_book.CHAPTERS, ["cifar"], False, False)
+
+
+def test_on_demand_chapters_run_only_when_asked_or_on_a_gpu():
+    default = names(run_book.select(run_book.CHAPTERS, [], False, False))
+    assert default and not any("cifar100" in n for n in default)
+    assert any("cifar100" in n for n in names(run_book.select(run_book.CHAPTERS, [], True, False)))
+    assert any("cifar100" in n for n in names(run_book.select(run_book.CHAPTERS, [], False, True)))
+
+
+def test_list_prints_every_chapter(capsys):
+    assert run_book.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(c.name in out for c in run_book.CHAPTERS)
+
+
+def test_a_chapter_runs_into_another_folder_and_leaves_the_book_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("SNIPNB_SMOKE", "1")
+    monkeypatch.setenv("SNIPNB_OFFLINE", "1")
+    book = {p: p.stat().st_mtime for p in run_book.BOOK_CHAPTERS.glob("*.ipynb")}
+    assert run_book.main(["--only", "01_few_shot_mnist", "--out", str(tmp_path), "-p", "seeds", "1",
+                          "-p", "no_such_parameter", "1"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["01_few_shot_mnist.ipynb"]
+    nb = nbformat.read(tmp_path / "01_few_shot_mnist.ipynb", as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and "remove-cell" in injected[0].metadata.tags  # papermill's cell stays off the page
+    assert nb.cells[0].source.startswith("# Experiment 1 on MNIST")  # the chapter's own title
+    assert not any(o.get("name") == "stderr" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert {p: p.stat().st_mtime for p in run_book.BOOK_CHAPTERS.glob("*.ipynb")} == book
+
+
+def test_a_chapter_that_fails_gets_a_banner_not_a_traceback(tmp_path, monkeypatch):
+    monkeypatch.setenv("SNIPNB_SMOKE", "1")
+    run_book.main(["--only", "01_few_shot_mnist", "--out", str(tmp_path), "-P", "01_few_shot_mnist", "seeds", "'two'"])
+    nb = nbformat.read(tmp_path / "01_few_shot_mnist.ipynb", as_version=4)
+    assert "has not been executed" in nb.cells[1].source and "seeds" in nb.cells[1].source
+    with pytest.raises(SystemExit, match="no_such"):
+        run_book.main(["--only", "00_snip_mnist", "--out", str(tmp_path), "-P", "00_snip_mnist", "no_such", "1"])
