@@ -62,6 +62,14 @@ class Stack:
                                       for masks in run_masks]).to(self.params[n].dtype) for n in masked}
         self.size = len(models)
 
+    def plain_model(self, device) -> nn.Module:
+        """One real copy of the architecture on `device`, in eval mode and channels_last, to load a
+        run's tensors into (made once)."""
+        if getattr(self, "_plain", None) is None:
+            self._plain = copy.deepcopy(self.template).to_empty(device=device).eval()
+            self._plain.to(memory_format=torch.channels_last)
+        return self._plain
+
     def masked_params(self) -> dict[str, torch.Tensor]:
         return {n: p * self.masks[n] if n in self.masks else p for n, p in self.params.items()}
 
@@ -200,12 +208,22 @@ def fit_stack(
     return histories
 
 
+# How a test pass goes through a stack, per device (benchmarks/RESULTS.md). On the CPU, vmap's
+# grouped convolutions run in the contiguous layout and lose to one model at a time in channels_last
+# (about 1.9x for simple_convnet); on a GPU one pass for the whole stack saves launches.
+EVAL_ONE_BY_ONE = {"cpu"}
+
+
 @torch.no_grad()
-def evaluate_stack(stack: Stack, data: DeviceLoader, amp: bool = False) -> list[float]:
-    """Top-1 accuracy in [0, 1] of every run of `stack` on `data`; each batch goes through all runs
-    in one pass, with the masked weights computed once."""
+def evaluate_stack(stack: Stack, data: DeviceLoader, amp: bool = False, one_by_one: bool | None = None) -> list[float]:
+    """Top-1 accuracy in [0, 1] of every run of `stack` on `data`, with the masked weights computed
+    once. Each batch goes through all runs in one vmapped pass, or (`one_by_one`, the default on the
+    CPU) through one plain channels_last copy of the network per run."""
     params = stack.masked_params()
     labels = label_range(data.labels)
+    one_by_one = data.device.type in EVAL_ONE_BY_ONE if one_by_one is None else one_by_one
+    if one_by_one:
+        return [_evaluate_run(stack, params, i, data, amp, labels) for i in range(stack.size)]
     correct = torch.zeros(stack.size, dtype=torch.long, device=data.device)
     for i, (x, y) in enumerate(data):
         with _autocast(data.device, amp):
@@ -214,3 +232,19 @@ def evaluate_stack(stack: Stack, data: DeviceLoader, amp: bool = False) -> list[
             check_labels(labels, logits.shape[-1], "evaluate_stack")
         correct += (logits.argmax(-1) == y).sum(1)
     return [c / len(data.labels) for c in correct.tolist()]
+
+
+def _evaluate_run(stack: Stack, params: dict, index: int, data: DeviceLoader, amp: bool, labels) -> float:
+    model = stack.plain_model(data.device)
+    for name, p in model.named_parameters():
+        p.copy_(params[name][index])
+    for name, b in model.named_buffers():
+        b.copy_(stack.buffers[name][index])
+    correct = torch.zeros((), dtype=torch.long, device=data.device)
+    for i, (x, y) in enumerate(data):
+        with _autocast(data.device, amp):
+            logits = model(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
+        if i == 0:
+            check_labels(labels, logits.shape[-1], "evaluate_stack")
+        correct += (logits.argmax(-1) == y).sum()
+    return correct.item() / len(data.labels)

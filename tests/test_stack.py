@@ -103,8 +103,11 @@ def test_stacked_evaluation_equals_evaluate(sets):
     built = runs()
     from snipnb.loader import DeviceLoader
 
-    got = evaluate_stack(Stack(built, torch.device("cpu")), DeviceLoader(test, 7))
-    assert got == pytest.approx([evaluate(m, test) for m in built], abs=1 / len(test))
+    stack = Stack(built, torch.device("cpu"))
+    expected = [evaluate(m, test) for m in built]
+    for one_by_one in (True, False):  # the CPU's way and the GPU's way
+        got = evaluate_stack(stack, DeviceLoader(test, 7), one_by_one=one_by_one)
+        assert got == pytest.approx(expected, abs=1 / len(test))
 
 
 def test_a_stack_refuses_runs_that_do_not_share_a_shape(sets):
