@@ -254,7 +254,7 @@ def meta_batch_loss(model, method, params, scores, batch, inner: InnerLoop, nois
     return torch.stack([r[0] for r in results]), torch.stack([r[1] for r in results])
 
 
-def evaluate(model, method, params, scores, sampler, episodes: int, inner: InnerLoop, tasks_per_call: int = 25,
+def evaluate(model, method, params, scores, sampler, episodes: int, inner: InnerLoop, tasks_per_call: int = 5,
              seed: int = 0, vectorize: bool = True) -> torch.Tensor:
     """Query accuracy of each of `episodes` episodes from `sampler`, adapted with `inner` (first order:
     the adapted weights are the same, and no outer gradient is needed)."""
