@@ -113,13 +113,15 @@ def meta_train(run: MetaRun, device=None, progress: bool = False):
     train = _sampler(run, splits, "train", device)
     noise_generator = torch.Generator().manual_seed(run.seed)
     history, best = [], (-1.0, 0, None, None)
-    train_acc = torch.zeros((), device=device)
+    train_acc, window = torch.zeros((), device=device), 0  # summed on the device: no host sync per step
 
     def validate(iteration):
         nonlocal best
         val = meta.evaluate(model, run.method, params, scores, _sampler(run, splits, "val", device, 10_000),
                             run.val_episodes, run.eval_inner, seed=run.seed).mean().item()
-        row = {"iteration": iteration, "val_acc": 100 * val, "train_acc": 100 * train_acc.item() / run.eval_every}
+        row = {"iteration": iteration, "val_acc": 100 * val}
+        if window:  # mean query accuracy of the meta-training tasks since the last validation
+            row["train_acc"] = 100 * train_acc.item() / window
         row.update({f"density:{n}": d for n, d in meta.score_density(scores, meta.weight_names(model)).items()})
         history.append(row)
         if val > best[0]:
@@ -135,9 +137,11 @@ def meta_train(run: MetaRun, device=None, progress: bool = False):
         losses.mean().backward()
         optimizer.step()
         train_acc += accuracies.detach().mean()
+        window += 1
         if iteration % run.eval_every == 0 or iteration == run.iterations:
             validate(iteration)
             train_acc.zero_()
+            window = 0
     val, step, best_params, best_scores = best
     return model, best_params, best_scores, history, val, step
 
@@ -148,8 +152,8 @@ def run_meta(run: MetaRun, device=None, progress: bool = False) -> dict:
     - `test_acc`, `test_ci95`: mean query accuracy (%) over `test_episodes` meta-test episodes and the
       half-width of its 95% normal interval (1.96 standard errors), as the few-shot literature reports.
     - `val_acc`, `best_iteration`: the chosen checkpoint. `val_acc@<i>`, `train_acc@<i>`: the curves.
-    - Scored methods: `density:<weight>` (fraction with m > 0) at the checkpoint and `density@<i>:<weight>`
-      over meta-training; `density` over all weights; `snip_jaccard`, the mean overlap of the learned
+    - Scored methods: `density:<weight>` (fraction with m > 0) at the checkpoint, `density:<weight>@<i>`
+      over meta-training, `density` over all weights; `snip_jaccard`, the mean overlap of the learned
       mask with SNIP's mask at the same density on each test episode's support set, and
       `chance_jaccard`, the overlap a random mask of that density would have.
     """
@@ -195,13 +199,12 @@ def grid(methods, seeds: int, **settings) -> list[MetaRun]:
 
 
 def history_table(results, prefix: str):
-    """Long table (the run's columns, iteration, layer or None, value) of `<prefix>@<i>[:<layer>]` columns."""
-    import pandas as pd
-
-    columns = [c for c in results.columns if c.startswith(prefix + "@")]
+    """Long table (method, seed, k_shot, iteration, layer, value) of the `<prefix>[:<layer>]@<i>` columns."""
+    columns = [c for c in results.columns if c.startswith(prefix) and "@" in c
+               and c.split("@")[0].split(":")[0] == prefix]
     long = results.melt(id_vars=[c for c in ("method", "seed", "k_shot") if c in results],
                         value_vars=columns, var_name="key").dropna(subset=["value"])
-    key = long.pop("key").str.removeprefix(prefix + "@")
-    long["iteration"] = key.str.split(":").str[0].astype(int)
-    long["layer"] = key.str.split(":", n=1).str[1]
+    parts = long.pop("key").str.rsplit("@", n=1)
+    long["iteration"] = parts.str[1].astype(int)
+    long["layer"] = parts.str[0].str.partition(":")[2].replace("", None)
     return long
