@@ -77,6 +77,7 @@ data_root = None  # None: $SNIPNB_DATA, else ~/.cache/snipnb/data
 device = None  # None: CUDA, else MPS, else CPU
 workers = 1  # runs at once, in separate processes
 shard = None  # "i/n": run only slice i of n of the grid
+synthetic_shape = (1, 28)  # (channels, image size) when dataset is "synthetic"
 results_dir = "results/06_sparse_maml"
 progress = True  # a progress bar over runs (the book's chapter runs without one)
 
@@ -89,7 +90,7 @@ import os
 import tempfile
 
 if os.environ.get("SNIPNB_SMOKE"):
-    dataset, filters, q_query, inner_steps, iterations, eval_every = "synthetic", 4, 2, 1, 2, 1
+    dataset, synthetic_shape, filters, q_query, inner_steps, iterations, eval_every = "synthetic", (1, 16), 4, 2, 1, 2, 1
     seeds, val_episodes, test_episodes, meta_batch, results_dir = 2, 4, 8, 2, tempfile.mkdtemp()
 
 # %%
@@ -110,7 +111,8 @@ device = device or str(default_device())
 settings = dict(dataset=dataset, model=model, filters=filters, n_way=n_way, k_shot=k_shot, q_query=q_query,
                 inner_steps=inner_steps, eval_inner_steps=eval_inner_steps, inner_lr=inner_lr, outer_lr=outer_lr,
                 meta_batch=meta_batch, iterations=iterations, first_order=first_order, sparsity=sparsity,
-                eval_every=eval_every, val_episodes=val_episodes, test_episodes=test_episodes)
+                eval_every=eval_every, val_episodes=val_episodes, test_episodes=test_episodes,
+                synthetic_shape=tuple(synthetic_shape))
 runs = metarun.grid(methods, seeds, **settings)
 display(Markdown(
     f"**This run:** `{dataset}`, {n_way}-way {k_shot}-shot, {q_query} queries per class; `{model}`"
