@@ -67,6 +67,12 @@ CHAPTERS = [
     Chapter("04_snip_packnet_cifar100", "04_snip_packnet",
             "Experiment 4 on Split CIFAR-100: does SNIP pick better weights for PackNet?",
             dict(dataset="cifar100"), on_demand=True, cost="GPU: hours"),
+    # MNIST rotations (digit x 0/90/180/270 as classes), sized for a 2-core CPU: the chapter says what was cut.
+    Chapter("06_sparse_maml_mnist", "06_sparse_maml",
+            "Learning where to learn on MNIST rotations: MAML, ANIL, BOIL, Sparse-MAML and SNIP-MAML",
+            dict(dataset="mnist_rotations", filters=16, inner_steps=1, eval_inner_steps=3, inner_lr=0.4,
+                 iterations=400, val_episodes=50, seeds=3, workers=2, progress=False),
+            cost="CPU (2 cores) ≈ 55 min"),
 ]
 
 

@@ -25,3 +25,18 @@ WRITEUP_EXPECTED_FORGETTING = {"finetune": 72.0, "ewc": 31.0, "snip_ewc": 18.0}
 # SNIP-PackNet "low" forgetting and the "best" accuracy.
 WRITEUP_EXPECTED_PACKNET = {"packnet": "moderate forgetting, good final accuracy",
                             "snip_packnet": "low forgetting, best final accuracy"}
+
+# von Oswald, Zhao, Kobayashi, Schug, Caccia, Zucchet & Sacramento, "Learning where to learn: Gradient
+# sparsity in meta and continual learning", NeurIPS 2021: the results table of their code's README
+# (shared/seeds/002), mini-ImageNet 5-way test accuracy (%). Their BOIL figures are quoted from Oh et al.
+# (ICLR 2021); None where the table has none. Keys: (model, k_shot).
+SPARSE_MAML_MINI_IMAGENET = {
+    ("conv4", 5): {"maml": 63.15, "anil": 61.50, "boil": 66.45, "sparse_maml": 67.03, "sparse_relu_maml": 66.80},
+    ("conv4", 1): {"maml": 48.07, "anil": 46.70, "boil": 49.61, "sparse_maml": 50.35, "sparse_relu_maml": 50.15},
+    ("resnet12", 5): {"maml": 69.36, "anil": 70.03, "boil": 70.50, "sparse_maml": 70.02, "sparse_relu_maml": 73.01},
+    ("resnet12", 1): {"maml": 53.91, "anil": 55.25, "boil": None, "sparse_maml": 55.02, "sparse_relu_maml": 56.39},
+}
+
+# Bertinetto, Henriques, Torr & Vedaldi, "Meta-learning with differentiable closed-form solvers",
+# ICLR 2019, Table 1: MAML (4-layer ConvNet) on CIFAR-FS, 5-way test accuracy (%) by k_shot.
+MAML_CIFAR_FS = {1: 58.9, 5: 71.5}

@@ -1,0 +1,303 @@
+"""The MAML family on `torch.func`: where the inner loop may learn, and who decides.
+
+Every method meta-learns an initialisation θ with an inner loop of `steps` gradient steps on an
+episode's support set and an outer loss on its query set (Finn et al. 2017). They differ only in
+which parameters the inner loop may move, and by how much:
+
+- `maml`: all of them, by α·∇L. Second order by default (the outer gradient flows through the inner
+  gradients); `first_order=True` drops those terms (FOMAML).
+- `anil` (Raghu et al. 2020): only the head. `boil` (Oh et al. 2021): only the body, head fixed.
+- `sparse_maml` (von Oswald et al. 2021): one meta-learned score m per parameter; the inner step is
+  θ' = θ − α·1[m > 0]⊙∇L. The step function's gradient is taken as 1 (straight-through estimator),
+  so the outer loss reaches m. `sparse_relu_maml`: θ' = θ − ReLU(m)⊙∇L, m a per-parameter
+  learning rate starting at α.
+- `snip_maml` (this project's question): on each episode, SNIP saliency |∇L⊙θ| of the conv and
+  linear weights on the *support set*, at θ; the inner loop moves only the top (1 − sparsity) of them
+  (one threshold over all layers, as SNIP). `random_mask_maml`, its control, moves as many weights
+  in each layer as SNIP's mask keeps there, at random positions. Biases and BatchNorm parameters
+  always adapt in both (under 3% of Conv-4's parameters).
+
+The inner loop is a function of the parameters (`functional_call`, `grad`), so a meta-batch of tasks
+runs as one `vmap` over tasks when the model holds no buffers; models with BatchNorm running
+statistics fall back to a Python loop over tasks. BatchNorm uses the statistics of the batch it sees,
+in the inner loop and on the query set, as MAML does (`BatchStatNorm2d`).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from .models import Net
+
+METHODS = ("maml", "anil", "boil", "sparse_maml", "sparse_relu_maml", "snip_maml", "random_mask_maml")
+SCORED = ("sparse_maml", "sparse_relu_maml")  # methods that meta-learn a score m per parameter
+MASKED = ("snip_maml", "random_mask_maml")  # methods whose inner loop is masked per episode by SNIP
+MODELS = ("conv4", "resnet12")
+
+
+def _choice(argument: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{argument} must be one of {allowed}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------- models
+
+
+class BatchStatNorm2d(nn.BatchNorm2d):
+    """BatchNorm that always normalises with the statistics of the batch it sees (no running
+    statistics), as MAML's inner loop does, written out in elementary ops.
+
+    Why not `F.batch_norm`: under `vmap` over tasks its second-order gradient is wrong (torch 2.14:
+    the meta-gradient differed from a per-task loop, and from plain autograd, by as much as the
+    gradient itself; `tests/test_meta.py` checks the two agree), while the elementary ops batch correctly.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__(channels, eps=eps, track_running_stats=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean((0, 2, 3), keepdim=True)
+        var = (x - mean).pow(2).mean((0, 2, 3), keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+def conv4(in_channels: int, n_way: int, filters: int = 32, image_size: int = 84) -> Net:
+    """The 4-layer ConvNet of Vinyals et al. and MAML: four [3x3 conv, BN, ReLU, 2x2 max-pool] blocks,
+    then a linear head on the flattened features (filters x 5 x 5 for 84 px, filters x 1 x 1 for 28)."""
+    layers, cin, side = collections.OrderedDict(), in_channels, image_size
+    for i in range(1, 5):
+        layers[f"conv{i}"] = nn.Conv2d(cin, filters, 3, padding=1)
+        layers[f"bn{i}"] = BatchStatNorm2d(filters)
+        layers[f"relu{i}"] = nn.ReLU()
+        layers[f"pool{i}"] = nn.MaxPool2d(2)
+        cin, side = filters, side // 2
+    if side < 1:
+        raise ValueError(f"image_size must be at least 16 for conv4, got {image_size}")
+    layers["flatten"] = nn.Flatten()
+    return Net(nn.Sequential(layers), filters * side * side, n_way)
+
+
+class _ResBlock12(nn.Module):
+    """ResNet-12 block: three 3x3 conv-BN-LeakyReLU(0.1) with a 1x1 conv-BN shortcut, then 2x2 max-pool."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        convs = []
+        for i in range(3):
+            convs += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1, bias=False),
+                      BatchStatNorm2d(cout)]
+            if i < 2:
+                convs.append(nn.LeakyReLU(0.1))
+        self.convs = nn.Sequential(*convs)
+        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False),
+                                      BatchStatNorm2d(cout))
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(F.leaky_relu(self.convs(x) + self.shortcut(x), 0.1))
+
+
+def resnet12(in_channels: int, n_way: int, widths=(64, 160, 320, 640)) -> Net:
+    """ResNet-12 of Oreshkin et al. / Lee et al. (MetaOptNet), as in the Sparse-MAML table: four
+    residual blocks of widths 64-160-320-640, global average pooling, a linear head."""
+    blocks, cin = [], in_channels
+    for width in widths:
+        blocks.append(_ResBlock12(cin, width))
+        cin = width
+    return Net(nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten()), cin, n_way)
+
+
+def build(name: str, in_channels: int, n_way: int, image_size: int, filters: int = 32, seed: int = 0) -> Net:
+    """Model `name` of `MODELS`, initialised from `seed` without touching the global RNG."""
+    _choice("model", name, MODELS)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return conv4(in_channels, n_way, filters, image_size) if name == "conv4" else resnet12(in_channels, n_way)
+
+
+def can_vmap(model: nn.Module) -> bool:
+    """Tasks can share one vmap when the forward pass writes no buffer (no BN running statistics)."""
+    return not any(True for _ in model.buffers())
+
+
+def weight_names(model: nn.Module) -> list[str]:
+    """Conv and linear weights: what SNIP scores and what the sparsity figures count."""
+    return [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+# ----------------------------------------------------------------------------------- inner loop
+
+
+@dataclasses.dataclass(frozen=True)
+class InnerLoop:
+    """How one episode adapts: `steps` of SGD at rate `lr` on the support set."""
+
+    steps: int = 5
+    lr: float = 0.1
+    first_order: bool = False
+    sparsity: float = 0.9  # snip_maml / random_mask_maml: the fraction of weights held fixed
+
+
+def adapted_names(model: nn.Module, method: str) -> list[str]:
+    """The parameters `method`'s inner loop may move: the head for ANIL, the body for BOIL, else all."""
+    _choice("method", method, METHODS)
+    names = [n for n, _ in model.named_parameters()]
+    if method == "anil":
+        return [n for n in names if n.startswith("head.")]
+    if method == "boil":
+        return [n for n in names if not n.startswith("head.")]
+    return names
+
+
+def init_scores(model: nn.Module, method: str, lr: float, score_init: float) -> dict[str, torch.Tensor]:
+    """The meta-learned scores m, one per parameter: `score_init` for sparse_maml (all open), α for
+    sparse_relu_maml (so it starts as MAML); none for the other methods."""
+    if method not in SCORED:
+        return {}
+    value = score_init if method == "sparse_maml" else lr
+    return {n: torch.full_like(p, value).requires_grad_() for n, p in model.named_parameters()}
+
+
+def step_gate(m: torch.Tensor) -> torch.Tensor:
+    """1[m > 0] forward, identity backward: the straight-through estimator of Sparse-MAML."""
+    return (m > 0).to(m.dtype) + (m - m.detach())
+
+
+def saliency_mask(grads: dict, params: dict, names: list[str], sparsity: float) -> dict[str, torch.Tensor]:
+    """SNIP's mask: the top (1 - sparsity) of |g ⊙ θ| over all `names` at once (vmap-safe)."""
+    saliency = {n: (grads[n] * params[n]).abs().detach() for n in names}
+    flat = torch.cat([s.flatten() for s in saliency.values()])
+    keep = max(1, round((1 - sparsity) * flat.numel()))
+    threshold = torch.topk(flat, keep).values[-1]
+    return {n: (s >= threshold).to(s.dtype) for n, s in saliency.items()}
+
+
+def matched_random_mask(mask: dict, noise: dict) -> dict[str, torch.Tensor]:
+    """As many kept entries per layer as `mask`, at the positions of the smallest `noise` (vmap-safe)."""
+    out = {}
+    for n, m in mask.items():
+        rank = noise[n].flatten().argsort().argsort()
+        out[n] = (rank < m.sum()).to(m.dtype).view(m.shape)
+    return out
+
+
+def adapt(model: nn.Module, method: str, params: dict, scores: dict, x: torch.Tensor, y: torch.Tensor,
+          inner: InnerLoop, noise: dict | None = None) -> dict[str, torch.Tensor]:
+    """θ' after `inner.steps` steps of `method` on (x, y), as a function of θ (and m) that autograd
+    differentiates; the parameters `method` does not adapt are returned as the same tensors."""
+    names = adapted_names(model, method)
+    fixed = {n: p for n, p in params.items() if n not in names}
+    fast = {n: params[n] for n in names}
+
+    def support_loss(moving):
+        return F.cross_entropy(functional_call(model, {**fixed, **moving}, (x,)), y)
+
+    masks = None
+    for step in range(inner.steps):
+        grads = grad(support_loss)(fast)
+        if inner.first_order:
+            grads = {n: g.detach() for n, g in grads.items()}
+        if method in MASKED and step == 0:
+            # The first step's gradient is the support-set gradient at θ: exactly what SNIP scores.
+            masks = saliency_mask(grads, fast, weight_names(model), inner.sparsity)
+            if method == "random_mask_maml":
+                masks = matched_random_mask(masks, noise)
+        if method == "sparse_maml":
+            fast = {n: fast[n] - inner.lr * step_gate(scores[n]) * grads[n] for n in names}
+        elif method == "sparse_relu_maml":
+            fast = {n: fast[n] - F.relu(scores[n]) * grads[n] for n in names}
+        elif masks is not None:
+            fast = {n: fast[n] - inner.lr * (masks[n] * grads[n] if n in masks else grads[n]) for n in names}
+        else:
+            fast = {n: fast[n] - inner.lr * grads[n] for n in names}
+    return {**fixed, **fast}
+
+
+def episode_loss(model, method, params, scores, support_x, support_y, query_x, query_y, inner, noise=None):
+    """(query loss, query accuracy) of one episode after adapting on its support set."""
+    fast = adapt(model, method, params, scores, support_x, support_y, inner, noise)
+    logits = functional_call(model, fast, (query_x,))
+    return F.cross_entropy(logits, query_y), (logits.argmax(-1) == query_y).float().mean()
+
+
+def mask_noise(model: nn.Module, method: str, tasks: int, generator: torch.Generator, device) -> dict:
+    """The random numbers random_mask_maml places its kept weights by, one draw per task (seeded)."""
+    if method != "random_mask_maml":
+        return {}
+    shapes = dict(model.named_parameters())
+    return {n: torch.rand(tasks, *shapes[n].shape, generator=generator).to(device) for n in weight_names(model)}
+
+
+def meta_batch_loss(model, method, params, scores, batch, inner: InnerLoop, noise: dict | None = None,
+                    vectorize: bool = True):
+    """Per-task (query loss, query accuracy) of a meta-batch (an `Episode` with a task dimension).
+
+    `vectorize` runs the tasks as one vmap (if the model allows it), else as a Python loop; both give
+    the same numbers.
+    """
+    noise = noise or {}
+    inputs = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+
+    def one_task(sx, sy, qx, qy, task_noise):
+        return episode_loss(model, method, params, scores, sx, sy, qx, qy, inner, task_noise)
+
+    if vectorize and can_vmap(model):
+        return vmap(one_task)(*inputs, noise)
+    results = [one_task(*(t[i] for t in inputs), {n: v[i] for n, v in noise.items()})
+               for i in range(len(batch.support_x))]
+    return torch.stack([r[0] for r in results]), torch.stack([r[1] for r in results])
+
+
+def evaluate(model, method, params, scores, sampler, episodes: int, inner: InnerLoop, tasks_per_call: int = 5,
+             seed: int = 0, vectorize: bool = True) -> torch.Tensor:
+    """Query accuracy of each of `episodes` episodes from `sampler`, adapted with `inner` (first order:
+    the adapted weights are the same, and no outer gradient is needed)."""
+    params = {n: p.detach() for n, p in params.items()}
+    scores = {n: s.detach() for n, s in scores.items()}
+    inner = dataclasses.replace(inner, first_order=True)
+    generator = torch.Generator().manual_seed(seed)
+    accuracies = []
+    with torch.no_grad():  # no outer graph; torch.func.grad still differentiates the inner loop
+        for start in range(0, episodes, tasks_per_call):
+            batch = sampler.sample(min(tasks_per_call, episodes - start))
+            noise = mask_noise(model, method, len(batch.support_x), generator, batch.support_x.device)
+            accuracies.append(meta_batch_loss(model, method, params, scores, batch, inner, noise, vectorize)[1])
+    return torch.cat(accuracies)
+
+
+# ---------------------------------------------------------------------------- learned sparsity
+
+
+def score_density(scores: dict, names: list[str]) -> dict[str, float]:
+    """Fraction of entries with m > 0 (the parameters the inner loop may move), per name; {} without scores."""
+    return {n: float((scores[n] > 0).float().mean()) for n in names if n in scores}
+
+
+def snip_masks_like(model, params, batch, names: list[str], density: float) -> dict[str, torch.Tensor]:
+    """SNIP's mask on each episode's support set at `params`, at global `density` (one mask per task)."""
+    params = {n: p.detach() for n, p in params.items()}
+
+    def one(sx, sy):
+        def loss(weights):
+            return F.cross_entropy(functional_call(model, {**params, **weights}, (sx,)), sy)
+
+        grads = grad(loss)({n: params[n] for n in names})
+        return saliency_mask(grads, params, names, 1 - density)
+
+    if can_vmap(model):
+        return vmap(one)(batch.support_x, batch.support_y)
+    masks = [one(sx, sy) for sx, sy in zip(batch.support_x, batch.support_y)]
+    return {n: torch.stack([m[n] for m in masks]) for n in names}
+
+
+def jaccard(a: dict, b: dict) -> torch.Tensor:
+    """|A ∩ B| / |A ∪ B| of two masks, over all names; a leading task dimension in `b` gives one per task."""
+    both = sum((a[n].bool() & b[n].bool()).flatten(start_dim=b[n].dim() - a[n].dim()).sum(-1) for n in a)
+    either = sum((a[n].bool() | b[n].bool()).flatten(start_dim=b[n].dim() - a[n].dim()).sum(-1) for n in a)
+    return both.float() / either.clamp(min=1).float()

@@ -1,0 +1,210 @@
+"""Learning where to learn: one meta-learning run per `MetaRun` (notebook 06).
+
+A run meta-trains one method of `meta.METHODS` on the meta-train classes of a dataset, checks it on a
+fixed set of meta-validation episodes every `eval_every` iterations, keeps the checkpoint that did
+best there, and tests that checkpoint on `test_episodes` meta-test episodes. The episodes of a split
+depend on the seed only, so every method of one seed meets the same validation and test episodes
+(the paired comparison), and methods differ in nothing but how their inner loop learns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from tqdm import tqdm
+
+from . import meta, meta_data
+
+# Classes per split (train, val, test) and the smallest class, to check a run when it is made; the
+# loaded data are checked again before a run. Omniglot's val/test class counts depend on `val_alphabets`
+# and are checked on the data only; every Omniglot character has 20 drawings.
+SPLIT_SHAPES = {
+    "mnist_rotations": ((24, 8, 8), 5421),
+    "omniglot": (None, 20),
+    "cifar_fs": ((64, 16, 20), 600),
+    "mini_imagenet": ((64, 16, 20), 600),
+    "synthetic": ((10, 5, 5), 30),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaRun:
+    """Every setting that changes a result of one meta-learning run."""
+
+    method: str = "maml"
+    dataset: str = "mnist_rotations"
+    model: str = "conv4"
+    filters: int = 32  # conv4 width (MAML: 32 on mini-ImageNet, 64 on Omniglot)
+    n_way: int = 5
+    k_shot: int = 1
+    q_query: int = 15
+    inner_steps: int = 5
+    eval_inner_steps: int | None = None  # inner steps at validation and test; None: inner_steps
+    inner_lr: float = 0.1
+    outer_lr: float = 1e-3
+    meta_batch: int = 4
+    iterations: int = 1000
+    first_order: bool = False
+    sparsity: float = 0.9  # snip_maml and random_mask_maml: fraction of weights the inner loop leaves fixed
+    score_init: float = 0.01  # sparse_maml: the scores m start here (all positive: it starts as MAML)
+    eval_every: int = 100
+    val_episodes: int = 100
+    test_episodes: int = 600
+    seed: int = 0
+    synthetic_shape: tuple = (1, 28)  # (channels, image size) when dataset is synthetic
+
+    def __post_init__(self):
+        meta._choice("method", self.method, meta.METHODS)
+        meta._choice("dataset", self.dataset, meta_data.DATASETS)
+        meta._choice("model", self.model, meta.MODELS)
+        for name in ("filters", "n_way", "k_shot", "q_query", "inner_steps", "meta_batch", "iterations",
+                     "eval_every", "val_episodes", "test_episodes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.eval_inner_steps is not None and self.eval_inner_steps < 1:
+            raise ValueError(f"eval_inner_steps must be None or a positive int, got {self.eval_inner_steps!r}")
+        if not 0 <= self.sparsity < 1:
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if self.inner_lr <= 0 or self.outer_lr <= 0:
+            raise ValueError(f"inner_lr and outer_lr must be positive, got {self.inner_lr} and {self.outer_lr}")
+        (classes, smallest) = SPLIT_SHAPES[self.dataset]
+        for split, count in zip(meta_data.SPLITS, classes or ()):
+            if self.n_way > count:
+                raise ValueError(f"n_way={self.n_way} is larger than the {count} classes of {self.dataset}'s "
+                                 f"meta-{split} split")
+        if self.k_shot + self.q_query > smallest:
+            raise ValueError(f"k_shot + q_query = {self.k_shot + self.q_query} is larger than the smallest "
+                             f"class of {self.dataset} ({smallest} images)")
+
+    @property
+    def inner(self) -> meta.InnerLoop:
+        return meta.InnerLoop(self.inner_steps, self.inner_lr, self.first_order, self.sparsity)
+
+    @property
+    def eval_inner(self) -> meta.InnerLoop:
+        return dataclasses.replace(self.inner, steps=self.eval_inner_steps or self.inner_steps)
+
+
+def _splits(run: MetaRun) -> meta_data.MetaSplits:
+    splits = meta_data.load_cached(run.dataset, run.synthetic_shape)
+    for split in meta_data.SPLITS:  # the real data, checked as well as the table above
+        meta_data.check_episode_shape(splits[split], run.n_way, run.k_shot, run.q_query, f"meta-{split}")
+    return splits
+
+
+def _sampler(run, splits, split, device, seed_offset=0):
+    return meta_data.EpisodeSampler(splits[split], run.n_way, run.k_shot, run.q_query, run.seed + seed_offset,
+                                    device, f"meta-{split}")
+
+
+def meta_train(run: MetaRun, device=None, progress: bool = False):
+    """Meta-train `run`; return (model, best params, best scores, history rows, best val accuracy, best step)."""
+    device = torch.device(device or "cpu")
+    splits = _splits(run)
+    channels, size = splits.train.images.shape[1], splits.train.images.shape[-1]
+    model = meta.build(run.model, channels, run.n_way, size, run.filters, run.seed).to(device)
+    params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+    scores = {n: s.to(device).detach().requires_grad_()
+              for n, s in meta.init_scores(model, run.method, run.inner_lr, run.score_init).items()}
+    optimizer = torch.optim.Adam([*params.values(), *scores.values()], lr=run.outer_lr)
+    train = _sampler(run, splits, "train", device)
+    noise_generator = torch.Generator().manual_seed(run.seed)
+    history, best = [], (-1.0, 0, None, None)
+    train_acc, window = torch.zeros((), device=device), 0  # summed on the device: no host sync per step
+
+    def validate(iteration):
+        nonlocal best
+        val = meta.evaluate(model, run.method, params, scores, _sampler(run, splits, "val", device, 10_000),
+                            run.val_episodes, run.eval_inner, seed=run.seed).mean().item()
+        row = {"iteration": iteration, "val_acc": 100 * val}
+        if window:  # mean query accuracy of the meta-training tasks since the last validation
+            row["train_acc"] = 100 * train_acc.item() / window
+        row.update({f"density:{n}": d for n, d in meta.score_density(scores, meta.weight_names(model)).items()})
+        history.append(row)
+        if val > best[0]:
+            best = (val, iteration, {n: p.detach().clone() for n, p in params.items()},
+                    {n: s.detach().clone() for n, s in scores.items()})
+
+    validate(0)
+    for iteration in tqdm(range(1, run.iterations + 1), desc=run.method, disable=not progress):
+        batch = train.sample(run.meta_batch)
+        noise = meta.mask_noise(model, run.method, run.meta_batch, noise_generator, device)
+        losses, accuracies = meta.meta_batch_loss(model, run.method, params, scores, batch, run.inner, noise)
+        optimizer.zero_grad(set_to_none=True)
+        losses.mean().backward()
+        optimizer.step()
+        train_acc += accuracies.detach().mean()
+        window += 1
+        if iteration % run.eval_every == 0 or iteration == run.iterations:
+            validate(iteration)
+            train_acc.zero_()
+            window = 0
+    val, step, best_params, best_scores = best
+    return model, best_params, best_scores, history, val, step
+
+
+def run_meta(run: MetaRun, device=None, progress: bool = False) -> dict:
+    """Meta-train, choose the checkpoint on meta-validation, test it; a flat dict of numbers.
+
+    - `test_acc`, `test_ci95`: mean query accuracy (%) over `test_episodes` meta-test episodes and the
+      half-width of its 95% normal interval (1.96 standard errors), as the few-shot literature reports.
+    - `val_acc`, `best_iteration`: the chosen checkpoint. `val_acc@<i>`, `train_acc@<i>`: the curves.
+    - Scored methods: `density:<weight>` (fraction with m > 0) at the checkpoint, `density:<weight>@<i>`
+      over meta-training, `density` over all weights; `snip_jaccard`, the mean overlap of the learned
+      mask with SNIP's mask at the same density on each test episode's support set, and
+      `chance_jaccard`, the overlap a random mask of that density would have.
+    """
+    device = torch.device(device or "cpu")
+    model, params, scores, history, val, step = meta_train(run, device, progress)
+    splits = _splits(run)
+    test = meta.evaluate(model, run.method, params, scores, _sampler(run, splits, "test", device, 20_000),
+                         run.test_episodes, run.eval_inner, seed=run.seed + 1)
+    result = {"test_acc": 100 * test.mean().item(),
+              "test_ci95": 100 * 1.96 * test.std().item() / math.sqrt(len(test)) if len(test) > 1 else math.nan,
+              "val_acc": 100 * val, "best_iteration": step}
+    for row in history:
+        result.update({f"{key}@{row['iteration']}": value for key, value in row.items() if key != "iteration"
+                       and (run.method in meta.SCORED or not key.startswith("density"))})
+    if run.method in meta.SCORED:
+        result.update(learned_mask_report(run, model, params, scores, splits, device))
+    return result
+
+
+def learned_mask_report(run, model, params, scores, splits, device, episodes: int = 100) -> dict:
+    """Per-weight density of m > 0, and its overlap with SNIP's per-episode mask at the same density."""
+    names = meta.weight_names(model)
+    density = meta.score_density(scores, names)
+    learned = {n: scores[n] > 0 for n in names}
+    total = sum(m.numel() for m in learned.values())
+    overall = sum(int(m.sum()) for m in learned.values()) / total
+    report = {f"density:{n}": d for n, d in density.items()}
+    report["density"] = overall
+    if overall == 0:
+        return {**report, "snip_jaccard": math.nan, "chance_jaccard": math.nan}
+    batch = _sampler(run, splits, "test", device, 20_000).sample(episodes)
+    snip = meta.snip_masks_like(model, params, batch, names, overall)
+    report["snip_jaccard"] = meta.jaccard(learned, snip).mean().item()
+    report["chance_jaccard"] = overall / (2 - overall)  # E|A∩R| / E|A∪R| for R uniform at A's density
+    for n in names:
+        report[f"snip_density:{n}"] = snip[n].float().mean().item()
+    return report
+
+
+def grid(methods, seeds: int, **settings) -> list[MetaRun]:
+    """Every method once per seed; `settings` are the other `MetaRun` fields, shared by all runs."""
+    return [MetaRun(method=method, seed=seed, **settings) for seed in range(seeds) for method in methods]
+
+
+def history_table(results, prefix: str):
+    """Long table (method, seed, k_shot, iteration, layer, value) of the `<prefix>[:<layer>]@<i>` columns."""
+    columns = [c for c in results.columns if c.startswith(prefix) and "@" in c
+               and c.split("@")[0].split(":")[0] == prefix]
+    long = results.melt(id_vars=[c for c in ("method", "seed", "k_shot") if c in results],
+                        value_vars=columns, var_name="key").dropna(subset=["value"])
+    parts = long.pop("key").str.rsplit("@", n=1)
+    long["iteration"] = parts.str[1].astype(int)
+    long["layer"] = parts.str[0].str.partition(":")[2].replace("", None)
+    return long

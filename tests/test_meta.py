@@ -1,0 +1,357 @@
+"""The MAML family, its episodes and its runs, on tiny models and made-up data (seconds in all)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from snipnb import data, meta, meta_data, pruning
+from snipnb.meta_data import EpisodeSampler
+from snipnb.metarun import MetaRun, grid, history_table, run_meta
+from snipnb.models import Net
+from snipnb.sweep import run_sweep
+
+
+def tiny_mlp(seed=0):
+    torch.manual_seed(seed)
+    return Net(nn.Sequential(nn.Linear(4, 6), nn.Tanh()), 6, 3)
+
+
+def leaves(model):
+    return {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+
+
+def task(seed=0, n=6):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, 4, generator=g), torch.arange(n) % 3, torch.randn(n, 4, generator=g), torch.arange(n) % 3)
+
+
+# ----------------------------------------------------------------------------------- inner loop
+
+
+def mlp_by_hand(p, x):
+    return torch.tanh(x @ p["body.0.weight"].T + p["body.0.bias"]) @ p["head.weight"].T + p["head.bias"]
+
+
+@pytest.mark.parametrize("first_order", [False, True], ids=["second_order", "first_order"])
+def test_maml_gradient_equals_a_hand_written_two_step_reference(first_order):
+    model, (xs, ys, xq, yq) = tiny_mlp(), task()
+    lr = 0.5
+    theta = leaves(model)
+    fast = theta
+    for _ in range(2):
+        g = torch.autograd.grad(F.cross_entropy(mlp_by_hand(fast, xs), ys), list(fast.values()),
+                                create_graph=not first_order)
+        fast = {n: fast[n] - lr * gi for n, gi in zip(fast, g)}
+    reference = torch.autograd.grad(F.cross_entropy(mlp_by_hand(fast, xq), yq), list(theta.values()))
+
+    params = leaves(model)
+    loss, _ = meta.episode_loss(model, "maml", params, {}, xs, ys, xq, yq, meta.InnerLoop(2, lr, first_order))
+    ours = torch.autograd.grad(loss, list(params.values()))
+    for r, o in zip(reference, ours):
+        torch.testing.assert_close(o, r)
+
+
+def test_second_and_first_order_gradients_differ():
+    model, (xs, ys, xq, yq) = tiny_mlp(), task()
+    grads = []
+    for first_order in (False, True):
+        params = leaves(model)
+        loss, _ = meta.episode_loss(model, "maml", params, {}, xs, ys, xq, yq, meta.InnerLoop(2, 0.5, first_order))
+        grads.append(torch.autograd.grad(loss, params["body.0.weight"])[0])
+    assert not torch.allclose(*grads)
+
+
+def test_anil_adapts_only_the_head_and_boil_only_the_body():
+    model, (xs, ys, _, _) = tiny_mlp(), task()
+    params = leaves(model)
+    anil = meta.adapt(model, "anil", params, {}, xs, ys, meta.InnerLoop(3, 0.5))
+    boil = meta.adapt(model, "boil", params, {}, xs, ys, meta.InnerLoop(3, 0.5))
+    for name, p in params.items():
+        in_head = name.startswith("head.")
+        assert torch.equal(anil[name], p) != in_head, name
+        assert torch.equal(boil[name], p) == in_head, name
+
+
+def sparse_scores(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    scores = {n: torch.randn(p.shape, generator=g).requires_grad_() for n, p in model.named_parameters()}
+    first = next(iter(scores))
+    with torch.no_grad():
+        scores[first][0] = 0.0  # exactly zero counts as closed
+    return scores
+
+
+@pytest.mark.parametrize("method", ["sparse_maml", "sparse_relu_maml"])
+def test_sparse_maml_leaves_closed_parameters_bit_identical_and_scores_get_gradients(method):
+    model, (xs, ys, xq, yq) = tiny_mlp(), task()
+    params, scores = leaves(model), sparse_scores(model)
+    fast = meta.adapt(model, method, params, scores, xs, ys, meta.InnerLoop(3, 0.5))
+    for name, p in params.items():
+        closed = scores[name] <= 0
+        assert torch.equal(fast[name][closed], p[closed]), name
+        assert (fast[name][~closed] != p[~closed]).any(), name
+    loss, _ = meta.episode_loss(model, method, params, scores, xs, ys, xq, yq, meta.InnerLoop(3, 0.5))
+    loss.backward()
+    for name, m in scores.items():
+        assert m.grad is not None and m.grad.abs().sum() > 0, name
+    if method == "sparse_maml":
+        # Through the straight-through estimator a closed parameter's score still learns, so it can reopen.
+        closed = scores["body.0.weight"] <= 0
+        assert closed.any() and scores["body.0.weight"].grad[closed].abs().sum() > 0
+
+
+def tiny_conv(seed=0, n_way=3):
+    return meta.build("conv4", 1, n_way, 16, filters=4, seed=seed)
+
+
+def conv_batch(tasks=3, n_way=3, k=2, q=3, seed=0):
+    split = meta_data.synthetic(classes=(6, 3, 3), per_class=10, image_size=16).train
+    return EpisodeSampler(split, n_way, k, q, seed).sample(tasks)
+
+
+@pytest.mark.parametrize("method", ["maml", "sparse_maml", "random_mask_maml"])
+def test_vmap_over_tasks_equals_a_python_loop(method):
+    model, batch = tiny_conv(), conv_batch()
+    assert meta.can_vmap(model)
+    results = []
+    for vectorize in (True, False):
+        params = leaves(model)
+        scores = {n: s.requires_grad_() for n, s in sparse_scores(model).items()} if method == "sparse_maml" else {}
+        noise = meta.mask_noise(model, method, 3, torch.Generator().manual_seed(0), "cpu")
+        losses, accs = meta.meta_batch_loss(model, method, params, scores, batch, meta.InnerLoop(2, 0.3), noise,
+                                            vectorize=vectorize)
+        results.append((losses.detach(), accs, torch.autograd.grad(losses.sum(), list(params.values()))))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    for a, b in zip(results[0][2], results[1][2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_second_order_meta_gradient_of_conv4_under_vmap_equals_plain_autograd():
+    # BatchNorm with batch statistics is where vmap once went wrong (F.batch_norm's double backward).
+    model, batch = tiny_conv(), conv_batch()
+    theta = leaves(model)
+    total = 0
+    for t in range(3):
+        fast = dict(theta)
+        for _ in range(2):
+            loss = F.cross_entropy(torch.func.functional_call(model, fast, (batch.support_x[t],)), batch.support_y[t])
+            g = torch.autograd.grad(loss, list(fast.values()), create_graph=True)
+            fast = {n: fast[n] - 0.3 * gi for n, gi in zip(fast, g)}
+        total = total + F.cross_entropy(torch.func.functional_call(model, fast, (batch.query_x[t],)), batch.query_y[t])
+    reference = torch.autograd.grad(total, list(theta.values()))
+    params = leaves(model)
+    losses, _ = meta.meta_batch_loss(model, "maml", params, {}, batch, meta.InnerLoop(2, 0.3), vectorize=True)
+    for r, o in zip(reference, torch.autograd.grad(losses.sum(), list(params.values()))):
+        torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-5)
+
+
+def test_snip_maml_moves_only_the_most_salient_weights_and_its_control_as_many_per_layer():
+    model, batch = tiny_conv(), conv_batch(tasks=1)
+    xs, ys = batch.support_x[0], batch.support_y[0]
+    params, names, sparsity = leaves(model), meta.weight_names(model), 0.8
+    fast = meta.adapt(model, "snip_maml", params, {}, xs, ys, meta.InnerLoop(2, 0.3, sparsity=sparsity))
+    moved = {n: fast[n] != params[n] for n in names}
+    total = sum(params[n].numel() for n in names)
+    assert sum(int(m.sum()) for m in moved.values()) == round((1 - sparsity) * total)
+    # The moved weights are SNIP's choice: the library's SNIP scores on the same support set.
+    model.load_state_dict({n: p.detach() for n, p in params.items()})
+    saliency = pruning.scores(model, [(xs, ys)], "snip", params=names)
+    flat = torch.cat([saliency[n].flatten() for n in names])
+    top = torch.zeros_like(flat, dtype=torch.bool)
+    top[flat.topk(round((1 - sparsity) * total)).indices] = True
+    assert torch.equal(torch.cat([moved[n].flatten() for n in names]), top)
+    # The random control moves as many weights in every layer, elsewhere.
+    noise = {n: v[0] for n, v in meta.mask_noise(model, "random_mask_maml", 1, torch.Generator(), "cpu").items()}
+    control = meta.adapt(model, "random_mask_maml", params, {}, xs, ys, meta.InnerLoop(2, 0.3, sparsity=sparsity),
+                         noise)
+    for n in names:
+        assert int((control[n] != params[n]).sum()) == int(moved[n].sum()), n
+    assert not all(torch.equal(control[n] != params[n], moved[n]) for n in names)
+
+
+def test_jaccard_counts_shared_kept_entries():
+    a = {"w": torch.tensor([1, 1, 0, 0], dtype=torch.bool)}
+    b = {"w": torch.tensor([[1, 0, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)}
+    torch.testing.assert_close(meta.jaccard(a, b), torch.tensor([1 / 3, 1.0]))
+
+
+def test_resnet12_runs_a_meta_batch_under_vmap():
+    model = meta.resnet12(3, 5, widths=(4, 4, 8, 8))
+    split = meta_data.synthetic(classes=(6, 3, 3), per_class=6, channels=3, image_size=16).train
+    batch = EpisodeSampler(split, 5, 1, 2, 0).sample(2)
+    losses, accs = meta.meta_batch_loss(model, "maml", leaves(model), {}, batch, meta.InnerLoop(1, 0.1))
+    assert losses.shape == accs.shape == (2,) and torch.isfinite(losses).all()
+
+
+# ------------------------------------------------------------------------------------- episodes
+
+
+def marked_digits():
+    """A stand-in MNIST whose images say what they are: one bright pixel in the top-left corner whose
+    value encodes the digit. A rotation carries the pixel to another corner, so an image's class
+    (digit, rotation) can be read back from it."""
+    labels = torch.arange(10).repeat_interleave(12)
+    images = torch.zeros(len(labels), 1, 8, 8, dtype=torch.uint8)
+    images[:, 0, 0, 0] = (20 * labels + 10).to(torch.uint8)
+    images[:, 0, 3, 3] = torch.arange(len(labels)).to(torch.uint8)  # every image distinct
+    return data.ImageData(images, labels, 10, (0.0,), (1.0,), "marked")
+
+
+def read_class(image):
+    corners = {(0, 0): 0, (7, 0): 90, (7, 7): 180, (0, 7): 270}  # where rot90 carries the top-left pixel
+    for (r, c), angle in corners.items():
+        if image[r, c] > 0:
+            return f"{(int(image[r, c]) - 10) // 20}@{angle}"
+    raise AssertionError("no marker")
+
+
+@pytest.mark.parametrize("split", meta_data.SPLITS)
+def test_episodes_never_mix_splits_and_label_each_image_with_its_class(split):
+    splits = meta_data.rotation_classes(marked_digits(), meta_data.MNIST_ROTATION_DIGITS, "marked")
+    assert [splits[s].num_classes for s in meta_data.SPLITS] == [24, 8, 8]
+    names = splits.class_names[split]
+    allowed = {str(d) for d in meta_data.MNIST_ROTATION_DIGITS[split]}
+    sampler = EpisodeSampler(splits[split], 5, 2, 3, seed=0)
+    for _ in range(20):
+        episode = sampler.sample()
+        for x, y in ((episode.support_x, episode.support_y), (episode.query_x, episode.query_y)):
+            raw = (x * sampler.std + sampler.mean).round()
+            for image, label in zip(raw, y):
+                cls = read_class(image[0])
+                assert cls.split("@")[0] in allowed
+                assert cls == names[int(episode.classes[label])]
+        everything = torch.cat([episode.support_x, episode.query_x]).flatten(1)
+        assert len(torch.unique(everything, dim=0)) == len(everything)  # no image drawn twice
+
+
+def test_episodes_repeat_for_a_seed_and_differ_across_seeds():
+    split = meta_data.synthetic().train
+
+    def stream(seed):
+        return [e.support_x for e in meta_data.episodes(split, 5, 1, 2, seed=seed, count=3, tasks=2)]
+
+    torch.manual_seed(1)
+    a = stream(3)
+    torch.manual_seed(2)  # global RNG state plays no part
+    b = stream(3)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], stream(4)[0])
+    assert a[0].shape == (2, 5, 1, 28, 28)
+
+
+def test_episode_shape_errors_name_the_value():
+    split = meta_data.synthetic().val  # 5 classes of 30 images
+    with pytest.raises(ValueError, match="n_way=6"):
+        EpisodeSampler(split, 6, 1, 1, 0)
+    with pytest.raises(ValueError, match="k_shot \\+ q_query = 16 \\+ 15 = 31"):
+        EpisodeSampler(split, 5, 16, 15, 0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(method="reptile"), "method must be one of .*'reptile'"),
+    (dict(n_way=9), "n_way=9 is larger than the 8 classes of mnist_rotations's meta-val"),
+    (dict(dataset="synthetic", k_shot=20, q_query=15), "k_shot \\+ q_query = 35"),
+    (dict(sparsity=1.0), "sparsity"),
+    (dict(dataset="imagenet"), "dataset must be one of"),
+    (dict(inner_steps=0), "inner_steps must be a positive int, got 0"),
+])
+def test_bad_runs_are_rejected_when_made(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MetaRun(**kwargs)
+
+
+# ------------------------------------------------------------------------------------- datasets
+
+
+def test_cifar_fs_splits_classes_64_16_20_by_name():
+    names = [f"other{i}" for i in range(64)] + list(meta_data.CIFAR_FS_VAL + meta_data.CIFAR_FS_TEST)
+    order = np.random.default_rng(0).permutation(100)
+    names = [names[i] for i in order]
+    labels = torch.arange(100).repeat_interleave(2)
+    images = labels.view(-1, 1, 1, 1).expand(-1, 3, 2, 2).to(torch.uint8).contiguous()
+    splits = meta_data.cifar_fs_from(images, labels, names)
+    assert [splits[s].num_classes for s in meta_data.SPLITS] == [64, 16, 20]
+    assert splits.class_names["test"] == meta_data.CIFAR_FS_TEST
+    for split in meta_data.SPLITS:  # every image sits under its own class name
+        for image, label in zip(splits[split].images, splits[split].labels):
+            assert names[int(image[0, 0, 0])] == splits.class_names[split][int(label)]
+    with pytest.raises(ValueError, match="lacks the CIFAR-FS classes"):
+        meta_data.cifar_fs_from(images, labels, [f"c{i}" for i in range(100)])
+
+
+def write_png(path, value, size=(10, 10), mode="L"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value if mode == "L" else (value, value, value)).save(path)
+
+
+@pytest.mark.parametrize("layout", ["folders", "csv"])
+def test_mini_imagenet_reads_both_common_layouts(tmp_path, layout):
+    root = tmp_path / "mini-imagenet"
+    for split, classes in (("train", 3), ("val", 2), ("test", 2)):
+        rows = []
+        for c in range(classes):
+            for i in range(2):
+                name = f"n0{split}{c}"
+                value = 40 * c + 10 * i + 5
+                if layout == "folders":
+                    write_png(root / split / name / f"{i}.png", value, mode="RGB")
+                else:
+                    write_png(root / "images" / f"{name}_{i}.png", value, mode="RGB")
+                    rows.append(f"{name}_{i}.png,{name}")
+        if layout == "csv":
+            (root / f"{split}.csv").write_text("filename,label\n" + "\n".join(rows) + "\n")
+    splits = meta_data.mini_imagenet(tmp_path, image_size=8)
+    assert [splits[s].num_classes for s in meta_data.SPLITS] == [3, 2, 2]
+    assert splits.train.images.shape == (6, 3, 8, 8)
+    assert splits.class_names["val"] == ("n0val0", "n0val1")
+    assert torch.equal(splits.train.images[:, 0, 0, 0], torch.tensor([5, 15, 45, 55, 85, 95], dtype=torch.uint8))
+
+
+def test_mini_imagenet_missing_says_where_to_put_it(tmp_path):
+    with pytest.raises(data.DatasetNotFoundError, match="mini-imagenet"):
+        meta_data.mini_imagenet(tmp_path)
+
+
+def test_omniglot_reads_torchvisions_folders_with_rotations_as_classes(tmp_path, monkeypatch):
+    monkeypatch.setenv("SNIPNB_OFFLINE", "1")
+    for part, alphabets in (("images_background", ["Latin", "Greek"]), ("images_evaluation", ["Aa", "Bb", "Cc"])):
+        for alphabet in alphabets:
+            for character in ("character01", "character02"):
+                for i in range(2):
+                    write_png(tmp_path / "omniglot-py" / part / alphabet / character / f"{i}.png", 255)
+    splits = meta_data.omniglot(tmp_path, image_size=12, val_alphabets=1)
+    assert [splits[s].num_classes for s in meta_data.SPLITS] == [16, 8, 16]  # characters x 4 rotations
+    assert splits.class_names["val"][0] == "Aa/character01@0"
+    assert splits.train.images.shape[1:] == (1, 12, 12) and int(splits.train.images.max()) == 0  # inverted
+    with pytest.raises(data.DatasetNotFoundError, match="Omniglot"):
+        meta_data.omniglot(tmp_path / "nothing")
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+
+def tiny_run(**kw):
+    base = dict(dataset="synthetic", filters=4, n_way=3, k_shot=1, q_query=2, inner_steps=1, meta_batch=2,
+                iterations=2, eval_every=1, val_episodes=4, test_episodes=6, synthetic_shape=(1, 16))
+    return MetaRun(**{**base, **kw})
+
+
+def test_runs_go_through_the_sweep_and_repeat_exactly(tmp_path):
+    shared = {k: v for k, v in vars(tiny_run()).items() if k not in ("method", "seed")}
+    runs = grid(["sparse_maml", "snip_maml"], 1, **shared)
+    table = run_sweep(run_meta, runs, tmp_path, progress=False).set_index("method")
+    assert table.test_acc.between(0, 100).all() and (table.test_ci95 > 0).all()
+    assert {"val_acc", "best_iteration", "val_acc@2", "density:head.weight@2"} <= set(table.columns)
+    sparse = table.loc["sparse_maml"]
+    assert 0 <= sparse["density"] <= 1 and 0 <= sparse["snip_jaccard"] <= 1
+    assert pd.isna(table.loc["snip_maml", "density:head.weight@2"])  # only scored methods have scores
+    curves = history_table(table.reset_index(), "density")
+    assert set(curves.iteration) == {0, 1, 2} and "body.conv1.weight" in set(curves.layer)
+    assert set(history_table(table.reset_index(), "val_acc").layer.dropna()) == set()
+    again = run_meta(runs[0])
+    assert again == {k: v for k, v in table.loc["sparse_maml"].items() if k in again}
