@@ -237,7 +237,7 @@ display(Markdown(bn_line))
 # Computed from this run's paired differences in **final** accuracy, so a rerun with other parameters
 # never shows stale claims.
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "findings"]
 final = paired["final_acc"]
 focus = final[final.sparsity == focus_sparsity]
 

@@ -203,6 +203,7 @@ def main(argv=None) -> int:
         if not run(chapter, out, everyone, mine, args.log_output):
             failed.append(chapter.name)
     if out == BOOK_CHAPTERS.resolve():
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "findings.py")], check=True)
         subprocess.run(["jupyter-book", "build", str(ROOT / "book")], check=True)
         print(f"The report is at {ROOT / 'book' / '_build' / 'html' / 'index.html'}")
     else:

@@ -35,3 +35,13 @@ def test_committed_ipynb_carries_no_outputs(script):
     # Executed copies live in book/experiments/; the paired notebook stays a clean source.
     notebook = jupytext.read(script.with_suffix(".ipynb"))
     assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code")
+
+
+def test_the_books_findings_page_is_made_from_the_executed_chapters():
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).parent.parent
+    done = subprocess.run([sys.executable, str(root / "scripts" / "findings.py"), "--check"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout
