@@ -205,10 +205,12 @@ def run_sequence(run: ContinualRun, device=None) -> dict:
                                                             examples=run.probe_examples, seed=run.seed, device=device))
     # A penalty too stiff for the learning rate blows the weights up; say so rather than report chance.
     diverged = any(not math.isfinite(loss) for h in histories for loss in h.train_loss)
-    fwt = float(np.mean([probe_before[j] - probe_init[j] for j in range(1, T)])) if T > 1 else 0.0
+    # No probe (probe_examples=0), no forward transfer: probe_before then holds only its leading NaN.
+    fwt = (float(np.mean([probe_before[j] - probe_init[j] for j in range(1, T)])) if T > 1 else 0.0
+           ) if run.probe_examples else math.nan
     result = dict(R=R.tolist(), b=b, diverged=diverged, avg_acc=metrics.average_accuracy(R),
                   forgetting=metrics.average_forgetting(R), bwt=metrics.backward_transfer(R),
-                  fwt=fwt if run.probe_examples else math.nan, probe_before=probe_before, probe_init=probe_init)
+                  fwt=fwt, probe_before=probe_before, probe_init=probe_init)
     if packnet is not None:
         result["after_retraining"] = retrained  # task t right after its own pruning and retraining
         result["usage"] = packnet.usage()

@@ -112,6 +112,13 @@ def test_every_strategy_reports_the_accuracy_matrix_and_metrics(strategy):
         assert len(result["probe_before"]) == 2 and math.isfinite(result["fwt"])
 
 
+def test_a_run_without_the_probe_reports_no_forward_transfer():
+    # probe_examples=0 skips the linear probe (the λ search needs only R): fwt is then missing, not a crash.
+    result = run_sequence(small(strategy="ewc", n_tasks=2, probe_examples=0), device="cpu")
+    assert math.isnan(result["fwt"]) and all(math.isnan(p) for p in result["probe_init"])
+    assert np.array(result["R"]).shape == (2, 2) and math.isfinite(result["forgetting"])
+
+
 def test_bad_runs_are_rejected():
     with pytest.raises(ValueError, match="strategy"):
         small(strategy="replay")
