@@ -21,7 +21,7 @@ import torch
 from . import checks, data, metrics
 from .continual import (CRITERIA, EWC, EWC_STRATEGIES, PACKNET_STRATEGIES, SCENARIOS, STRATEGIES, MultiHeadNet,
                         PackNet, SingleHeadNet, StageView, body_parameters, importance, linear_probe_accuracy,
-                        permuted_tasks, split_tasks)
+                        permuted_tasks, shared_parameters, split_tasks)
 from .models import NAMES, build
 from .train import OPTIMIZERS, default_device, evaluate, fit
 
@@ -196,7 +196,7 @@ def run_sequence(run: ContinualRun, device=None) -> dict:
             histories.append(fit(net, task.train, None, run.epochs, penalty=penalty, **train_options))
             if ewc is not None:
                 ewc.consolidate(net, importance(net, task.train, CRITERIA[run.strategy],
-                                                params=body_parameters(net), **importance_options))
+                                                params=shared_parameters(net), **importance_options))
             views = _views(run, net, T, t)
         R[t] = [100 * evaluate(view, e) for view, e in zip(views, evals)]
         if t + 1 < T and run.probe_examples:

@@ -119,6 +119,22 @@ def test_a_run_without_the_probe_reports_no_forward_transfer():
     assert np.array(result["R"]).shape == (2, 2) and math.isfinite(result["forgetting"])
 
 
+@pytest.mark.parametrize("scenario, benchmark, protects_head", [("task", "split", False), ("class", "split", True),
+                                                                ("domain", "permuted", True)])
+def test_ewc_protects_the_head_every_task_shares(monkeypatch, scenario, benchmark, protects_head):
+    # Class- and domain-IL answer every task through one head, which later tasks train: EWC must
+    # anchor it, or the classifier drifts freely while only the body is held. A task-IL head is private.
+    anchored = []
+    original = EWC.consolidate
+    monkeypatch.setattr(EWC, "consolidate", lambda self, net, weights: (anchored.append(set(weights)),
+                                                                       original(self, net, weights))[1])
+    run_sequence(small(strategy="ewc", n_tasks=2, scenario=scenario, benchmark=benchmark, probe_examples=0),
+                 device="cpu")
+    assert anchored and all(any(n.startswith("body.") for n in names) for names in anchored)
+    assert all(("head.weight" in names) == protects_head for names in anchored)
+    assert not any(n.startswith("heads.") for names in anchored for n in names)
+
+
 def test_bad_runs_are_rejected():
     with pytest.raises(ValueError, match="strategy"):
         small(strategy="replay")
