@@ -257,7 +257,8 @@ display(table(wide))
 
 # %% [markdown]
 # ## Capacity: which task owns how much of every layer
-# Seed 0 of each PackNet variant on the first benchmark, at its chosen fraction.
+# Seed 0 of each PackNet variant on the first benchmark, at its chosen fraction: for each layer of
+# the body (the task heads are each task's own), the share of its weights each task owns.
 
 # %% tags=["hide-input"]
 first = benchmarks[0]
@@ -265,6 +266,10 @@ fig, axes = plt.subplots(1, len(VARIANTS), figsize=(5.2 * len(VARIANTS), 3.8), s
 for ax, s in zip(axes[0], VARIANTS):
     usage = results[(results.benchmark == first) & (results.strategy == s) & (results.seed == 0)].usage.iloc[0]
     plots.capacity_bars(usage, ax=ax, title=f"{s} (kept per task: {chosen[(first, s)]})")
+    ax.set_xticks(range(len(usage)), [f"layer {i + 1}" for i in range(len(usage))], rotation=0)
+    handles, names = ax.get_legend_handles_labels()  # tasks counted from 1, as in the curves above
+    ax.legend(handles, [f"task {int(n.split()[1]) + 1}" if n.startswith("task") else n for n in names],
+              fontsize="small", ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.12))
 fig.tight_layout()
 plt.show()
 

@@ -273,3 +273,17 @@ def test_linear_probe_reads_what_the_features_separate():
             return self.w.expand(len(x), 5)
 
     assert linear_probe_accuracy(Constant(), train, test, device="cpu") < 0.4
+
+
+def test_seen_accuracy_curve_averages_the_tasks_learned_so_far():
+    # After task i the curve shows the mean of R[i, 0..i], not of the whole row (tasks still to come).
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from snipnb.plots import seen_accuracy_curves
+
+    R = np.array([[90.0, 10.0, 10.0], [50.0, 80.0, 10.0], [40.0, 60.0, 70.0]])
+    ax = seen_accuracy_curves({"a": R, "b": R - 10})
+    x, y = ax.lines[0].get_data()
+    assert list(x) == [1, 2, 3] and list(y) == pytest.approx([90.0, 65.0, 170 / 3])
+    assert ax.lines[0].get_marker() != ax.lines[1].get_marker()
