@@ -275,9 +275,11 @@ plt.show()
 
 # %% [markdown]
 # ## Beside the published protocol
-# van de Ven & Tolias (2019) and van de Ven, Tuytelaars & Tolias (2022) do not run PackNet; Mallya &
-# Lazebnik (2018) run it on ImageNet-scale tasks with VGG and ResNet, not on these benchmarks. There
-# is no published figure for the same protocol to set beside ours.
+# van de Ven & Tolias (2019) and van de Ven, Tuytelaars & Tolias (2022) do not run PackNet. Mallya &
+# Lazebnik (CVPR 2018, arXiv:1711.05769) evaluate it on "a variety of network architectures and
+# large-scale datasets", adding "three fine-grained classification tasks to a single ImageNet-trained
+# VGG-16 network" (their abstract): a large pretrained network, not one trained from scratch on these
+# benchmarks. There is no published figure for this protocol to set beside ours.
 
 # %% [markdown]
 # ## Discussion
