@@ -18,149 +18,315 @@
 #
 # **Question.** PackNet (Mallya & Lazebnik 2018) gives every task its own slice of one network.
 # After a task is trained, it keeps the largest-magnitude fraction of its free weights and freezes
-# them. It releases the rest to later tasks and retrains briefly. SNIP-PackNet keeps the weights
-# with the largest SNIP saliency $|\partial L/\partial\theta\cdot\theta|$ on the task's data instead.
-# Does the choice matter for accuracy, or for how much capacity later tasks get?
+# them, releases the rest to later tasks, and retrains briefly. SNIP-PackNet keeps the weights with
+# the largest SNIP saliency $|\partial L/\partial\theta\cdot\theta|$ on the task's data instead. Does
+# the choice of weights matter for accuracy, and is either criterion better than keeping a *random*
+# fraction of the free weights?
 #
-# **Method.** The same task sequences as Experiment 3, task-incremental with one head per task.
-# Each weight has one owner task. A task sees the weights of tasks up to and including itself,
-# applied as masks in the forward pass at test time (weights are never zeroed in place). It also
-# has its own BatchNorm statistics and affine parameters, so ResNets work; conv and linear biases
-# are trained by the first task only. The optimiser is rebuilt for every task, and frozen weights
-# are restored after every step, so neither momentum nor weight decay can move them. By default
-# every task gets an equal share of the weights; the fraction kept per task (`keeps`) is chosen on
-# the validation split. Fine-tuning and joint training bracket the results.
+# **Benchmarks.** PackNet needs the task id at test time (it picks the task's weights), so both
+# benchmarks are task-incremental: **Split** (the classes cut into tasks; Split-MNIST: 0/1, 2/3, ...)
+# and **Permuted** (every task all classes, its pixels under a permutation of its own), each with one
+# head per task.
 #
-# **Where the numbers come from.** The line "This run:" below names the dataset and settings behind
-# every number on this page. The project's machines have MNIST but not CIFAR-100, so the CIFAR-100
-# chapter holds numbers only once someone runs it with the data:
-# `papermill notebooks/04_snip_packnet.ipynb out.ipynb -p seeds 5`.
+# **Method.** Each weight has one owner task. A task sees the weights of tasks up to and including
+# itself, applied as masks in the forward pass at test time; it also has its own BatchNorm
+# statistics and affine parameters, so ResNets work; conv and linear biases are trained by the
+# first task only. Frozen weights are restored after every optimiser step, so neither momentum nor
+# weight decay can move them. Strategies: `finetune` (no protection) and `joint` (every task at once)
+# bracket the results; `packnet` keeps weights by magnitude, `snip_packnet` by SNIP saliency, and the
+# control `random_packnet` a random fraction of the free weights. **Equal budgets:** every strategy
+# trains `epochs` per task; PackNet's retraining after pruning is counted inside them
+# (`retrain_epochs` of the `epochs`). The fraction of its free weights each task keeps is chosen per
+# strategy and benchmark on the validation split (10% of each task's training images, held out), over
+# several seeds; "equal" gives every task the same share of the network.
+#
+# **Metrics** from the accuracy matrix $R$ (row $i$: after training task $i$; column $j$: task $j$):
+# average accuracy after the last task, forgetting (Chaudhry et al. 2018), backward transfer, and
+# forward transfer by a linear probe on the frozen body. Methods are compared on the same seeds, as
+# mean differences with 95% confidence intervals.
+#
+# **Rerun.** `papermill notebooks/04_snip_packnet.ipynb out.ipynb -p dataset mnist -p model lenet300_100`
+# runs this chapter's protocol at its default size; finished runs are stored in `results_dir`.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "remove-cell"]
 model = "resnet18"
 dataset = "cifar100"
-n_tasks = 5
-seeds = 5
-epochs = 10  # per task
-retrain_epochs = 2  # after pruning each task
-batch_size = 64
-lr = 0.05
-keeps = [None, 0.3, 0.5]  # fraction of the free weights each task keeps; None: equal shares for all tasks
-importance_examples = 1024
-data_root = None
-device = None
-workers = 1
-shard = None
+benchmarks = None  # None: split_task, plus permuted_task on MNIST
+n_tasks = 5  # Split benchmark
+permuted_tasks = 10  # Permuted benchmark
+seeds = 5  # reported runs
+search_seeds = 2  # runs per fraction kept in the validation search
+epochs = 10  # per task, Split benchmark, for every strategy (PackNet's retraining included)
+permuted_epochs = 2  # per task, Permuted benchmark (retraining included)
+retrain_epochs = 1  # PackNet: of each task's epochs, these retrain after pruning
+batch_size = 128
+optimizer = "adam"
+lr = 0.001
+weight_decay = 0.0
+keeps = [None, 0.25, 0.5]  # fraction of its free weights each task keeps; None: equal shares for all tasks
+importance_examples = 1024  # training images per task SNIP scores on
+probe_examples = 2000  # images per task the forward-transfer probe is fit on
+data_root = None  # None: $SNIPNB_DATA, else ~/.cache/snipnb/data
+device = None  # None: CUDA, else MPS, else CPU
+workers = 1  # processes running runs at once
+shard = None  # "i/n": run only slice i of n of the grid
+cluster = "local"  # or a Dask scheduler "tcp://host:8786", its scheduler file, or "slurm:N" (README)
+gpus_per_run = 0  # on a cluster: GPUs each run claims
 results_dir = "results/04_snip_packnet"
 
-# %% [markdown]
-# CI runs every notebook in a quick configuration on synthetic data; the next cell does nothing
-# otherwise.
-
-# %%
+# %% tags=["remove-cell"]
+# CI runs every notebook in a quick configuration on synthetic data; this cell does nothing otherwise.
 import os
 import tempfile
 
 if os.environ.get("SNIPNB_SMOKE"):
-    model, dataset, n_tasks, seeds, epochs, retrain_epochs, keeps = "lenet300_100", "synthetic", 2, 2, 1, 1, [None, 0.5]
-    importance_examples, results_dir = 64, tempfile.mkdtemp()
+    model, dataset, n_tasks, permuted_tasks, seeds, search_seeds = "lenet300_100", "synthetic", 2, 2, 2, 1
+    epochs, permuted_epochs, keeps, importance_examples, probe_examples = 2, 2, [None, 0.5], 16, 32
+    benchmarks, results_dir = ["split_task", "permuted_task"], tempfile.mkdtemp()
 
-# %%
+# %% tags=["remove-input"]
 import functools
+import math
 
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
 from IPython.display import Markdown, display
 
-from snipnb import data, plots, published, stats
+from snipnb import checks, data, plots, provenance, stats
+from snipnb.cluster import cluster_executor
+from snipnb.continual import PACKNET_STRATEGIES
+from snipnb.notebook import check_parameters
+from snipnb.report import table
 from snipnb.sequence import ContinualRun, mean_matrix, run_sequence
 from snipnb.sweep import run_sweep
 from snipnb.train import default_device
 
+check_parameters()
+BENCHMARKS = {"split_task": ("split", "Split, task-IL"), "permuted_task": ("permuted", "Permuted, task-IL")}
+if benchmarks is None:
+    benchmarks = ["split_task"] + (["permuted_task"] if dataset == "mnist" else [])
+for name in benchmarks:
+    checks.one_of("benchmarks", name, BENCHMARKS)
+for name, value in dict(seeds=seeds, search_seeds=search_seeds, epochs=epochs, permuted_epochs=permuted_epochs,
+                        n_tasks=n_tasks, permuted_tasks=permuted_tasks).items():
+    checks.integer(name, value, 1)
+checks.integer("retrain_epochs", retrain_epochs, 0)
+if not keeps:
+    raise ValueError("keeps must list at least one fraction (None: equal shares)")
 if data_root is not None:
-    os.environ["SNIPNB_DATA"] = str(data_root)
+    os.environ["SNIPNB_DATA"] = str(data_root)  # worker processes read it too
+shape = data.recipe_defaults(dataset)["synthetic_shape"]
+data.load_cached(dataset, True, shape)  # a missing dataset fails here, not in the first run
+executor = cluster_executor(cluster, gpus_per_run=gpus_per_run)
+run_device = device
 device = device or str(default_device())
-common = dict(model=model, dataset=dataset, n_tasks=n_tasks, epochs=epochs, retrain_epochs=retrain_epochs,
-              batch_size=batch_size, lr=lr, importance_examples=importance_examples,
+
+VARIANTS = list(PACKNET_STRATEGIES)  # packnet, snip_packnet and the random control: each gets its own keep
+STRATEGIES = ["finetune", "joint", *VARIANTS]
+common = dict(model=model, dataset=dataset, batch_size=batch_size, optimizer=optimizer, lr=lr,
+              weight_decay=weight_decay, retrain_epochs=retrain_epochs, importance_examples=importance_examples,
               **data.recipe_defaults(dataset))
-sweep = functools.partial(run_sweep, functools.partial(run_sequence, device=device), workers=workers, shard=shard)
-display(Markdown(f"**This run:** `{model}` on `{dataset}` in {n_tasks} tasks, {epochs} + {retrain_epochs} epochs "
-                 f"per task, {seeds} seeds, keep grid {keeps}, on `{device}` with torch {torch.__version__}."))
+
+
+def setting(name):
+    """The ContinualRun fields of one benchmark."""
+    benchmark = BENCHMARKS[name][0]
+    split = benchmark == "split"
+    return dict(benchmark=benchmark, scenario="task", n_tasks=n_tasks if split else permuted_tasks,
+                epochs=epochs if split else permuted_epochs)
+
+
+def sweep(configs, desc):
+    return run_sweep(functools.partial(run_sequence, device=run_device), configs, f"{results_dir}/{dataset}",
+                     workers=workers, shard=shard, executor=executor, progress=False, desc=desc,
+                     device=functools.partial(provenance.device_name, run_device))
+
+
+def keep_label(keep):
+    return "equal" if keep is None or (isinstance(keep, float) and math.isnan(keep)) else f"{keep:g}"
+
+
+def describe_benchmark(name):
+    s = setting(name)
+    return (f"{BENCHMARKS[name][1]} ({s['n_tasks']} tasks, {s['epochs']} epochs per task, of which PackNet "
+            f"retrains {retrain_epochs})")
+
+
+display(Markdown(
+    f"**This run:** `{model}` on `{dataset}`: {'; '.join(describe_benchmark(b) for b in benchmarks)}. "
+    f"{optimizer.capitalize()} at learning rate {lr:g}, batch {batch_size}, weight decay {weight_decay:g}; SNIP "
+    f"scored on {importance_examples} training images per task; forward-transfer probe on {probe_examples} images "
+    f"per task. Fraction kept per task searched on validation over {search_seeds} seed(s) from "
+    f"{', '.join(keep_label(k) for k in keeps)}; reported runs on the test set over {seeds} seeds. "
+    f"Code: {provenance.describe(device)}."))
 
 # %% [markdown]
-# ## Choosing the fraction kept per task, on validation (seed 0)
+# ## Choosing the fraction kept per task, on validation
+# Validation average accuracy after the last task, mean ± std over the search seeds; the best
+# fraction of each strategy on each benchmark is used for its reported runs.
 
-# %%
-search = sweep([ContinualRun(strategy=s, keep=keep, split="val", seed=0, **common)
-                for s in ("packnet", "snip_packnet") for keep in keeps], f"{results_dir}/{dataset}", desc="keep search")
-search["keep"] = search["keep"].map(lambda k: "equal" if k is None or pd.isna(k) else f"{k:g}")
-display(search.pivot(index="keep", columns="strategy", values="avg_acc").round(2))
-chosen = search.loc[search.groupby("strategy").avg_acc.idxmax()].set_index("strategy")["keep"].to_dict()
-best_keep = {s: None if k == "equal" else float(k) for s, k in chosen.items()}
-print("chosen fraction kept per task:", chosen)
+# %% tags=["hide-input"]
+search = sweep([ContinualRun(strategy=s, keep=keep, seed=seed, split="val", probe_examples=0, **common, **setting(name))
+                for name in benchmarks for s in VARIANTS for keep in keeps for seed in range(search_seeds)],
+               desc="keep search")
+label = {BENCHMARKS[n][0]: n for n in benchmarks}
+search["benchmark"] = search["benchmark"].map(label)
+search["kept"] = search["keep"].map(keep_label)
+means = search.groupby(["benchmark", "strategy", "kept"], sort=False).avg_acc.mean()
+chosen = {(b, s): means[b][s].idxmax() for b in benchmarks for s in VARIANTS}
+best_keep = {key: None if k == "equal" else float(k) for key, k in chosen.items()}
+shown = stats.summarize(search, ["benchmark", "strategy", "kept"], "avg_acc")
+shown["benchmark"] = shown["benchmark"].map(lambda b: BENCHMARKS[b][1])
+wide = shown.pivot(index=["benchmark", "strategy"], columns="kept", values="mean ± std")
+wide["chosen"] = [chosen[(next(n for n in benchmarks if BENCHMARKS[n][1] == b), s)] for b, s in wide.index]
+wide["runs that diverged"] = search.groupby([search.benchmark.map(lambda b: BENCHMARKS[b][1]), "strategy"]).diverged.sum()
+wide = wide.reindex([(BENCHMARKS[b][1], s) for b in benchmarks for s in VARIANTS])
+display(table(wide[[keep_label(k) for k in keeps] + ["chosen", "runs that diverged"]]))
 
 # %% [markdown]
 # ## The sequence, on the test set
+# Every strategy on every benchmark, with the fraction chosen above, mean ± std over the seeds, in
+# percent. Forgetting: lower is better; BWT: backward transfer; FWT: forward transfer by linear probe.
+# PackNet cannot forget by construction (a task's weights, statistics and head are frozen), so its
+# price is paid in the accuracy later tasks reach with the capacity left to them.
 
-# %%
-runs = [ContinualRun(strategy=s, seed=seed, keep=best_keep.get(s), **common)
-        for s in ("finetune", "joint", "packnet", "snip_packnet") for seed in range(seeds)]
-results = sweep(runs, f"{results_dir}/{dataset}", desc="sequences")
-columns = ["avg_acc", "forgetting", "bwt", "fwt", "final_class_il"]
-table = pd.concat([stats.summarize(results, ["strategy"], c).set_index("strategy")["mean ± std"].rename(c)
-                   for c in columns], axis=1)
-table["write-up expected"] = pd.Series(published.WRITEUP_EXPECTED_PACKNET)
-display(Markdown("Task-incremental metrics in %, mean ± std over seeds (class-IL: final class-incremental "
-                 "accuracy). The last column is the write-up's hypothesis, not a measurement."))
-display(table)
+# %% tags=["hide-input"]
+runs = [ContinualRun(strategy=s, seed=seed, keep=best_keep.get((name, s)), probe_examples=probe_examples,
+                     **common, **setting(name))
+        for name in benchmarks for s in STRATEGIES for seed in range(seeds)]
+results = sweep(runs, desc="sequences")
+results["benchmark"] = results["benchmark"].map(label)
+METRICS = {"avg_acc": "average accuracy", "forgetting": "forgetting", "bwt": "BWT", "fwt": "FWT"}
+summary = pd.concat([stats.summarize(results, ["benchmark", "strategy"], m).set_index(["benchmark", "strategy"])
+                     ["mean ± std"].rename(text) for m, text in METRICS.items()], axis=1)
+summary = summary.mask(summary.isin(["nan", "nan ± nan"]))
+summary.insert(0, "kept per task", [chosen.get((b, s), math.nan) for b, s in summary.index])
+summary.insert(0, "epochs per task", [f"{setting(b)['epochs']} ({setting(b)['epochs'] - retrain_epochs} + "
+                                      f"{retrain_epochs} retraining)" if s in VARIANTS else f"{setting(b)['epochs']}"
+                                      for b, s in summary.index])
+summary.index = summary.index.set_levels([BENCHMARKS[b][1] for b in summary.index.levels[0]], level=0)
+display(Markdown(f"{len(results)} runs; {results.seconds.sum() / 3600:.2f} device-hours for these and "
+                 f"{search.seconds.sum() / 3600:.2f} for the search. Code of the records: "
+                 f"{', '.join(sorted(set(results.code) | set(search.code)))}."))
+display(table(summary))
 
-# %%
-long = results.melt(id_vars=["strategy", "seed"], value_vars=["avg_acc", "forgetting", "final_class_il"],
-                    var_name="metric").dropna(subset=["value"])
-paired = stats.paired_difference(long, "value", baseline={"strategy": "packnet"}, variant=["strategy"],
-                                 pair_on=["seed"], group=["metric"])
-display(Markdown("**Paired against magnitude PackNet** on the same seeds; positive `diff` means higher."))
-display(paired.round(2))
-
-# %%
-strategies = ["finetune", "packnet", "snip_packnet"]
-fig, axes = plt.subplots(1, len(strategies), figsize=(4 * len(strategies), 3.6))
-for ax, s in zip(axes, strategies):
-    plots.accuracy_matrix(mean_matrix(results, s), ax=ax, title=f"{s}: mean R over seeds")
+# %% tags=["hide-input"]
+fig, axes = plt.subplots(1, len(benchmarks), figsize=(5.2 * len(benchmarks), 3.8), squeeze=False)
+for ax, name in zip(axes[0], benchmarks):
+    part = results[results.benchmark == name]
+    plots.seen_accuracy_curves({s: mean_matrix(part, s) for s in STRATEGIES if s != "joint"}, ax=ax,
+                               title=f"{BENCHMARKS[name][1]}: tasks seen so far")
+    ax.axhline(part[part.strategy == "joint"].avg_acc.mean(), color="k", lw=1, ls=":", label="joint")
+    ax.legend(fontsize="x-small")
 fig.tight_layout()
-fig, (left, right) = plt.subplots(1, 2, figsize=(13, 3.8))
-plots.task_curves({s: mean_matrix(results, s) for s in strategies}, ax=left)
-forgetting = stats.summarize(results[results.strategy != "joint"], ["strategy"], "forgetting")
-right.bar(forgetting.strategy, forgetting["mean"], yerr=forgetting["std"].fillna(0), capsize=4)
-right.set(ylabel="average forgetting (%)", title="Forgetting, mean ± std over seeds")
-fig.tight_layout()
+plt.show()
 
 # %% [markdown]
-# ## Capacity: which task owns how much of every layer (seed 0)
+# ## Paired comparisons
+# Differences on the same seeds, in accuracy points, with 95% confidence intervals: each PackNet
+# variant against fine-tuning, SNIP-PackNet against magnitude PackNet, and both against the random
+# control. `detectable`: the smallest difference in average accuracy the run would most likely have
+# detected (paired t, 80% power).
 
-# %%
-fig, axes = plt.subplots(1, 2, figsize=(14, 3.8))
-for ax, s in zip(axes, ("packnet", "snip_packnet")):
-    usage = results[(results.strategy == s) & (results.seed == 0)].usage.iloc[0]
-    plots.capacity_bars(usage, ax=ax, title=f"{s}: share of each layer per task")
-fig.tight_layout()
+# %% tags=["hide-input"]
+PAIRS = [(s, "finetune") for s in VARIANTS] + [("snip_packnet", "packnet"), ("snip_packnet", "random_packnet"),
+                                              ("packnet", "random_packnet")]
+
+
+def paired(a, b, metric):
+    rows = results[results.strategy.isin([a, b])]
+    p = stats.paired_difference(rows, metric, baseline={"strategy": b}, variant=["strategy"], pair_on=["seed"],
+                                group=["benchmark"])
+    return p.assign(comparison=f"{a} − {b}", metric=metric)
+
+
+comparisons = pd.concat([paired(a, b, m) for a, b in PAIRS for m in ("avg_acc", "forgetting")], ignore_index=True)
+
+
+def cell(row):
+    return f"{row['diff']:+.2f} [{row.ci_low:+.2f}, {row.ci_high:+.2f}]" if row.n > 1 else f"{row['diff']:+.2f} (n=1)"
+
+
+cells = comparisons.assign(cell=comparisons.apply(cell, axis=1))
+wide = cells.pivot(index=["benchmark", "comparison"], columns="metric", values="cell")
+wide["detectable (avg acc)"] = cells[cells.metric == "avg_acc"].set_index(["benchmark", "comparison"]).detectable
+wide = wide.rename(columns={"avg_acc": "average accuracy"})
+wide = wide.reindex([(b, f"{x} − {y}") for b in benchmarks for x, y in PAIRS])
+wide.index = wide.index.set_levels([BENCHMARKS[b][1] for b in wide.index.levels[0]], level=0)
+display(table(wide))
 
 # %% [markdown]
-# ## What the numbers say
-# Computed from this run, so a rerun with other parameters never shows stale claims.
+# ## Capacity: which task owns how much of every layer
+# Seed 0 of each PackNet variant on the first benchmark, at its chosen fraction: for each layer of
+# the body (the task heads are each task's own), the share of its weights each task owns.
 
-# %%
+# %% tags=["hide-input"]
+first = benchmarks[0]
+fig, axes = plt.subplots(1, len(VARIANTS), figsize=(5.2 * len(VARIANTS), 3.8), squeeze=False)
+for ax, s in zip(axes[0], VARIANTS):
+    usage = results[(results.benchmark == first) & (results.strategy == s) & (results.seed == 0)].usage.iloc[0]
+    plots.capacity_bars(usage, ax=ax, title=f"{s} (kept per task: {chosen[(first, s)]})")
+    ax.set_xticks(range(len(usage)), [f"layer {i + 1}" for i in range(len(usage))], rotation=0)
+    handles, names = ax.get_legend_handles_labels()  # tasks counted from 1, as in the curves above
+    ax.legend(handles, [f"task {int(n.split()[1]) + 1}" if n.startswith("task") else n for n in names],
+              fontsize="small", ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Beside the published protocol
+# van de Ven & Tolias (2019) and van de Ven, Tuytelaars & Tolias (2022) do not run PackNet. Mallya &
+# Lazebnik (CVPR 2018, arXiv:1711.05769) evaluate it on "a variety of network architectures and
+# large-scale datasets", adding "three fine-grained classification tasks to a single ImageNet-trained
+# VGG-16 network" (their abstract): a large pretrained network, not one trained from scratch on these
+# benchmarks. There is no published figure for this protocol to set beside ours.
+
+# %% [markdown]
+# ## Discussion
+# Computed from this run's paired comparisons, so a rerun with other parameters never shows stale claims.
+
+# %% tags=["remove-input"]
+def row(name, a, b, metric="avg_acc"):
+    p = comparisons[(comparisons.benchmark == name) & (comparisons.comparison == f"{a} − {b}") &
+                    (comparisons.metric == metric)]
+    return p.iloc[0] if len(p) else None
+
+
+def beats(name, a, b):
+    r = row(name, a, b)
+    return r is not None and r.n > 1 and r.ci_low > 0
+
+
 lines = []
-for metric in ("avg_acc", "final_class_il"):
-    row = paired[(paired.metric == metric) & (paired.strategy == "snip_packnet")].iloc[0]
-    if row.n < 2:
-        lines.append(f"- {metric}: snip_packnet − packnet = {row['diff']:+.2f} points on one seed.")
-        continue
-    sure = row.ci_low > 0 or row.ci_high < 0
-    lines.append(f"- {metric}: snip_packnet − packnet = {row['diff']:+.2f} points (95% CI {row.ci_low:+.2f} to "
-                 f"{row.ci_high:+.2f}; {'the seeds agree' if sure else 'not distinguishable from 0'}).")
-worst = results.groupby("strategy").forgetting.max()
-lines.append("- Largest forgetting over seeds: " + ", ".join(f"{s} {worst[s]:.2f}" for s in strategies) +
-             " points. PackNet cannot forget by construction: a task's weights, statistics and head are frozen.")
+for name in benchmarks:
+    means_now = results[results.benchmark == name].groupby("strategy").avg_acc.mean()
+    worst = results[(results.benchmark == name) & results.strategy.isin(VARIANTS)].forgetting.max()
+    lines.append(f"**{BENCHMARKS[name][1]}.** Fine-tuning ends at {means_now['finetune']:.1f}% average accuracy, "
+                 f"joint training at {means_now['joint']:.1f}%; PackNet reaches {means_now['packnet']:.1f}%, "
+                 f"SNIP-PackNet {means_now['snip_packnet']:.1f}% and the random control "
+                 f"{means_now['random_packnet']:.1f}%. The largest forgetting of any PackNet run is {worst:.2f} points.")
+    lines.append(f"- SNIP-PackNet − PackNet: {stats.verdict(row(name, 'snip_packnet', 'packnet'))}.")
+    for variant in ("snip_packnet", "packnet"):
+        lines.append(f"- {variant} − random_packnet: {stats.verdict(row(name, variant, 'random_packnet'))}"
+                     f"{'' if beats(name, variant, 'random_packnet') else ': which weights it keeps is not shown to matter'}.")
+    claim = beats(name, "snip_packnet", "packnet") and beats(name, "snip_packnet", "random_packnet")
+    lines.append(f"- Claim that SNIP picks better weights for PackNet here: "
+                 f"{'supported (it beats magnitude and random)' if claim else 'not supported by this run'}.")
 display(Markdown("\n".join(lines)))
+
+# %% [markdown]
+# ## Limits
+
+# %% tags=["remove-input"]
+limits = [f"- Dataset `{dataset}`, model `{model}`; {seeds} seeds for the reported runs and {search_seeds} for each "
+          f"fraction kept; a difference smaller than the `detectable` column may exist unseen.",
+          f"- {epochs} epochs per task on the Split benchmark and {permuted_epochs} on the Permuted one, for every "
+          f"strategy; PackNet spends {retrain_epochs} of them retraining after pruning, so it trains on fewer epochs "
+          f"before pruning than fine-tuning does in all.",
+          f"- SNIP scores each task on {importance_examples} training images; the fractions kept searched were "
+          f"{', '.join(keep_label(k) for k in keeps)} and are the same for every task of a run.",
+          "- Only task-incremental learning: PackNet needs the task id at test time."]
+if dataset == "mnist":
+    limits.append("- A small MLP (LeNet-300-100) and short training, to fit a shared 2-core CPU; PackNet was "
+                  "designed for large convolutional networks with much spare capacity.")
+display(Markdown("\n".join(limits)))

@@ -158,8 +158,18 @@ class SingleHeadNet(nn.Module):
 
 
 def body_parameters(net: nn.Module) -> list[str]:
-    """The shared parameters: everything but the head(s)."""
+    """The body's parameters: everything but the head(s)."""
     return [n for n, _ in net.named_parameters() if n.startswith("body.")]
+
+
+def shared_parameters(net: nn.Module) -> list[str]:
+    """The parameters later tasks train too, which EWC must protect: the body, and a `SingleHeadNet`'s
+    one head (class- and domain-IL: every task answers through it). A `MultiHeadNet`'s heads are
+    each one task's own: no later task's loss reaches them."""
+    shared = body_parameters(net)
+    if isinstance(net, SingleHeadNet):
+        shared += [n for n, _ in net.named_parameters() if n.startswith("head.")]
+    return shared
 
 
 # ------------------------------------------------------------------------------------ importance

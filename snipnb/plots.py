@@ -143,3 +143,46 @@ def capacity_bars(usage: dict[str, list[float]], ax=None, title: str = "Share of
     ax.set_title(title)
     ax.legend(fontsize="small", ncol=2)
     return ax
+
+
+# Lines a reader can tell apart in print and in grey: a marker and a dash pattern per line.
+LINE_STYLES = [dict(marker=m, linestyle=s) for m, s in zip("os^Dv<>pX*", ["-", "--", "-.", ":"] * 3)]
+
+
+def seen_accuracy_curves(matrices: dict, ax=None, title: str = "Average accuracy on the tasks seen so far"):
+    """For each strategy (a dict label -> mean R), the average accuracy over tasks 0..i after training
+    task i (van de Ven & Tolias's curve), one styled line per strategy, tasks on integer ticks (1-based)."""
+    ax = _axis(ax)
+    for style, (label, R) in zip(LINE_STYLES, matrices.items()):
+        R = np.asarray(R)
+        stages = np.arange(1, R.shape[0] + 1)
+        seen = [R[i, : i + 1].mean() for i in range(R.shape[0])]
+        ax.plot(stages, seen, label=label, ms=5, **style)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.set_xlabel("after training task")
+    ax.set_ylabel("average accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    return ax
+
+
+def search_curves(summary: pd.DataFrame, x: str, chosen: dict, ax=None, hue: str = "strategy",
+                  ylabel: str = "validation accuracy (%)", title: str = "", logx: bool = True):
+    """A hyperparameter search: mean ± std over seeds (a `stats.summarize` table) of each `hue` value
+    against `x`, one styled line each, with the value `chosen[label]` ringed on its line."""
+    ax = _axis(ax)
+    for style, (label, part) in zip(LINE_STYLES, summary.groupby(hue, sort=False)):
+        part = part.sort_values(x)
+        line = ax.errorbar(part[x], part["mean"], yerr=part["std"].fillna(0), capsize=3, ms=5, label=str(label),
+                           **style)
+        if label in chosen:
+            at = part[part[x] == chosen[label]]
+            ax.plot(at[x], at["mean"], marker="o", ms=14, mfc="none", mew=1.5, linestyle="none",
+                    color=line[0].get_color())
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize="medium")
+    ax.legend(fontsize="small")
+    return ax

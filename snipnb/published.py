@@ -40,3 +40,19 @@ SPARSE_MAML_MINI_IMAGENET = {
 # Bertinetto, Henriques, Torr & Vedaldi, "Meta-learning with differentiable closed-form solvers",
 # ICLR 2019, Table 1: MAML (4-layer ConvNet) on CIFAR-FS, 5-way test accuracy (%) by k_shot.
 MAML_CIFAR_FS = {1: 58.9, 5: 71.5}
+
+# van de Ven & Tolias, "Three scenarios for continual learning" (arXiv:1904.07734, 2019), and van de Ven,
+# Tuytelaars & Tolias, "Three types of incremental learning" (Nature Machine Intelligence 4:1185-1197,
+# 2022): their result tables could not be read on this project's offline machines, so none of their
+# accuracies is typed here (a number recalled from memory is not a source). What could be read is the
+# protocol their code runs by default: GMvandeVen/continual-learning, param_values.py
+# (set_default_values) and options.py at commit df9f983c1f3981496d2ca128cbdf1d846e33adab (the code of the
+# 2022 article). Per benchmark: tasks ("contexts"), Adam iterations per task at `batch` images, the
+# learning rate, and the MLP: `fc_layers` fully connected layers (the output layer included) of
+# `fc_units` hidden units each.
+VAN_DE_VEN_PROTOCOL = {
+    "split": dict(tasks=5, iterations=2000, batch=128, lr=0.001, optimizer="adam", fc_layers=3, fc_units=400),
+    "permuted": dict(tasks=10, iterations=5000, batch=128, lr=0.0001, optimizer="adam", fc_layers=3, fc_units=1000),
+}
+VAN_DE_VEN_SOURCE = ("GMvandeVen/continual-learning, param_values.py and options.py at commit df9f983 "
+                     "(defaults of the code behind van de Ven, Tuytelaars & Tolias 2022)")

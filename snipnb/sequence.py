@@ -21,7 +21,7 @@ import torch
 from . import checks, data, metrics
 from .continual import (CRITERIA, EWC, EWC_STRATEGIES, PACKNET_STRATEGIES, SCENARIOS, STRATEGIES, MultiHeadNet,
                         PackNet, SingleHeadNet, StageView, body_parameters, importance, linear_probe_accuracy,
-                        permuted_tasks, split_tasks)
+                        permuted_tasks, shared_parameters, split_tasks)
 from .models import NAMES, build
 from .train import OPTIMIZERS, default_device, evaluate, fit
 
@@ -196,7 +196,7 @@ def run_sequence(run: ContinualRun, device=None) -> dict:
             histories.append(fit(net, task.train, None, run.epochs, penalty=penalty, **train_options))
             if ewc is not None:
                 ewc.consolidate(net, importance(net, task.train, CRITERIA[run.strategy],
-                                                params=body_parameters(net), **importance_options))
+                                                params=shared_parameters(net), **importance_options))
             views = _views(run, net, T, t)
         R[t] = [100 * evaluate(view, e) for view, e in zip(views, evals)]
         if t + 1 < T and run.probe_examples:
@@ -205,10 +205,12 @@ def run_sequence(run: ContinualRun, device=None) -> dict:
                                                             examples=run.probe_examples, seed=run.seed, device=device))
     # A penalty too stiff for the learning rate blows the weights up; say so rather than report chance.
     diverged = any(not math.isfinite(loss) for h in histories for loss in h.train_loss)
-    fwt = float(np.mean([probe_before[j] - probe_init[j] for j in range(1, T)])) if T > 1 else 0.0
+    # No probe (probe_examples=0), no forward transfer: probe_before then holds only its leading NaN.
+    fwt = (float(np.mean([probe_before[j] - probe_init[j] for j in range(1, T)])) if T > 1 else 0.0
+           ) if run.probe_examples else math.nan
     result = dict(R=R.tolist(), b=b, diverged=diverged, avg_acc=metrics.average_accuracy(R),
                   forgetting=metrics.average_forgetting(R), bwt=metrics.backward_transfer(R),
-                  fwt=fwt if run.probe_examples else math.nan, probe_before=probe_before, probe_init=probe_init)
+                  fwt=fwt, probe_before=probe_before, probe_init=probe_init)
     if packnet is not None:
         result["after_retraining"] = retrained  # task t right after its own pruning and retraining
         result["usage"] = packnet.usage()

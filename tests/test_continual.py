@@ -112,6 +112,29 @@ def test_every_strategy_reports_the_accuracy_matrix_and_metrics(strategy):
         assert len(result["probe_before"]) == 2 and math.isfinite(result["fwt"])
 
 
+def test_a_run_without_the_probe_reports_no_forward_transfer():
+    # probe_examples=0 skips the linear probe (the λ search needs only R): fwt is then missing, not a crash.
+    result = run_sequence(small(strategy="ewc", n_tasks=2, probe_examples=0), device="cpu")
+    assert math.isnan(result["fwt"]) and all(math.isnan(p) for p in result["probe_init"])
+    assert np.array(result["R"]).shape == (2, 2) and math.isfinite(result["forgetting"])
+
+
+@pytest.mark.parametrize("scenario, benchmark, protects_head", [("task", "split", False), ("class", "split", True),
+                                                                ("domain", "permuted", True)])
+def test_ewc_protects_the_head_every_task_shares(monkeypatch, scenario, benchmark, protects_head):
+    # Class- and domain-IL answer every task through one head, which later tasks train: EWC must
+    # anchor it, or the classifier drifts freely while only the body is held. A task-IL head is private.
+    anchored = []
+    original = EWC.consolidate
+    monkeypatch.setattr(EWC, "consolidate", lambda self, net, weights: (anchored.append(set(weights)),
+                                                                       original(self, net, weights))[1])
+    run_sequence(small(strategy="ewc", n_tasks=2, scenario=scenario, benchmark=benchmark, probe_examples=0),
+                 device="cpu")
+    assert anchored and all(any(n.startswith("body.") for n in names) for names in anchored)
+    assert all(("head.weight" in names) == protects_head for names in anchored)
+    assert not any(n.startswith("heads.") for names in anchored for n in names)
+
+
 def test_bad_runs_are_rejected():
     with pytest.raises(ValueError, match="strategy"):
         small(strategy="replay")
@@ -250,3 +273,17 @@ def test_linear_probe_reads_what_the_features_separate():
             return self.w.expand(len(x), 5)
 
     assert linear_probe_accuracy(Constant(), train, test, device="cpu") < 0.4
+
+
+def test_seen_accuracy_curve_averages_the_tasks_learned_so_far():
+    # After task i the curve shows the mean of R[i, 0..i], not of the whole row (tasks still to come).
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from snipnb.plots import seen_accuracy_curves
+
+    R = np.array([[90.0, 10.0, 10.0], [50.0, 80.0, 10.0], [40.0, 60.0, 70.0]])
+    ax = seen_accuracy_curves({"a": R, "b": R - 10})
+    x, y = ax.lines[0].get_data()
+    assert list(x) == [1, 2, 3] and list(y) == pytest.approx([90.0, 65.0, 170 / 3])
+    assert ax.lines[0].get_marker() != ax.lines[1].get_marker()
