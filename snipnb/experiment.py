@@ -30,19 +30,22 @@ DATA_FREE_METHODS = ("dense", "random", "magnitude")  # the rest score weights o
 
 
 def make_masks(model: nn.Module, method: str, sparsity: float, batches=None, seed: int = 0,
-               scope: str = "global") -> dict[str, torch.Tensor] | None:
+               scope: str = "global", params: list[str] | None = None) -> dict[str, torch.Tensor] | None:
     """Masks for `model` by `method` at `sparsity`; None for `dense`.
 
     `batches` feed the data-dependent methods: pass another dataset's batches for cross-domain SNIP.
+    `params` restricts scoring and pruning to those weights (default: every prunable weight); the
+    sparsity is then a fraction of them, and the rest stay dense (transfer scores only what it trains).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "dense":
         return None
     if method == "shuffled_snip":
-        return shuffle_masks(make_masks(model, "snip", sparsity, batches, seed, scope), seed)
+        return shuffle_masks(make_masks(model, "snip", sparsity, batches, seed, scope, params), seed)
     score_method, objective = _SCORED[method]
-    return masks_from_scores(scores(model, batches, score_method, objective=objective, seed=seed), sparsity, scope)
+    return masks_from_scores(scores(model, batches, score_method, objective=objective, params=params, seed=seed),
+                             sparsity, scope)
 
 
 def saliency_batches(data, per_class: int, seed: int, device=None):

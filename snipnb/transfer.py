@@ -1,0 +1,189 @@
+"""Experiment 2: few-shot transfer from a pretrained backbone, one run per `TransferRun`.
+
+A run starts from a pretrained source (`snipnb.pretrained.load_source`), gives it a new head for
+the target's classes, trains only `train_blocks` on k images per class of the target (the nested
+subset `few_shot_indices` draws for the seed) and tests on the target's whole test split.
+
+Pruning happens once, before fine-tuning, on the weights that will be trained and on nothing else:
+SNIP (labeled, or label-free against the network's own predictions) is scored on the adaptation
+set itself; `magnitude` keeps the largest pretrained weights; `random` and `shuffled_snip` are the
+controls. `scratch` trains the same architecture from a random initialisation on the same subset,
+so that what pretraining buys is measured in the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from . import data, pretrained
+from .experiment import METHODS as PRUNING_METHODS
+from .experiment import make_masks
+from .loader import DeviceLoader
+from .pruning import apply_masks
+from .train import default_device, fit
+
+METHODS = (*PRUNING_METHODS, "scratch")
+TRAIN_BLOCKS = tuple(pretrained.TRAIN_BLOCKS)
+SALIENCY_BATCH = 256  # images per saliency batch; the gradients of all batches are summed
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferRun:
+    """Every setting that changes a result; where the data live and which device runs it do not.
+
+    `source` is 'imagenet' or a dataset the project pretrains on, with its classes ('mnist:0-4');
+    `target` a dataset and its classes ('mnist:5-9', 'uci_digits', 'cifar100'). `image_size` is
+    the size the backbone runs at; a self-pretrained source was pretrained at that size for
+    `source_epochs` epochs from `source_seed`.
+    """
+
+    source: str = "imagenet"
+    target: str = "cifar100"
+    model: str = "resnet18"
+    k: int = 5
+    method: str = "dense"
+    sparsity: float = 0.0
+    train_blocks: str = "last_block"
+    seed: int = 0
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    augment: bool = False
+    image_size: int = 128
+    eval_every: int = 1  # test every this many epochs (best_acc is the best of those tests)
+    scope: str = "global"  # rank weights over all trained layers, or per layer
+    source_epochs: int = 5
+    source_seed: int = 0
+
+    def __post_init__(self):
+        if self.source != "imagenet":
+            _valid_split("source", self.source)
+        _valid_split("target", self.target)
+        checks = [("model", self.model, pretrained.ARCHITECTURES), ("method", self.method, METHODS),
+                  ("train_blocks", self.train_blocks, TRAIN_BLOCKS), ("scope", self.scope, ("global", "layerwise"))]
+        for argument, value, allowed in checks:
+            if value not in allowed:
+                raise ValueError(f"{argument} must be one of {allowed}, got {value!r}")
+        pretrained.check_image_size(self.model, self.image_size)
+        for argument in ("k", "epochs", "batch_size", "eval_every", "source_epochs"):
+            value = getattr(self, argument)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{argument} must be a positive int, got {argument}={value!r}")
+        if not 0 <= self.sparsity < 1:
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if self.method in ("dense", "scratch") and self.sparsity != 0:
+            raise ValueError(f"sparsity must be 0 for method={self.method!r}, got {self.sparsity}")
+        if self.method == "scratch" and self.train_blocks != "all":
+            raise ValueError(f"train_blocks must be 'all' for method='scratch' (nothing is pretrained to "
+                             f"freeze), got {self.train_blocks!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+def _valid_split(argument: str, spec: str) -> None:
+    try:
+        pretrained.parse_split(spec)
+    except ValueError as error:
+        raise ValueError(f"{argument}={spec!r} is not valid: {error}") from None
+
+
+def source_backbone(run: TransferRun) -> pretrained.Backbone:
+    """The pretrained source of `run`, head included (self-pretrained ones are cached on disk)."""
+    return pretrained.load_source(run.source, run.model, run.image_size, epochs=run.source_epochs,
+                                  seed=run.source_seed)
+
+
+def target_data(run: TransferRun) -> tuple[data.ImageData, data.ImageData]:
+    """(k-shot training subset, test split) of the target, classes numbered 0..n-1, pixels in [0, 1]."""
+    train = pretrained.load_split(run.target, True)
+    test = pretrained.load_split(run.target, False)
+    subset = train.subset(data.few_shot_indices(train.labels, run.k, run.seed))
+    return pretrained.unit_range(subset), pretrained.unit_range(test)
+
+
+def prepare(run: TransferRun, subset: data.ImageData, device=None):
+    """The network `run` fine-tunes, before training: (model, masks, trained blocks).
+
+    The source with a new head from `run.seed` (or, for `scratch`, the same architecture and input
+    normalisation freshly initialised from `run.seed`), frozen but for `run.train_blocks`, pruned
+    by `run.method` over its trainable weights, scored on `subset`. masks is None when unpruned.
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    source = source_backbone(run)
+    if run.method == "scratch":
+        adapter = source.body.input
+        model = pretrained.build(run.model, subset.num_classes, adapter.channels, adapter.image_size,
+                                 adapter.mean.flatten().tolist(), adapter.std.flatten().tolist(), seed=run.seed)
+    else:
+        model = pretrained.new_head(source, subset.num_classes, run.seed)
+    model.to(device)
+    trained = pretrained.freeze(model, run.train_blocks)
+    method = "dense" if run.method == "scratch" else run.method
+    batches = None
+    if method not in ("dense", "random", "magnitude"):
+        batches = DeviceLoader(subset, SALIENCY_BATCH, device=device)
+    masks = make_masks(model, method, run.sparsity, batches, seed=run.seed, scope=run.scope,
+                       params=pretrained.trainable_weights(model))
+    if masks is not None:
+        apply_masks(model, masks)
+    return model, masks, trained
+
+
+def fine_tune(run: TransferRun, device=None):
+    """Fine-tune and test one transfer run; return (results, trained model).
+
+    Results: `final_acc` and `best_acc`, test accuracies in percent; `density`, the fraction of the
+    trained conv and linear weights kept; `trained_weights`, how many parameters the optimiser
+    updates (pruned ones excluded); `collapsed`, the number of trained layers pruned away entirely.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    subset, test = target_data(run)
+    model, masks, _ = prepare(run, subset, device)
+    history = fit(model, subset, test, run.epochs, lr=run.lr, batch_size=run.batch_size,
+                  weight_decay=run.weight_decay, augment=run.augment, device=device, eval_every=run.eval_every,
+                  seed=run.seed, progress=False)
+    masks = masks or {}
+    pruned = sum(m.numel() - int(m.sum()) for m in masks.values())
+    scored = sum(m.numel() for m in masks.values())
+    results = {"final_acc": 100 * history.final_acc, "best_acc": 100 * history.best_acc,
+               "density": 1 - pruned / scored if masks else 1.0,
+               "trained_weights": sum(p.numel() for p in model.parameters() if p.requires_grad) - pruned,
+               "collapsed": sum(int(not m.any()) for m in masks.values())}
+    return results, model
+
+
+def run_transfer(run: TransferRun, device=None) -> dict:
+    """Fine-tune and test one transfer run; return its results as a flat dict of numbers (`fine_tune`)."""
+    return fine_tune(run, device)[0]
+
+
+def grid(source: str, target: str, models, ks, sparsities, methods, train_blocks, seeds: int,
+         scratch: bool = True, scratch_lr: float | None = None, **settings) -> list[TransferRun]:
+    """Every (model, k, seed): dense fine-tuning and each pruning method and sparsity, for every
+    `train_blocks`; plus, with `scratch`, the same network trained from scratch (all blocks, at
+    `scratch_lr` if given). `settings` are the other `TransferRun` fields, shared by all runs.
+
+    Every k is checked against the target's smallest class here, before anything runs.
+    """
+    unknown = [m for m in methods if m not in METHODS or m == "scratch"]
+    if unknown:
+        raise ValueError(f"methods must be among {tuple(m for m in METHODS if m != 'scratch')}, got {unknown}")
+    train = pretrained.load_split(target, True)
+    for k in ks:
+        data.few_shot_indices(train.labels, k, 0)  # a ValueError naming k if a class is too small
+    runs = []
+    for model in models:
+        for k in ks:
+            for seed in range(seeds):
+                common = dict(source=source, target=target, model=model, k=k, seed=seed, **settings)
+                for blocks in train_blocks:
+                    runs.append(TransferRun(**common, train_blocks=blocks))
+                    runs += [TransferRun(**common, train_blocks=blocks, method=method, sparsity=sparsity)
+                             for method in methods if method != "dense" for sparsity in sparsities]
+                if scratch:
+                    lr = {} if scratch_lr is None else {"lr": scratch_lr}
+                    runs.append(TransferRun(**{**common, **lr}, method="scratch", train_blocks="all"))
+    return runs
