@@ -31,6 +31,15 @@ chapter 00_snip_mnist 00_snip_mnist
 chapter 01_few_shot_mnist 01_few_shot -p dataset mnist -y "models: [simple_convnet]" \
   -y "sparsities: [0.9, 0.95]" -p seeds 3 -p eval_every 15 -p workers 2
 chapter 01_few_shot_cifar100 01_few_shot -p dataset cifar100
+# Experiment 2 on real data the project has: ResNet-18 pretrained here on MNIST, adapted to new digits
+# or to the UCI digits, a grid sized for two CPU cores; ImageNet -> CIFAR-100 needs the weights and data.
+TRANSFER_CPU=(-p image_size 32 -y "train_blocks: [last_block]" -y "reference_blocks: [head, all]"
+  -y "sparsities: [0.5, 0.9, 0.98]" -p seeds 3 -p epochs 30 -p eval_every 15 -p lr 0.05 -p workers 2
+  -p progress False)
+chapter 02_transfer_mnist5to9 02_transfer -p source mnist:0-4 -p target mnist:5-9 -p source_epochs 3 \
+  -p test_per_class 200 "${TRANSFER_CPU[@]}"
+chapter 02_transfer_mnist_to_uci 02_transfer -p source mnist -p target uci_digits -p source_epochs 2 "${TRANSFER_CPU[@]}"
+chapter 02_transfer_cifar100 02_transfer -p source imagenet -p target cifar100
 # Split-MNIST with an MLP, as van de Ven et al. run it; Split CIFAR-100 with ResNet-18 as the write-up.
 chapter 03_snip_ewc_mnist 03_snip_ewc -p dataset mnist -p model lenet300_100 -p seeds 3 -p epochs 4
 chapter 03_snip_ewc_cifar100 03_snip_ewc -p dataset cifar100

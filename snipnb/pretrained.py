@@ -20,8 +20,8 @@ Two kinds of source:
   has and saves a checkpoint with its metadata, cached by its settings; `load_checkpoint` refuses
   one that does not match what is asked for. `load_source(spec, model)` covers both.
 
-`freeze(model, train_blocks)` trains only the last blocks; the rest keeps its weights and its
-BatchNorm statistics bit for bit (frozen blocks stay in eval mode whatever `train()` is called).
+`freeze(model, train_blocks, bn_stats)` trains only the last blocks; the rest keeps its weights and
+its BatchNorm statistics bit for bit (frozen blocks stay in eval mode whatever `train()` is called).
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ ARCHITECTURES = ("resnet18", "resnet50")
 BLOCKS = ("body.stem", "body.layer1", "body.layer2", "body.layer3", "body.layer4", "head")
 # How many of BLOCKS, counted from the end, each setting trains. A block is a residual stage.
 TRAIN_BLOCKS = {"head": 1, "last_block": 2, "last_two_blocks": 3, "all": len(BLOCKS)}
+# What BatchNorm normalises with in the trained blocks: the source's running statistics, or each batch's.
+BN_STATS = ("source", "batch")
 # The stem and the four stages halve the image five times: at 32 px the last stage sees 1 x 1.
 MIN_IMAGE_SIZE = 32
 IMAGENET_WEIGHTS = {"resnet18": torchvision.models.ResNet18_Weights,
@@ -103,18 +105,18 @@ class InputAdapter(nn.Module):
 
 
 class Backbone(Net):
-    """A `Net` made of named blocks (`BLOCKS`). The blocks named in `frozen` stay in eval mode, so
-    `model.train()` (which every training loop calls) never updates their BatchNorm statistics.
+    """A `Net` made of named blocks (`BLOCKS`). The blocks named in `eval_blocks` stay in eval mode,
+    so `model.train()` (which every training loop calls) never updates their BatchNorm statistics.
     `meta` says where the weights came from."""
 
     def __init__(self, body: nn.Module, embed_dim: int, num_classes: int, meta: dict | None = None):
         super().__init__(body, embed_dim, num_classes)
-        self.frozen: tuple[str, ...] = ()
+        self.eval_blocks: tuple[str, ...] = ()
         self.meta = dict(meta or {})
 
     def train(self, mode: bool = True):
         super().train(mode)
-        for name in self.frozen:
+        for name in self.eval_blocks:
             self.get_submodule(name).eval()
         return self
 
@@ -172,18 +174,24 @@ def new_head(model: Backbone, num_classes: int, seed: int) -> Backbone:
 # ----------------------------------------------------------------------------- freezing blocks
 
 
-def freeze(model: Backbone, train_blocks: str) -> list[str]:
+def freeze(model: Backbone, train_blocks: str, bn_stats: str = "batch") -> list[str]:
     """Train only the last blocks (`TRAIN_BLOCKS`); return the names of the blocks left trainable.
 
     Every other block loses `requires_grad` (the optimiser never touches it) and stays in eval
-    mode (its BatchNorm statistics never move): it is bit-identical after training.
+    mode (its BatchNorm statistics never move): it is bit-identical after training. In the trained
+    blocks BatchNorm normalises with each batch's statistics and updates its running ones
+    (`bn_stats="batch"`, ordinary fine-tuning), or keeps normalising with the source's
+    (`bn_stats="source"`: only its scale and shift train), which a batch of a few images, or a
+    1 x 1 feature map, cannot estimate.
     """
-    _check_choice("train_blocks", train_blocks, TRAIN_BLOCKS)
+    if train_blocks not in TRAIN_BLOCKS:
+        raise ValueError(f"train_blocks must be one of {tuple(TRAIN_BLOCKS)}, got {train_blocks!r}")
+    _check_choice("bn_stats", bn_stats, BN_STATS)
     count = TRAIN_BLOCKS[train_blocks]
     frozen, trained = BLOCKS[:-count], BLOCKS[-count:]
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.startswith(tuple(f"{block}." for block in trained)))
-    model.frozen = frozen
+    model.eval_blocks = BLOCKS if bn_stats == "source" else frozen
     model.train(model.training)
     return list(trained)
 

@@ -53,3 +53,22 @@ def paired_difference(df: pd.DataFrame, value: str, baseline: dict, variant: lis
         rows.append(dict(zip(group + variant, key), diff=mean, ci_low=low, ci_high=high, n=len(part),
                          wins=int((part["_diff"] > 0).sum())))
     return pd.DataFrame(rows)
+
+
+def ci_reading(low: float, high: float) -> str:
+    """How a 95% interval of a difference reads: 'higher' or 'lower' when it excludes 0, else 'not
+    detected at this power' (an interval spanning 0 with few seeds is not evidence of no difference)."""
+    if math.isnan(low) or math.isnan(high):
+        return "too few pairs for an interval"
+    if low > 0:
+        return "higher"
+    if high < 0:
+        return "lower"
+    return "not detected at this power"
+
+
+def format_difference(diff: float, low: float, high: float, n: int) -> str:
+    """'+1.2 [-0.3, +2.7]' for a paired difference with its interval; '+1.2 (n=1)' without one."""
+    if n < 2 or math.isnan(low):
+        return f"{diff:+.1f} (n={int(n)})"
+    return f"{diff:+.1f} [{low:+.1f}, {high:+.1f}]"

@@ -13,7 +13,9 @@ so that what pretraining buys is measured in the same run.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 
 import torch
 
@@ -53,7 +55,9 @@ class TransferRun:
     weight_decay: float = 5e-4
     augment: bool = False
     image_size: int = 128
+    bn_stats: str = "source"  # BatchNorm in the trained blocks: the source's statistics, or each batch's
     eval_every: int = 1  # test every this many epochs (best_acc is the best of those tests)
+    test_per_class: int | None = None  # test on a fixed sample of this many per class; None: the whole split
     scope: str = "global"  # rank weights over all trained layers, or per layer
     source_epochs: int = 5
     source_seed: int = 0
@@ -63,12 +67,14 @@ class TransferRun:
             _valid_split("source", self.source)
         _valid_split("target", self.target)
         checks = [("model", self.model, pretrained.ARCHITECTURES), ("method", self.method, METHODS),
-                  ("train_blocks", self.train_blocks, TRAIN_BLOCKS), ("scope", self.scope, ("global", "layerwise"))]
+                  ("train_blocks", self.train_blocks, TRAIN_BLOCKS), ("scope", self.scope, ("global", "layerwise")),
+                  ("bn_stats", self.bn_stats, pretrained.BN_STATS)]
         for argument, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"{argument} must be one of {allowed}, got {value!r}")
         pretrained.check_image_size(self.model, self.image_size)
-        for argument in ("k", "epochs", "batch_size", "eval_every", "source_epochs"):
+        counts = ["k", "epochs", "batch_size", "eval_every", "source_epochs"]
+        for argument in counts + (["test_per_class"] if self.test_per_class is not None else []):
             value = getattr(self, argument)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{argument} must be a positive int, got {argument}={value!r}")
@@ -76,9 +82,10 @@ class TransferRun:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if self.method in ("dense", "scratch") and self.sparsity != 0:
             raise ValueError(f"sparsity must be 0 for method={self.method!r}, got {self.sparsity}")
-        if self.method == "scratch" and self.train_blocks != "all":
-            raise ValueError(f"train_blocks must be 'all' for method='scratch' (nothing is pretrained to "
-                             f"freeze), got {self.train_blocks!r}")
+        if self.method == "scratch" and (self.train_blocks, self.bn_stats) != ("all", "batch"):
+            raise ValueError(f"method='scratch' needs train_blocks='all' and bn_stats='batch' (nothing is "
+                             f"pretrained to freeze or to take statistics from), got train_blocks="
+                             f"{self.train_blocks!r}, bn_stats={self.bn_stats!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
@@ -91,17 +98,35 @@ def _valid_split(argument: str, spec: str) -> None:
 
 
 def source_backbone(run: TransferRun) -> pretrained.Backbone:
-    """The pretrained source of `run`, head included (self-pretrained ones are cached on disk)."""
-    return pretrained.load_source(run.source, run.model, run.image_size, epochs=run.source_epochs,
-                                  seed=run.source_seed)
+    """A fresh copy of the pretrained source of `run`, head included."""
+    return copy.deepcopy(_source(run.source, run.model, run.image_size, run.source_epochs, run.source_seed))
+
+
+@functools.lru_cache(maxsize=2)
+def _source(source: str, model: str, image_size: int, epochs: int, seed: int) -> pretrained.Backbone:
+    # Read once per process: a sweep worker runs many configs from the same source.
+    return pretrained.load_source(source, model, image_size, epochs=epochs, seed=seed)
 
 
 def target_data(run: TransferRun) -> tuple[data.ImageData, data.ImageData]:
-    """(k-shot training subset, test split) of the target, classes numbered 0..n-1, pixels in [0, 1]."""
+    """(k-shot training subset, test set) of the target, classes numbered 0..n-1, pixels in [0, 1].
+
+    The test set is the whole test split, or with `test_per_class` the same class-balanced sample of
+    it for every run (drawn with seed 0), so paired runs are always tested on the same images.
+    """
     train = pretrained.load_split(run.target, True)
     test = pretrained.load_split(run.target, False)
     subset = train.subset(data.few_shot_indices(train.labels, run.k, run.seed))
+    if run.test_per_class is not None:
+        test = test.subset(_test_sample(test, run.test_per_class))
     return pretrained.unit_range(subset), pretrained.unit_range(test)
+
+
+def _test_sample(test: data.ImageData, per_class: int):
+    try:
+        return data.few_shot_indices(test.labels, per_class, 0)
+    except ValueError as error:
+        raise ValueError(f"test_per_class={per_class} is more than the test split holds: {error}") from None
 
 
 def prepare(run: TransferRun, subset: data.ImageData, device=None):
@@ -120,7 +145,7 @@ def prepare(run: TransferRun, subset: data.ImageData, device=None):
     else:
         model = pretrained.new_head(source, subset.num_classes, run.seed)
     model.to(device)
-    trained = pretrained.freeze(model, run.train_blocks)
+    trained = pretrained.freeze(model, run.train_blocks, run.bn_stats)
     method = "dense" if run.method == "scratch" else run.method
     batches = None
     if method not in ("dense", "random", "magnitude"):
@@ -160,20 +185,27 @@ def run_transfer(run: TransferRun, device=None) -> dict:
     return fine_tune(run, device)[0]
 
 
-def grid(source: str, target: str, models, ks, sparsities, methods, train_blocks, seeds: int,
-         scratch: bool = True, scratch_lr: float | None = None, **settings) -> list[TransferRun]:
+def grid(source: str, target: str, models, ks, sparsities, methods, train_blocks, seeds: int, *,
+         reference_blocks=(), scratch: bool = True, scratch_lr: float | None = None, **settings) -> list[TransferRun]:
     """Every (model, k, seed): dense fine-tuning and each pruning method and sparsity, for every
-    `train_blocks`; plus, with `scratch`, the same network trained from scratch (all blocks, at
-    `scratch_lr` if given). `settings` are the other `TransferRun` fields, shared by all runs.
+    `train_blocks`; dense fine-tuning alone for every `reference_blocks` (e.g. the linear probe, as
+    a reference); with `scratch`, the same network trained from scratch (all blocks, batch
+    statistics, at `scratch_lr` if given). `settings` are the other `TransferRun` fields, shared by
+    all runs.
 
     Every k is checked against the target's smallest class here, before anything runs.
     """
     unknown = [m for m in methods if m not in METHODS or m == "scratch"]
     if unknown:
         raise ValueError(f"methods must be among {tuple(m for m in METHODS if m != 'scratch')}, got {unknown}")
+    both = set(train_blocks) & set(reference_blocks)
+    if both:
+        raise ValueError(f"reference_blocks repeats train_blocks {sorted(both)}: each setting is in one list")
     train = pretrained.load_split(target, True)
     for k in ks:
         data.few_shot_indices(train.labels, k, 0)  # a ValueError naming k if a class is too small
+    if settings.get("test_per_class") is not None:
+        _test_sample(pretrained.load_split(target, False), settings["test_per_class"])
     runs = []
     for model in models:
         for k in ks:
@@ -183,7 +215,9 @@ def grid(source: str, target: str, models, ks, sparsities, methods, train_blocks
                     runs.append(TransferRun(**common, train_blocks=blocks))
                     runs += [TransferRun(**common, train_blocks=blocks, method=method, sparsity=sparsity)
                              for method in methods if method != "dense" for sparsity in sparsities]
+                runs += [TransferRun(**common, train_blocks=blocks) for blocks in reference_blocks]
                 if scratch:
                     lr = {} if scratch_lr is None else {"lr": scratch_lr}
-                    runs.append(TransferRun(**{**common, **lr}, method="scratch", train_blocks="all"))
+                    runs.append(TransferRun(**{**common, **lr, "method": "scratch", "train_blocks": "all",
+                                               "bn_stats": "batch"}))
     return runs

@@ -133,7 +133,20 @@ def test_training_everything_freezes_nothing():
     net = pretrained.build("resnet18", 3, image_size=32, seed=0)
     pretrained.freeze(net, "head")
     assert pretrained.freeze(net, "all") == list(pretrained.BLOCKS)
-    assert all(p.requires_grad for p in net.parameters()) and net.frozen == ()
+    assert all(p.requires_grad for p in net.parameters()) and net.eval_blocks == ()
+
+
+def test_source_bn_statistics_keep_every_running_statistic_while_scale_and_shift_train():
+    net = pretrained.build("resnet18", 3, in_channels=1, image_size=32, seed=0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    pretrained.freeze(net, "last_block", bn_stats="source")
+    fit(net, tiny_images(), None, epochs=2, batch_size=8, lr=0.05, device="cpu", progress=False)
+    for key, value in net.state_dict().items():
+        if "running_" in key or "num_batches" in key:
+            assert torch.equal(value, before[key]), key
+    assert not torch.equal(net.body.layer4[1].bn2.weight, before["body.layer4.1.bn2.weight"])
+    with pytest.raises(ValueError, match="bn_stats must be one of"):
+        pretrained.freeze(net, "head", bn_stats="running")
 
 
 # --- self-pretrained sources: checkpoints -----------------------------------------------------------

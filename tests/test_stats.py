@@ -35,3 +35,13 @@ def test_paired_difference_pairs_on_seed_within_each_group():
         # Differences are 1, 2, 3 whatever the per-seed level: pairing removes it.
         assert row["diff"] == pytest.approx(2.0) and row.n == 3 and row.wins == 3
         assert row.ci_low == pytest.approx(2 - 4.302652729911275 / math.sqrt(3))
+
+
+def test_an_interval_spanning_zero_reads_as_not_detected_never_as_no_difference():
+    from snipnb.stats import ci_reading, format_difference
+
+    assert ci_reading(0.1, 2.0) == "higher" and ci_reading(-2.0, -0.1) == "lower"
+    assert ci_reading(-1.0, 1.0) == "not detected at this power"
+    assert ci_reading(math.nan, math.nan) == "too few pairs for an interval"
+    assert format_difference(1.23, -0.3, 2.71, 3) == "+1.2 [-0.3, +2.7]"
+    assert format_difference(-1.0, math.nan, math.nan, 1) == "-1.0 (n=1)"

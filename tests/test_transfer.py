@@ -63,7 +63,7 @@ def test_snip_scores_the_adaptation_set_it_is_given():
 
 
 def test_scratch_trains_the_same_architecture_from_a_random_start():
-    run = tiny(method="scratch", train_blocks="all")
+    run = tiny(method="scratch", train_blocks="all", bn_stats="batch")
     source = transfer.source_backbone(run)
     subset, _ = transfer.target_data(run)
     model, masks, trained = transfer.prepare(run, subset)
@@ -95,12 +95,27 @@ def test_the_few_shot_subsets_are_nested_and_seeded():
     assert set(one.mean) == {0.0} and set(one.std) == {1.0}  # pixels reach the backbone in [0, 1]
 
 
+def test_a_test_sample_is_class_balanced_and_the_same_for_every_run():
+    _, full = transfer.target_data(tiny())
+    _, a = transfer.target_data(tiny(test_per_class=7, seed=0))
+    _, b = transfer.target_data(tiny(test_per_class=7, seed=1, k=1))
+    assert torch.bincount(a.labels).tolist() == [7] * 5 and torch.equal(a.images, b.images)
+    assert len(full) == 250
+    with pytest.raises(ValueError, match="test_per_class=51"):
+        transfer.target_data(tiny(test_per_class=51))
+    with pytest.raises(ValueError, match="test_per_class=51"):
+        transfer.grid("synthetic:0-4", "synthetic:5-9", ["resnet18"], [1], [0.5], ["snip"], ["head"], seeds=1,
+                      image_size=32, test_per_class=51)
+
+
 def test_grid_pairs_every_method_with_dense_and_scratch_on_the_same_seeds():
     runs = transfer.grid("synthetic:0-4", "synthetic:5-9", ["resnet18"], [1, 2], [0.5, 0.9], ["snip", "random"],
-                         ["head", "all"], seeds=2, scratch_lr=0.1, image_size=32)
-    assert len(runs) == 2 * 2 * (2 * (1 + 2 * 2) + 1)
+                         ["head", "last_block"], seeds=2, reference_blocks=["all"], scratch_lr=0.1, image_size=32)
+    assert len(runs) == 2 * 2 * (2 * (1 + 2 * 2) + 1 + 1)
+    assert {(r.method, r.train_blocks) for r in runs if r.train_blocks == "all"} == {("dense", "all"), ("scratch", "all")}
     scratch = [r for r in runs if r.method == "scratch"]
-    assert len(scratch) == 4 and all(r.lr == 0.1 and r.train_blocks == "all" for r in scratch)
+    assert len(scratch) == 4 and all(r.lr == 0.1 and r.train_blocks == "all" and r.bn_stats == "batch"
+                                     for r in scratch)
     assert {r.lr for r in runs if r.method != "scratch"} == {TransferRun.lr}
 
 
@@ -114,7 +129,9 @@ def test_grid_pairs_every_method_with_dense_and_scratch_on_the_same_seeds():
     (dict(method="snap"), "method must be one of"),
     (dict(method="dense", sparsity=0.5), "sparsity must be 0"),
     (dict(method="snip", sparsity=1.0), r"sparsity must be in \[0, 1\)"),
-    (dict(method="scratch", train_blocks="head"), "train_blocks must be 'all' for method='scratch'"),
+    (dict(method="scratch", train_blocks="head", bn_stats="batch"), "method='scratch' needs train_blocks='all'"),
+    (dict(method="scratch", train_blocks="all"), "method='scratch' needs .* bn_stats='batch'"),
+    (dict(bn_stats="running"), "bn_stats must be one of"),
     (dict(k=0), "k must be a positive int"),
 ])
 def test_bad_runs_are_rejected_when_made(kwargs, message):
