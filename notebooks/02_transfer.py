@@ -75,7 +75,7 @@
 # %% tags=["parameters"]
 source = "imagenet"  # torchvision's ImageNet weights, or a dataset the project pretrains on: "mnist:0-4", "mnist"
 target = "cifar100"  # the dataset (and classes) adapted to: "mnist:5-9", "uci_digits", ...
-models = ["resnet18"]  # "resnet18", "resnet50"; source="imagenet" with resnet18 is the write-up's setting
+models = ["resnet18"]  # resnet18 (the write-up's backbone) or resnet50
 ks = [1, 2, 5, 10, 20]
 sparsities = [0.5, 0.8, 0.9, 0.95]  # of the trained weights
 methods = ["snip", "snip_pseudo_labels", "magnitude", "random", "shuffled_snip"]
@@ -235,6 +235,40 @@ for row, model in zip(axes, models):
 fig.tight_layout()
 
 # %% [markdown]
+# ## What the masks keep
+# For the first model at k = `focus_k`, seed 0 and sparsity `focus_sparsity` on `focus_blocks`:
+# the share of each trained layer every criterion keeps, and how much their kept weights overlap
+# (Jaccard index, 1 = the same weights). One global ranking over all trained layers can empty a
+# layer; the table below counts such collapsed layers over the whole run (mean per run).
+
+# %%
+criteria = [m for m in methods if m != "shuffled_snip"]
+focus_runs = {m: transfer.TransferRun(source=source, target=target, model=models[0], k=focus_k, seed=0, method=m,
+                                      sparsity=focus_sparsity, train_blocks=focus_blocks, **settings)
+              for m in criteria}
+adaptation_set, _ = transfer.target_data(focus_runs[criteria[0]])
+masks = {m: transfer.prepare(run, adaptation_set)[1] for m, run in focus_runs.items()}
+fig, (left, right) = plt.subplots(1, 2, figsize=(15, 4.5), gridspec_kw=dict(width_ratios=[2.2, 1]))
+plots.density_bars(masks, ax=left, title=f"{models[0]}, {focus_blocks}: kept weights per layer at {focus_sparsity}")
+plots.overlap_matrix(masks, ax=right)
+fig.tight_layout()
+saliency = transfer.adaptation_saliency(focus_runs[criteria[0]], adaptation_set)
+silent = sum(int((v == 0).sum()) for v in saliency.values()) / sum(v.numel() for v in saliency.values())
+last_map = -(-image_size // 32)  # the side of the last stage's feature map
+display(Markdown(f"On these {len(adaptation_set)} images, **{silent:.1%}** of the trained weights have a SNIP "
+                 f"score of exactly 0: the loss cannot move through them ("
+                 + ("dead units; and at this image size the last stage sees a 1×1 map, on which the eight outer "
+                    "taps of a 3×3 kernel meet only padding). " if last_map == 1 else
+                    f"dead units; the last stage sees a {last_map}×{last_map} map). ")
+                 + (f"At sparsity {focus_sparsity}, SNIP keeps every weight with a nonzero score and fills "
+                    f"the rest of its budget among the zeros in index order, so it prunes only weights these "
+                    f"images cannot reach." if 1 - focus_sparsity >= 1 - silent else
+                    f"At sparsity {focus_sparsity}, SNIP must also prune weights with a nonzero score.")))
+pruned = results[~results.method.isin(["dense", "scratch"])]
+display(pruned.pivot_table(index=["model", "train_blocks", "method"], columns="sparsity", values="collapsed",
+                           aggfunc="mean").round(2))
+
+# %% [markdown]
 # ## Paired differences from dense fine-tuning
 # Method minus dense fine-tuning of the same blocks on the same seeds, in accuracy points, with a
 # 95% t interval; `wins` counts the seeds where the method was higher. An interval that excludes 0
@@ -301,16 +335,17 @@ def at(rows, k):
 
 
 lines = []
-# H1: pretraining against scratch, and against the size of what pruning changes.
-gain = pretraining["diff"]
-snip_effect = focus[focus.method == "snip"]["diff"].abs().mean()
-lines.append(f"- **H1** (pretraining dominates). Dense fine-tuning minus scratch, over (model, k, trained "
-             f"blocks) cells: {count(pretraining)}; from {gain.min():+.1f} to {gain.max():+.1f} points "
-             f"(mean {gain.mean():+.1f}). SNIP at {focus_sparsity} on `{focus_blocks}` changes accuracy by "
-             f"{snip_effect:.1f} points on average (either sign), so pretraining "
-             + ("moves accuracy more than pruning does." if gain.mean() > snip_effect
-                else "does not move accuracy more than pruning does."))
 for model in models:
+    # H1: pretraining against scratch, k by k, and beside the size of what SNIP changes.
+    gain = pretraining[(pretraining.model == model) & (pretraining.train_blocks == focus_blocks)]
+    helped = sorted(gain[gain.ci_low > 0].k)
+    snip_effect = focus[(focus.method == "snip") & (focus.model == model)]["diff"].abs().max()
+    lines.append(f"- **H1** ({model}, pretraining dominates). Dense fine-tuning of `{focus_blocks}` minus scratch: "
+                 + ", ".join(f"{at(gain, k)} at k = {k}" for k in ks) + ". "
+                 + (f"Pretraining helps where the seeds agree, at k ∈ {helped}; " if helped
+                    else "At no k do the seeds agree that pretraining helps; ")
+                 + f"over all trained-block settings and k: {count(pretraining[pretraining.model == model])}. "
+                 f"The largest SNIP − dense difference at {focus_sparsity} is {snip_effect:.1f} points.")
     snip = focus[(focus.method == "snip") & (focus.model == model)]
     lowest = at_focus[(at_focus.model == model) & (at_focus.k == low_k) & at_focus.method.isin(["dense", "snip"])]
     std = lowest.groupby("method")["final_acc"].std()

@@ -23,7 +23,7 @@ from . import data, pretrained
 from .experiment import METHODS as PRUNING_METHODS
 from .experiment import make_masks
 from .loader import DeviceLoader
-from .pruning import apply_masks
+from .pruning import apply_masks, scores
 from .train import default_device, fit
 
 METHODS = (*PRUNING_METHODS, "scratch")
@@ -155,6 +155,15 @@ def prepare(run: TransferRun, subset: data.ImageData, device=None):
     if masks is not None:
         apply_masks(model, masks)
     return model, masks, trained
+
+
+def adaptation_saliency(run: TransferRun, subset: data.ImageData, device=None) -> dict[str, torch.Tensor]:
+    """Labeled SNIP scores of the weights `run` trains, on `subset`, before any pruning: what `snip`
+    ranks. A score of exactly 0 marks a weight these images cannot move the loss through (a dead
+    unit, or a 3x3 kernel's outer taps on a 1 x 1 feature map, which only ever meet padding)."""
+    model, _, _ = prepare(dataclasses.replace(run, method="dense", sparsity=0.0), subset, device)
+    batches = DeviceLoader(subset, SALIENCY_BATCH, device=next(model.parameters()).device)
+    return scores(model, batches, "snip", params=pretrained.trainable_weights(model), seed=run.seed)
 
 
 def fine_tune(run: TransferRun, device=None):

@@ -62,6 +62,18 @@ def test_snip_scores_the_adaptation_set_it_is_given():
     assert not all(torch.equal(a[n], b[n]) for n in a)
 
 
+def test_adaptation_saliency_is_what_snip_ranks():
+    run = tiny(method="snip", sparsity=0.5, train_blocks="last_block")
+    subset, _ = transfer.target_data(run)
+    saliency = transfer.adaptation_saliency(run, subset)
+    model, masks, _ = transfer.prepare(run, subset)
+    assert list(saliency) == list(masks)
+    flat = torch.cat([s.flatten() for s in saliency.values()])
+    threshold = flat.kthvalue(len(flat) // 2).values
+    above = torch.cat([s.flatten() > threshold for s in saliency.values()])
+    assert torch.cat([m.flatten() for m in masks.values()])[above].all()  # everything above the median is kept
+
+
 def test_scratch_trains_the_same_architecture_from_a_random_start():
     run = tiny(method="scratch", train_blocks="all", bn_stats="batch")
     source = transfer.source_backbone(run)
