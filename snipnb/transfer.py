@@ -21,7 +21,7 @@ import torch
 
 from . import data, pretrained
 from .experiment import METHODS as PRUNING_METHODS
-from .experiment import make_masks
+from .experiment import DATA_FREE_METHODS, make_masks
 from .loader import DeviceLoader
 from .pruning import apply_masks, scores
 from .train import default_device, fit
@@ -148,7 +148,7 @@ def prepare(run: TransferRun, subset: data.ImageData, device=None):
     trained = pretrained.freeze(model, run.train_blocks, run.bn_stats)
     method = "dense" if run.method == "scratch" else run.method
     batches = None
-    if method not in ("dense", "random", "magnitude"):
+    if method not in DATA_FREE_METHODS:
         batches = DeviceLoader(subset, SALIENCY_BATCH, device=device)
     masks = make_masks(model, method, run.sparsity, batches, seed=run.seed, scope=run.scope,
                        params=pretrained.trainable_weights(model))
