@@ -283,7 +283,8 @@ paired = {metric: stats.paired_difference(fine_tuned, metric, baseline={"method"
 for metric, p in paired.items():
     p["cell"] = [stats.format_difference(*values) for values in zip(p["diff"], p.ci_low, p.ci_high, p.n)]
     display(Markdown(f"**{metric}**: difference from dense at sparsity {focus_sparsity}"))
-    display(p[p.sparsity == focus_sparsity].pivot(index=["model", "train_blocks", "method"], columns="k", values="cell"))
+    display(p[p.sparsity == focus_sparsity].pivot(index=["model", "train_blocks", "method"], columns="k",
+                                                  values="cell"))
 
 # %% [markdown]
 # ## What pretraining buys
@@ -331,7 +332,8 @@ def count(rows):
 
 def at(rows, k):
     row = rows[rows.k == k].iloc[0]
-    return f"{stats.format_difference(row['diff'], row.ci_low, row.ci_high, row.n)} ({stats.ci_reading(row.ci_low, row.ci_high)})"
+    reading = stats.ci_reading(row.ci_low, row.ci_high)
+    return f"{stats.format_difference(row['diff'], row.ci_low, row.ci_high, row.n)} ({reading})"
 
 
 lines = []

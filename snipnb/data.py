@@ -338,4 +338,5 @@ def recipe_defaults(name: str) -> dict:
     only (it does not preserve digits), and the image shape a synthetic stand-in should have."""
     if name not in DATASETS:
         raise ValueError(f"name must be one of {DATASETS}, got name={name!r}")
-    return dict(augment=name in ("cifar10", "cifar100"), synthetic_shape=(1, 28) if name in ("mnist", "uci_digits") else (3, 32))
+    grey = name in ("mnist", "uci_digits")
+    return dict(augment=name in ("cifar10", "cifar100"), synthetic_shape=(1, 28) if grey else (3, 32))

@@ -352,11 +352,15 @@ def _check_state(expected: dict, found: dict, what: str) -> None:
     unexpected = [k for k in found if k not in expected]
     shapes = [f"{k}: {tuple(found[k].shape)} in the file, {tuple(v.shape)} in the model"
               for k, v in expected.items() if k in found and found[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        parts = ([f"missing {len(missing)} weights (first: {missing[0]})"] if missing else []) + \
-                ([f"{len(unexpected)} weights the model does not have (first: {unexpected[0]})"] if unexpected else []) + \
-                ([f"shapes differ for {', '.join(shapes[:3])}" + (f" and {len(shapes) - 3} more" if len(shapes) > 3 else "")]
-                 if shapes else [])
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} weights (first: {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} weights the model does not have (first: {unexpected[0]})")
+    if shapes:
+        more = f" and {len(shapes) - 3} more" if len(shapes) > 3 else ""
+        parts.append(f"shapes differ for {', '.join(shapes[:3])}{more}")
+    if parts:
         raise ValueError(f"{what} does not fit the architecture: " + "; ".join(parts))
 
 

@@ -155,7 +155,8 @@ def test_pretrain_saves_weights_with_metadata_loadable_weights_only(checkpoint):
     blob = torch.load(checkpoint, weights_only=True)
     meta = blob["meta"]
     assert meta["model"] == "resnet18" and meta["dataset"] == "synthetic" and meta["classes"] == [0, 1]
-    assert (meta["epochs"], meta["seed"], meta["image_size"], meta["in_channels"], meta["num_classes"]) == (1, 0, 32, 3, 2)
+    shape = (meta["epochs"], meta["seed"], meta["image_size"], meta["in_channels"], meta["num_classes"])
+    assert shape == (1, 0, 32, 3, 2)
     assert 0 <= meta["test_acc"] <= 100 and meta["snipnb_version"] and meta["torch_version"]
     net, loaded_meta = pretrained.load_checkpoint(checkpoint, model="resnet18", image_size=32)
     assert loaded_meta == meta

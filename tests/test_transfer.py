@@ -124,7 +124,8 @@ def test_grid_pairs_every_method_with_dense_and_scratch_on_the_same_seeds():
     runs = transfer.grid("synthetic:0-4", "synthetic:5-9", ["resnet18"], [1, 2], [0.5, 0.9], ["snip", "random"],
                          ["head", "last_block"], seeds=2, reference_blocks=["all"], scratch_lr=0.1, image_size=32)
     assert len(runs) == 2 * 2 * (2 * (1 + 2 * 2) + 1 + 1)
-    assert {(r.method, r.train_blocks) for r in runs if r.train_blocks == "all"} == {("dense", "all"), ("scratch", "all")}
+    assert {(r.method, r.train_blocks) for r in runs if r.train_blocks == "all"} == {("dense", "all"),
+                                                                                    ("scratch", "all")}
     scratch = [r for r in runs if r.method == "scratch"]
     assert len(scratch) == 4 and all(r.lr == 0.1 and r.train_blocks == "all" and r.bn_stats == "batch"
                                      for r in scratch)
