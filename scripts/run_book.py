@@ -45,6 +45,10 @@ class Chapter:
     cost: str = ""  # measured wall time, for --list and the README
 
 
+TRANSFER_CPU = dict(image_size=32, train_blocks=["last_block"], reference_blocks=["head", "all"],
+                    sparsities=[0.5, 0.9, 0.98], seeds=3, epochs=30, eval_every=15, lr=0.05, workers=2,
+                    progress=False)
+
 CHAPTERS = [
     Chapter("00_snip_mnist", "00_snip_mnist", "SNIP on MNIST: does the paper's Table 1 reproduce?",
             dict(seeds=3), cost="CPU (2 cores) ≈ 1 h"),
@@ -55,6 +59,20 @@ CHAPTERS = [
     Chapter("01_few_shot_cifar100", "01_few_shot",
             "Experiment 1 on CIFAR-100: does SNIP help few-shot learning from scratch?",
             dict(dataset="cifar100"), on_demand=True, cost="GPU: hours"),
+    # Experiment 2 on real data the project has: ResNet-18 pretrained here on MNIST, adapted to new
+    # digits or to the UCI digits, a grid sized for two CPU cores. ImageNet -> CIFAR-100 needs the
+    # weights and the data.
+    Chapter("02_transfer_mnist5to9", "02_transfer",
+            "Experiment 2 on MNIST: does SNIP help fine-tuning to new classes (digits 0-4 to 5-9)?",
+            dict(source="mnist:0-4", target="mnist:5-9", source_epochs=3, test_per_class=200, **TRANSFER_CPU),
+            cost="CPU (2 cores) ≈ 1 h"),
+    Chapter("02_transfer_mnist_to_uci", "02_transfer",
+            "Experiment 2 across domains: does SNIP help fine-tuning from MNIST to the UCI digits?",
+            dict(source="mnist", target="uci_digits", source_epochs=2, **TRANSFER_CPU),
+            cost="CPU (2 cores) ≈ 1 h"),
+    Chapter("02_transfer_cifar100", "02_transfer",
+            "Experiment 2: does SNIP help fine-tuning ImageNet's ResNet-18 to CIFAR-100?",
+            dict(source="imagenet", target="cifar100"), on_demand=True, cost="GPU: hours"),
     # Split-MNIST with an MLP, as van de Ven et al. run it; Split CIFAR-100 with ResNet-18 as the write-up.
     Chapter("03_snip_ewc_mnist", "03_snip_ewc", "Experiment 3 on MNIST: can SNIP saliency replace the Fisher in EWC?",
             dict(dataset="mnist", model="lenet300_100", seeds=5, search_seeds=2, epochs=3, permuted_epochs=1,

@@ -3,7 +3,8 @@
 Every split is small enough to hold in memory, so a dataset is just `ImageData`: all images as one
 uint8 N x C x H x W tensor, the labels, and the per-channel statistics of the *training* split (so
 train and test are normalised identically). MNIST and CIFAR come through torchvision; `synthetic`
-is a learnable stand-in with the same shapes for machines without the real files.
+is a learnable stand-in with the same shapes for machines without the real files. `uci_digits`
+are the 8 x 8 handwritten digits scikit-learn ships inside its package, so they need no download.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torchvision import datasets
 from torchvision.datasets.utils import check_integrity, extract_archive
 
-DATASETS = ("mnist", "cifar10", "cifar100", "synthetic")
+DATASETS = ("mnist", "cifar10", "cifar100", "synthetic", "uci_digits")
 DOWNLOAD_TIMEOUT_S = 30.0
 
 
@@ -80,6 +81,8 @@ def load(name: str, train: bool = True, root=None, download: bool = True, **synt
         raise ValueError(f"name must be one of {DATASETS}, got name={name!r}")
     if name == "synthetic":
         return synthetic(train=train, **synthetic_options)
+    if name == "uci_digits" and not synthetic_options:
+        return uci_digits(train=train)
     if synthetic_options:
         raise TypeError(f"options {sorted(synthetic_options)} only apply to name='synthetic', not {name!r}")
 
@@ -113,7 +116,7 @@ def smallest_class(name: str) -> int:
 # set every time. Stale only if the files on disk are replaced while the process runs.
 _TRAIN_STATS: dict[tuple[str, str], tuple[tuple[float, ...], tuple[float, ...]]] = {}
 _NUM_CLASSES = {"mnist": 10, "cifar10": 10, "cifar100": 100}
-_SMALLEST_TRAIN_CLASS = {"mnist": 5421, "cifar10": 5000, "cifar100": 500, "synthetic": 100}
+_SMALLEST_TRAIN_CLASS = {"mnist": 5421, "cifar10": 5000, "cifar100": 500, "synthetic": 100, "uci_digits": 87}
 # The torchvision class, the folder under the root it reads, and the files it expects there.
 _TORCHVISION = {
     "mnist": (datasets.MNIST, "MNIST/raw", "train-images-idx3-ubyte, train-labels-idx1-ubyte, "
@@ -275,6 +278,38 @@ def _smooth_images(n: int, channels: int, size: int, generator: torch.Generator)
     return upsample @ grid @ upsample.T
 
 
+UCI_TEST_FRACTION = 0.5  # held out per class, as scikit-learn's own digits example does
+
+
+def uci_digits(train: bool = True, image_size: int = 28) -> ImageData:
+    """The UCI handwritten digits (`sklearn.datasets.load_digits`): 1,797 scans of 8 x 8 pixels, 10 classes.
+
+    Pixels count ink from 0 to 16, so they are scaled to 0..255 (ink bright on a dark ground, as in
+    MNIST) and upsampled bilinearly to `image_size` (MNIST's 28 by default, so they can stand in
+    for MNIST as another domain of the same classes). A fixed half of each class, drawn once with
+    seed 0, is the test split; the other half is the training split and gives the statistics.
+    """
+    from sklearn.datasets import load_digits  # scikit-learn is needed only for this dataset
+
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(f"image_size must be an int >= 8 (the scans are 8 x 8), got {image_size!r}")
+    digits = load_digits()
+    pixels = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) * (255 / 16)
+    if image_size != 8:
+        pixels = F.interpolate(pixels, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    images = pixels.round().clamp(0, 255).to(torch.uint8).contiguous()
+    labels = torch.as_tensor(digits.target, dtype=torch.int64)
+    generator = torch.Generator().manual_seed(0)
+    is_test = torch.zeros(len(labels), dtype=torch.bool)
+    for c in range(10):
+        members = torch.nonzero(labels == c).flatten()
+        held_out = round(UCI_TEST_FRACTION * len(members))
+        is_test[members[torch.randperm(len(members), generator=generator)[:held_out]]] = True
+    mean, std = _channel_stats(images[~is_test])
+    part = ~is_test if train else is_test
+    return ImageData(images[part].contiguous(), labels[part].clone(), 10, mean, std, "uci_digits")
+
+
 def few_shot_indices(labels: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     """`k` indices per class present in `labels`, as a sorted int64 tensor.
 
@@ -328,4 +363,5 @@ def recipe_defaults(name: str) -> dict:
     only (it does not preserve digits), and the image shape a synthetic stand-in should have."""
     if name not in DATASETS:
         raise ValueError(f"name must be one of {DATASETS}, got name={name!r}")
-    return dict(augment=name in ("cifar10", "cifar100"), synthetic_shape=(1, 28) if name == "mnist" else (3, 32))
+    grey = name in ("mnist", "uci_digits")
+    return dict(augment=name in ("cifar10", "cifar100"), synthetic_shape=(1, 28) if grey else (3, 32))

@@ -38,14 +38,14 @@ def scoring(method: str) -> str | None:
 
 
 def method_scores(model: nn.Module, method: str, batches=None, seed: int = 0,
-                  bn_mode: str = "eval") -> dict[str, torch.Tensor] | None:
+                  bn_mode: str = "eval", params: list[str] | None = None) -> dict[str, torch.Tensor] | None:
     """The scores `method` prunes `model` by, at any sparsity (see `scoring`); None for `dense`.
-    `bn_mode` is the BatchNorm mode while scoring (`pruning.scores`)."""
+    `bn_mode` is the BatchNorm mode while scoring and `params` the weights scored (`pruning.scores`)."""
     name = scoring(method)
     if name is None:
         return None
     score_method, objective = _SCORED[name]
-    return scores(model, batches, score_method, objective=objective, seed=seed, bn_mode=bn_mode)
+    return scores(model, batches, score_method, objective=objective, params=params, seed=seed, bn_mode=bn_mode)
 
 
 def masks_for_method(weight_scores, method: str, sparsity: float, seed: int = 0,
@@ -58,12 +58,16 @@ def masks_for_method(weight_scores, method: str, sparsity: float, seed: int = 0,
 
 
 def make_masks(model: nn.Module, method: str, sparsity: float, batches=None, seed: int = 0,
-               scope: str = "global", bn_mode: str = "eval") -> dict[str, torch.Tensor] | None:
+               scope: str = "global", bn_mode: str = "eval",
+               params: list[str] | None = None) -> dict[str, torch.Tensor] | None:
     """Masks for `model` by `method` at `sparsity`; None for `dense`.
 
     `batches` feed the data-dependent methods: pass another dataset's batches for cross-domain SNIP.
+    `params` restricts scoring and pruning to those weights (default: every prunable weight); the
+    sparsity is then a fraction of them, and the rest stay dense (transfer scores only what it trains).
     """
-    return masks_for_method(method_scores(model, method, batches, seed, bn_mode), method, sparsity, seed, scope)
+    weight_scores = method_scores(model, method, batches, seed, bn_mode, params)
+    return masks_for_method(weight_scores, method, sparsity, seed, scope)
 
 
 def saliency_batches(data, per_class: int, seed: int, device=None, balanced: bool = True):

@@ -83,3 +83,22 @@ def verdict(row, unit: str = "points", pairs: str = "seeds") -> str:
         return f"{text}: {'higher' if row['diff'] > 0 else 'lower'}, and the {pairs} agree"
     return (f"{text}: not detected at this power (the run would detect about "
             f"±{row['detectable']:.2f} {unit})")
+
+
+def ci_reading(low: float, high: float) -> str:
+    """How a 95% interval of a difference reads: 'higher' or 'lower' when it excludes 0, else 'not
+    detected at this power' (an interval spanning 0 with few seeds is not evidence of no difference)."""
+    if math.isnan(low) or math.isnan(high):
+        return "too few pairs for an interval"
+    if low > 0:
+        return "higher"
+    if high < 0:
+        return "lower"
+    return "not detected at this power"
+
+
+def format_difference(diff: float, low: float, high: float, n: int) -> str:
+    """'+1.2 [-0.3, +2.7]' for a paired difference with its interval; '+1.2 (n=1)' without one."""
+    if n < 2 or math.isnan(low):
+        return f"{diff:+.1f} (n={int(n)})"
+    return f"{diff:+.1f} [{low:+.1f}, {high:+.1f}]"

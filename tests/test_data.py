@@ -351,3 +351,34 @@ def test_load_cached_loads_once_and_keys_on_shape_and_seed():
 def test_synthetic_refuses_settings_that_make_no_dataset(option, value):
     with pytest.raises(ValueError, match=option):
         data.synthetic(**{option: value})
+
+
+# --- UCI digits (scikit-learn ships them; nothing is downloaded) ---------------------------------
+
+def test_uci_digits_are_a_fixed_half_split_of_every_scan_scaled_to_uint8():
+    from sklearn.datasets import load_digits
+
+    train, test = data.load("uci_digits"), data.load("uci_digits", train=False)
+    assert train.images.shape[1:] == (1, 28, 28) and train.images.dtype == torch.uint8
+    assert train.num_classes == test.num_classes == 10 and train.name == "uci_digits"
+    assert len(train) + len(test) == 1797
+    counts = torch.bincount(test.labels, minlength=10) - torch.bincount(train.labels, minlength=10)
+    assert counts.abs().max() <= 1  # half of every class is held out
+    assert test.mean == train.mean == pytest.approx(channel_stats(train.images.numpy())[0].tolist())
+    # At 8 px the images are the scans themselves, 0..16 ink scaled to 0..255, each in one split only.
+    small = [data.uci_digits(train=flag, image_size=8) for flag in (True, False)]
+    ours = sorted(tuple(image.flatten().tolist()) + (int(label),)
+                  for split in small for image, label in zip(split.images, split.labels))
+    digits = load_digits()
+    scans = sorted(tuple(np.round(image * 255 / 16).astype(int).flatten().tolist()) + (int(label),)
+                   for image, label in zip(digits.images, digits.target))
+    assert ours == scans
+    assert torch.equal(data.load("uci_digits", train=False).images, test.images)  # the same split every time
+
+
+def test_uci_digits_refuse_a_size_below_the_scans():
+    with pytest.raises(ValueError, match="image_size"):
+        data.uci_digits(image_size=4)
+    with pytest.raises(TypeError, match="per_class"):
+        data.load("uci_digits", per_class=5)
+    assert data.recipe_defaults("uci_digits") == dict(augment=False, synthetic_shape=(1, 28))

@@ -64,3 +64,13 @@ def test_report_tables_round_hide_the_bare_index_and_spell_missing_one_way():
     assert ">0<" not in html and ">1<" not in html  # no 0..N row labels
     labelled = table(pd.DataFrame(dict(acc=[1.0])).set_index(pd.Index(["dense"], name="method"))).to_html()
     assert "dense" in labelled
+
+
+def test_an_interval_spanning_zero_reads_as_not_detected_never_as_no_difference():
+    from snipnb.stats import ci_reading, format_difference
+
+    assert ci_reading(0.1, 2.0) == "higher" and ci_reading(-2.0, -0.1) == "lower"
+    assert ci_reading(-1.0, 1.0) == "not detected at this power"
+    assert ci_reading(math.nan, math.nan) == "too few pairs for an interval"
+    assert format_difference(1.23, -0.3, 2.71, 3) == "+1.2 [-0.3, +2.7]"
+    assert format_difference(-1.0, math.nan, math.nan, 1) == "-1.0 (n=1)"

@@ -1,0 +1,426 @@
+"""Pretrained backbones: torchvision's ImageNet ResNets, and sources the project pretrains itself.
+
+A backbone is a `snipnb.models.Net` (`body` then a linear `head`) whose body is named blocks:
+
+    body.input   images in [0, 1] -> the backbone's channels, size and normalisation (no weights)
+    body.stem    conv 7x7 stride 2, BN, ReLU, max-pool: the ImageNet stem
+    body.layer1 .. body.layer4   the four residual stages
+    body.pool    global average pooling
+    head         the classifier
+
+The input block is why one backbone takes any image: it averages or repeats channels, resizes to
+the `image_size` the backbone runs at, and normalises with the statistics its weights were trained
+with (ImageNet's for torchvision's weights, the pretraining data's for the project's own). Feed it
+`unit_range(data)`, whose loader yields pixels in [0, 1].
+
+Two kinds of source:
+- `imagenet(model, image_size)`: torchvision's weights API downloads the file into the torch hub
+  cache (`$TORCH_HOME/hub/checkpoints`) and checks its hash; offline, the file must already be there.
+- `pretrain(model, dataset, classes, epochs, seed)`: trains the backbone on real data the machine
+  has and saves a checkpoint with its metadata, cached by its settings; `load_checkpoint` refuses
+  one that does not match what is asked for. `load_source(spec, model)` covers both.
+
+`freeze(model, train_blocks, bn_stats)` trains only the last blocks; the rest keeps its weights and
+its BatchNorm statistics bit for bit (frozen blocks stay in eval mode whatever `train()` is called).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import time
+import urllib.error
+import urllib.parse
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from . import __version__, data
+from .data import _offline, _socket_timeout
+from .models import Net
+from .masks import named_weights
+from .pruning import prunable
+
+ARCHITECTURES = ("resnet18", "resnet50")
+BLOCKS = ("body.stem", "body.layer1", "body.layer2", "body.layer3", "body.layer4", "head")
+# How many of BLOCKS, counted from the end, each setting trains. A block is a residual stage.
+TRAIN_BLOCKS = {"head": 1, "last_block": 2, "last_two_blocks": 3, "all": len(BLOCKS)}
+# What BatchNorm normalises with in the trained blocks: the source's running statistics, or each batch's.
+BN_STATS = ("source", "batch")
+# The stem and the four stages halve the image five times: at 32 px the last stage sees 1 x 1.
+MIN_IMAGE_SIZE = 32
+IMAGENET_WEIGHTS = {"resnet18": torchvision.models.ResNet18_Weights,
+                    "resnet50": torchvision.models.ResNet50_Weights}
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+def _check_choice(argument: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{argument} must be one of {tuple(allowed)}, got {value!r}")
+
+
+def check_image_size(model: str, image_size) -> None:
+    """A ValueError unless `image_size` is an int the ImageNet-architecture `model` can run at."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size must be an int >= {MIN_IMAGE_SIZE} for {model} (its stem and four "
+                         f"stages halve the image five times), got image_size={image_size!r}")
+
+
+# ------------------------------------------------------------------------------------ the network
+
+
+class InputAdapter(nn.Module):
+    """Pixels in [0, 1], any channel count and size -> what the backbone was trained on.
+
+    One channel is repeated to three (a grey image seen by an RGB network); three are averaged to
+    one. Images are resized bilinearly (antialiased when shrinking) to `image_size`, then
+    normalised with `mean` and `std`, kept as buffers so a checkpoint carries them.
+    """
+
+    def __init__(self, channels: int, image_size: int, mean, std):
+        super().__init__()
+        if len(mean) != channels or len(std) != channels:
+            raise ValueError(f"mean and std need {channels} values, got mean={mean}, std={std}")
+        self.channels, self.image_size = channels, image_size
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.channels:
+            if x.shape[1] == 1:
+                x = x.expand(-1, self.channels, -1, -1)
+            elif self.channels == 1:
+                x = x.mean(1, keepdim=True)
+            else:
+                raise ValueError(f"the backbone takes 1 or {self.channels} channels, got {x.shape[1]}")
+        if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
+                              antialias=x.shape[-1] > self.image_size)
+        return (x - self.mean) / self.std
+
+
+class Backbone(Net):
+    """A `Net` made of named blocks (`BLOCKS`). The blocks named in `eval_blocks` stay in eval mode,
+    so `model.train()` (which every training loop calls) never updates their BatchNorm statistics.
+    `meta` says where the weights came from."""
+
+    def __init__(self, body: nn.Module, embed_dim: int, num_classes: int, meta: dict | None = None):
+        super().__init__(body, embed_dim, num_classes)
+        self.eval_blocks: tuple[str, ...] = ()
+        self.meta = dict(meta or {})
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name in self.eval_blocks:
+            self.get_submodule(name).eval()
+        return self
+
+
+def _assemble(resnet: torchvision.models.ResNet, channels: int, image_size: int, mean, std,
+              meta: dict | None = None) -> Backbone:
+    """Move a torchvision ResNet's modules into a Backbone; the fc layer becomes the head."""
+    stem = nn.Sequential(OrderedDict(conv1=resnet.conv1, bn1=resnet.bn1, relu=resnet.relu, maxpool=resnet.maxpool))
+    body = nn.Sequential(OrderedDict(
+        input=InputAdapter(channels, image_size, mean, std), stem=stem,
+        layer1=resnet.layer1, layer2=resnet.layer2, layer3=resnet.layer3, layer4=resnet.layer4,
+        pool=nn.Sequential(resnet.avgpool, nn.Flatten())))
+    model = Backbone(body, resnet.fc.in_features, resnet.fc.out_features, meta)
+    model.head = resnet.fc
+    return model
+
+
+def build(model: str, num_classes: int, in_channels: int = 3, image_size: int = 224, mean=None, std=None,
+          seed: int | None = None) -> Backbone:
+    """A randomly initialised ImageNet-architecture `model` (torchvision's init) for
+    `in_channels` x `image_size`^2 inputs, normalised by `mean`/`std` (default 0.5 and 0.25 per
+    channel). With `seed` the init is reproducible and the global RNG is left untouched."""
+    _check_choice("model", model, ARCHITECTURES)
+    check_image_size(model, image_size)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if in_channels not in (1, 3):
+        raise ValueError(f"in_channels must be 1 or 3, got {in_channels!r}")
+    mean = (0.5,) * in_channels if mean is None else tuple(mean)
+    std = (0.25,) * in_channels if std is None else tuple(std)
+
+    def make() -> Backbone:
+        resnet = getattr(torchvision.models, model)(weights=None, num_classes=num_classes)
+        if in_channels != 3:
+            resnet.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+            nn.init.kaiming_normal_(resnet.conv1.weight, mode="fan_out", nonlinearity="relu")
+        return _assemble(resnet, in_channels, image_size, mean, std, {"source": "random init", "seed": seed})
+
+    if seed is None:
+        return make()
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return make()
+
+
+def new_head(model: Backbone, num_classes: int, seed: int) -> Backbone:
+    """Replace the head by a fresh linear layer for `num_classes`, initialised from `seed`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        head = nn.Linear(model.embed_dim, num_classes)
+    model.head = head.to(next(model.parameters()).device)
+    return model
+
+
+# ----------------------------------------------------------------------------- freezing blocks
+
+
+def freeze(model: Backbone, train_blocks: str, bn_stats: str = "batch") -> list[str]:
+    """Train only the last blocks (`TRAIN_BLOCKS`); return the names of the blocks left trainable.
+
+    Every other block loses `requires_grad` (the optimiser never touches it) and stays in eval
+    mode (its BatchNorm statistics never move): it is bit-identical after training. In the trained
+    blocks BatchNorm normalises with each batch's statistics and updates its running ones
+    (`bn_stats="batch"`, ordinary fine-tuning), or keeps normalising with the source's
+    (`bn_stats="source"`: only its scale and shift train), which a batch of a few images, or a
+    1 x 1 feature map, cannot estimate.
+    """
+    if train_blocks not in TRAIN_BLOCKS:
+        raise ValueError(f"train_blocks must be one of {tuple(TRAIN_BLOCKS)}, got {train_blocks!r}")
+    _check_choice("bn_stats", bn_stats, BN_STATS)
+    count = TRAIN_BLOCKS[train_blocks]
+    frozen, trained = BLOCKS[:-count], BLOCKS[-count:]
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith(tuple(f"{block}." for block in trained)))
+    model.eval_blocks = BLOCKS if bn_stats == "source" else frozen
+    model.train(model.training)
+    return list(trained)
+
+
+def trainable_weights(model: nn.Module) -> list[str]:
+    """The prunable weights (conv and linear) that will be trained: what SNIP scores in transfer."""
+    weights = named_weights(model)  # a masked weight's trainable tensor is its parametrization's original
+    return [name for name in prunable(model) if weights[name].requires_grad]
+
+
+# ----------------------------------------------------------------------------- ImageNet weights
+
+
+def imagenet_weights(model: str, weights: str = "IMAGENET1K_V1"):
+    """torchvision's weights enum member for `model` (e.g. `ResNet18_Weights.IMAGENET1K_V1`)."""
+    _check_choice("model", model, ARCHITECTURES)
+    enum = IMAGENET_WEIGHTS[model]
+    _check_choice("weights", weights, [w.name for w in enum])
+    return enum[weights]
+
+
+def imagenet_weights_path(model: str, weights: str = "IMAGENET1K_V1") -> pathlib.Path:
+    """Where torchvision keeps (or would download) the file: the torch hub cache's checkpoints."""
+    url = imagenet_weights(model, weights).url
+    return pathlib.Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urllib.parse.urlparse(url).path)
+
+
+def imagenet(model: str = "resnet18", image_size: int = 224, weights: str = "IMAGENET1K_V1",
+             progress: bool = False) -> Backbone:
+    """torchvision's ImageNet `model` with its 1000-class head, run at `image_size` and normalised
+    with the weights' own mean and std.
+
+    The file comes through torchvision's weights API: read from the torch hub cache, else
+    downloaded there with its hash checked. With $SNIPNB_OFFLINE set, or when the download fails,
+    a FileNotFoundError names the path it looked for.
+    """
+    enum_member = imagenet_weights(model, weights)
+    check_image_size(model, image_size)
+    path = imagenet_weights_path(model, weights)
+    name = f"{type(enum_member).__name__}.{weights}"
+    how_to = (f"Place the file from {enum_member.url} at {path} (the torch hub cache, moved with $TORCH_HOME), "
+              f"or run once online.")
+    if not path.is_file() and _offline():
+        raise FileNotFoundError(f"ImageNet weights {name} not found at {path}; SNIPNB_OFFLINE is set, so no "
+                                f"download was tried. {how_to}")
+    try:
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+            state = enum_member.get_state_dict(progress=progress, check_hash=True, weights_only=True)
+    except (urllib.error.URLError, OSError) as error:
+        raise FileNotFoundError(f"ImageNet weights {name} not found at {path}, and the download failed: "
+                                f"{error}. {how_to}") from error
+    resnet = getattr(torchvision.models, model)(weights=None)
+    resnet.load_state_dict(state)
+    transform = enum_member.transforms()
+    meta = {"source": "imagenet", "weights": name, "path": str(path), "model": model, "image_size": image_size,
+            "imagenet_top1": enum_member.meta["_metrics"]["ImageNet-1K"]["acc@1"]}
+    return _assemble(resnet, 3, image_size, tuple(transform.mean), tuple(transform.std), meta)
+
+
+# ------------------------------------------------------------------------- data for a source/target
+
+
+def parse_split(spec: str) -> tuple[str, tuple[int, ...] | None]:
+    """'mnist' -> ('mnist', None): every class; 'mnist:0-4' or 'mnist:5,7,9' -> the dataset and classes."""
+    name, _, classes = str(spec).partition(":")
+    _check_choice("dataset", name, data.DATASETS)
+    if not classes:
+        return name, None
+    try:
+        picked = []
+        for part in classes.split(","):
+            low, _, high = part.partition("-")
+            picked += list(range(int(low), int(high or low) + 1))
+    except ValueError:
+        picked = []
+    if not picked or len(set(picked)) != len(picked) or min(picked) < 0:
+        raise ValueError(f"classes in {spec!r} must look like '0-4' or '5,7,9' (distinct, >= 0)")
+    return name, tuple(sorted(picked))
+
+
+def load_split(spec: str, train: bool) -> data.ImageData:
+    """The split of dataset `spec` ('mnist:0-4', ...) with its classes renumbered 0..n-1 in order."""
+    name, classes = parse_split(spec)
+    full = data.load_cached(name, train)
+    if classes is None:
+        return full
+    if max(classes) >= full.num_classes:
+        raise ValueError(f"{spec!r} names class {max(classes)}, but {name} has {full.num_classes} classes")
+    kept = full.classes(classes)
+    lookup = torch.full((full.num_classes,), -1, dtype=torch.int64)
+    lookup[list(classes)] = torch.arange(len(classes))
+    return dataclasses.replace(kept, labels=lookup[kept.labels], num_classes=len(classes),
+                               name=f"{name}:{','.join(map(str, classes))}")
+
+
+def unit_range(images: data.ImageData) -> data.ImageData:
+    """The same images, normalised to plain [0, 1] by the loader: a backbone normalises them itself."""
+    channels = images.images.shape[1]
+    return dataclasses.replace(images, mean=(0.0,) * channels, std=(1.0,) * channels)
+
+
+# --------------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_dir(root=None) -> pathlib.Path:
+    """`root` if given, else $SNIPNB_CHECKPOINTS, else ~/.cache/snipnb/checkpoints."""
+    if root is None:
+        root = os.environ.get("SNIPNB_CHECKPOINTS") or pathlib.Path.home() / ".cache" / "snipnb" / "checkpoints"
+    return pathlib.Path(root).expanduser()
+
+
+def save_checkpoint(model: Backbone, meta: dict, path) -> pathlib.Path:
+    """Write weights and metadata to a temporary file, then rename it into place: a run killed while
+    writing leaves no file under `path` that a later run could take for a finished checkpoint."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"state_dict": state, "meta": meta}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path, *, model: str | None = None, image_size: int | None = None,
+                    in_channels: int | None = None) -> tuple[Backbone, dict]:
+    """(backbone, metadata) from a checkpoint of `pretrain`, read with `torch.load(weights_only=True)`.
+
+    Each of `model`, `image_size`, `in_channels` that is given must match the checkpoint's, or a
+    ValueError says what differs; so must the weights' names and shapes.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or not {"state_dict", "meta"} <= set(blob):
+        raise ValueError(f"{path} is not a snipnb checkpoint: it has no 'state_dict' and 'meta'")
+    meta, state = blob["meta"], blob["state_dict"]
+    asked = {"model": model, "image_size": image_size, "in_channels": in_channels}
+    differ = [f"{key} is {meta.get(key)!r} there, {value!r} was asked for"
+              for key, value in asked.items() if value is not None and meta.get(key) != value]
+    if differ:
+        raise ValueError(f"checkpoint {path} does not match: " + "; ".join(differ))
+    backbone = build(meta["model"], meta["num_classes"], meta["in_channels"], meta["image_size"], meta["mean"],
+                     meta["std"])
+    _check_state(backbone.state_dict(), state, f"checkpoint {path} (model={meta['model']!r})")
+    backbone.load_state_dict(state)
+    backbone.meta = {**meta, "source": meta["dataset"], "path": str(path)}
+    return backbone, meta
+
+
+def _check_state(expected: dict, found: dict, what: str) -> None:
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [f"{k}: {tuple(found[k].shape)} in the file, {tuple(v.shape)} in the model"
+              for k, v in expected.items() if k in found and found[k].shape != v.shape]
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} weights (first: {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} weights the model does not have (first: {unexpected[0]})")
+    if shapes:
+        more = f" and {len(shapes) - 3} more" if len(shapes) > 3 else ""
+        parts.append(f"shapes differ for {', '.join(shapes[:3])}{more}")
+    if parts:
+        raise ValueError(f"{what} does not fit the architecture: " + "; ".join(parts))
+
+
+def pretrain(model: str, dataset: str, classes=None, epochs: int = 5, seed: int = 0, *, image_size: int = 32,
+             lr: float = 0.1, batch_size: int = 128, weight_decay: float = 5e-4, cache_dir=None, device=None,
+             progress: bool = True) -> pathlib.Path:
+    """Train `model` from scratch on `classes` of `dataset` (all if None) and return its checkpoint.
+
+    The checkpoint is cached in `checkpoint_dir(cache_dir)` under a name made from every setting,
+    so a second call with the same settings returns at once. It holds the weights and metadata:
+    the settings, the input shape, the normalisation, the test accuracy on those classes, the
+    library and torch versions. Training is `snipnb.train.fit` with its defaults (crop-and-flip
+    augmentation for CIFAR only).
+    """
+    from .train import fit  # the training floor, needed only to pretrain
+
+    _check_choice("model", model, ARCHITECTURES)
+    check_image_size(model, image_size)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    spec = dataset if classes is None else f"{dataset}:{','.join(str(int(c)) for c in classes)}"
+    name, picked = parse_split(spec)
+    augment = data.recipe_defaults(name)["augment"]
+    settings = {"model": model, "dataset": name, "classes": None if picked is None else list(picked),
+                "epochs": epochs, "seed": seed, "image_size": image_size, "lr": lr, "batch_size": batch_size,
+                "weight_decay": weight_decay, "augment": augment}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    path = checkpoint_dir(cache_dir) / f"{model}-{name}-{key}.pt"
+    if path.is_file():
+        return path
+
+    train, test = load_split(spec, True), load_split(spec, False)
+    in_channels = train.images.shape[1]
+    backbone = build(model, train.num_classes, in_channels, image_size, train.mean, train.std, seed=seed)
+    history = fit(backbone, unit_range(train), unit_range(test), epochs, lr=lr, batch_size=batch_size,
+                  weight_decay=weight_decay, augment=augment, device=device, eval_every=epochs, seed=seed,
+                  progress=progress, desc=f"pretrain {model} on {spec}")
+    meta = {**settings, "in_channels": in_channels, "num_classes": train.num_classes,
+            "mean": list(train.mean), "std": list(train.std), "test_acc": 100 * history.final_acc,
+            "train_loss": history.train_loss[-1], "seconds": history.seconds, "snipnb_version": __version__,
+            "torch_version": str(torch.__version__), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return save_checkpoint(backbone, meta, path)
+
+
+def load_source(source: str, model: str = "resnet18", image_size: int | None = None, *, epochs: int = 5,
+                seed: int = 0, cache_dir=None, device=None, progress: bool = False) -> Backbone:
+    """The pretrained backbone `source` names, with the head it was trained with.
+
+    `source` is 'imagenet' (torchvision's weights, `image_size` default 224) or a dataset the
+    project pretrains on itself, with classes if not all: 'mnist', 'mnist:0-4' (`image_size`
+    default 32, `epochs` and `seed` of the pretraining; cached, see `pretrain`).
+    """
+    if source == "imagenet":
+        return imagenet(model, 224 if image_size is None else image_size)
+    try:
+        name, classes = parse_split(source)
+    except ValueError as error:
+        raise ValueError(f"source={source!r} is neither 'imagenet' nor a dataset to pretrain on: {error}") from None
+    path = pretrain(model, name, classes, epochs, seed, image_size=32 if image_size is None else image_size,
+                    cache_dir=cache_dir, device=device, progress=progress)
+    return load_checkpoint(path, model=model, image_size=32 if image_size is None else image_size)[0]
