@@ -29,7 +29,9 @@
 # only), a dense network and pruned copies of the same initialisation:
 # - `snip`: labeled SNIP, scored on the whole few-shot set;
 # - `snip_pseudo_labels`: label-free SNIP, the loss against the network's own predictions;
-# - `snip_cross_domain`: labeled SNIP scored on as many images of *another* dataset;
+# - `snip_cross_domain`: labeled SNIP scored on as many images of *another* dataset (CIFAR-10 for
+#   CIFAR-100; for MNIST the UCI handwritten digits scikit-learn ships: other writers, another scanner,
+#   8 px scans upsampled to 28 px);
 # - controls: `random` pruning, and `shuffled_snip` (SNIP's per-layer densities, shuffled positions).
 #
 # SNIP scores with BatchNorm in *eval* mode by default: at initialisation the running statistics are

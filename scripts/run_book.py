@@ -54,7 +54,7 @@ CHAPTERS = [
             dict(seeds=3), cost="CPU (2 cores) ≈ 1 h"),
     # MNIST is the real data the project's own machines have: a grid sized for a CPU.
     Chapter("01_few_shot_mnist", "01_few_shot", "Experiment 1 on MNIST: does SNIP help few-shot learning from scratch?",
-            dict(dataset="mnist", models=["simple_convnet"], sparsities=[0.9, 0.95], seeds=3, eval_every=5),
+            dict(dataset="mnist", models=["simple_convnet"], sparsities=[0.9, 0.95], seeds=5, eval_every=10),
             cost="CPU (2 cores) ≈ 40 min"),
     Chapter("01_few_shot_cifar100", "01_few_shot",
             "Experiment 1 on CIFAR-100: does SNIP help few-shot learning from scratch?",
