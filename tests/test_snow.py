@@ -266,3 +266,124 @@ def test_a_divisor_that_does_not_divide_the_widths_is_refused():
 def test_an_unsupported_source_is_refused_with_what_is_supported(make):
     with pytest.raises(ValueError, match="SNOW cannot use this source.*Supported"):
         snow.build_snow(make(), 3)
+
+
+# ------------------------------------------------------------------------------- runs (snowrun)
+
+from snipnb import snowrun  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def synthetic_source(tmp_path_factory):
+    """Runs from a source pretrained (one epoch) on synthetic classes 0-4, cached in a temporary folder."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SNIPNB_CHECKPOINTS", str(tmp_path_factory.mktemp("checkpoints")))
+    yield dict(source="synthetic:0-4", target="synthetic:5-9", model="resnet18", image_size=32, source_epochs=1)
+    mp.undo()
+
+
+def tiny_run(source, **kw):
+    settings = dict(k=2, epochs=1, batch_size=8, test_per_class=4, timing_batch=4, eval_every=1, **source)
+    return snowrun.SnowRun(**{**settings, **kw})
+
+
+def test_a_snow_run_and_its_baselines_report_accuracy_and_cost(synthetic_source):
+    results = {method: snowrun.run_snow(tiny_run(synthetic_source, method=method), "cpu")
+               for method in snowrun.METHODS}
+    cost_keys = {"train_images_per_s", "infer_images_per_s", "train_gflops", "infer_gflops", "train_memory_mb",
+                 "peak_memory_mb"}
+    for method, result in results.items():
+        assert cost_keys | {"final_acc", "best_acc", "trainable_params", "total_params"} <= set(result), method
+        assert 0 <= result["final_acc"] <= result["best_acc"] <= 100
+        assert all(v > 0 for k, v in result.items() if k in cost_keys - {"peak_memory_mb"})
+    assert {"snip_overlap", "chance_overlap", "w_moved"} <= set(results["snow"])
+    trained = {m: r["trainable_params"] for m, r in results.items()}
+    assert trained["fo"] == 512 * 5 + 5  # the new head and nothing else
+    assert trained["fo"] < trained["snow"] < trained["fe"] < trained["ft"] == results["ft"]["total_params"]
+    # FO back-propagates through its head only; fine-tuning through everything (about 3x a forward pass).
+    assert results["fo"]["train_gflops"] == pytest.approx(results["fo"]["infer_gflops"], rel=0.01)
+    assert results["ft"]["train_gflops"] > 2.5 * results["ft"]["infer_gflops"]
+    assert results["snow"]["train_gflops"] < results["fe"]["train_gflops"] < results["ft"]["train_gflops"]
+    assert results["snow"]["train_memory_mb"] < results["ft"]["train_memory_mb"]
+
+
+def test_snip_and_random_selections_are_fixed_before_training_and_differ(synthetic_source):
+    snip, model_snip = snowrun.train_run(tiny_run(synthetic_source, selection="snip"), "cpu")
+    _, model_random = snowrun.train_run(tiny_run(synthetic_source, selection="random"), "cpu")
+    assert snip["snip_overlap"] == 1.0  # SNIP's own top-M, scored on the same images
+    assert all(pool.fixed for pool in model_snip.delta.pools + model_random.delta.pools)
+    assert any(not torch.equal(a, b) for a, b in zip(snow.selection(model_snip), snow.selection(model_random)))
+
+
+def test_a_run_on_the_whole_target_split_leaves_the_source_bit_identical(synthetic_source):
+    run = tiny_run(synthetic_source, k=None, epochs=1, batch_size=64)
+    train, _ = snowrun.target_data(run)
+    assert len(train) == 500  # every synthetic training image of classes 5-9
+    _, model = snowrun.train_run(run, "cpu")
+    # The run trained a copy of the cached source; the cache itself is what the source was before.
+    original = snowrun._source(run.source, run.model, run.image_size, run.source_epochs, run.source_seed).body
+    for stage, name in zip(model.source.stages, ["stem", "layer1", "layer2", "layer3", "layer4"]):
+        before, after = getattr(original, name).state_dict(), stage.state_dict()
+        assert before.keys() == after.keys()
+        assert all(torch.equal(before[k], after[k].cpu()) for k in before), name
+    assert all(not module.training for module in model.source.modules())
+
+
+def test_serving_t_tasks_shares_the_source(synthetic_source):
+    settings = {k: v for k, v in synthetic_source.items() if k != "target"}
+    one, three = (snowrun.run_serving(snowrun.ServingRun(**settings, tasks=t, num_classes=5, batch=4, repeats=1), "cpu")
+                  for t in (1, 3))
+    for way in snowrun.SERVING:
+        assert one[f"{way}_images_per_s"] > 0 and three[f"{way}_params"] >= one[f"{way}_params"]
+    delta = three["snow_params"] - one["snow_params"]  # two more deltas
+    assert delta < 0.1 * one["snow_params"]
+    assert three["ft_params"] == pytest.approx(3 * one["ft_params"], rel=1e-3)
+    assert three["snow_gflops"] < 0.5 * three["ft_gflops"]
+    assert one["fo_params"] < three["fe_params"] < three["ft_params"]
+
+
+def test_the_grid_gives_snow_its_settings_and_each_method_its_learning_rate(synthetic_source):
+    runs = snowrun.grid("synthetic:0-4", "synthetic:5-9", ["resnet18"], [2, None], ["snow", "ft", "fo"], 2,
+                        lrs={"snow": 0.2, "ft": 0.01}, selections=["learned", "snip"], full_epochs=3, epochs=7,
+                        image_size=32, m=4, sigma=0.05)
+    assert len(runs) == 2 * 2 * (2 + 2)
+    assert {r.epochs for r in runs if r.k is None} == {3} and {r.epochs for r in runs if r.k == 2} == {7}
+    assert {(r.method, r.lr) for r in runs} == {("snow", 0.2), ("ft", 0.01), ("fo", snowrun.SnowRun.lr)}
+    assert all((r.m, r.sigma) == (4, 0.05) for r in runs if r.method == "snow")
+    assert all((r.m, r.sigma, r.selection) == (None, 0.1, "learned") for r in runs if r.method != "snow")
+    with pytest.raises(ValueError, match="k must be between"):
+        snowrun.grid("synthetic:0-4", "synthetic:5-9", ["resnet18"], [101], ["snow"], 1, image_size=32)
+
+
+def test_an_ablation_changes_one_setting_at_a_time():
+    base = snowrun.SnowRun(model="resnet18", image_size=32, m=8)
+    runs = snowrun.ablation(base, 2, m=[8, 4], sigma=[0.0], width_divisor=[4])
+    changed = [(r.m, r.sigma, r.width_divisor) for r in runs]
+    assert changed == [(4, 0.1, 8)] * 2 + [(8, 0.0, 8)] * 2 + [(8, 0.1, 4)] * 2
+    assert [r.seed for r in runs] == [0, 1] * 3
+    with pytest.raises(ValueError, match="ablation varies"):
+        snowrun.ablation(base, 1, lr=[0.1])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(method="ft", sigma=0.5), "sigma=0.5 applies to method='snow' only"),
+    (dict(method="fo", selection="snip"), "selection='snip' applies to method='snow' only"),
+    (dict(model="vgg11"), "model must be one of"),
+    (dict(m=65), "m=65 is larger than N=64"),
+    (dict(model="resnet50", m=[8, 8]), "one value per tap"),
+    (dict(sigma=-1.0), "sigma must be >= 0"),
+    (dict(width_divisor=3), "width_divisor=3 does not divide"),
+    (dict(selection="magic"), "selection must be one of"),
+    (dict(k=0), "k must be >= 1"),
+    (dict(target="nowhere"), "target='nowhere' is not valid"),
+])
+def test_a_bad_setting_fails_when_the_config_is_made(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        snowrun.SnowRun(**{"model": "resnet18", "image_size": 32, **kwargs})
+
+
+def test_a_list_of_m_is_kept_as_a_tuple_so_the_config_stays_hashable():
+    run = snowrun.SnowRun(model="resnet18", image_size=32, m=[2, 3, 4, 5, 6])
+    assert run.m == (2, 3, 4, 5, 6) and hash(run)
+    with pytest.raises(ValueError, match="ServingRun|m=99"):
+        snowrun.ServingRun(model="resnet18", image_size=32, m=99)
