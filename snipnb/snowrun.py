@@ -1,0 +1,519 @@
+"""SNOW against the three standard transfer baselines, one run per `SnowRun`; what serving T tasks
+costs, one measurement per `ServingRun`.
+
+Every run starts from the same pretrained source (`snipnb.pretrained.load_source`) and learns the
+target's classes with one training recipe (`snipnb.train.fit`):
+
+    snow  the source frozen, a delta network 1/`width_divisor` as wide subscribing to M of its
+          channels at every stage (`snipnb.snow`); the channels are learned (`selection="learned"`:
+          SNOW's noisy top-M), or fixed before training: the M with the highest SNIP score on the
+          target's training images (`"snip"`), or M at random (`"random"`, the control)
+    ft    fine-tune every weight, with a new head
+    fe    feature extraction: the stem and the first three stages frozen, the last stage and a new
+          head trained
+    fo    the final linear layer only (a new head on frozen features, a linear probe)
+
+Besides test accuracy, a run measures what it cost on the device it ran on, after training and on
+a copy of the trained network: training and inference images per second on `timing_batch` images,
+FLOPs per image (`torch.utils.flop_counter`), the memory a training step holds (parameters,
+gradients, momentum, and the activations autograd saves for the backward pass, counted tensor by
+tensor, which is the same on every device) and, on CUDA, the peak memory the allocator measured.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from . import checks, data, pretrained, snow
+from .loader import DeviceLoader
+from .train import default_device, fit, resolve_device
+
+METHODS = ("snow", "ft", "fe", "fo")
+# The part of the source each baseline trains (`snipnb.pretrained.freeze`).
+TRAIN_BLOCKS = {"ft": "all", "fe": "last_block", "fo": "head"}
+TIMED_STEPS, WARMUP_STEPS = 5, 2
+SNOW_FIELDS = ("selection", "m", "sigma", "width_divisor")
+
+
+def _defaults(cls) -> dict:
+    return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+def _check_split(argument: str, spec: str) -> None:
+    try:
+        pretrained.parse_split(spec)
+    except ValueError as error:
+        raise ValueError(f"{argument}={spec!r} is not valid: {error}") from None
+
+
+def _check_source(source: str, model: str) -> None:
+    if source != "imagenet":
+        _check_split("source", source)
+    checks.one_of("model", model, pretrained.ARCHITECTURES)
+
+
+@functools.lru_cache(maxsize=None)
+def architecture_layout(model: str) -> snow.Layout:
+    """The layout of the ImageNet-architecture `model` (no weights needed), to check SNOW's settings."""
+    return snow.split_source(pretrained.build(model, 10, image_size=pretrained.MIN_IMAGE_SIZE))[1]
+
+
+def _as_m(m):
+    """None, an int, or a tuple of ints (a list is turned into a tuple, so the config stays hashable)."""
+    if isinstance(m, list):
+        return tuple(m)
+    return m
+
+
+@dataclasses.dataclass(frozen=True)
+class SnowRun:
+    """Every setting that changes a result; where the data live and which device runs it do not.
+
+    `source` is 'imagenet' (torchvision's weights) or a dataset the project pretrains on, with its
+    classes ('mnist:0-4'); `target` a dataset and its classes ('mnist:5-9', 'uci_digits',
+    'cifar100'). `k` images per class of the target's training split, or None for all of it.
+    `selection`, `m`, `sigma` and `width_divisor` are SNOW's (`snipnb.snow.build_snow`) and stay at
+    their defaults for the baselines. `bn_stats` is the baselines' BatchNorm in the trained blocks
+    (`snipnb.pretrained.freeze`); SNOW's delta always normalises with its own batch statistics.
+    `saliency_images`: how many training images SNIP scores the channels on (the first of the
+    training set, in the seed's few-shot order). `timing_batch`: the batch the cost is measured on.
+    """
+
+    source: str = "imagenet"
+    target: str = "cifar100"
+    model: str = "resnet50"
+    method: str = "snow"
+    selection: str = "learned"
+    m: int | tuple | None = None
+    sigma: float = 0.1
+    width_divisor: int = 8
+    k: int | None = None
+    seed: int = 0
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    augment: bool = False
+    image_size: int = 224
+    bn_stats: str = "batch"
+    eval_every: int = 1
+    test_per_class: int | None = None
+    saliency_images: int = 1024
+    timing_batch: int = 64
+    source_epochs: int = 5
+    source_seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "m", _as_m(self.m))
+        _check_source(self.source, self.model)
+        _check_split("target", self.target)
+        checks.one_of("method", self.method, METHODS)
+        checks.one_of("selection", self.selection, snow.SELECTIONS)
+        checks.one_of("bn_stats", self.bn_stats, pretrained.BN_STATS)
+        pretrained.check_image_size(self.model, self.image_size)
+        layout = architecture_layout(self.model)
+        snow.check_divisor(layout, self.width_divisor)
+        snow.pooled_channels(layout, self.m, self.width_divisor)  # M in 1..N at every tap
+        checks.number("sigma", self.sigma, 0)
+        if self.k is not None:
+            checks.integer("k", self.k, 1)
+        if self.test_per_class is not None:
+            checks.integer("test_per_class", self.test_per_class, 1)
+        for argument in ("epochs", "batch_size", "eval_every", "saliency_images", "timing_batch", "source_epochs"):
+            checks.integer(argument, getattr(self, argument), 1)
+        checks.integer("seed", self.seed, 0)
+        checks.number("lr", self.lr, above=0)
+        checks.number("weight_decay", self.weight_decay, 0)
+        if self.method != "snow":
+            defaults = _defaults(SnowRun)
+            changed = [f for f in SNOW_FIELDS if getattr(self, f) != defaults[f]]
+            if changed:
+                raise ValueError(f"{changed[0]}={getattr(self, changed[0])!r} applies to method='snow' only; "
+                                 f"method={self.method!r} takes the default {defaults[changed[0]]!r}")
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+@functools.lru_cache(maxsize=2)
+def _source(source: str, model: str, image_size: int, epochs: int, seed: int) -> pretrained.Backbone:
+    # Read once per process: a sweep worker runs many configs from the same source.
+    return pretrained.load_source(source, model, image_size, epochs=epochs, seed=seed)
+
+
+def source_backbone(run) -> pretrained.Backbone:
+    """A fresh copy of the pretrained source of `run` (a `SnowRun` or `ServingRun`), head included."""
+    return copy.deepcopy(_source(run.source, run.model, run.image_size, run.source_epochs, run.source_seed))
+
+
+def target_data(run: SnowRun) -> tuple[data.ImageData, data.ImageData]:
+    """(training set, test set) of the target, classes numbered 0..n-1, pixels in [0, 1].
+
+    The training set is `k` images per class (the nested subset `few_shot_indices` draws for the
+    seed) or the whole split; the test set the whole test split, or with `test_per_class` the same
+    class-balanced sample of it for every run (drawn with seed 0), so paired runs meet the same images.
+    """
+    train = pretrained.load_split(run.target, True)
+    test = pretrained.load_split(run.target, False)
+    if run.k is not None:
+        train = train.subset(data.few_shot_indices(train.labels, run.k, run.seed))
+    if run.test_per_class is not None:
+        test = test.subset(data.few_shot_indices(test.labels, run.test_per_class, 0))
+    return pretrained.unit_range(train), pretrained.unit_range(test)
+
+
+# ----------------------------------------------------------------------------------------- models
+
+
+def build(run: SnowRun, train: data.ImageData, device=None) -> nn.Module:
+    """The network `run` trains, before training, on `device`: SNOW over the source (with its
+    channels fixed now for `selection` 'snip' or 'random'), or the source with a new head and the
+    baseline's blocks frozen."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    source = source_backbone(run)
+    if run.method != "snow":
+        model = pretrained.new_head(source, train.num_classes, run.seed).to(device)
+        pretrained.freeze(model, TRAIN_BLOCKS[run.method], run.bn_stats)
+        return model
+    model = snow.build_snow(source, train.num_classes, m=run.m, sigma=run.sigma, width_divisor=run.width_divisor,
+                            seed=run.seed).to(device)
+    if run.selection == "snip":
+        snow.fix_selection(model, snow.snip_channels(model, saliency_batches(run, train, device), seed=run.seed))
+    elif run.selection == "random":
+        snow.fix_selection(model, snow.random_channels(model.layout, run.m, run.width_divisor, run.seed))
+    return model
+
+
+def saliency_batches(run: SnowRun, train: data.ImageData, device) -> DeviceLoader:
+    """The target's training images SNIP scores channels on: the first `saliency_images` of them."""
+    images = train.subset(torch.arange(min(len(train), run.saliency_images)))
+    return DeviceLoader(images, 256, device=device)
+
+
+def train_run(run: SnowRun, device=None) -> tuple[dict, nn.Module]:
+    """Train and test one run; return (results, trained model). See `run_snow` for the results."""
+    device = torch.device(device) if device is not None else default_device()
+    train, test = target_data(run)
+    model = build(run, train, device)
+    history = fit(model, train, test, run.epochs, lr=run.lr, batch_size=run.batch_size,
+                  weight_decay=run.weight_decay, augment=run.augment, device=device, eval_every=run.eval_every,
+                  seed=run.seed, progress=False)
+    results = {"final_acc": 100 * history.final_acc, "best_acc": 100 * history.best_acc,
+               "train_seconds": history.seconds,
+               "trainable_params": snow.parameter_count(model, trainable=True),
+               "total_params": snow.parameter_count(model)}
+    results.update(cost(model, _timing_images(run, train), device))
+    if run.method == "snow":
+        results.update(selection_summary(run, model, train, device))
+    return results, model
+
+
+def run_snow(run: SnowRun, device=None) -> dict:
+    """Train, test and measure one run; return its results as a flat dict of numbers.
+
+    `final_acc`, `best_acc`: test accuracy in percent after the last epoch, and the best of the
+    tested epochs (chosen on the test set, so it flatters). `trainable_params`: what the optimiser
+    updates, i.e. what one more task adds; `total_params`: what inference uses (a SNOW model's
+    source and delta, a baseline's whole network). The cost (`cost`): `train_images_per_s`,
+    `infer_images_per_s`, `train_gflops`, `infer_gflops` per image, `train_memory_mb` (counted),
+    `peak_memory_mb` (measured on CUDA, NaN elsewhere). For SNOW, which channels it subscribed to
+    (`selection_summary`).
+    """
+    return train_run(run, device)[0]
+
+
+def _timing_images(run: SnowRun, train: data.ImageData) -> data.ImageData:
+    # As many training images as the timing batch holds, repeated when the few-shot set is smaller.
+    return train.subset(torch.arange(run.timing_batch) % len(train))
+
+
+# ------------------------------------------------------------------------------------------- cost
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cost(model: nn.Module, images: data.ImageData, device) -> dict:
+    """What one batch of `images` costs `model` (measured on a copy, so `model` is left as it is).
+
+    Images per second are the median of `TIMED_STEPS` steps after `WARMUP_STEPS`: training steps
+    (forward, backward, SGD with momentum on the trainable parameters) and inference passes (eval
+    mode, no gradient), in bf16 autocast on CUDA as `fit` trains.
+    """
+    device, amp, channels_last = resolve_device(device, None, None)
+    fmt = torch.channels_last if channels_last else torch.preserve_format
+    model = copy.deepcopy(model).to(device, memory_format=fmt)
+    x, y = next(iter(DeviceLoader(images, len(images), device=device, channels_last=channels_last)))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+
+    def train_step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    @torch.no_grad()
+    def infer_step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            model(x)
+
+    model.train()
+    saved = saved_activation_bytes(model, x, y, amp, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    train_rate = _images_per_s(train_step, len(y), device)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else math.nan
+    state = sum(p.numel() * p.element_size() for p in model.parameters())
+    state += 2 * sum(p.numel() * p.element_size() for p in params)  # gradients and momentum
+    model.eval()
+    infer_rate = _images_per_s(infer_step, len(y), device)
+    train_flops, infer_flops = count_flops(model, x, y)
+    return {"train_images_per_s": train_rate, "infer_images_per_s": infer_rate,
+            "train_gflops": train_flops / len(y) / 1e9, "infer_gflops": infer_flops / len(y) / 1e9,
+            "train_memory_mb": (state + saved) / 2**20, "peak_memory_mb": peak}
+
+
+def _images_per_s(step, batch: int, device: torch.device, steps: int = TIMED_STEPS) -> float:
+    for _ in range(WARMUP_STEPS):
+        step()
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return batch / sorted(times)[len(times) // 2]
+
+
+def saved_activation_bytes(model, x, y, amp: bool, device) -> int:
+    """Bytes autograd keeps for the backward pass of one training step, parameters excluded."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(storages.values())
+
+
+def count_flops(model: nn.Module, x, y) -> tuple[int, int]:
+    """(training, inference) FLOPs of one batch: forward and backward, and a forward in eval mode."""
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    train = counter.get_total_flops()
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return train, counter.get_total_flops()
+
+
+# -------------------------------------------------------------------------------------- selection
+
+
+def selection_summary(run: SnowRun, model: snow.Snow, train: data.ImageData, device) -> dict:
+    """Which source channels a trained SNOW model subscribes to, as numbers.
+
+    `snip_overlap`: the share of its selected channels that SNIP, scored on the same training
+    images, also ranks in its top M (mean over taps); `chance_overlap`: what a random selection
+    shares on average (M/N, mean over taps). `w_moved`: the mean |w - 1| over all pooling weights,
+    how far training moved them from their initial 1.
+    """
+    chosen = snow.selection(model)
+    snipped = snow.snip_channels(model, saliency_batches(run, train, device), seed=run.seed)
+    shares = [len(set(a.tolist()) & set(b.tolist())) / len(a) for a, b in zip(chosen, snipped)]
+    pools = model.delta.pools
+    moved = torch.cat([(p.weight.detach() - 1).abs().cpu() for p in pools]).mean().item()
+    return {"snip_overlap": sum(shares) / len(shares),
+            "chance_overlap": sum(p.m / p.channels for p in pools) / len(pools), "w_moved": moved}
+
+
+# ------------------------------------------------------------------------------------------- grids
+
+
+def grid(source: str, target: str, models, ks, methods, seeds: int, *, lrs: dict | None = None,
+         selections=("learned",), full_epochs: int | None = None, **settings) -> list[SnowRun]:
+    """Every (model, k, seed) once per method, SNOW once per selection rule. `k=None` trains on the
+    whole training split, for `full_epochs` epochs if given (a few-shot set needs more epochs than a
+    full split for as many steps). `lrs` maps a method to its learning rate (default: `settings["lr"]`
+    or SnowRun's). `settings` are the other `SnowRun` fields, shared by all runs; SNOW's own
+    (`m`, `sigma`, `width_divisor`) go to SNOW runs only.
+
+    Every k is checked against the target's smallest class here, before anything runs.
+    """
+    for method in methods:
+        checks.one_of("method", method, METHODS)
+    for selection in selections:
+        checks.one_of("selection", selection, snow.SELECTIONS)
+    lrs = dict(lrs or {})
+    unknown = [m for m in lrs if m not in METHODS]
+    if unknown:
+        raise ValueError(f"lrs names methods that do not exist: {unknown}; they are {METHODS}")
+    if full_epochs is not None:
+        checks.integer("full_epochs", full_epochs, 1)
+    check_ks(target, ks)
+    snow_settings = {f: settings.pop(f) for f in SNOW_FIELDS if f in settings}
+    runs = []
+    for model in models:
+        for k in ks:
+            for seed in range(seeds):
+                for method in methods:
+                    common = dict(source=source, target=target, model=model, k=k, seed=seed, method=method,
+                                  **settings)
+                    if k is None and full_epochs is not None:
+                        common["epochs"] = full_epochs
+                    if method in lrs:
+                        common["lr"] = lrs[method]
+                    if method != "snow":
+                        runs.append(SnowRun(**common))
+                        continue
+                    runs += [SnowRun(**common, **{**snow_settings, "selection": s}) for s in selections]
+    return runs
+
+
+def ablation(base: SnowRun, seeds: int, **values) -> list[SnowRun]:
+    """SNOW's `base` run with one setting changed at a time, for every seed: `ablation(base, 3,
+    m=[4, 16], sigma=[0, 0.5])` varies M, then σ. The base itself is not repeated."""
+    runs = []
+    for field, options in values.items():
+        if field not in SNOW_FIELDS:
+            raise ValueError(f"an ablation varies one of {SNOW_FIELDS}, got {field!r}")
+        for value in options:
+            if _as_m(value) == getattr(base, field):
+                continue
+            runs += [dataclasses.replace(base, seed=seed, **{field: value}) for seed in range(seeds)]
+    return runs
+
+
+def check_ks(target: str, ks) -> None:
+    """A ValueError naming any k larger than the target's smallest training class."""
+    labels = pretrained.load_split(target, True).labels
+    for k in ks:
+        if k is not None:
+            data.few_shot_indices(labels, k, 0)
+
+
+# -------------------------------------------------------------------------------- serving T tasks
+
+
+SERVING = ("snow", "ft", "fe", "fo")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingRun:
+    """The cost of answering `tasks` target tasks for every image, each with `num_classes` classes.
+
+    `snow`: one source pass and one delta per task. `ft`: one fine-tuned copy of the whole network
+    per task. `fe`: the frozen stem and first three stages once, then a copy of the last stage and a
+    head per task. `fo`: the frozen network once, then a head per task. The weights do not change
+    the cost, so nothing is trained: every copy is the source itself and every delta is freshly
+    initialised. All variants are timed in turn, `repeats` times, on the same batch.
+    """
+
+    source: str = "imagenet"
+    model: str = "resnet50"
+    image_size: int = 224
+    tasks: int = 1
+    num_classes: int = 100
+    m: int | tuple | None = None
+    width_divisor: int = 8
+    batch: int = 64
+    repeats: int = 5
+    source_epochs: int = 5
+    source_seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "m", _as_m(self.m))
+        _check_source(self.source, self.model)
+        pretrained.check_image_size(self.model, self.image_size)
+        layout = architecture_layout(self.model)
+        snow.check_divisor(layout, self.width_divisor)
+        snow.pooled_channels(layout, self.m, self.width_divisor)
+        for argument in ("tasks", "num_classes", "batch", "repeats", "source_epochs"):
+            checks.integer(argument, getattr(self, argument), 1)
+
+
+class _SharedTrunk(nn.Module):
+    """A frozen trunk computed once, then one branch per task."""
+
+    def __init__(self, trunk: nn.Module, branches):
+        super().__init__()
+        self.trunk, self.branches = trunk, nn.ModuleList(branches)
+
+    def forward(self, x):
+        h = self.trunk(x)
+        return [branch(h) for branch in self.branches]
+
+
+def serving_models(run: ServingRun) -> dict[str, nn.Module]:
+    """The four ways of serving `run.tasks` tasks (`ServingRun`), as modules returning a list of logits."""
+    source = source_backbone(run)
+    body = source.body
+    heads = [nn.Linear(source.embed_dim, run.num_classes) for _ in range(run.tasks)]
+    copies = [pretrained.new_head(copy.deepcopy(source), run.num_classes, t) for t in range(run.tasks)]
+    stem = nn.Sequential(body.input, body.stem, body.layer1, body.layer2, body.layer3)
+    stages, layout = snow.split_source(copy.deepcopy(source))
+    deltas = [snow.build_delta(layout, run.num_classes, m=run.m, width_divisor=run.width_divisor, seed=t)
+              for t in range(run.tasks)]
+    return {"snow": snow.SnowTasks(stages, deltas),
+            "ft": _SharedTrunk(nn.Identity(), copies),
+            "fe": _SharedTrunk(stem, [nn.Sequential(copy.deepcopy(body.layer4), body.pool, head) for head in heads]),
+            "fo": _SharedTrunk(body, heads)}
+
+
+def run_serving(run: ServingRun, device=None) -> dict:
+    """Images per second answered for every task, parameters held and FLOPs per image, for each way
+    of serving (`<way>_images_per_s`, `<way>_params`, `<way>_gflops`), all on `device`, timed in
+    turn on the same batch (the median of `repeats` rounds, after one warm-up round)."""
+    device, amp, channels_last = resolve_device(device if device is not None else default_device(), None, None)
+    fmt = torch.channels_last if channels_last else torch.preserve_format
+    served = {name: module.to(device, memory_format=fmt).eval() for name, module in serving_models(run).items()}
+    channels = served["ft"].branches[0].body.input.channels
+    size = run.image_size
+    x = torch.rand(run.batch, channels, size, size, device=device).contiguous(memory_format=fmt)
+    times = {name: [] for name in served}
+
+    @torch.no_grad()
+    def answer(module):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            return module(x)
+
+    for round_ in range(run.repeats + 1):
+        for name, module in served.items():
+            _sync(device)
+            start = time.perf_counter()
+            answer(module)
+            _sync(device)
+            if round_:  # the first round warms up
+                times[name].append(time.perf_counter() - start)
+    results = {}
+    for name, module in served.items():
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(x)
+        results[f"{name}_images_per_s"] = run.batch / sorted(times[name])[len(times[name]) // 2]
+        results[f"{name}_params"] = snow.parameter_count(module)
+        results[f"{name}_gflops"] = counter.get_total_flops() / run.batch / 1e9
+    return results

@@ -1,0 +1,389 @@
+"""SNOW: channel pooling learns, the source never moves, the delta has the source's shape."""
+
+import copy
+import io
+from collections import OrderedDict
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from snipnb import data, models, snow
+from snipnb.loader import DeviceLoader
+from snipnb.train import fit
+
+
+def tv18(classes=10):
+    return torchvision.models.resnet18(num_classes=classes)
+
+
+def small_images(channels=3, size=32, per_class=8, classes=4):
+    return data.synthetic(num_classes=classes, channels=channels, image_size=size, per_class=per_class,
+                          test_per_class=4)
+
+
+def full_state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- channel pooling
+
+
+def test_eval_selection_is_the_top_m_of_w_and_does_not_change():
+    pool = snow.ChannelPooling(16, 5, sigma=0.5)
+    with torch.no_grad():
+        pool.weight.copy_(torch.randn(16, generator=torch.Generator().manual_seed(0)))
+    pool.eval()
+    expected = torch.topk(pool.weight.detach(), 5).indices.sort().values
+    x = torch.randn(3, 16, 4, 4)
+    first, second = pool(x), pool(x)
+    assert torch.equal(pool.index(), expected)
+    assert torch.equal(first, second)
+    assert torch.allclose(first, x[:, expected] * pool.weight.detach()[expected].view(1, -1, 1, 1))
+
+
+def test_noisy_selection_differs_between_training_steps_and_sigma_zero_is_the_top_m():
+    torch.manual_seed(0)
+    pool = snow.ChannelPooling(32, 8, sigma=0.1).train()
+    picks = {tuple(pool.index().tolist()) for _ in range(6)}
+    assert len(picks) > 1
+    assert all(len(set(p)) == 8 and list(p) == sorted(p) for p in picks)
+    quiet = snow.ChannelPooling(32, 8, sigma=0.0).train()
+    with torch.no_grad():
+        quiet.weight.copy_(torch.arange(32.0))
+    assert quiet.index().tolist() == list(range(24, 32))
+
+
+def test_w_is_a_parameter_that_gets_gradients_at_the_selected_channels():
+    pool = snow.ChannelPooling(10, 3, sigma=0.0)
+    assert any(p is pool.weight for p in pool.parameters())
+    with torch.no_grad():
+        pool.weight.copy_(torch.arange(10.0))
+    pool(torch.rand(2, 10, 3, 3)).sum().backward()
+    grad = pool.weight.grad
+    assert grad is not None and (grad[7:] > 0).all() and (grad[:7] == 0).all()
+
+
+def test_a_fixed_selection_holds_in_training_and_evaluation():
+    pool = snow.ChannelPooling(12, 3, sigma=5.0).fix([9, 1, 4])
+    pool.train()
+    assert all(pool.index().tolist() == [1, 4, 9] for _ in range(5))
+    assert pool.eval().index().tolist() == [1, 4, 9]
+    with pytest.raises(ValueError, match="distinct"):
+        pool.fix([1, 1, 2])
+    with pytest.raises(ValueError, match="0..11"):
+        pool.fix([1, 2, 12])
+
+
+# ------------------------------------------------------------------------------- training SNOW
+
+
+def test_w_changes_under_training_and_the_source_stays_bit_identical():
+    source = tv18()
+    source.train()  # whatever mode the user left it in, SNOW runs it in eval mode
+    before = full_state(source)
+    model = snow.build_snow(source, 4, m=8, sigma=0.1, seed=0)
+    initial = [pool.weight.detach().clone() for pool in model.delta.pools]
+    images = small_images()
+    fit(model, images, images, 2, lr=0.1, batch_size=8, device="cpu", progress=False)
+    after = full_state(source)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before), "a source weight or BN statistic moved"
+    assert all(not m.training for m in model.source.modules())  # BatchNorm normalised with running stats
+    assert all(not p.requires_grad for p in model.source.parameters())
+    for pool, start in zip(model.delta.pools, initial):
+        assert pool.weight.grad is not None and pool.weight.grad.abs().sum() > 0
+        assert not torch.equal(pool.weight.detach(), start), "a pooling weight never moved"
+
+
+def test_the_source_runs_without_building_a_graph():
+    model = snow.build_snow(tv18(), 3, seed=0).train()
+    _, features = model.source(torch.rand(2, 3, 32, 32))
+    assert all(not f.requires_grad and f.grad_fn is None for f in features)
+    assert model(torch.rand(2, 3, 32, 32)).requires_grad
+
+
+def test_only_the_delta_trains_and_it_is_a_small_fraction():
+    model = snow.build_snow(torchvision.models.resnet50(num_classes=10), 10, seed=0)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("delta.") for n in trainable)
+    assert snow.parameter_count(model, trainable=True) < 0.03 * snow.parameter_count(model, trainable=False)
+
+
+# ----------------------------------------------------------------------------------------- shapes
+
+
+def backbone_like(resnet):
+    # The shape of snipnb.pretrained.Backbone: body.input, body.stem, body.layer1..4, body.pool, head.
+    body = nn.Sequential(OrderedDict(
+        input=nn.Identity(), stem=nn.Sequential(OrderedDict(conv1=resnet.conv1, bn1=resnet.bn1, relu=resnet.relu,
+                                                            maxpool=resnet.maxpool)),
+        layer1=resnet.layer1, layer2=resnet.layer2, layer3=resnet.layer3, layer4=resnet.layer4,
+        pool=nn.Sequential(resnet.avgpool, nn.Flatten())))
+    model = models.Net(body, resnet.fc.in_features, 5)
+    return model
+
+
+SOURCES = {
+    "torchvision_resnet18": (lambda: tv18(), 64, (64, 64, 128, 256, 512), 1),
+    "torchvision_resnet50": (lambda: torchvision.models.resnet50(num_classes=10), 64, (64, 256, 512, 1024, 2048), 4),
+    "backbone_resnet18": (lambda: backbone_like(tv18()), 64, (64, 64, 128, 256, 512), 1),
+    "snipnb_resnet18": (lambda: models.build("resnet18", 10, seed=0), 32, (64, 64, 128, 256, 512), 1),
+    "snipnb_resnet20": (lambda: models.build("resnet20", 10, seed=0), 32, (16, 16, 32, 64), 1),
+}
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_the_delta_has_the_sources_shape_divided_at_every_stage(name):
+    make, size, widths, expansion = SOURCES[name]
+    divisor = 4 if name == "snipnb_resnet20" else 8
+    model = snow.build_snow(make(), 7, width_divisor=divisor, seed=0).eval()
+    assert model.layout.widths == widths
+    ms = [pool.m for pool in model.delta.pools]
+    assert ms == [n // divisor for n in widths]
+    seen = {}
+    hooks = [stage.register_forward_hook(lambda mod, args, out, i=i: seen.__setitem__(i, (args[0].shape, out.shape)))
+             for i, stage in enumerate(model.delta.stages)]
+    x = torch.rand(2, 3, size, size)
+    _, features = model.source(x)
+    stem_out = model.delta.stem(x)
+    logits = model(x)
+    for h in hooks:
+        h.remove()
+    assert logits.shape == (2, 7)
+    assert stem_out.shape == (2, widths[0] // divisor, *features[0].shape[-2:])
+    for i, feature in enumerate(features[1:]):
+        given, out = seen[i]
+        delta_in = widths[0] // divisor if i == 0 else widths[i] // divisor
+        assert given[1] == delta_in + ms[i], f"stage {i + 1}: the delta's channels plus the pooled ones"
+        assert out == (2, widths[i + 1] // divisor, *feature.shape[-2:]), f"stage {i + 1}"
+    assert model.delta.head.in_features == widths[-1] // divisor + ms[-1]
+    for source_stage, delta_stage in zip(model.source.stages[1:], model.delta.stages):
+        assert [type(b) for b in delta_stage] == [type(b) for b in source_stage]  # same blocks, as many
+    assert model.layout.expansion == expansion
+
+
+def test_one_m_for_every_tap_or_one_per_tap():
+    model = snow.build_snow(tv18(), 3, m=[2, 3, 4, 5, 6], seed=0)
+    assert [p.m for p in model.delta.pools] == [2, 3, 4, 5, 6]
+    assert [p.m for p in snow.build_snow(tv18(), 3, m=16, seed=0).delta.pools] == [16] * 5
+
+
+# ----------------------------------------------------------------------------- saving and serving
+
+
+def test_a_state_dict_round_trip_reproduces_the_outputs():
+    source = tv18()
+    a = snow.build_snow(source, 5, m=8, seed=0)
+    images = small_images()
+    fit(a, images, None, 1, lr=0.1, batch_size=8, device="cpu", channels_last=False, progress=False)
+    a.delta.pools[2].fix([0, 1, 2, 3, 4, 5, 6, 7])
+    buffer = io.BytesIO()
+    torch.save(a.state_dict(), buffer)
+    buffer.seek(0)
+    b = snow.build_snow(copy.deepcopy(source), 5, m=8, seed=1)
+    b.load_state_dict(torch.load(buffer, weights_only=True))
+    assert b.delta.pools[2].fixed and not b.delta.pools[1].fixed
+    x = torch.rand(4, 3, 32, 32)
+    a.eval(), b.eval()
+    assert torch.equal(a(x), b(x))
+    assert all(torch.equal(i, j) for i, j in zip(snow.selection(a), snow.selection(b)))
+
+
+def test_one_source_pass_serves_every_task():
+    source = tv18()
+    stages, layout = snow.split_source(source)
+    deltas = [snow.build_delta(layout, 3 + t, m=4, seed=t) for t in range(3)]
+    served = snow.SnowTasks(stages, deltas).eval()
+    calls = []
+    stages.stages[0].register_forward_hook(lambda *_: calls.append(1))
+    x = torch.rand(2, 3, 32, 32)
+    outputs = served(x)
+    assert len(calls) == 1 and [o.shape[1] for o in outputs] == [3, 4, 5]
+    for delta, out in zip(deltas, outputs):
+        assert torch.allclose(snow.Snow(stages, delta, layout).eval()(x), out)
+
+
+# ------------------------------------------------------------------------ SNIP-chosen channels
+
+
+def test_snip_never_picks_a_channel_the_source_leaves_dead():
+    source = tv18()
+    dead = torch.arange(0, 64, 2)  # every other stem channel is zero after its ReLU
+    with torch.no_grad():
+        source.bn1.weight[dead] = 0
+        source.bn1.bias[dead] = -1
+    model = snow.build_snow(source, 4, m=16, seed=0)
+    images = small_images()
+    batches = DeviceLoader(images, 16)
+    scores = snow.snip_channel_scores(model, batches, seed=0)
+    assert [len(s) for s in scores] == list(model.layout.widths)
+    assert (scores[0][dead] == 0).all() and (scores[0][1::2] > 0).all()
+    chosen = snow.snip_channels(model, batches, seed=0)
+    assert all(c % 2 == 1 for c in chosen[0].tolist())
+    assert [len(c) for c in chosen] == [16] * 5
+    assert all(not p.requires_grad for p in model.source.parameters())
+
+
+def test_random_channels_are_the_same_count_and_depend_on_the_seed():
+    _, layout = snow.split_source(tv18())
+    a, b = snow.random_channels(layout, 8, 8, seed=0), snow.random_channels(layout, 8, 8, seed=1)
+    assert [len(i) for i in a] == [8] * 5 and any(not torch.equal(i, j) for i, j in zip(a, b))
+    assert all(torch.equal(i, j) for i, j in zip(a, snow.random_channels(layout, 8, 8, seed=0)))
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+def test_m_larger_than_n_is_refused_naming_the_tap():
+    with pytest.raises(ValueError, match="m=65 is larger than N=64"):
+        snow.build_snow(tv18(), 3, m=65)
+    with pytest.raises(ValueError, match="one value per tap"):
+        snow.build_snow(tv18(), 3, m=[4, 4])
+    with pytest.raises(ValueError, match="m must be at most"):
+        snow.ChannelPooling(8, 9, 0.1)
+
+
+def test_a_negative_sigma_is_refused():
+    with pytest.raises(ValueError, match="sigma"):
+        snow.build_snow(tv18(), 3, sigma=-0.1)
+    with pytest.raises(ValueError, match="sigma"):
+        snow.ChannelPooling(8, 2, float("nan"))
+
+
+def test_a_divisor_that_does_not_divide_the_widths_is_refused():
+    with pytest.raises(ValueError, match="width_divisor=3 does not divide"):
+        snow.build_snow(tv18(), 3, width_divisor=3)
+    with pytest.raises(ValueError, match="width_divisor=32 does not divide"):
+        snow.build_snow(models.build("resnet20", 10), 3, width_divisor=32)
+
+
+@pytest.mark.parametrize("make", [lambda: models.build("vgg11", 10), lambda: models.build("simple_convnet", 10),
+                                  lambda: nn.Linear(3, 3), lambda: torchvision.models.resnext50_32x4d(),
+                                  lambda: torchvision.models.wide_resnet50_2()],
+                         ids=["vgg11", "simple_convnet", "linear", "resnext", "wide_resnet"])
+def test_an_unsupported_source_is_refused_with_what_is_supported(make):
+    with pytest.raises(ValueError, match="SNOW cannot use this source.*Supported"):
+        snow.build_snow(make(), 3)
+
+
+# ------------------------------------------------------------------------------- runs (snowrun)
+
+from snipnb import snowrun  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def synthetic_source(tmp_path_factory):
+    """Runs from a source pretrained (one epoch) on synthetic classes 0-4, cached in a temporary folder."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SNIPNB_CHECKPOINTS", str(tmp_path_factory.mktemp("checkpoints")))
+    yield dict(source="synthetic:0-4", target="synthetic:5-9", model="resnet18", image_size=32, source_epochs=1)
+    mp.undo()
+
+
+def tiny_run(source, **kw):
+    settings = dict(k=2, epochs=1, batch_size=8, test_per_class=4, timing_batch=4, eval_every=1, **source)
+    return snowrun.SnowRun(**{**settings, **kw})
+
+
+def test_a_snow_run_and_its_baselines_report_accuracy_and_cost(synthetic_source):
+    results = {method: snowrun.run_snow(tiny_run(synthetic_source, method=method), "cpu")
+               for method in snowrun.METHODS}
+    cost_keys = {"train_images_per_s", "infer_images_per_s", "train_gflops", "infer_gflops", "train_memory_mb",
+                 "peak_memory_mb"}
+    for method, result in results.items():
+        assert cost_keys | {"final_acc", "best_acc", "trainable_params", "total_params"} <= set(result), method
+        assert 0 <= result["final_acc"] <= result["best_acc"] <= 100
+        assert all(v > 0 for k, v in result.items() if k in cost_keys - {"peak_memory_mb"})
+    assert {"snip_overlap", "chance_overlap", "w_moved"} <= set(results["snow"])
+    trained = {m: r["trainable_params"] for m, r in results.items()}
+    assert trained["fo"] == 512 * 5 + 5  # the new head and nothing else
+    assert trained["fo"] < trained["snow"] < trained["fe"] < trained["ft"] == results["ft"]["total_params"]
+    # FO back-propagates through its head only; fine-tuning through everything (about 3x a forward pass).
+    assert results["fo"]["train_gflops"] == pytest.approx(results["fo"]["infer_gflops"], rel=0.01)
+    assert results["ft"]["train_gflops"] > 2.5 * results["ft"]["infer_gflops"]
+    assert results["snow"]["train_gflops"] < results["fe"]["train_gflops"] < results["ft"]["train_gflops"]
+    assert results["snow"]["train_memory_mb"] < results["ft"]["train_memory_mb"]
+
+
+def test_snip_and_random_selections_are_fixed_before_training_and_differ(synthetic_source):
+    snip, model_snip = snowrun.train_run(tiny_run(synthetic_source, selection="snip"), "cpu")
+    _, model_random = snowrun.train_run(tiny_run(synthetic_source, selection="random"), "cpu")
+    assert snip["snip_overlap"] == 1.0  # SNIP's own top-M, scored on the same images
+    assert all(pool.fixed for pool in model_snip.delta.pools + model_random.delta.pools)
+    assert any(not torch.equal(a, b) for a, b in zip(snow.selection(model_snip), snow.selection(model_random)))
+
+
+def test_a_run_on_the_whole_target_split_leaves_the_source_bit_identical(synthetic_source):
+    run = tiny_run(synthetic_source, k=None, epochs=1, batch_size=64)
+    train, _ = snowrun.target_data(run)
+    assert len(train) == 500  # every synthetic training image of classes 5-9
+    _, model = snowrun.train_run(run, "cpu")
+    # The run trained a copy of the cached source; the cache itself is what the source was before.
+    original = snowrun._source(run.source, run.model, run.image_size, run.source_epochs, run.source_seed).body
+    for stage, name in zip(model.source.stages, ["stem", "layer1", "layer2", "layer3", "layer4"]):
+        before, after = getattr(original, name).state_dict(), stage.state_dict()
+        assert before.keys() == after.keys()
+        assert all(torch.equal(before[k], after[k].cpu()) for k in before), name
+    assert all(not module.training for module in model.source.modules())
+
+
+def test_serving_t_tasks_shares_the_source(synthetic_source):
+    settings = {k: v for k, v in synthetic_source.items() if k != "target"}
+    one, three = (snowrun.run_serving(snowrun.ServingRun(**settings, tasks=t, num_classes=5, batch=4, repeats=1), "cpu")
+                  for t in (1, 3))
+    for way in snowrun.SERVING:
+        assert one[f"{way}_images_per_s"] > 0 and three[f"{way}_params"] >= one[f"{way}_params"]
+    delta = three["snow_params"] - one["snow_params"]  # two more deltas
+    assert delta < 0.1 * one["snow_params"]
+    assert three["ft_params"] == pytest.approx(3 * one["ft_params"], rel=1e-3)
+    assert three["snow_gflops"] < 0.5 * three["ft_gflops"]
+    assert one["fo_params"] < three["fe_params"] < three["ft_params"]
+
+
+def test_the_grid_gives_snow_its_settings_and_each_method_its_learning_rate(synthetic_source):
+    runs = snowrun.grid("synthetic:0-4", "synthetic:5-9", ["resnet18"], [2, None], ["snow", "ft", "fo"], 2,
+                        lrs={"snow": 0.2, "ft": 0.01}, selections=["learned", "snip"], full_epochs=3, epochs=7,
+                        image_size=32, m=4, sigma=0.05)
+    assert len(runs) == 2 * 2 * (2 + 2)
+    assert {r.epochs for r in runs if r.k is None} == {3} and {r.epochs for r in runs if r.k == 2} == {7}
+    assert {(r.method, r.lr) for r in runs} == {("snow", 0.2), ("ft", 0.01), ("fo", snowrun.SnowRun.lr)}
+    assert all((r.m, r.sigma) == (4, 0.05) for r in runs if r.method == "snow")
+    assert all((r.m, r.sigma, r.selection) == (None, 0.1, "learned") for r in runs if r.method != "snow")
+    with pytest.raises(ValueError, match="k must be between"):
+        snowrun.grid("synthetic:0-4", "synthetic:5-9", ["resnet18"], [101], ["snow"], 1, image_size=32)
+
+
+def test_an_ablation_changes_one_setting_at_a_time():
+    base = snowrun.SnowRun(model="resnet18", image_size=32, m=8)
+    runs = snowrun.ablation(base, 2, m=[8, 4], sigma=[0.0], width_divisor=[4])
+    changed = [(r.m, r.sigma, r.width_divisor) for r in runs]
+    assert changed == [(4, 0.1, 8)] * 2 + [(8, 0.0, 8)] * 2 + [(8, 0.1, 4)] * 2
+    assert [r.seed for r in runs] == [0, 1] * 3
+    with pytest.raises(ValueError, match="ablation varies"):
+        snowrun.ablation(base, 1, lr=[0.1])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(method="ft", sigma=0.5), "sigma=0.5 applies to method='snow' only"),
+    (dict(method="fo", selection="snip"), "selection='snip' applies to method='snow' only"),
+    (dict(model="vgg11"), "model must be one of"),
+    (dict(m=65), "m=65 is larger than N=64"),
+    (dict(model="resnet50", m=[8, 8]), "one value per tap"),
+    (dict(sigma=-1.0), "sigma must be >= 0"),
+    (dict(width_divisor=3), "width_divisor=3 does not divide"),
+    (dict(selection="magic"), "selection must be one of"),
+    (dict(k=0), "k must be >= 1"),
+    (dict(target="nowhere"), "target='nowhere' is not valid"),
+])
+def test_a_bad_setting_fails_when_the_config_is_made(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        snowrun.SnowRun(**{"model": "resnet18", "image_size": 32, **kwargs})
+
+
+def test_a_list_of_m_is_kept_as_a_tuple_so_the_config_stays_hashable():
+    run = snowrun.SnowRun(model="resnet18", image_size=32, m=[2, 3, 4, 5, 6])
+    assert run.m == (2, 3, 4, 5, 6) and hash(run)
+    with pytest.raises(ValueError, match="ServingRun|m=99"):
+        snowrun.ServingRun(model="resnet18", image_size=32, m=99)
