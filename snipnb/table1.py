@@ -196,34 +196,44 @@ def run_table1_stack(runs: list[Table1Run], device=None) -> list[dict]:
     return [_result(model, history, steps) for model, history in zip(built, histories)]
 
 
-def measure_speed(run: Table1Run, stack: int, iterations: int, device=None) -> float:
-    """Run-iterations per second of `stack` copies of `run` trained as one stack for `iterations`
-    steps (or fewer, if the training part is smaller), after one untimed warm-up step."""
-    checks.integer("stack", stack, 1)
+def _train_briefly(runs: list[Table1Run], iterations: int, device) -> tuple[float, list]:
+    """Train `runs` as one stack for their first `iterations` steps (fewer if the training part is
+    smaller), testing nothing; (seconds, histories)."""
     checks.integer("iterations", iterations, 1)
     device = torch.device(device) if device is not None else default_device()
-    train, _, _ = data_of(run)
-    steps = min(iterations, len(train) // run.batch_size)
-    part = train.subset(torch.arange(steps * run.batch_size))
-    recipe = {**_recipe(run, device), "eval_every": 1}
-
-    def train_stack(images) -> float:
-        built = [build(dataclasses.replace(run, seed=s), device)[0] for s in range(stack)]
-        start = time.perf_counter()
-        fit_stack(built, [images] * stack, None, 1, seeds=list(range(stack)), **recipe)
-        return time.perf_counter() - start
-
-    train_stack(train.subset(torch.arange(run.batch_size)))  # first calls pay for allocations
-    return steps * stack / train_stack(part)
+    train, _, _ = data_of(runs[0])
+    steps = min(iterations, len(train) // runs[0].batch_size)
+    part = train.subset(torch.arange(steps * runs[0].batch_size))
+    built = [build(run, device)[0] for run in runs]
+    start = time.perf_counter()
+    histories = fit_stack(built, [part] * len(runs), None, 1, seeds=[r.seed for r in runs],
+                          **_recipe(runs[0], device))
+    return time.perf_counter() - start, histories
 
 
-def ablations(long_epochs: int | None = None) -> dict[str, dict]:
+def measure_speed(run: Table1Run, stack: int, iterations: int, device=None) -> float:
+    """Run-iterations per second of `stack` copies of `run` (seeds 0, 1, ...) trained as one stack
+    for `iterations` steps, after an untimed warm-up step (first calls pay for allocations)."""
+    checks.integer("stack", stack, 1)
+    runs = [dataclasses.replace(run, seed=s) for s in range(stack)]
+    _train_briefly(runs, 1, device)
+    seconds, histories = _train_briefly(runs, iterations, device)
+    return histories[0].images / run.batch_size * stack / seconds
+
+
+def early_losses(runs: list[Table1Run], iterations: int, device=None) -> list[float]:
+    """Each run's mean training loss over its first `iterations` steps: NaN or inf where training
+    diverged, the check that a learning rate is stable before hours are spent on it."""
+    return [h.train_loss[0] for h in _train_briefly(list(runs), iterations, device)[1]]
+
+
+def ablations(long_epochs: int | None = None, large_batch: int = 1000) -> dict[str, dict]:
     """Each difference from the official code, as the `Table1Run` fields it changes from our default
-    recipe; with `long_epochs`, also the length of training."""
+    recipe; with `long_epochs`, also the length of training. `large_batch`: the larger saliency batch."""
     changes = {
         "variance-scaling init": dict(init="variance_scaling"),
         "fresh init under the mask": dict(fresh_init=True),
-        "saliency batch of 1,000": dict(saliency_images=1000),
+        f"saliency batch of {large_batch:,}": dict(saliency_images=large_batch),
         "random saliency batch": dict(saliency_balanced=False),
         "official code (all three)": dict(init="variance_scaling", fresh_init=True, saliency_balanced=False),
     }

@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import pandas as pd
 import pytest
@@ -7,7 +8,7 @@ import torch
 from snipnb import data
 from snipnb.sweep import config_id
 from snipnb.table1 import (OFFICIAL_WINDOW, Table1Run, _result, ablation_grid, ablation_view, ablations, build,
-                           data_of, gaps, grid, masks_for, measure_speed, run_table1_stack, split_validation,
+                           data_of, early_losses, gaps, grid, masks_for, measure_speed, run_table1_stack, split_validation,
                            stack_key)
 from snipnb.train import History
 
@@ -148,3 +149,9 @@ def test_the_ablation_view_pairs_each_ablation_with_the_dense_runs_trained_its_w
 
 def test_speed_is_measured_in_run_iterations_per_second():
     assert measure_speed(tiny(), stack=2, iterations=3, device="cpu") > 0
+
+
+def test_early_losses_tell_a_stable_learning_rate_from_one_that_diverges():
+    stable, unstable = early_losses([tiny(lr=0.01), tiny(lr=0.01, seed=1)], 9, "cpu"), early_losses([tiny(lr=1e4)], 9, "cpu")
+    assert all(0 < loss < 5 for loss in stable)
+    assert not math.isfinite(unstable[0]) or unstable[0] > 100
