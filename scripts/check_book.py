@@ -4,6 +4,7 @@
   there; no `$$` or `\\[` is left in the text outside the math MathJax typesets.
 - Headings never show an unfilled variable (a `name` in code font, as "k = `focus_k`" did).
 - Every chapter that was not executed says so in a banner, and every executed one has outputs.
+- An executed chapter whose notebook's code has changed since says so in a banner (run_book adds it).
 
     python scripts/check_book.py [book/_build/html]
 """
@@ -18,6 +19,9 @@ import nbformat
 from bs4 import BeautifulSoup
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import run_book  # noqa: E402  (the chapters, and how an executed one is compared with its notebook)
+
 BANNER = "has not been executed"
 
 
@@ -57,6 +61,13 @@ def chapter_problems(site: pathlib.Path) -> list[str]:
         has_banner = BANNER in page.read_text(encoding="utf-8")
         if not executed and not has_banner:
             found.append(f"{page.name}: not executed and no banner saying so")
+        chapter = run_book.CHAPTERS_BY_NAME.get(notebook.stem)
+        if chapter is None:
+            found.append(f"{notebook.name}: no chapter of that name in scripts/run_book.py")
+        elif executed and run_book.stale(notebook, chapter) and run_book.STALE_BANNER not in page.read_text(
+                encoding="utf-8"):
+            found.append(f"{page.name}: executed by other code than notebooks/{chapter.notebook}.py has "
+                         f"today, and no banner saying so (run scripts/run_book.py to add it)")
     return found
 
 

@@ -19,6 +19,7 @@ touches the committed report.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import os
 import pathlib
@@ -113,6 +114,7 @@ CHAPTERS = [
             "SNOW on CIFAR-100 from ImageNet ResNet-50 and ResNet-18: channel pooling against fine-tuning",
             dict(source="imagenet", target="cifar100"), on_demand=True, cost="GPU: hours"),
 ]
+CHAPTERS_BY_NAME = {chapter.name: chapter for chapter in CHAPTERS}
 
 
 def select(chapters, patterns: list[str], everything: bool, gpu: bool) -> list[Chapter]:
@@ -147,13 +149,45 @@ def tidy(path: pathlib.Path, title: str, banner: str | None = None) -> None:
         lines = first.source.lstrip().split("\n")
         first.source = "\n".join([f"# {title}", *lines[1:]])
     if banner:
-        nb.cells.insert(1, nbformat.v4.new_markdown_cell(f"```{{warning}}\n{banner}\n```"))
+        nb.cells = [c for c in nb.cells if "banner" not in c.metadata.get("tags", [])]
+        cell = nbformat.v4.new_markdown_cell(f"```{{warning}}\n{banner}\n```")
+        cell.metadata["tags"] = ["banner"]
+        nb.cells.insert(1, cell)
     nbformat.write(nb, path)
 
 
 def _executed(path: pathlib.Path) -> bool:
     nb = nbformat.read(path, as_version=4)
     return any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
+
+
+def code_of(nb) -> list[str]:
+    """The code a notebook runs, without the cell papermill injects, as syntax trees: comments and
+    line breaks are not changes of code."""
+    def tree(source: str) -> str:
+        try:
+            return ast.dump(ast.parse(source))
+        except SyntaxError:  # IPython syntax (magics): compare the text without its whitespace
+            return re.sub(r"\s+", "", source)
+    return [tree(c.source) for c in nb.cells
+            if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+
+
+def stale(target: pathlib.Path, chapter: Chapter) -> bool:
+    """Whether the executed chapter ran code other than its notebook's today (its text may differ too)."""
+    current = nbformat.read(ROOT / "notebooks" / f"{chapter.notebook}.ipynb", as_version=4)
+    return code_of(nbformat.read(target, as_version=4)) != code_of(current)
+
+
+STALE_BANNER = "was executed by an earlier version of its notebook"
+
+
+def mark_stale(chapter: Chapter, target: pathlib.Path) -> None:
+    """A banner on an executed chapter whose notebook has changed since: its numbers stay, labelled."""
+    tidy(target, chapter.title, banner=(
+        f"**This chapter {STALE_BANNER}**: the numbers below are that run's, and its code and text "
+        f"differ from `notebooks/{chapter.notebook}.py` today. To bring it up to date, run "
+        f"`bash scripts/run_book.sh --only {chapter.name}` ({chapter.cost})."))
 
 
 def placeholder(chapter: Chapter, out: pathlib.Path, reason: str) -> None:
@@ -231,11 +265,17 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     failed = []
     if out == BOOK_CHAPTERS.resolve():
-        # On-demand chapters nobody ran here still show the current text, under their banner.
+        # Chapters not run now: unexecuted ones show the current text under a banner saying why; an
+        # executed one whose notebook has changed since keeps its numbers under a banner saying so.
         for chapter in CHAPTERS:
             target = out / f"{chapter.name}.ipynb"
-            if chapter.on_demand and chapter not in chosen and not (target.exists() and _executed(target)):
-                placeholder(chapter, out, "it needs data or compute the project's own machines do not have")
+            if chapter in chosen:
+                continue
+            if not (target.exists() and _executed(target)):
+                placeholder(chapter, out, "it needs data or compute the project's own machines do not have"
+                            if chapter.on_demand else "it has not been run since its notebook was written")
+            elif stale(target, chapter):
+                mark_stale(chapter, target)
     for chapter in chosen:
         print(f"== {chapter.name}")
         mine = {name: yaml.safe_load(value) for c, name, value in args.P if c == chapter.name}

@@ -62,3 +62,26 @@ def test_a_chapter_that_fails_gets_a_banner_not_a_traceback(tmp_path, monkeypatc
     assert "has not been executed" in nb.cells[1].source and "seeds" in nb.cells[1].source
     with pytest.raises(SystemExit, match="no_such"):
         run_book.main(["--only", "00_snip_mnist", "--out", str(tmp_path), "-P", "00_snip_mnist", "no_such", "1"])
+
+
+def test_a_chapter_run_by_other_code_is_marked_once_and_keeps_its_numbers(tmp_path):
+    chapter = run_book.CHAPTERS_BY_NAME["01_few_shot_mnist"]
+    nb = nbformat.read(ROOT / "notebooks" / "01_few_shot.ipynb", as_version=4)
+    injected = nbformat.v4.new_code_cell("seeds = 5")
+    injected.metadata["tags"] = ["injected-parameters"]
+    nb.cells.insert(2, injected)
+    code = [c for c in nb.cells if c.cell_type == "code" and c is not injected]
+    code[-1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="a number\n")]
+    target = tmp_path / "01_few_shot_mnist.ipynb"
+    nbformat.write(nb, target)
+    assert not run_book.stale(target, chapter)  # papermill's injected cell is not a change of code
+
+    code[-1].source += "\nprint('an edit since')"
+    nbformat.write(nb, target)
+    assert run_book.stale(target, chapter)
+    run_book.mark_stale(chapter, target)
+    run_book.mark_stale(chapter, target)
+    marked = nbformat.read(target, as_version=4)
+    banners = [c for c in marked.cells if run_book.STALE_BANNER in c.source]
+    assert len(banners) == 1 and run_book.STALE_BANNER in marked.cells[1].source
+    assert any(o.get("text") == "a number\n" for c in marked.cells if c.cell_type == "code" for o in c.outputs)
