@@ -318,7 +318,7 @@ display(spread.round(2).unstack("method"))
 # Computed from this run's paired differences in **final** accuracy, so a rerun with other
 # parameters never shows stale claims.
 
-# %%
+# %% tags=["hide-input", "findings"]
 final = paired["final_acc"]
 focus = final[(final.train_blocks == focus_blocks) & (final.sparsity == focus_sparsity)]
 low_k, high_k = min(ks), max(ks)

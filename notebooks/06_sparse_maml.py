@@ -239,7 +239,7 @@ if len(sparse_rows):
 # ## Verdicts
 # Computed from this run's numbers, so a rerun with other parameters never shows stale claims.
 
-# %%
+# %% tags=["hide-input", "findings"]
 def verdict(method):
     row = paired[paired.method == method]
     if not len(row):

@@ -60,6 +60,9 @@ def render() -> str:
             lines.append(f"Executed before the chapters stated their findings in one cell; its results are in "
                          f"{{doc}}`{file}`.")
         else:
+            if any("banner" in c.metadata.get("tags", []) and "earlier version" in c.source for c in nb.cells):
+                lines.append("*From a run of an earlier version of the chapter's notebook (its page says more).*")
+                lines.append("")
             lines.append(found.strip())
             lines.append("")
             lines.append(f"Details, controls and limits: {{doc}}`{file}`.")
