@@ -103,7 +103,7 @@ CHAPTERS = [
             dict(source="mnist:0-4", target="mnist:5-9", models=["resnet18"], image_size=32, source_epochs=3,
                  ks=[10, None], focus_k=10, seeds=3, epochs=60, full_epochs=1, eval_every=20, test_per_class=200,
                  lrs={"snow": 0.1, "ft": 0.05, "fe": 0.1, "fo": 0.5}, workers=2),
-            cost="CPU (1 core of 2, shared) ≈ 75 min"),
+            cost="CPU (2 cores) ≈ 40 min"),
     Chapter("05_snow_uci_digits", "05_snow",
             "SNOW on the UCI digits from a ResNet-18 pretrained on MNIST: channel pooling against fine-tuning",
             dict(source="mnist", target="uci_digits", models=["resnet18"], image_size=32, source_epochs=2,
