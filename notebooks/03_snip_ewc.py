@@ -370,7 +370,7 @@ else:
 # ## Discussion
 # Computed from this run's paired comparisons, so a rerun with other parameters never shows stale claims.
 
-# %% tags=["remove-input"]
+# %% tags=["remove-input", "findings"]
 def row(name, a, b, metric):
     p = comparisons[(comparisons.benchmark == name) & (comparisons.comparison == f"{a} − {b}") &
                     (comparisons.metric == metric)]

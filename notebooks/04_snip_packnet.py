@@ -285,7 +285,7 @@ plt.show()
 # ## Discussion
 # Computed from this run's paired comparisons, so a rerun with other parameters never shows stale claims.
 
-# %% tags=["remove-input"]
+# %% tags=["remove-input", "findings"]
 def row(name, a, b, metric="avg_acc"):
     p = comparisons[(comparisons.benchmark == name) & (comparisons.comparison == f"{a} − {b}") &
                     (comparisons.metric == metric)]
@@ -307,8 +307,11 @@ for name in benchmarks:
                  f"{means_now['random_packnet']:.1f}%. The largest forgetting of any PackNet run is {worst:.2f} points.")
     lines.append(f"- SNIP-PackNet − PackNet: {stats.verdict(row(name, 'snip_packnet', 'packnet'))}.")
     for variant in ("snip_packnet", "packnet"):
-        lines.append(f"- {variant} − random_packnet: {stats.verdict(row(name, variant, 'random_packnet'))}"
-                     f"{'' if beats(name, variant, 'random_packnet') else ': which weights it keeps is not shown to matter'}.")
+        r = row(name, variant, "random_packnet")
+        reading = ("" if beats(name, variant, "random_packnet") else
+                   ": keeping random weights does better" if r is not None and r.n > 1 and r.ci_high < 0 else
+                   ": which weights it keeps is not shown to matter")
+        lines.append(f"- {variant} − random_packnet: {stats.verdict(r)}{reading}.")
     claim = beats(name, "snip_packnet", "packnet") and beats(name, "snip_packnet", "random_packnet")
     lines.append(f"- Claim that SNIP picks better weights for PackNet here: "
                  f"{'supported (it beats magnitude and random)' if claim else 'not supported by this run'}.")
