@@ -78,7 +78,7 @@ CHAPTERS = [
     Chapter("03_snip_ewc_mnist", "03_snip_ewc", "Experiment 3 on MNIST: can SNIP saliency replace the Fisher in EWC?",
             dict(dataset="mnist", model="lenet300_100", seeds=5, search_seeds=2, epochs=3, permuted_epochs=1,
                  importance_examples=512, probe_examples=1000, lambdas=[0.001, 0.01, 0.1, 1, 10],
-                 lambda_extensions=2, workers=2), cost="CPU (2 cores) ≈ 1.5 h"),
+                 lambda_extensions=2, workers=1), cost="CPU (1 core of 2, shared) ≈ 1 h 45 min"),
     Chapter("03_snip_ewc_cifar100", "03_snip_ewc",
             "Experiment 3 on Split CIFAR-100: can SNIP saliency replace the Fisher in EWC?",
             dict(dataset="cifar100"), on_demand=True, cost="GPU: hours"),
