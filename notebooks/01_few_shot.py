@@ -113,7 +113,7 @@ other_bn = "train" if bn_mode == "eval" else "eval"
 bn_runs = [fewshot.FewShotRun(model=models[0], k=focus_k, seed=s, method="snip", sparsity=focus_sparsity,
                               bn_mode=other_bn, **settings) for s in range(seeds)]
 display(Markdown(
-    f"**This run:** dataset `{dataset}`, {len(runs)} runs ({len(models)} models × {len(ks)} values of k × {seeds} "
+    f"**This run:** dataset `{dataset}`, {len(runs)} runs ({len(models)} model{'s' if len(models) > 1 else ''} × {len(ks)} values of k × {seeds} "
     f"seeds × (dense + {len(methods)} methods × {len(sparsities)} sparsities)) plus {len(bn_runs)} for the "
     f"BatchNorm ablation; {epochs} epochs each, tested every {eval_every} epochs and after the last; "
     f"cross-domain saliency from `{source_name}`; stacks of up to {stack}. "
@@ -300,7 +300,11 @@ limits = [f"- Dataset `{dataset}`; {seeds} seeds; {epochs} epochs per run at bat
           f"the test set; the final accuracy is the honest one.",
           "- No hyperparameter was tuned per method or per k: every run uses the same recipe, which may suit "
           "dense and sparse networks differently.",
-          f"- The BatchNorm ablation covers one cell ({models[0]}, k = {focus_k}, sparsity {focus_sparsity})."]
+          f"- The BatchNorm ablation covers one cell ({models[0]}, k = {focus_k}, sparsity {focus_sparsity}).",
+          f"- A run's numbers reproduce exactly only at its stack size (up to {stack} here; each record says "
+          "its own): a stacked run and the same run alone agree to rounding for a few epochs, and over 30 "
+          "epochs on a few images that rounding grows into another trajectory, up to 2.4 points of final "
+          "accuracy for one run (benchmarks/RESULTS.md). Every comparison here pairs runs made the same way."]
 if dataset == "mnist":
     limits.append("- MNIST is easy: at k ≥ 10 every method is near its ceiling, which leaves little room for "
                   "differences; the CIFAR-100 chapter is the write-up's real test.")
