@@ -424,7 +424,7 @@ if "lenet300_100" in models:
 # Computed from this run: our SNIP and dense errors beside the paper's, and whether the paper's SNIP − dense
 # lies in our paired interval (it "reproduces" in that sense: our seeds cannot tell our gap from theirs).
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "findings"]
 lines, consistent, cells = [], 0, 0
 means_main = summary.set_index(["model", "method", "sparsity"])["mean"]
 for name in models:

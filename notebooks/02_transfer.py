@@ -72,7 +72,7 @@
 # run, so a killed or extended sweep only runs what is missing. Use `-p workers 4` for parallel runs
 # and `-p shard 0/2` for one shard of the grid.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "remove-cell"]
 source = "imagenet"  # torchvision's ImageNet weights, or a dataset the project pretrains on: "mnist:0-4", "mnist"
 target = "cifar100"  # the dataset (and classes) adapted to: "mnist:5-9", "uci_digits", ...
 models = ["resnet18"]  # resnet18 (the write-up's backbone) or resnet50
@@ -105,7 +105,7 @@ progress = True  # progress bars (the book's chapters are executed without them)
 # CI runs every notebook in a quick configuration on synthetic data; the next cell does nothing
 # otherwise.
 
-# %%
+# %% tags=["hide-input"]
 import os
 import tempfile
 
@@ -115,7 +115,7 @@ if os.environ.get("SNIPNB_SMOKE"):
     focus_k, test_per_class, results_dir = 2, 10, tempfile.mkdtemp()
     os.environ["SNIPNB_CHECKPOINTS"] = tempfile.mkdtemp()  # the smoke source is not cached for later
 
-# %%
+# %% tags=["hide-input"]
 import functools
 
 import matplotlib.pyplot as plt
@@ -157,7 +157,7 @@ display(Markdown("**Changed from the write-up's protocol:** " + ("; ".join(chang
 # Pretrained once, before the sweep (a self-pretrained source is cached on disk by its settings).
 # Its own test accuracy says how good the features are that the target starts from.
 
-# %%
+# %% tags=["hide-input"]
 sources = []
 for model in models:
     backbone = pretrained.load_source(source, model, image_size, epochs=source_epochs, device=device,
@@ -175,7 +175,7 @@ display(pd.DataFrame(sources))
 # %% [markdown]
 # ## Run
 
-# %%
+# %% tags=["hide-input"]
 results = run_sweep(functools.partial(transfer.run_transfer, device=device), runs,
                     f"{results_dir}/{source.replace(':', '_')}_to_{target.replace(':', '_')}", workers=workers,
                     shard=shard, progress=progress)
@@ -186,7 +186,7 @@ print(f"{len(results)} of {len(runs)} runs have results; {results.seconds.sum() 
 # Mean ± std over seeds: every method at sparsity `focus_sparsity`, fine-tuning `focus_blocks`,
 # beside dense fine-tuning of every trained-block setting and training from scratch.
 
-# %%
+# %% tags=["hide-input"]
 summary = {metric: stats.summarize(results, ["model", "k", "train_blocks", "method", "sparsity"], metric)
            for metric in ("best_acc", "final_acc")}
 
@@ -207,7 +207,7 @@ for metric, s in summary.items():
     display(Markdown(f"**{metric}**; methods prune {focus_sparsity:.0%} of the weights of `{focus_blocks}`"))
     display(shown.pivot(index=["model", "k"], columns="run", values="mean ± std")[columns])
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plt.subplots(len(models), 2, figsize=(13, 4 * len(models)), squeeze=False)
 for row, model in zip(axes, models):
     for ax, (metric, s) in zip(row, summary.items()):
@@ -222,7 +222,7 @@ fig.tight_layout()
 # Final accuracy against sparsity at k = `focus_k`, one panel per trained-block setting; the dashed
 # line is dense fine-tuning of the same blocks.
 
-# %%
+# %% tags=["hide-input"]
 s = summary["final_acc"]
 fig, axes = plt.subplots(len(models), len(train_blocks), figsize=(4.6 * len(train_blocks), 3.8 * len(models)),
                          squeeze=False)
@@ -241,7 +241,7 @@ fig.tight_layout()
 # (Jaccard index, 1 = the same weights). One global ranking over all trained layers can empty a
 # layer; the table below counts such collapsed layers over the whole run (mean per run).
 
-# %%
+# %% tags=["hide-input"]
 criteria = [m for m in methods if m != "shuffled_snip"]
 focus_runs = {m: transfer.TransferRun(source=source, target=target, model=models[0], k=focus_k, seed=0, method=m,
                                       sparsity=focus_sparsity, train_blocks=focus_blocks, **settings)
@@ -274,7 +274,7 @@ display(pruned.pivot_table(index=["model", "train_blocks", "method"], columns="s
 # 95% t interval; `wins` counts the seeds where the method was higher. An interval that excludes 0
 # is a difference the seeds agree on; one that spans 0 detects nothing at this number of seeds.
 
-# %%
+# %% tags=["hide-input"]
 fine_tuned = results[results.method != "scratch"]
 paired = {metric: stats.paired_difference(fine_tuned, metric, baseline={"method": "dense"},
                                           variant=["method", "sparsity"], pair_on=["seed"],
@@ -290,7 +290,7 @@ for metric, p in paired.items():
 # ## What pretraining buys
 # Dense fine-tuning minus training from scratch, on the same seeds and the same few images.
 
-# %%
+# %% tags=["hide-input"]
 dense_vs_scratch = results[results.method.isin(["dense", "scratch"])]
 pretraining = stats.paired_difference(dense_vs_scratch, "final_acc", baseline={"method": "scratch"},
                                       variant=["train_blocks"], pair_on=["seed"], group=["model", "k"])
@@ -304,7 +304,7 @@ display(pretraining.pivot(index=["model", "train_blocks"], columns="k", values="
 # the last (best − final, a sign of overfitting the few images), at `focus_blocks` and
 # `focus_sparsity`.
 
-# %%
+# %% tags=["hide-input"]
 results["drop"] = results.best_acc - results.final_acc
 at_focus = results[(results.train_blocks == focus_blocks) &
                    ((results.method == "dense") | (results.sparsity == focus_sparsity))]
@@ -381,7 +381,7 @@ display(Markdown("\n".join(lines)))
 # below dense fine-tuning of the same blocks with an interval that excludes 0 ("—": at no sparsity
 # of this run).
 
-# %%
+# %% tags=["hide-input"]
 at_k = final[final.k == focus_k]
 breaks = at_k[at_k.ci_high < 0].groupby(["model", "method", "train_blocks"]).sparsity.min()
 breaks = breaks.reindex(pd.MultiIndex.from_frame(at_k[["model", "method", "train_blocks"]].drop_duplicates()))

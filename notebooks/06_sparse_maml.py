@@ -53,7 +53,7 @@
 # protocol on mini-ImageNet (32 filters, meta-batch 4) on a GPU. Finished runs are kept in
 # `results_dir`, one file per run, so a killed sweep resumes; `workers` and `shard` split the grid.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "remove-cell"]
 methods = ["maml", "anil", "boil", "sparse_maml", "sparse_relu_maml", "snip_maml", "random_mask_maml"]
 dataset = "mnist_rotations"
 model = "conv4"
@@ -85,7 +85,7 @@ progress = True  # a progress bar over runs (the book's chapter runs without one
 # CI runs every notebook in a quick configuration on synthetic data; the next cell does nothing
 # otherwise.
 
-# %%
+# %% tags=["hide-input"]
 import os
 import tempfile
 
@@ -93,7 +93,7 @@ if os.environ.get("SNIPNB_SMOKE"):
     dataset, synthetic_shape, filters, q_query, inner_steps, iterations, eval_every = "synthetic", (1, 16), 4, 2, 1, 2, 1
     seeds, val_episodes, test_episodes, meta_batch, results_dir = 2, 4, 8, 2, tempfile.mkdtemp()
 
-# %%
+# %% tags=["hide-input"]
 import functools
 
 import matplotlib.pyplot as plt
@@ -124,7 +124,7 @@ display(Markdown(
 # %% [markdown]
 # ## Run
 
-# %%
+# %% tags=["hide-input"]
 results = run_sweep(functools.partial(metarun.run_meta, device=device), runs, f"{results_dir}/{dataset}",
                     workers=workers, shard=shard, progress=progress)
 print(f"{len(results)} of {len(runs)} runs have results; {results.seconds.sum() / 3600:.2f} GPU/CPU hours in all")
@@ -135,7 +135,7 @@ print(f"{len(results)} of {len(runs)} runs have results; {results.seconds.sum() 
 # accuracy with the 95% interval over its test episodes. `best it.` is the iteration of the checkpoint
 # meta-validation chose.
 
-# %%
+# %% tags=["hide-input"]
 summary = stats.summarize(results, ["method"], "test_acc").set_index("method")
 per_seed = results.sort_values("seed").groupby("method", sort=False).apply(
     lambda d: ", ".join(f"{a:.1f} ± {c:.1f}" for a, c in zip(d.test_acc, d.test_ci95)), include_groups=False)
@@ -150,7 +150,7 @@ display(table.loc[[m for m in methods if m in table.index]])
 # CIFAR-FS (Bertinetto et al., ICLR 2019). They are shown beside ours only where the dataset, the model
 # and $k$ match; on any other setup they are context, not a target.
 
-# %%
+# %% tags=["hide-input"]
 key = (model, k_shot)
 paper = pd.DataFrame({"Sparse-MAML table, mini-ImageNet": published.SPARSE_MAML_MINI_IMAGENET.get(key, {})})
 if dataset == "cifar_fs" and k_shot in published.MAML_CIFAR_FS:
@@ -168,7 +168,7 @@ display(paper.reindex([m for m in methods if m in paper.index or m in summary.in
 # Method minus MAML on the same seed (same initialisation, same episodes), in accuracy points, with a
 # 95% t interval over seeds; `wins` counts seeds where the method beat MAML.
 
-# %%
+# %% tags=["hide-input"]
 paired = stats.paired_difference(results, "test_acc", baseline={"method": "maml"}, variant=["method"],
                                  pair_on=["seed"])
 if len(paired):
@@ -178,7 +178,7 @@ if len(paired):
 # ## Meta-validation accuracy over meta-training
 # Mean over seeds; the chosen checkpoint is each run's best point on these curves.
 
-# %%
+# %% tags=["hide-input"]
 val_curves = metarun.history_table(results, "val_acc")
 fig, ax = plt.subplots(figsize=(8, 4))
 for method, part in val_curves.groupby("method", sort=False):
@@ -196,7 +196,7 @@ fig.tight_layout()
 # move), over meta-training, mean over seeds. The paper reports that whole layers close and
 # that the pattern is structured by depth.
 
-# %%
+# %% tags=["hide-input"]
 scored = [m for m in ("sparse_maml", "sparse_relu_maml") if m in methods]
 density = metarun.history_table(results[results.method.isin(scored)], "density") if scored else pd.DataFrame()
 if len(density):
@@ -221,7 +221,7 @@ if len(density):
 # episodes, at the learned initialisation, averaged), and their overlap (Jaccard index) against the
 # overlap a random mask of that density would have by chance.
 
-# %%
+# %% tags=["hide-input"]
 sparse_rows = results[results.method == "sparse_maml"]
 if len(sparse_rows):
     layers = [c.removeprefix("snip_density:") for c in sparse_rows.columns if c.startswith("snip_density:")]
@@ -290,7 +290,7 @@ display(Markdown("\n".join(lines)))
 # follows: 32 filters, 60,000 meta-iterations of 4 tasks, 5 inner steps in meta-training and 10 at
 # test, 600 test episodes), computed from the parameters above:
 
-# %%
+# %% tags=["hide-input"]
 protocol = dict(filters=32, iterations=60000, meta_batch=4, inner_steps=5, eval_inner_steps=10, test_episodes=600)
 ours = dict(filters=filters, iterations=iterations, meta_batch=meta_batch, inner_steps=inner_steps,
             eval_inner_steps=eval_inner_steps or inner_steps, test_episodes=test_episodes)

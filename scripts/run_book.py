@@ -180,6 +180,26 @@ def stale(target: pathlib.Path, chapter: Chapter) -> bool:
 
 
 STALE_BANNER = "was executed by an earlier version of its notebook"
+PRESENTATION_TAGS = {"hide-input", "remove-input", "remove-cell", "findings"}
+
+
+def retag(chapter: Chapter, target: pathlib.Path) -> bool:
+    """Give an executed chapter's code cells the presentation tags (what the book hides, which cell
+    states the findings) its notebook's cells carry today: tags change no number, so they need no
+    rerun. Only where both have the same code cells in the same order; returns whether it did."""
+    executed = nbformat.read(target, as_version=4)
+    current = nbformat.read(ROOT / "notebooks" / f"{chapter.notebook}.ipynb", as_version=4)
+
+    def cells(nb):
+        return [c for c in nb.cells if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+    ours, theirs = cells(executed), cells(current)
+    if len(ours) != len(theirs):
+        return False
+    for cell, source in zip(ours, theirs):
+        kept = [t for t in cell.metadata.get("tags", []) if t not in PRESENTATION_TAGS]
+        cell.metadata["tags"] = kept + [t for t in source.metadata.get("tags", []) if t in PRESENTATION_TAGS]
+    nbformat.write(executed, target)
+    return True
 
 
 def mark_stale(chapter: Chapter, target: pathlib.Path) -> None:
@@ -274,8 +294,10 @@ def main(argv=None) -> int:
             if not (target.exists() and _executed(target)):
                 placeholder(chapter, out, "it needs data or compute the project's own machines do not have"
                             if chapter.on_demand else "it has not been run since its notebook was written")
-            elif stale(target, chapter):
-                mark_stale(chapter, target)
+            else:
+                retag(chapter, target)
+                if stale(target, chapter):
+                    mark_stale(chapter, target)
     for chapter in chosen:
         print(f"== {chapter.name}")
         mine = {name: yaml.safe_load(value) for c, name, value in args.P if c == chapter.name}

@@ -37,6 +37,17 @@ def test_committed_ipynb_carries_no_outputs(script):
     assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code")
 
 
+@pytest.mark.parametrize("script", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_book_shows_findings_not_code(script):
+    # A chapter's reader sees outputs: every code cell hides its input (a click shows it) or is
+    # removed, and one cell, tagged `findings`, states what the chapter found (scripts/findings.py).
+    code = [c for c in jupytext.read(script).cells if c.cell_type == "code"]
+    shown = [c.source.splitlines()[0] for c in code
+             if not {"hide-input", "remove-input", "remove-cell"} & set(c.metadata.get("tags", []))]
+    assert not shown, f"{script.name}: code cells shown in the book, starting {shown}"
+    assert sum("findings" in c.metadata.get("tags", []) for c in code) == 1
+
+
 def test_the_books_findings_page_is_made_from_the_executed_chapters():
     import subprocess
     import sys

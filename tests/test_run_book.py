@@ -85,3 +85,23 @@ def test_a_chapter_run_by_other_code_is_marked_once_and_keeps_its_numbers(tmp_pa
     banners = [c for c in marked.cells if run_book.STALE_BANNER in c.source]
     assert len(banners) == 1 and run_book.STALE_BANNER in marked.cells[1].source
     assert any(o.get("text") == "a number\n" for c in marked.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_presentation_tags_reach_an_executed_chapter_without_a_rerun(tmp_path):
+    chapter = run_book.CHAPTERS_BY_NAME["01_few_shot_mnist"]
+    nb = nbformat.read(ROOT / "notebooks" / "01_few_shot.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for cell in code:  # as executed before the notebook hid its code and tagged its findings
+        cell.metadata["tags"] = [t for t in cell.metadata.get("tags", []) if t == "parameters"]
+    code[-1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="a number\n")]
+    target = tmp_path / "01_few_shot_mnist.ipynb"
+    nbformat.write(nb, target)
+    assert run_book.retag(chapter, target)
+    retagged = [c for c in nbformat.read(target, as_version=4).cells if c.cell_type == "code"]
+    assert sum("findings" in c.metadata.tags for c in retagged) == 1
+    assert all({"hide-input", "remove-input", "remove-cell"} & set(c.metadata.tags) for c in retagged)
+    assert "parameters" in retagged[0].metadata.tags and retagged[-1].outputs  # nothing else changes
+
+    nb.cells.append(nbformat.v4.new_code_cell("print('a cell the notebook no longer has')"))
+    nbformat.write(nb, target)
+    assert not run_book.retag(chapter, target)  # cells no longer line up: left as they were
