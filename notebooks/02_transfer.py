@@ -89,6 +89,8 @@ data_root = None  # None: $SNIPNB_DATA, else ~/.cache/snipnb/data
 device = None  # None: CUDA, else MPS, else CPU
 workers = 1  # runs at once, in separate processes
 shard = None  # "i/n": run only slice i of n of the grid
+cluster = "local"  # or a Dask scheduler "tcp://host:8786", its scheduler file, or "slurm:N" (README)
+gpus_per_run = 0  # on a cluster: GPUs each run claims
 results_dir = "results/02_transfer"
 batch_size = 32
 lr = 0.01  # every fine-tuning run
@@ -101,11 +103,8 @@ focus_blocks = "last_block"  # the trained blocks of the plots and the verdicts
 focus_k = 5  # the k of the accuracy-vs-sparsity plot
 progress = True  # progress bars (the book's chapters are executed without them)
 
-# %% [markdown]
-# CI runs every notebook in a quick configuration on synthetic data; the next cell does nothing
-# otherwise.
-
-# %% tags=["hide-input"]
+# %% tags=["remove-cell"]
+# CI runs every notebook in a quick configuration on synthetic data; this cell does nothing otherwise.
 import os
 import tempfile
 
@@ -115,7 +114,7 @@ if os.environ.get("SNIPNB_SMOKE"):
     focus_k, test_per_class, results_dir = 2, 10, tempfile.mkdtemp()
     os.environ["SNIPNB_CHECKPOINTS"] = tempfile.mkdtemp()  # the smoke source is not cached for later
 
-# %% tags=["hide-input"]
+# %% tags=["remove-input"]
 import functools
 
 import matplotlib.pyplot as plt
@@ -123,10 +122,14 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from snipnb import data, plots, pretrained, stats, transfer
+from snipnb import data, plots, pretrained, provenance, stats, transfer
+from snipnb.cluster import cluster_executor
+from snipnb.notebook import check_parameters
 from snipnb.sweep import run_sweep
 from snipnb.train import default_device
 
+check_parameters()
+executor = cluster_executor(cluster, gpus_per_run=gpus_per_run)
 if data_root is not None:
     os.environ["SNIPNB_DATA"] = str(data_root)  # worker processes read it too
 device = device or str(default_device())
@@ -143,7 +146,7 @@ display(Markdown(f"**This run:** source `{source}` → target `{target}`, {len(r
                  f"{len(sparsities)} sparsities on {train_blocks} + scratch)), {epochs} epochs each, "
                  f"learning rate {lr} (scratch {scratch_lr}), images at {image_size} px, tested on "
                  f"{'the whole test split' if test_per_class is None else f'{test_per_class} test images per class'}, "
-                 f"on `{device}` with torch {torch.__version__}."))
+                 f"Code: {provenance.describe(device)}."))
 # The write-up's protocol, and what this run changed of it.
 protocol = dict(source="imagenet", target="cifar100", models=["resnet18"], ks=[1, 2, 5, 10, 20], seeds=5,
                 train_blocks=["last_block", "last_two_blocks"])
@@ -178,7 +181,8 @@ display(pd.DataFrame(sources))
 # %% tags=["hide-input"]
 results = run_sweep(functools.partial(transfer.run_transfer, device=device), runs,
                     f"{results_dir}/{source.replace(':', '_')}_to_{target.replace(':', '_')}", workers=workers,
-                    shard=shard, progress=progress)
+                    shard=shard, progress=progress, executor=executor,
+                    device=functools.partial(provenance.device_name, device))
 print(f"{len(results)} of {len(runs)} runs have results; {results.seconds.sum() / 3600:.2f} GPU/CPU hours in all")
 
 # %% [markdown]
