@@ -77,15 +77,14 @@ data_root = None  # None: $SNIPNB_DATA, else ~/.cache/snipnb/data
 device = None  # None: CUDA, else MPS, else CPU
 workers = 1  # runs at once, in separate processes
 shard = None  # "i/n": run only slice i of n of the grid
+cluster = "local"  # or a Dask scheduler "tcp://host:8786", its scheduler file, or "slurm:N" (README)
+gpus_per_run = 0  # on a cluster: GPUs each run claims
 synthetic_shape = (1, 28)  # (channels, image size) when dataset is "synthetic"
 results_dir = "results/06_sparse_maml"
 progress = True  # a progress bar over runs (the book's chapter runs without one)
 
-# %% [markdown]
-# CI runs every notebook in a quick configuration on synthetic data; the next cell does nothing
-# otherwise.
-
-# %% tags=["hide-input"]
+# %% tags=["remove-cell"]
+# CI runs every notebook in a quick configuration on synthetic data; this cell does nothing otherwise.
 import os
 import tempfile
 
@@ -93,7 +92,7 @@ if os.environ.get("SNIPNB_SMOKE"):
     dataset, synthetic_shape, filters, q_query, inner_steps, iterations, eval_every = "synthetic", (1, 16), 4, 2, 1, 2, 1
     seeds, val_episodes, test_episodes, meta_batch, results_dir = 2, 4, 8, 2, tempfile.mkdtemp()
 
-# %% tags=["hide-input"]
+# %% tags=["remove-input"]
 import functools
 
 import matplotlib.pyplot as plt
@@ -101,10 +100,14 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from snipnb import metarun, published, stats
+from snipnb import metarun, provenance, published, stats
+from snipnb.cluster import cluster_executor
+from snipnb.notebook import check_parameters
 from snipnb.sweep import run_sweep
 from snipnb.train import default_device
 
+check_parameters()
+executor = cluster_executor(cluster, gpus_per_run=gpus_per_run)
 if data_root is not None:
     os.environ["SNIPNB_DATA"] = str(data_root)  # worker processes read it too
 device = device or str(default_device())
@@ -119,14 +122,15 @@ display(Markdown(
     f"{f' ({filters} filters)' if model == 'conv4' else ''}; {len(methods)} methods × {seeds} seeds = {len(runs)} runs; "
     f"{iterations} meta-iterations of {meta_batch} tasks, {inner_steps} inner steps at α = {inner_lr} "
     f"({'first' if first_order else 'second'} order), Adam at {outer_lr}; validation on {val_episodes} episodes "
-    f"every {eval_every} iterations; test on {test_episodes} episodes; on `{device}` with torch {torch.__version__}."))
+    f"every {eval_every} iterations; test on {test_episodes} episodes. Code: {provenance.describe(device)}."))
 
 # %% [markdown]
 # ## Run
 
 # %% tags=["hide-input"]
 results = run_sweep(functools.partial(metarun.run_meta, device=device), runs, f"{results_dir}/{dataset}",
-                    workers=workers, shard=shard, progress=progress)
+                    workers=workers, shard=shard, progress=progress, executor=executor,
+                    device=functools.partial(provenance.device_name, device))
 print(f"{len(results)} of {len(runs)} runs have results; {results.seconds.sum() / 3600:.2f} GPU/CPU hours in all")
 
 # %% [markdown]
