@@ -66,7 +66,7 @@ CHAPTERS = [
     Chapter("02_transfer_mnist5to9", "02_transfer",
             "Experiment 2 on MNIST: does SNIP help fine-tuning to new classes (digits 0-4 to 5-9)?",
             dict(source="mnist:0-4", target="mnist:5-9", source_epochs=3, test_per_class=200, **TRANSFER_CPU),
-            cost="CPU (2 cores) ≈ 1 h"),
+            cost="CPU (1 core of 2, shared) ≈ 20 min"),
     Chapter("02_transfer_mnist_to_uci", "02_transfer",
             "Experiment 2 across domains: does SNIP help fine-tuning from MNIST to the UCI digits?",
             dict(source="mnist", target="uci_digits", source_epochs=2, **TRANSFER_CPU),
