@@ -70,7 +70,7 @@ CHAPTERS = [
     Chapter("02_transfer_mnist_to_uci", "02_transfer",
             "Experiment 2 across domains: does SNIP help fine-tuning from MNIST to the UCI digits?",
             dict(source="mnist", target="uci_digits", source_epochs=2, **TRANSFER_CPU),
-            cost="CPU (2 cores) ≈ 1 h"),
+            cost="CPU (1 core of 2, shared) ≈ 31 min"),
     Chapter("02_transfer_cifar100", "02_transfer",
             "Experiment 2: does SNIP help fine-tuning ImageNet's ResNet-18 to CIFAR-100?",
             dict(source="imagenet", target="cifar100"), on_demand=True, cost="GPU: hours"),
