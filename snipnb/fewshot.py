@@ -17,7 +17,7 @@ from . import checks, data, models
 from .experiment import METHODS as PRUNING_METHODS
 from .experiment import build_pruned
 from .pruning import sparsity_report
-from .stack import fit_stack
+from .stack import check_stackable, fit_stack
 from .train import default_device, fit
 
 METHODS = (*PRUNING_METHODS, "snip_cross_domain")
@@ -118,14 +118,7 @@ def run_few_shot_stack(runs: list[FewShotRun], device=None, *, stacked: bool = T
     reused for every sparsity and for shuffled SNIP. `stacked=False` trains them one by one with
     `train.fit` instead, the reference a stack is tested against.
     """
-    runs = list(runs)
-    if not runs:
-        raise ValueError("runs is empty: nothing to train")
-    for run in runs[1:]:
-        differ = [name for (name, a), (_, b) in zip(stack_key(runs[0]), stack_key(run)) if a != b]
-        if differ:
-            raise ValueError(f"runs of one stack must share {differ[0]!r}: got {getattr(runs[0], differ[0])!r} "
-                             f"and {getattr(run, differ[0])!r}")
+    runs = check_stackable(runs, stack_key)
     device = torch.device(device) if device is not None else default_device()
     cache, built, trains = {}, [], []
     for run in runs:

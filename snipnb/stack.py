@@ -95,6 +95,24 @@ class Stack:
                 buffers[n].copy_(b[i])
 
 
+def check_stackable(runs, stack_key) -> list:
+    """`runs` as a list, after checking that they can train as one stack.
+
+    `stack_key(run)` gives the (field, value) pairs a stack's runs must share; the first field on which
+    a run differs from the first run is named in the error, with both values.
+    """
+    runs = list(runs)
+    if not runs:
+        raise ValueError("runs is empty: nothing to train")
+    shared = stack_key(runs[0])
+    for run in runs[1:]:
+        differ = [name for (name, a), (_, b) in zip(shared, stack_key(run)) if a != b]
+        if differ:
+            raise ValueError(f"runs of one stack must share {differ[0]!r}: got {getattr(runs[0], differ[0])!r} "
+                             f"and {getattr(run, differ[0])!r}")
+    return runs
+
+
 def _check_same_architecture(other: nn.Module, shapes: dict, index: int) -> None:
     theirs = {n: p.shape for n, p in named_weights(other).items()}
     if theirs != shapes:

@@ -22,7 +22,7 @@ import torch
 from . import checks, data, models
 from .experiment import build_pruned
 from .pruning import sparsity_report
-from .stack import fit_stack
+from .stack import check_stackable, fit_stack
 from .train import default_device
 
 METHODS = ("dense", "snip", "random", "shuffled_snip")
@@ -178,14 +178,7 @@ def run_table1_stack(runs: list[Table1Run], device=None) -> list[dict]:
     The runs must share everything but `STACK_VARIES`. A network's saliency is scored once and
     reused for every sparsity and for shuffled SNIP.
     """
-    runs = list(runs)
-    if not runs:
-        raise ValueError("runs is empty: nothing to train")
-    for run in runs[1:]:
-        differ = [name for (name, a), (_, b) in zip(stack_key(runs[0]), stack_key(run)) if a != b]
-        if differ:
-            raise ValueError(f"runs of one stack must share {differ[0]!r}: got {getattr(runs[0], differ[0])!r} "
-                             f"and {getattr(run, differ[0])!r}")
+    runs = check_stackable(runs, stack_key)
     device = torch.device(device) if device is not None else default_device()
     train, val, test = data_of(runs[0])
     cache = {}
