@@ -81,6 +81,7 @@ shard = None  # "i/n": run only slice i of n of the grid
 cluster = "local"  # or a Dask scheduler "tcp://host:8786", its scheduler file, or "slurm:N" (README)
 gpus_per_run = 0  # on a cluster: GPUs each stack claims
 results_dir = "results/00_snip_mnist"
+reuse = "same_code"  # or "any": also keep records made by other library code (the chapter names their code)
 
 # %% tags=["remove-cell"]
 # CI runs every notebook in a quick configuration on synthetic data; this cell does nothing otherwise.
@@ -98,6 +99,7 @@ import math
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib import ticker
 from IPython.display import Markdown, display
 
 from snipnb import checks, data, plots, provenance, published, stats, table1
@@ -212,7 +214,7 @@ display(Markdown(
 # %% tags=["hide-input"]
 results = run_sweep(functools.partial(table1.run_table1_stack, device=run_device), all_runs,
                     f"{results_dir}/{dataset}", workers=workers, shard=shard, stack=stack,
-                    stack_key=table1.stack_key, executor=executor,
+                    stack_key=table1.stack_key, executor=executor, reuse=reuse,
                     device=functools.partial(provenance.device_name, run_device), progress=False)
 results["error"] = results[error]
 measured = results.groupby(["model", "epochs"]).seconds.mean().rename("seconds / run").to_frame()
@@ -288,6 +290,9 @@ for ax, name in zip(axes[0], models):
     if (name, 0.0) in paper:
         ax.axhline(paper[name, 0.0], color="k", ls=":", lw=1, label="dense (paper)")
     ax.set_yscale("log")
+    # Plain numbers on the log axis: the decades, and 2 and 5 times them.
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
     ax.set_xticks(setup[name]["sparsities"], [f"{sp:.0%}" for sp in setup[name]["sparsities"]])
     ax.set_xlabel("sparsity")
     ax.set_ylabel(f"test error (%), {checkpoint} checkpoint")
@@ -339,8 +344,8 @@ if ablation_runs:
     for name in changes:
         for sp in sparsities:
             if (name, sp) in on_gap.index:
-                lines.append(f"- **{name}**, {sp:.0%}: SNIP's error {stats.verdict(on_snip.loc[(name, sp)])}; "
-                             f"SNIP − dense {stats.verdict(on_gap.loc[(name, sp)])}.")
+                lines.append(f"- **{name}**, {sp:.0%}: SNIP's error changes by {stats.verdict(on_snip.loc[(name, sp)])}; "
+                             f"SNIP − dense changes by {stats.verdict(on_gap.loc[(name, sp)])}.")
     display(Markdown("Each ablation against our default recipe, paired on seeds:\n\n" + "\n".join(lines)))
 else:
     display(Markdown("No ablation ran: they need `lenet300_100` in `models`."))
@@ -466,7 +471,8 @@ if ablation_runs:
                   + ". Differences that change SNIP's own error: " + ("; ".join(moved) or "none") + ".")
     quiet = on_gap[(on_gap.ci_low <= 0) & (on_gap.ci_high >= 0)]
     if len(quiet):
-        answer.append(f"The others are not detected at this power: with {int(quiet.n.min())}–{int(quiet.n.max())} "
+        seeds_quiet = sorted({int(n) for n in quiet.n})
+        answer.append(f"The others are not detected at this power: with {'–'.join(map(str, seeds_quiet))} "
                       f"seeds the run would detect a change of SNIP − dense of about "
                       f"±{quiet.detectable.min():.2f} to ±{quiet.detectable.max():.2f} points.")
 display(Markdown("\n".join(lines) + "\n\n" + " ".join(answer)))
@@ -484,10 +490,12 @@ if ablation_runs and f"{long_epochs} epochs" in changes:
     name = f"{long_epochs} epochs"
     for sp in sparsities:
         if (name, sp) in on_gap.index and ("default", sp) in within.index:
-            notes.append(f"- Training for {long_epochs * steps:,} rather than {epochs * steps:,} iterations moves "
-                         f"SNIP − dense at {sp:.0%} from {within.loc[('default', sp)]['diff']:+.2f} to "
-                         f"{within.loc[(name, sp)]['diff']:+.2f} points ({stats.verdict(on_gap.loc[(name, sp)])}); "
-                         f"dense error {means.get(('default', 'dense', 0.0))} → {means.get((name, 'dense', 0.0))}.")
+            before, after = within.loc[("default", sp)], within.loc[(name, sp)]
+            notes.append(f"- Training for {long_epochs * steps:,} rather than {epochs * steps:,} iterations takes "
+                         f"SNIP − dense at {sp:.0%} from {before['diff']:+.2f} points ({int(before.n)} seeds) to "
+                         f"{after['diff']:+.2f} ({int(after.n)} seeds); on the seeds both ran, the change is "
+                         f"{stats.verdict(on_gap.loc[(name, sp)])}. Dense error: "
+                         f"{means.get(('default', 'dense', 0.0))} → {means.get((name, 'dense', 0.0))}.")
 if ablation_runs:
     official = "official code (all three)"
     for sp in sparsities:
