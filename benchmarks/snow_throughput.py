@@ -19,24 +19,13 @@ import argparse
 import copy
 import os
 import statistics
-import time
 
 import torch
-import torch.nn.functional as F
 
 from snipnb import pretrained, provenance, snow
-from snipnb.snowrun import count_flops, saved_activation_bytes
+from snipnb.snowrun import (count_flops, inference_step, saved_activation_bytes, timed, training_state_bytes,
+                            training_step)
 from snipnb.train import default_device, resolve_device
-
-
-def _timed(fn, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def main():
@@ -65,40 +54,20 @@ def main():
         source = pretrained.build(name, args.classes, 3, args.image_size, seed=0)
         ft = copy.deepcopy(source).to(device, memory_format=fmt)
         sn = snow.build_snow(source, args.classes, width_divisor=args.width_divisor, seed=0).to(device, memory_format=fmt)
-        steps = {}
-        for label, model in (("ft", ft), ("snow", sn)):
-            params = [p for p in model.parameters() if p.requires_grad]
-            optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
-
-            def train(model=model, optimizer=optimizer):
-                model.train()
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    loss = F.cross_entropy(model(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-
-            @torch.no_grad()
-            def infer(model=model):
-                model.eval()
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    model(x)
-
-            steps[f"{label}_train"], steps[f"{label}_infer"] = train, infer
+        steps = {"ft_train": training_step(ft, x, y, amp), "snow_train": training_step(sn, x, y, amp),
+                 "ft_infer": inference_step(ft, x, amp), "snow_infer": inference_step(sn, x, amp)}
         times = {key: [] for key in steps}
         for repeat in range(args.repeats + 1):
             for key, step in steps.items():
-                seconds = _timed(step, device)
-                if repeat:
+                seconds = timed(step, device)
+                if repeat:  # the first round warms up
                     times[key].append(seconds)
         rate = {key: (args.batch / min(t), args.batch / statistics.median(t)) for key, t in times.items()}
         flops = {label: count_flops(model, x, y) for label, model in (("ft", ft), ("snow", sn))}
         memory = {}
         for label, model in (("ft", ft), ("snow", sn)):
             model.train()
-            trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-            held = sum(p.numel() * p.element_size() for p in model.parameters()) + 2 * trained
-            memory[label] = (held + saved_activation_bytes(model, x, y, amp, device)) / 2**20
+            memory[label] = (training_state_bytes(model) + saved_activation_bytes(model, x, y, amp, device)) / 2**20
         fmt_rate = lambda key: f"{rate[key][0]:,.0f} / {rate[key][1]:,.0f}"  # noqa: E731
         gf = {label: (t / args.batch / 1e9, i / args.batch / 1e9) for label, (t, i) in flops.items()}
         print(f"| {name} | {fmt_rate('ft_train')} | {fmt_rate('snow_train')} | "
@@ -132,7 +101,7 @@ def serve(name, source, snow_model, x, args, device, amp, fmt):
         times = {"snow": [], "ft": []}
         for repeat in range(args.repeats + 1):
             for key, fn in (("ft", run_copies), ("snow", run_snow)):
-                seconds = _timed(fn, device)
+                seconds = timed(fn, device)
                 if repeat:
                     times[key].append(seconds)
         best = {key: args.batch / min(t) for key, t in times.items()}

@@ -86,6 +86,7 @@ shard = None  # "i/n": run only slice i of n of the grid
 cluster = "local"  # or a Dask scheduler "tcp://host:8786", its scheduler file, or "slurm:N" (README)
 gpus_per_run = 0  # on a cluster: GPUs each run claims
 results_dir = "results/03_snip_ewc"
+reuse = "same_code"  # or "any": also keep records made by other library code (the chapter names their code)
 
 # %% tags=["remove-cell"]
 # CI runs every notebook in a quick configuration on synthetic data; this cell does nothing otherwise.
@@ -102,16 +103,15 @@ import functools
 import math
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from snipnb import checks, data, plots, provenance, published, stats
+from snipnb import checks, continual_report, data, plots, provenance, published, stats
 from snipnb.cluster import cluster_executor
 from snipnb.continual import EWC_STRATEGIES
 from snipnb.notebook import check_parameters
 from snipnb.report import table
-from snipnb.sequence import ContinualRun, first_task_importances, mean_matrix, rank_correlation, run_sequence
+from snipnb.sequence import ContinualRun, first_task_importances, rank_correlation, run_sequence
 from snipnb.sweep import run_sweep
 from snipnb.train import default_device
 
@@ -153,7 +153,7 @@ def setting(name):
 
 def sweep(configs, desc):
     return run_sweep(functools.partial(run_sequence, device=run_device), configs, f"{results_dir}/{dataset}",
-                     workers=workers, shard=shard, executor=executor, progress=False, desc=desc,
+                     workers=workers, shard=shard, executor=executor, progress=False, desc=desc, reuse=reuse,
                      device=functools.partial(provenance.device_name, run_device))
 
 
@@ -257,26 +257,15 @@ runs = [ContinualRun(strategy=s, seed=seed, ewc_lambda=chosen[name].get(s, 0.0),
 results = sweep(runs, desc="sequences")
 label = {(BENCHMARKS[n][0], BENCHMARKS[n][1]): n for n in benchmarks}
 results["benchmark"] = [label[(b, s)] for b, s in zip(results["benchmark"], results["scenario"])]
-METRICS = {"avg_acc": "average accuracy", "forgetting": "forgetting", "bwt": "BWT", "fwt": "FWT"}
-summary = pd.concat([stats.summarize(results, ["benchmark", "strategy"], m).set_index(["benchmark", "strategy"])
-                     ["mean ± std"].rename(label) for m, label in METRICS.items()], axis=1)
-summary = summary.mask(summary.isin(["nan", "nan ± nan"]))
-summary.insert(0, "λ", [chosen[b].get(s, math.nan) for b, s in summary.index])
-summary.index = summary.index.set_levels([BENCHMARKS[b][2] for b in summary.index.levels[0]], level=0)
+titles = {name: BENCHMARKS[name][2] for name in benchmarks}
+summary = continual_report.summary(results, titles, λ=lambda b, s: chosen[b].get(s, math.nan))
 display(Markdown(f"{len(results)} runs; {results.seconds.sum() / 3600:.2f} device-hours for these and "
                  f"{search.seconds.sum() / 3600:.2f} for the λ search. Code of the records: "
                  f"{', '.join(sorted(set(results.code) | set(search.code)))}."))
 display(table(summary))
 
 # %% tags=["hide-input"]
-fig, axes = plt.subplots(1, len(benchmarks), figsize=(5.2 * len(benchmarks), 3.8), squeeze=False)
-for ax, name in zip(axes[0], benchmarks):
-    part = results[results.benchmark == name]
-    plots.seen_accuracy_curves({s: mean_matrix(part, s) for s in STRATEGIES if s != "joint"}, ax=ax,
-                               title=f"{BENCHMARKS[name][2]}: tasks seen so far")
-    ax.axhline(part[part.strategy == "joint"].avg_acc.mean(), color="k", lw=1, ls=":", label="joint")
-    ax.legend(fontsize="x-small")
-fig.tight_layout()
+continual_report.seen_accuracy_figure(results, titles, STRATEGIES)
 plt.show()
 
 # %% [markdown]
@@ -290,31 +279,8 @@ plt.show()
 # %% tags=["hide-input"]
 PAIRS = [(s, "finetune") for s in VARIANTS] + [("snip_ewc", "ewc"), ("snip_ewc", "ewc_uniform"),
                                               ("snip_ewc", "ewc_random"), ("ewc", "ewc_uniform"), ("ewc", "ewc_random")]
-
-
-def paired(a, b, metric):
-    """The paired_difference row of a − b per benchmark."""
-    rows = results[results.strategy.isin([a, b])]
-    p = stats.paired_difference(rows, metric, baseline={"strategy": b}, variant=["strategy"], pair_on=["seed"],
-                                group=["benchmark"])
-    return p.assign(comparison=f"{a} − {b}")
-
-
-comparisons = pd.concat([paired(a, b, m).assign(metric=m) for a, b in PAIRS for m in ("avg_acc", "forgetting")],
-                        ignore_index=True)
-
-
-def cell(row):
-    return f"{row['diff']:+.2f} [{row.ci_low:+.2f}, {row.ci_high:+.2f}]" if row.n > 1 else f"{row['diff']:+.2f} (n=1)"
-
-
-shown = comparisons.assign(cell=comparisons.apply(cell, axis=1))
-wide = shown.pivot(index=["benchmark", "comparison"], columns="metric", values="cell")
-wide["detectable (avg acc)"] = shown[shown.metric == "avg_acc"].set_index(["benchmark", "comparison"]).detectable
-wide = wide.rename(columns={"avg_acc": "average accuracy", "forgetting": "forgetting"})
-wide = wide.reindex([(b, f"{x} − {y}") for b in benchmarks for x, y in PAIRS])
-wide.index = wide.index.set_levels([BENCHMARKS[b][2] for b in wide.index.levels[0]], level=0)
-display(table(wide))
+comparisons = continual_report.paired_comparisons(results, PAIRS)
+display(table(continual_report.comparison_table(comparisons, PAIRS, titles)))
 
 # %% [markdown]
 # ## Do SNIP and the Fisher rank parameters alike?
@@ -371,18 +337,8 @@ else:
 # Computed from this run's paired comparisons, so a rerun with other parameters never shows stale claims.
 
 # %% tags=["remove-input", "findings"]
-def row(name, a, b, metric):
-    p = comparisons[(comparisons.benchmark == name) & (comparisons.comparison == f"{a} − {b}") &
-                    (comparisons.metric == metric)]
-    return p.iloc[0] if len(p) else None
-
-
-def beats(name, a, b):
-    """a is more accurate than b on average accuracy, and the seeds agree."""
-    r = row(name, a, b, "avg_acc")
-    return r is not None and r.n > 1 and r.ci_low > 0
-
-
+row = functools.partial(continual_report.comparison, comparisons)
+beats = functools.partial(continual_report.beats, comparisons)
 lines = []
 for name in benchmarks:
     title = BENCHMARKS[name][2]

@@ -73,6 +73,7 @@ shard = None  # "i/n": run only slice i of n of the grid
 cluster = "local"  # or a Dask scheduler "tcp://host:8786", its scheduler file, or "slurm:N" (README)
 gpus_per_run = 0  # on a cluster: GPUs each run claims
 results_dir = "results/04_snip_packnet"
+reuse = "same_code"  # or "any": also keep records made by other library code (the chapter names their code)
 
 # %% tags=["remove-cell"]
 # CI runs every notebook in a quick configuration on synthetic data; this cell does nothing otherwise.
@@ -89,15 +90,14 @@ import functools
 import math
 
 import matplotlib.pyplot as plt
-import pandas as pd
 from IPython.display import Markdown, display
 
-from snipnb import checks, data, plots, provenance, stats
+from snipnb import checks, continual_report, data, plots, provenance, stats
 from snipnb.cluster import cluster_executor
 from snipnb.continual import PACKNET_STRATEGIES
 from snipnb.notebook import check_parameters
 from snipnb.report import table
-from snipnb.sequence import ContinualRun, mean_matrix, run_sequence
+from snipnb.sequence import ContinualRun, run_sequence
 from snipnb.sweep import run_sweep
 from snipnb.train import default_device
 
@@ -138,7 +138,7 @@ def setting(name):
 
 def sweep(configs, desc):
     return run_sweep(functools.partial(run_sequence, device=run_device), configs, f"{results_dir}/{dataset}",
-                     workers=workers, shard=shard, executor=executor, progress=False, desc=desc,
+                     workers=workers, shard=shard, executor=executor, progress=False, desc=desc, reuse=reuse,
                      device=functools.partial(provenance.device_name, run_device))
 
 
@@ -196,29 +196,23 @@ runs = [ContinualRun(strategy=s, seed=seed, keep=best_keep.get((name, s)), probe
         for name in benchmarks for s in STRATEGIES for seed in range(seeds)]
 results = sweep(runs, desc="sequences")
 results["benchmark"] = results["benchmark"].map(label)
-METRICS = {"avg_acc": "average accuracy", "forgetting": "forgetting", "bwt": "BWT", "fwt": "FWT"}
-summary = pd.concat([stats.summarize(results, ["benchmark", "strategy"], m).set_index(["benchmark", "strategy"])
-                     ["mean ± std"].rename(text) for m, text in METRICS.items()], axis=1)
-summary = summary.mask(summary.isin(["nan", "nan ± nan"]))
-summary.insert(0, "kept per task", [chosen.get((b, s), math.nan) for b, s in summary.index])
-summary.insert(0, "epochs per task", [f"{setting(b)['epochs']} ({setting(b)['epochs'] - retrain_epochs} + "
-                                      f"{retrain_epochs} retraining)" if s in VARIANTS else f"{setting(b)['epochs']}"
-                                      for b, s in summary.index])
-summary.index = summary.index.set_levels([BENCHMARKS[b][1] for b in summary.index.levels[0]], level=0)
+titles = {name: BENCHMARKS[name][1] for name in benchmarks}
+
+
+def epochs_per_task(b, s):
+    n = setting(b)["epochs"]
+    return f"{n} ({n - retrain_epochs} + {retrain_epochs} retraining)" if s in VARIANTS else f"{n}"
+
+
+summary = continual_report.summary(results, titles, **{"epochs per task": epochs_per_task,
+                                                       "kept per task": lambda b, s: chosen.get((b, s), math.nan)})
 display(Markdown(f"{len(results)} runs; {results.seconds.sum() / 3600:.2f} device-hours for these and "
                  f"{search.seconds.sum() / 3600:.2f} for the search. Code of the records: "
                  f"{', '.join(sorted(set(results.code) | set(search.code)))}."))
 display(table(summary))
 
 # %% tags=["hide-input"]
-fig, axes = plt.subplots(1, len(benchmarks), figsize=(5.2 * len(benchmarks), 3.8), squeeze=False)
-for ax, name in zip(axes[0], benchmarks):
-    part = results[results.benchmark == name]
-    plots.seen_accuracy_curves({s: mean_matrix(part, s) for s in STRATEGIES if s != "joint"}, ax=ax,
-                               title=f"{BENCHMARKS[name][1]}: tasks seen so far")
-    ax.axhline(part[part.strategy == "joint"].avg_acc.mean(), color="k", lw=1, ls=":", label="joint")
-    ax.legend(fontsize="x-small")
-fig.tight_layout()
+continual_report.seen_accuracy_figure(results, titles, STRATEGIES)
 plt.show()
 
 # %% [markdown]
@@ -231,29 +225,8 @@ plt.show()
 # %% tags=["hide-input"]
 PAIRS = [(s, "finetune") for s in VARIANTS] + [("snip_packnet", "packnet"), ("snip_packnet", "random_packnet"),
                                               ("packnet", "random_packnet")]
-
-
-def paired(a, b, metric):
-    rows = results[results.strategy.isin([a, b])]
-    p = stats.paired_difference(rows, metric, baseline={"strategy": b}, variant=["strategy"], pair_on=["seed"],
-                                group=["benchmark"])
-    return p.assign(comparison=f"{a} − {b}", metric=metric)
-
-
-comparisons = pd.concat([paired(a, b, m) for a, b in PAIRS for m in ("avg_acc", "forgetting")], ignore_index=True)
-
-
-def cell(row):
-    return f"{row['diff']:+.2f} [{row.ci_low:+.2f}, {row.ci_high:+.2f}]" if row.n > 1 else f"{row['diff']:+.2f} (n=1)"
-
-
-cells = comparisons.assign(cell=comparisons.apply(cell, axis=1))
-wide = cells.pivot(index=["benchmark", "comparison"], columns="metric", values="cell")
-wide["detectable (avg acc)"] = cells[cells.metric == "avg_acc"].set_index(["benchmark", "comparison"]).detectable
-wide = wide.rename(columns={"avg_acc": "average accuracy"})
-wide = wide.reindex([(b, f"{x} − {y}") for b in benchmarks for x, y in PAIRS])
-wide.index = wide.index.set_levels([BENCHMARKS[b][1] for b in wide.index.levels[0]], level=0)
-display(table(wide))
+comparisons = continual_report.paired_comparisons(results, PAIRS)
+display(table(continual_report.comparison_table(comparisons, PAIRS, titles)))
 
 # %% [markdown]
 # ## Capacity: which task owns how much of every layer
@@ -286,17 +259,8 @@ plt.show()
 # Computed from this run's paired comparisons, so a rerun with other parameters never shows stale claims.
 
 # %% tags=["remove-input", "findings"]
-def row(name, a, b, metric="avg_acc"):
-    p = comparisons[(comparisons.benchmark == name) & (comparisons.comparison == f"{a} − {b}") &
-                    (comparisons.metric == metric)]
-    return p.iloc[0] if len(p) else None
-
-
-def beats(name, a, b):
-    r = row(name, a, b)
-    return r is not None and r.n > 1 and r.ci_low > 0
-
-
+row = functools.partial(continual_report.comparison, comparisons)
+beats = functools.partial(continual_report.beats, comparisons)
 lines = []
 for name in benchmarks:
     means_now = results[results.benchmark == name].groupby("strategy").avg_acc.mean()

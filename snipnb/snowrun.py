@@ -244,42 +244,69 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def cost(model: nn.Module, images: data.ImageData, device) -> dict:
-    """What one batch of `images` costs `model` (measured on a copy, so `model` is left as it is).
+def timed(step, device: torch.device) -> float:
+    """Seconds one call of `step` takes on `device` (CUDA's queue drained before and after)."""
+    _sync(device)
+    start = time.perf_counter()
+    step()
+    _sync(device)
+    return time.perf_counter() - start
 
-    Images per second are the median of `TIMED_STEPS` steps after `WARMUP_STEPS`: training steps
-    (forward, backward, SGD with momentum on the trainable parameters) and inference passes (eval
-    mode, no gradient), in bf16 autocast on CUDA as `fit` trains.
-    """
-    device, amp, channels_last = resolve_device(device, None, None)
-    fmt = torch.channels_last if channels_last else torch.preserve_format
-    model = copy.deepcopy(model).to(device, memory_format=fmt)
-    x, y = next(iter(DeviceLoader(images, len(images), device=device, channels_last=channels_last)))
+
+def training_step(model: nn.Module, x, y, amp: bool):
+    """A function doing one training step of `model` on (x, y): forward, backward, and SGD with
+    momentum on its trainable parameters, in bf16 autocast where `amp`. It changes `model`."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
 
-    def train_step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+    def step():
+        model.train()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
+    return step
+
+
+def inference_step(model: nn.Module, x, amp: bool):
+    """A function doing one inference pass of `model` on `x`: eval mode, no gradient."""
+
     @torch.no_grad()
-    def infer_step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+    def step():
+        model.eval()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             model(x)
 
+    return step
+
+
+def training_state_bytes(model: nn.Module) -> int:
+    """Bytes a training step holds besides activations: parameters, and the gradients and momentum
+    of the trainable ones."""
+    trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return sum(p.numel() * p.element_size() for p in model.parameters()) + 2 * trained
+
+
+def cost(model: nn.Module, images: data.ImageData, device) -> dict:
+    """What one batch of `images` costs `model` (measured on a copy, so `model` is left as it is).
+
+    Images per second are the median of `TIMED_STEPS` steps after `WARMUP_STEPS`: training steps
+    (`training_step`) and inference passes (`inference_step`), in bf16 autocast on CUDA as `fit` trains.
+    """
+    device, amp, channels_last = resolve_device(device, None, None)
+    fmt = torch.channels_last if channels_last else torch.preserve_format
+    model = copy.deepcopy(model).to(device, memory_format=fmt)
+    x, y = next(iter(DeviceLoader(images, len(images), device=device, channels_last=channels_last)))
     model.train()
     saved = saved_activation_bytes(model, x, y, amp, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    train_rate = _images_per_s(train_step, len(y), device)
+    train_rate = _images_per_s(training_step(model, x, y, amp), len(y), device)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else math.nan
-    state = sum(p.numel() * p.element_size() for p in model.parameters())
-    state += 2 * sum(p.numel() * p.element_size() for p in params)  # gradients and momentum
-    model.eval()
-    infer_rate = _images_per_s(infer_step, len(y), device)
+    state = training_state_bytes(model)
+    infer_rate = _images_per_s(inference_step(model, x, amp), len(y), device)
     train_flops, infer_flops = count_flops(model, x, y)
     return {"train_images_per_s": train_rate, "infer_images_per_s": infer_rate,
             "train_gflops": train_flops / len(y) / 1e9, "infer_gflops": infer_flops / len(y) / 1e9,
@@ -289,13 +316,7 @@ def cost(model: nn.Module, images: data.ImageData, device) -> dict:
 def _images_per_s(step, batch: int, device: torch.device, steps: int = TIMED_STEPS) -> float:
     for _ in range(WARMUP_STEPS):
         step()
-    times = []
-    for _ in range(steps):
-        _sync(device)
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
+    times = [timed(step, device) for _ in range(steps)]
     return batch / sorted(times)[len(times) // 2]
 
 
@@ -503,12 +524,9 @@ def run_serving(run: ServingRun, device=None) -> dict:
 
     for round_ in range(run.repeats + 1):
         for name, module in served.items():
-            _sync(device)
-            start = time.perf_counter()
-            answer(module)
-            _sync(device)
+            seconds = timed(lambda: answer(module), device)
             if round_:  # the first round warms up
-                times[name].append(time.perf_counter() - start)
+                times[name].append(seconds)
     results = {}
     for name, module in served.items():
         with torch.no_grad(), FlopCounterMode(display=False) as counter:

@@ -387,3 +387,19 @@ def test_a_list_of_m_is_kept_as_a_tuple_so_the_config_stays_hashable():
     assert run.m == (2, 3, 4, 5, 6) and hash(run)
     with pytest.raises(ValueError, match="ServingRun|m=99"):
         snowrun.ServingRun(model="resnet18", image_size=32, m=99)
+
+
+def test_a_timed_training_step_moves_only_what_trains_and_inference_moves_nothing():
+    model = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Linear(5, 3))
+    model[0].requires_grad_(False)
+    x, y = torch.randn(8, 6, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 3
+    before = full_state(model)
+    snowrun.inference_step(model, x, amp=False)()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not model.training
+    snowrun.training_step(model, x, y, amp=False)()
+    after = model.state_dict()
+    assert model.training
+    assert torch.equal(after["0.weight"], before["0.weight"])  # frozen
+    assert not torch.equal(after["2.weight"], before["2.weight"])
+    assert not torch.equal(after["1.running_mean"], before["1.running_mean"])  # train mode, even after eval

@@ -50,7 +50,10 @@ def test_a_stacked_run_equals_the_same_run_alone(sets):
     seeds = [3, 4, 5]
     # A stack computes in the contiguous layout; fit in channels_last would round differently, and on
     # 48 images rounding differences grow by an epoch's end to ~1e-4.
-    recipe = {**RECIPE, "augment": False, "channels_last": False}
+    # At lr 0.05 this masked network's training is chaotic: the ~1e-6 by which a grouped convolution
+    # rounds otherwise than a plain one (and oneDNN by thread count) grows to ~1e-3 by the second
+    # epoch. At 0.02 it still learns (the loss halves) and rounding stays rounding.
+    recipe = {**RECIPE, "augment": False, "channels_last": False, "lr": 0.02}
     alone = runs()
     histories = [fit(m, t, test, seed=s, device="cpu", **recipe) for m, t, s in zip(alone, subsets, seeds)]
     stacked = runs()
