@@ -151,6 +151,7 @@ def tidy(path: pathlib.Path, title: str, banner: str | None = None) -> None:
     if banner:
         nb.cells = [c for c in nb.cells if "banner" not in c.metadata.get("tags", [])]
         cell = nbformat.v4.new_markdown_cell(f"```{{warning}}\n{banner}\n```")
+        cell.id = "banner"  # not a random one: a refreshed page changes only where its text does
         cell.metadata["tags"] = ["banner"]
         nb.cells.insert(1, cell)
     nbformat.write(nb, path)

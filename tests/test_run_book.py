@@ -105,3 +105,13 @@ def test_presentation_tags_reach_an_executed_chapter_without_a_rerun(tmp_path):
     nb.cells.append(nbformat.v4.new_code_cell("print('a cell the notebook no longer has')"))
     nbformat.write(nb, target)
     assert not run_book.retag(chapter, target)  # cells no longer line up: left as they were
+
+
+def test_refreshing_a_placeholder_changes_no_byte(tmp_path):
+    # The book's unexecuted pages are rewritten at every run; a random cell id made each a diff.
+    chapter = run_book.CHAPTERS_BY_NAME["03_snip_ewc_cifar100"]
+    run_book.placeholder(chapter, tmp_path, "it needs CIFAR-100")
+    first = (tmp_path / f"{chapter.name}.ipynb").read_bytes()
+    run_book.placeholder(chapter, tmp_path, "it needs CIFAR-100")
+    assert (tmp_path / f"{chapter.name}.ipynb").read_bytes() == first
+    assert b"has not been executed" in first
