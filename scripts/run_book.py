@@ -52,7 +52,7 @@ TRANSFER_CPU = dict(image_size=32, train_blocks=["last_block"], reference_blocks
 
 CHAPTERS = [
     Chapter("00_snip_mnist", "00_snip_mnist", "SNIP on MNIST: does the paper's Table 1 reproduce?",
-            dict(workers=2, stack=6), cost="CPU (2 cores) ≈ 30 min"),
+            dict(workers=2, stack=6), cost="CPU (2 cores) ≈ 40 min"),
     # MNIST is the real data the project's own machines have: a grid sized for a CPU.
     Chapter("01_few_shot_mnist", "01_few_shot", "Experiment 1 on MNIST: does SNIP help few-shot learning from scratch?",
             dict(dataset="mnist", models=["simple_convnet"], sparsities=[0.9, 0.95], seeds=5, eval_every=10),
