@@ -69,6 +69,7 @@ shard = None  # "i/n": run only slice i of n of the grid
 cluster = "local"  # or a Dask scheduler "tcp://host:8786", its scheduler file, or "slurm:N" (README)
 gpus_per_run = 0  # on a cluster: GPUs each stack claims
 results_dir = "results/01_few_shot"
+reuse = "same_code"  # or "any": also keep records made by other library code (the chapter names their code)
 
 # %% tags=["remove-cell"]
 # CI runs every notebook in a quick configuration on synthetic data; this cell does nothing otherwise.
@@ -125,7 +126,7 @@ display(Markdown(
 # %% tags=["hide-input"]
 results = run_sweep(functools.partial(fewshot.run_few_shot_stack, device=run_device), runs + bn_runs,
                     f"{results_dir}/{dataset}", workers=workers, shard=shard, stack=stack,
-                    stack_key=fewshot.stack_key, executor=executor,
+                    stack_key=fewshot.stack_key, executor=executor, reuse=reuse,
                     device=functools.partial(provenance.device_name, run_device), progress=False)
 bn_results = results[results.bn_mode == other_bn]
 results = results[results.bn_mode == bn_mode]

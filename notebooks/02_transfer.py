@@ -55,7 +55,7 @@
 # real data: MNIST digits 0–4, adapted to the digits 5–9 (new classes, same domain), and all of
 # MNIST, adapted to the UCI handwritten digits scikit-learn ships (same classes, a new domain: 8×8
 # scans upsampled). They run on two shared CPU cores, so their grids are cut: ResNet-18 only,
-# 32-pixel images, three seeds, the last block pruned (the linear probe and full fine-tuning run
+# 32-pixel images, five seeds, the last block pruned (the linear probe and full fine-tuning run
 # dense, for reference), three sparsities, and for MNIST a fixed sample of its test split.
 #
 # **Image size.** The ImageNet ResNets keep their 7×7 stride-2 stem and max-pool, so a 32-pixel
@@ -92,6 +92,7 @@ shard = None  # "i/n": run only slice i of n of the grid
 cluster = "local"  # or a Dask scheduler "tcp://host:8786", its scheduler file, or "slurm:N" (README)
 gpus_per_run = 0  # on a cluster: GPUs each run claims
 results_dir = "results/02_transfer"
+reuse = "same_code"  # or "any": also keep records made by other library code (the chapter names their code)
 batch_size = 32
 lr = 0.01  # every fine-tuning run
 scratch_lr = 0.05  # training from scratch: Experiment 1's learning rate
@@ -181,7 +182,7 @@ display(pd.DataFrame(sources))
 # %% tags=["hide-input"]
 results = run_sweep(functools.partial(transfer.run_transfer, device=device), runs,
                     f"{results_dir}/{source.replace(':', '_')}_to_{target.replace(':', '_')}", workers=workers,
-                    shard=shard, progress=progress, executor=executor,
+                    shard=shard, progress=progress, executor=executor, reuse=reuse,
                     device=functools.partial(provenance.device_name, device))
 print(f"{len(results)} of {len(runs)} runs have results; {results.seconds.sum() / 3600:.2f} GPU/CPU hours in all")
 

@@ -78,7 +78,7 @@ m = None  # channels pooled at each tap: None (N / width_divisor there), an int,
 sigma = 0.1  # the standard deviation of the selection noise
 width_divisor = 8  # the delta is this many times narrower than the source
 ks = [None]  # images per class of the target's training split; None: all of it
-seeds = 3
+seeds = 5
 epochs = 30  # few-shot runs
 full_epochs = None  # runs on the whole training split; None: epochs
 batch_size = 64
@@ -103,6 +103,7 @@ shard = None  # "i/n": run only slice i of n of the grid
 cluster = "local"  # or a Dask scheduler "tcp://host:8786", its scheduler file, or "slurm:N" (README)
 gpus_per_run = 0  # on a cluster: GPUs each run claims
 results_dir = "results/05_snow"
+reuse = "same_code"  # or "any": also keep records made by other library code (the chapter names their code)
 
 # %% [markdown] tags=["remove-cell"]
 # CI runs every notebook in a quick configuration on synthetic data; the next cell does nothing
@@ -201,11 +202,11 @@ display(table(pd.DataFrame(sources)))
 folder = f"{results_dir}/{source.replace(':', '_')}_to_{target.replace(':', '_')}"
 results = run_sweep(functools.partial(snowrun.run_snow, device=run_device), all_runs, folder, workers=workers,
                     shard=shard, executor=executor, device=functools.partial(provenance.device_name, run_device),
-                    progress=False)
+                    progress=False, reuse=reuse)
 # Timed one at a time: runs timed side by side would slow each other down.
 serving = run_sweep(functools.partial(snowrun.run_serving, device=run_device), serving_runs, f"{folder}/serving",
                     shard=shard, executor=executor, device=functools.partial(provenance.device_name, run_device),
-                    progress=False)
+                    progress=False, reuse=reuse)
 results["shots"] = pd.Categorical(results.k.map(k_label), [k_label(k) for k in ks])
 results["m"] = results.m.map(lambda v: "N/d" if v is None or v != v else ",".join(map(str, v))
                              if isinstance(v, list) else str(int(v)))

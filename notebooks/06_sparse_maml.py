@@ -72,7 +72,7 @@ sparsity = 0.9  # snip_maml and random_mask_maml: the fraction of weights the in
 eval_every = 100
 val_episodes = 100
 test_episodes = 600
-seeds = 3
+seeds = 5
 data_root = None  # None: $SNIPNB_DATA, else ~/.cache/snipnb/data
 device = None  # None: CUDA, else MPS, else CPU
 workers = 1  # runs at once, in separate processes
@@ -81,6 +81,7 @@ cluster = "local"  # or a Dask scheduler "tcp://host:8786", its scheduler file, 
 gpus_per_run = 0  # on a cluster: GPUs each run claims
 synthetic_shape = (1, 28)  # (channels, image size) when dataset is "synthetic"
 results_dir = "results/06_sparse_maml"
+reuse = "same_code"  # or "any": also keep records made by other library code (the chapter names their code)
 progress = True  # a progress bar over runs (the book's chapter runs without one)
 
 # %% tags=["remove-cell"]
@@ -129,7 +130,7 @@ display(Markdown(
 
 # %% tags=["hide-input"]
 results = run_sweep(functools.partial(metarun.run_meta, device=device), runs, f"{results_dir}/{dataset}",
-                    workers=workers, shard=shard, progress=progress, executor=executor,
+                    workers=workers, shard=shard, progress=progress, executor=executor, reuse=reuse,
                     device=functools.partial(provenance.device_name, device))
 print(f"{len(results)} of {len(runs)} runs have results; {results.seconds.sum() / 3600:.2f} GPU/CPU hours in all")
 
