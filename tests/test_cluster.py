@@ -45,6 +45,22 @@ def cluster():
         yield client
 
 
+def settled_workers(client, n=2, timeout=60) -> set[int]:
+    """The pids of the cluster's workers once exactly `n` of them answer: after a worker is killed,
+    its replacement has joined and the dead one has left (`wait_for_workers` counts the dead one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pids = client.run(os.getpid)
+        except (OSError, distributed.comm.CommClosedError):  # a dead worker still registered
+            pids = {}
+        if len(pids) == n:
+            return set(pids.values())
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(pids)} workers answer after {timeout} s, not {n}")
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def executor(cluster):
     with cluster_executor(cluster.scheduler.address) as ex:
@@ -105,8 +121,7 @@ def test_a_killed_worker_costs_only_its_run_and_a_rerun_completes_it(cluster, ex
     finished = {p.name: p.read_bytes() for p in folder.iterdir()}
     assert len(finished) == 7 and record_path(folder, doomed).name not in finished  # nor a partial file
 
-    cluster.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker
-    assert set(cluster.run(os.getpid).values()) != workers_before
+    assert settled_workers(cluster) != workers_before  # the nanny restarted the killed worker
     (deaths / config_id(doomed)).unlink()
     done = run_sweep(fn, grid(), folder, executor=executor, progress=False)
     assert len(done) == 8 and done.id.is_unique and len(list(folder.iterdir())) == 8
@@ -144,7 +159,8 @@ def test_an_error_in_a_run_stops_the_sweep_with_that_error(executor, tmp_path):
 def test_a_worker_running_other_library_code_is_refused(cluster, executor, tmp_path):
     # A long-lived `dask worker` keeps the code it imported; after a `git pull` its records would
     # name code it does not run.
-    cluster.run(sweep_job.pretend_loaded_code, "0" * 16)
+    settled_workers(cluster)  # a worker joining later would not be pretending
+    assert len(cluster.run(sweep_job.pretend_loaded_code, "0" * 16)) == 2
     try:
         with pytest.raises(RuntimeError, match=f"runs library code {'0' * 16}, the sweep's is .* Restart the workers"):
             run_sweep(run, grid(), tmp_path, executor=executor, progress=False)
