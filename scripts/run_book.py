@@ -162,6 +162,11 @@ def _executed(path: pathlib.Path) -> bool:
     return any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
 
 
+def _code_cells(nb) -> list:
+    """The notebook's code cells, without the one papermill injects (it holds only parameters)."""
+    return [c for c in nb.cells if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+
+
 def code_of(nb) -> list[str]:
     """The code a notebook runs, without the cell papermill injects, as syntax trees: comments and
     line breaks are not changes of code."""
@@ -170,8 +175,7 @@ def code_of(nb) -> list[str]:
             return ast.dump(ast.parse(source))
         except SyntaxError:  # IPython syntax (magics): compare the text without its whitespace
             return re.sub(r"\s+", "", source)
-    return [tree(c.source) for c in nb.cells
-            if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+    return [tree(c.source) for c in _code_cells(nb)]
 
 
 def stale(target: pathlib.Path, chapter: Chapter) -> bool:
@@ -190,10 +194,7 @@ def retag(chapter: Chapter, target: pathlib.Path) -> bool:
     rerun. Only where both have the same code cells in the same order; returns whether it did."""
     executed = nbformat.read(target, as_version=4)
     current = nbformat.read(ROOT / "notebooks" / f"{chapter.notebook}.ipynb", as_version=4)
-
-    def cells(nb):
-        return [c for c in nb.cells if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
-    ours, theirs = cells(executed), cells(current)
+    ours, theirs = _code_cells(executed), _code_cells(current)
     if len(ours) != len(theirs):
         return False
     for cell, source in zip(ours, theirs):
