@@ -40,7 +40,10 @@ class Stack:
 
     `params[name]` is an (S, ...) leaf tensor per weight, by the unpruned name; `masks[name]` a float
     (S, ...) 0/1 tensor for each weight any run masks (all ones for runs that do not). The forward
-    pass uses `params * masks`, as each run's own parametrization would.
+    pass uses `params * masks`, as each run's own parametrization would. A weight the models freeze
+    (`requires_grad=False`, as `snipnb.pretrained.freeze` leaves it) is stacked frozen too, and
+    `trainable()` leaves it out, so a stack trains what `train.fit` trains and nothing else; the runs
+    must agree on which weights they freeze.
     """
 
     def __init__(self, models: list[nn.Module], device: torch.device):
@@ -52,7 +55,13 @@ class Stack:
         for i, model in enumerate(models):
             _check_same_architecture(model, shapes, i)
         weights = [named_weights(m) for m in models]
-        self.params = {n: torch.stack([w[n].detach().to(device) for w in weights]).requires_grad_()
+        trained = {n: p.requires_grad for n, p in weights[0].items()}
+        for i, w in enumerate(weights[1:], 1):
+            differ = sorted(n for n in shapes if w[n].requires_grad != trained[n])
+            if differ:
+                raise ValueError(f"models[{i}] freezes other weights than models[0] ({differ[:3]}): the runs of a "
+                                 "stack must train the same weights")
+        self.params = {n: torch.stack([w[n].detach().to(device) for w in weights]).requires_grad_(trained[n])
                        for n in shapes}
         self.buffers = {n: torch.stack([dict(m.named_buffers())[n].detach().to(device) for m in models])
                         for n in buffer_names}
@@ -61,6 +70,10 @@ class Stack:
         self.masks = {n: torch.stack([masks.get(n, torch.ones(shapes[n], dtype=torch.bool)).to(device)
                                       for masks in run_masks]).to(self.params[n].dtype) for n in masked}
         self.size = len(models)
+
+    def trainable(self) -> list[torch.Tensor]:
+        """The stacked weights the optimiser updates: those the models train."""
+        return [p for p in self.params.values() if p.requires_grad]
 
     def plain_model(self, device) -> nn.Module:
         """One real copy of the architecture on `device`, in eval mode and channels_last, to load a
@@ -175,7 +188,7 @@ def fit_stack(
     test_loader, val_loader = (None if d is None else d if isinstance(d, DeviceLoader) else
                                DeviceLoader(d, eval_batch_size, device=device) for d in (test, val))
     steps_per_epoch = len(loaders[0])
-    optimizer, scheduler = make_optimizer(stack.params.values(), epochs * steps_per_epoch, lr=lr, momentum=momentum,
+    optimizer, scheduler = make_optimizer(stack.trainable(), epochs * steps_per_epoch, lr=lr, momentum=momentum,
                                nesterov=nesterov, weight_decay=weight_decay, schedule=schedule,
                                warmup_steps=int(warmup_epochs * steps_per_epoch), step_every=step_every,
                                step_gamma=step_gamma)

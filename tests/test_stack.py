@@ -147,3 +147,56 @@ def test_a_stack_tracks_validation_and_a_step_schedule_like_fit(sets):
         assert len(many.val_acc) == len(one.val_acc) == 3
         assert max(abs(a - b) for a, b in zip(many.val_acc, one.val_acc)) <= 1 / len(val)
         torch.testing.assert_close(many.train_loss, one.train_loss, rtol=1e-4, atol=1e-5)
+
+
+def frozen_body(model):
+    """A linear probe: only the head trains."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("head."))
+    return model
+
+
+def test_a_stack_trains_only_what_fit_trains(sets):
+    # fit leaves a frozen weight alone (it gets no gradient); a stack must too, or a linear probe
+    # trained as a stack would quietly fine-tune its whole body.
+    subsets, test = sets
+    recipe = {**RECIPE, "augment": False, "lr": 0.02}
+    before = [{n: t.clone() for n, t in named_weights(m).items()} for m in map(frozen_body, runs()[:2])]
+    alone = [frozen_body(m) for m in runs()[:2]]
+    for m, t, s in zip(alone, subsets, (3, 4)):
+        fit(m, t, test, seed=s, device="cpu", channels_last=False, **recipe)
+    stacked = [frozen_body(m) for m in runs()[:2]]
+    fit_stack(stacked, subsets[:2], test, seeds=[3, 4], device="cpu", **recipe)
+    for initial, a, b in zip(before, alone, stacked):
+        for name, p in named_weights(b).items():
+            if name.startswith("head."):
+                assert not torch.equal(p, initial[name]), name  # the head did train
+                assert relative_error(p, named_weights(a)[name]) < 1e-3, name
+            else:
+                assert torch.equal(p, initial[name]) and torch.equal(named_weights(a)[name], initial[name]), name
+        assert b.head.weight.requires_grad and not b.body[0].weight.requires_grad  # flags kept
+
+
+def test_a_stack_keeps_frozen_batchnorm_statistics(sets):
+    # A pretrained backbone fine-tuned with the source's BatchNorm statistics keeps them in eval
+    # mode through every train() call; a stacked run must not update them either.
+    from snipnb import pretrained
+
+    subsets, test = sets
+    built = [pretrained.build("resnet18", 4, 1, 32, seed=s) for s in (0, 1)]
+    for model in built:
+        pretrained.freeze(model, "last_block", bn_stats="source")
+    frozen = [{n: b.clone() for n, b in m.named_buffers()} for m in built]
+    weights = [{n: p.clone() for n, p in named_weights(m).items()} for m in built]
+    fit_stack(built, subsets[:2], None, seeds=[0, 1], device="cpu", **{**RECIPE, "augment": False, "epochs": 1})
+    for model, buffers, initial in zip(built, frozen, weights):
+        for name, b in model.named_buffers():
+            assert torch.equal(b, buffers[name]), name
+        moved = {n for n, p in named_weights(model).items() if not torch.equal(p, initial[n])}
+        assert moved and all(n.startswith(("body.layer4.", "head.")) for n in moved)
+
+
+def test_a_stack_refuses_runs_that_freeze_other_weights(sets):
+    subsets, test = sets
+    with pytest.raises(ValueError, match=r"models\[1\] freezes other weights .*body\.0\.weight"):
+        fit_stack([runs()[0], frozen_body(runs()[1])], subsets[:2], test, seeds=[0, 1], device="cpu", **RECIPE)
