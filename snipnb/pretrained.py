@@ -322,13 +322,24 @@ def save_checkpoint(model: Backbone, meta: dict, path) -> pathlib.Path:
     return path
 
 
-def load_checkpoint(path, *, model: str | None = None, image_size: int | None = None,
-                    in_channels: int | None = None) -> tuple[Backbone, dict]:
+# What a checkpoint's metadata must match when asked for: every setting `pretrain` is keyed by,
+# and the input shape the weights take.
+CHECKED = ("model", "dataset", "classes", "epochs", "seed", "image_size", "in_channels", "lr", "batch_size",
+           "weight_decay", "augment")
+
+
+def load_checkpoint(path, **expected) -> tuple[Backbone, dict]:
     """(backbone, metadata) from a checkpoint of `pretrain`, read with `torch.load(weights_only=True)`.
 
-    Each of `model`, `image_size`, `in_channels` that is given must match the checkpoint's, or a
-    ValueError says what differs; so must the weights' names and shapes.
+    Every setting in `expected` (any of `CHECKED`: `model`, `dataset`, `classes`, `epochs`, `seed`,
+    `image_size`, `in_channels`, ...) that is not None must equal the checkpoint's, or a ValueError
+    names each field that differs. A file's name is no proof of what it holds: a checkpoint copied
+    over a cached one is refused here, not loaded. The head must have one output per class of the
+    metadata, and the weights' names and shapes must fit the architecture.
     """
+    unknown = sorted(set(expected) - set(CHECKED))
+    if unknown:
+        raise TypeError(f"load_checkpoint() cannot check {unknown}; it checks {CHECKED}")
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -336,11 +347,16 @@ def load_checkpoint(path, *, model: str | None = None, image_size: int | None = 
     if not isinstance(blob, dict) or not {"state_dict", "meta"} <= set(blob):
         raise ValueError(f"{path} is not a snipnb checkpoint: it has no 'state_dict' and 'meta'")
     meta, state = blob["meta"], blob["state_dict"]
-    asked = {"model": model, "image_size": image_size, "in_channels": in_channels}
+    if "classes" in expected and expected["classes"] is not None:
+        expected = {**expected, "classes": sorted(int(c) for c in expected["classes"])}
     differ = [f"{key} is {meta.get(key)!r} there, {value!r} was asked for"
-              for key, value in asked.items() if value is not None and meta.get(key) != value]
+              for key, value in expected.items() if value is not None and meta.get(key) != value]
     if differ:
         raise ValueError(f"checkpoint {path} does not match: " + "; ".join(differ))
+    classes = meta.get("classes")
+    if classes is not None and meta.get("num_classes") != len(classes):
+        raise ValueError(f"checkpoint {path} does not match itself: its metadata name {len(classes)} classes "
+                         f"{classes}, its head has {meta.get('num_classes')} outputs")
     backbone = build(meta["model"], meta["num_classes"], meta["in_channels"], meta["image_size"], meta["mean"],
                      meta["std"])
     _check_state(backbone.state_dict(), state, f"checkpoint {path} (model={meta['model']!r})")
@@ -366,6 +382,20 @@ def _check_state(expected: dict, found: dict, what: str) -> None:
         raise ValueError(f"{what} does not fit the architecture: " + "; ".join(parts))
 
 
+def pretrain_settings(model: str, dataset: str, classes=None, epochs: int = 5, seed: int = 0, *, image_size: int = 32,
+                      lr: float = 0.1, batch_size: int = 128, weight_decay: float = 5e-4) -> dict:
+    """The settings a pretrained source is keyed and checked by (its checkpoint's name and metadata)."""
+    _check_choice("model", model, ARCHITECTURES)
+    check_image_size(model, image_size)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    spec = dataset if classes is None else f"{dataset}:{','.join(str(int(c)) for c in classes)}"
+    name, picked = parse_split(spec)
+    return {"model": model, "dataset": name, "classes": None if picked is None else list(picked), "epochs": epochs,
+            "seed": seed, "image_size": image_size, "lr": lr, "batch_size": batch_size,
+            "weight_decay": weight_decay, "augment": data.recipe_defaults(name)["augment"]}
+
+
 def pretrain(model: str, dataset: str, classes=None, epochs: int = 5, seed: int = 0, *, image_size: int = 32,
              lr: float = 0.1, batch_size: int = 128, weight_decay: float = 5e-4, cache_dir=None, device=None,
              progress: bool = True) -> pathlib.Path:
@@ -379,21 +409,16 @@ def pretrain(model: str, dataset: str, classes=None, epochs: int = 5, seed: int 
     """
     from .train import fit  # the training floor, needed only to pretrain
 
-    _check_choice("model", model, ARCHITECTURES)
-    check_image_size(model, image_size)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    spec = dataset if classes is None else f"{dataset}:{','.join(str(int(c)) for c in classes)}"
-    name, picked = parse_split(spec)
-    augment = data.recipe_defaults(name)["augment"]
-    settings = {"model": model, "dataset": name, "classes": None if picked is None else list(picked),
-                "epochs": epochs, "seed": seed, "image_size": image_size, "lr": lr, "batch_size": batch_size,
-                "weight_decay": weight_decay, "augment": augment}
+    settings = pretrain_settings(model, dataset, classes, epochs, seed, image_size=image_size, lr=lr,
+                                 batch_size=batch_size, weight_decay=weight_decay)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    path = checkpoint_dir(cache_dir) / f"{model}-{name}-{key}.pt"
+    path = checkpoint_dir(cache_dir) / f"{model}-{settings['dataset']}-{key}.pt"
     if path.is_file():
+        load_checkpoint(path, **settings)  # the file under this name must hold what the name promises
         return path
 
+    name, picked, augment = settings["dataset"], settings["classes"], settings["augment"]
+    spec = name if picked is None else f"{name}:{','.join(map(str, picked))}"
     train, test = load_split(spec, True), load_split(spec, False)
     in_channels = train.images.shape[1]
     backbone = build(model, train.num_classes, in_channels, image_size, train.mean, train.std, seed=seed)
@@ -421,6 +446,7 @@ def load_source(source: str, model: str = "resnet18", image_size: int | None = N
         name, classes = parse_split(source)
     except ValueError as error:
         raise ValueError(f"source={source!r} is neither 'imagenet' nor a dataset to pretrain on: {error}") from None
-    path = pretrain(model, name, classes, epochs, seed, image_size=32 if image_size is None else image_size,
-                    cache_dir=cache_dir, device=device, progress=progress)
-    return load_checkpoint(path, model=model, image_size=32 if image_size is None else image_size)[0]
+    image_size = 32 if image_size is None else image_size
+    path = pretrain(model, name, classes, epochs, seed, image_size=image_size, cache_dir=cache_dir, device=device,
+                    progress=progress)
+    return load_checkpoint(path, **pretrain_settings(model, name, classes, epochs, seed, image_size=image_size))[0]

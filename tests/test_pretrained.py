@@ -246,3 +246,29 @@ def test_splits_renumber_their_classes_in_order():
 def test_bad_input_is_a_clear_error_naming_the_value(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_a_cached_file_that_holds_another_source_is_refused_naming_the_field(checkpoint, tmp_path):
+    # The cache is found by file name; a checkpoint for other classes copied over it (4-way head,
+    # classes 0-3, where 0-4 was asked) must not load as if it were the one asked for.
+    blob = torch.load(checkpoint, weights_only=True)
+    asked = dict(model="resnet18", dataset="synthetic", classes=[0, 1], epochs=1, seed=0, image_size=32)
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    target = folder / checkpoint.name  # where pretrain looks for these settings
+    for field, value, says in [("classes", [1], "classes is \\[1\\] there, \\[0, 1\\] was asked for"),
+                               ("epochs", 3, "epochs is 3 there, 1 was asked for"),
+                               ("seed", 7, "seed is 7 there, 0 was asked for"),
+                               ("dataset", "mnist", "dataset is 'mnist' there, 'synthetic' was asked for")]:
+        forged = {**blob, "meta": {**blob["meta"], field: value}}
+        torch.save(forged, target)
+        with pytest.raises(ValueError, match=says):
+            pretrained.pretrain(**asked, cache_dir=folder, progress=False)
+        with pytest.raises(ValueError, match=says):
+            pretrained.load_source("synthetic:0-1", "resnet18", 32, epochs=1, seed=0, cache_dir=folder)
+    # metadata that contradict the head: three classes named, a 2-way head
+    torch.save({**blob, "meta": {**blob["meta"], "classes": [0, 1, 2]}}, target)
+    with pytest.raises(ValueError, match="3 classes .* its head has 2 outputs"):
+        pretrained.load_checkpoint(target)
+    with pytest.raises(TypeError, match="cannot check \\['colour'\\]"):
+        pretrained.load_checkpoint(checkpoint, colour="red")
