@@ -291,6 +291,10 @@ def run_sweep(fn, configs, folder, *, workers: int = 1, executor: Executor | Non
                          f"(a Dask Client gives one with client.get_executor())")
     if stack < 1:
         raise ValueError(f"stack must be >= 1, got {stack}")
+    if stack > 1 and stack_key is None:
+        raise ValueError(f"stack={stack} needs stack_key, the function that says which configs can train together "
+                         f"(e.g. fewshot.stack_key), and an fn that takes a list of configs; without it every "
+                         f"run would train alone")
     if reuse not in REUSE:
         raise ValueError(f"reuse must be one of {REUSE}, got {reuse!r}")
     ids = [config_id(c) for c in configs]

@@ -182,6 +182,14 @@ def test_a_stacked_sweep_writes_one_record_per_run(tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(table(stacked).drop(columns="stack_size"), table(serial).drop(columns="stack_size"))
 
 
+def test_a_stack_without_a_stack_key_is_refused_before_any_run(tmp_path):
+    # Without a key the sweep cannot know which runs may train together; it used to run them one by
+    # one without a word.
+    with pytest.raises(ValueError, match="stack=4 needs stack_key"):
+        run_sweep(run, grid(), tmp_path, stack=4, progress=False)
+    assert not list(tmp_path.glob("*.json"))
+
+
 def test_a_killed_stacked_sweep_resumes_without_loss_or_duplicates(tmp_path):
     folder, log = tmp_path / "results", tmp_path / "log"
     env = _env(log)
