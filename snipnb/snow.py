@@ -220,7 +220,14 @@ def _int(value) -> int:
 
 def split_source(source: nn.Module) -> tuple[SourceStages, Layout]:
     """Cut a supported source network at its taps: (frozen stages, its layout). The source's modules
-    are used in place, frozen: their parameters stop requiring gradients. Its head is not used."""
+    are used in place, frozen: all its parameters stop requiring gradients, the head SNOW does not
+    use included, so an optimiser given the source's parameters cannot move any of them."""
+    stages, layout = _split(source)
+    source.requires_grad_(False)
+    return stages, layout
+
+
+def _split(source: nn.Module) -> tuple[SourceStages, Layout]:
     if isinstance(source, torchvision.models.ResNet):
         stem = nn.Sequential(source.conv1, source.bn1, source.relu, source.maxpool)
         layers = [source.layer1, source.layer2, source.layer3, source.layer4]

@@ -97,6 +97,16 @@ def test_w_changes_under_training_and_the_source_stays_bit_identical():
         assert not torch.equal(pool.weight.detach(), start), "a pooling weight never moved"
 
 
+@pytest.mark.parametrize("make", [lambda: tv18(), lambda: models.build("resnet20", 5, seed=0)],
+                         ids=["torchvision", "snipnb"])
+def test_the_sources_unused_head_is_frozen_with_the_rest(make):
+    # SNOW never uses the source's classifier; left trainable, an optimiser over the source's
+    # parameters (a linear probe written beside SNOW, say) would move it.
+    source = make()
+    snow.build_snow(source, 3, seed=0)
+    assert not any(p.requires_grad for p in source.parameters())
+
+
 def test_the_source_runs_without_building_a_graph():
     model = snow.build_snow(tv18(), 3, seed=0).train()
     _, features = model.source(torch.rand(2, 3, 32, 32))
