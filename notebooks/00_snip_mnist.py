@@ -62,7 +62,7 @@ sparsities_lenet5 = [0.98, 0.99]  # LeNet-5-Caffe's, the paper's
 methods = ["snip", "random", "shuffled_snip"]  # at every sparsity, beside the dense baseline
 seeds = 5  # LeNet-300-100's Table 1 cells
 seeds_lenet5 = 5  # LeNet-5-Caffe's Table 1 cells (a LeNet-5 run costs ten LeNet-300-100 runs on a CPU)
-ablation_seeds = 5  # each ablation on LeNet-300-100
+ablation_seeds = None  # each ablation on LeNet-300-100; None: seeds
 epochs = 8  # LeNet-300-100, our default recipe (540 iterations an epoch on MNIST)
 long_epochs = 50  # the training-length ablation: past the paper's first decay at 25,000 iterations
 epochs_lenet5 = 2
@@ -111,6 +111,7 @@ from snipnb.sweep import config_id, run_sweep
 from snipnb.train import default_device
 
 check_parameters()
+ablation_seeds = seeds if ablation_seeds is None else ablation_seeds
 for name, value in (("seeds", seeds), ("seeds_lenet5", seeds_lenet5), ("ablation_seeds", ablation_seeds),
                     ("epochs", epochs), ("long_epochs", long_epochs), ("epochs_lenet5", epochs_lenet5),
                     ("stack", stack), ("speed_iterations", speed_iterations),

@@ -60,8 +60,8 @@ batch_size = 32
 lr = 0.05
 eval_every = 5  # test every this many epochs and after the last; the best accuracy is the best of those
 stack = 32  # runs trained together as one stacked model; 1 trains them one by one
-focus_sparsity = 0.9  # the sparsity of the accuracy-vs-k plot and the verdicts
-focus_k = 5  # the k of the accuracy-vs-sparsity plot, the mask comparison and the BatchNorm ablation
+focus_sparsity = None  # the sparsity of the accuracy-vs-k plot and the verdicts; None: 0.9, or the nearest in sparsities
+focus_k = None  # the k of the accuracy-vs-sparsity plot, the mask comparison and the BatchNorm ablation; None: 5 or the nearest
 data_root = None  # None: $SNIPNB_DATA, else ~/.cache/snipnb/data
 device = None  # None: CUDA, else MPS, else CPU
 workers = 1  # processes running stacks at once
@@ -78,7 +78,7 @@ import tempfile
 
 if os.environ.get("SNIPNB_SMOKE"):
     models, ks, sparsities, seeds, epochs, dataset = ["simple_convnet"], [1, 2], [0.9], 2, 2, "synthetic"
-    focus_k, results_dir, eval_every = 2, tempfile.mkdtemp(), 1
+    results_dir, eval_every = tempfile.mkdtemp(), 1
 
 # %% tags=["remove-input"]
 import functools
@@ -90,7 +90,7 @@ from IPython.display import Markdown, display
 
 from snipnb import checks, data, fewshot, plots, provenance, stats
 from snipnb.cluster import cluster_executor
-from snipnb.notebook import check_parameters
+from snipnb.notebook import check_parameters, pick
 from snipnb.report import table
 from snipnb.sweep import run_sweep
 from snipnb.train import default_device
@@ -98,8 +98,8 @@ from snipnb.train import default_device
 check_parameters()
 checks.integer("seeds", seeds, 1)
 checks.integer("stack", stack, 1)
-checks.one_of("focus_k", focus_k, ks)
-checks.one_of("focus_sparsity", focus_sparsity, sparsities)
+focus_k = pick("focus_k", focus_k, ks, preferred=5)
+focus_sparsity = pick("focus_sparsity", focus_sparsity, sparsities, preferred=0.9)
 if data_root is not None:
     os.environ["SNIPNB_DATA"] = str(data_root)  # worker processes read it too
 data.load_cached(dataset, True, data.recipe_defaults(dataset)["synthetic_shape"])  # a missing dataset fails here

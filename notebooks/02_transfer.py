@@ -99,9 +99,9 @@ scratch_lr = 0.05  # training from scratch: Experiment 1's learning rate
 bn_stats = "source"  # BatchNorm of the trained blocks: "source" statistics, or each "batch"'s
 eval_every = 1  # test every this many epochs; the best accuracy is the best of those tests
 test_per_class = None  # test on a fixed class-balanced sample of this many per class; None: all the test split
-focus_sparsity = 0.9  # the sparsity of the accuracy-vs-k plots and the verdicts
-focus_blocks = "last_block"  # the trained blocks of the plots and the verdicts
-focus_k = 5  # the k of the accuracy-vs-sparsity plot
+focus_sparsity = None  # the sparsity of the accuracy-vs-k plots and the verdicts; None: 0.9, or the nearest in sparsities
+focus_blocks = None  # the trained blocks of the plots and the verdicts; None: last_block if trained, else the first
+focus_k = None  # the k of the accuracy-vs-sparsity plot; None: 5, or the nearest in ks
 progress = True  # progress bars (the book's chapters are executed without them)
 
 # %% tags=["remove-cell"]
@@ -125,7 +125,7 @@ from IPython.display import Markdown, display
 
 from snipnb import data, plots, pretrained, provenance, stats, transfer
 from snipnb.cluster import cluster_executor
-from snipnb.notebook import check_parameters
+from snipnb.notebook import check_parameters, pick
 from snipnb.sweep import run_sweep
 from snipnb.train import default_device
 
@@ -134,8 +134,9 @@ executor = cluster_executor(cluster, gpus_per_run=gpus_per_run)
 if data_root is not None:
     os.environ["SNIPNB_DATA"] = str(data_root)  # worker processes read it too
 device = device or str(default_device())
-focus_blocks = focus_blocks if focus_blocks in train_blocks else train_blocks[0]
-focus_sparsity = focus_sparsity if focus_sparsity in sparsities else sparsities[-1]
+focus_blocks = pick("focus_blocks", focus_blocks, train_blocks, preferred="last_block")
+focus_sparsity = pick("focus_sparsity", focus_sparsity, sparsities, preferred=0.9)
+focus_k = pick("focus_k", focus_k, ks, preferred=5)
 settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, bn_stats=bn_stats, eval_every=eval_every,
                 test_per_class=test_per_class, image_size=image_size, source_epochs=source_epochs,
                 augment=data.recipe_defaults(pretrained.parse_split(target)[0])["augment"])

@@ -58,7 +58,7 @@ seeds = 5  # reported runs
 search_seeds = 2  # runs per fraction kept in the validation search
 epochs = 10  # per task, Split benchmark, for every strategy (PackNet's retraining included)
 permuted_epochs = 2  # per task, Permuted benchmark (retraining included)
-retrain_epochs = 1  # PackNet: of each task's epochs, these retrain after pruning
+retrain_epochs = None  # PackNet: of each task's epochs, these retrain after pruning; None: 1, or 0 where a task has 1 epoch
 batch_size = 128
 optimizer = "adam"
 lr = 0.001
@@ -110,7 +110,13 @@ for name in benchmarks:
 for name, value in dict(seeds=seeds, search_seeds=search_seeds, epochs=epochs, permuted_epochs=permuted_epochs,
                         n_tasks=n_tasks, permuted_tasks=permuted_tasks).items():
     checks.integer(name, value, 1)
+epochs_per_task = [epochs if BENCHMARKS[b][0] == "split" else permuted_epochs for b in benchmarks]
+if retrain_epochs is None:  # follows the epochs, so that -p epochs 1 needs no second parameter
+    retrain_epochs = min(1, min(epochs_per_task) - 1)
 checks.integer("retrain_epochs", retrain_epochs, 0)
+if retrain_epochs >= min(epochs_per_task):
+    raise ValueError(f"retrain_epochs ({retrain_epochs}) must be fewer than the epochs per task ({min(epochs_per_task)}): "
+                     "PackNet retrains within each task's epochs")
 if not keeps:
     raise ValueError("keeps must list at least one fraction (None: equal shares)")
 if data_root is not None:

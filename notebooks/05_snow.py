@@ -90,7 +90,7 @@ bn_stats = "batch"  # BatchNorm of the baselines' trained blocks: each "batch"'s
 augment = None  # crop-and-flip augmentation; None: the target's default (on for CIFAR)
 eval_every = 5  # test every this many epochs and after the last; the best accuracy is the best of those
 test_per_class = None  # test on a fixed class-balanced sample of this many per class; None: the whole test split
-focus_k = None  # the k (one of ks) of the ablations and of the channel figure
+focus_k = None  # the k (one of ks) of the ablations and of the channel figure; None: the whole split if ks has it, else ks[0]
 ablate_m = [4, 32]  # M at every tap, against the default
 ablate_sigma = [0.0, 0.01, 0.5]
 ablate_width_divisor = [4, 16]
@@ -115,7 +115,7 @@ import tempfile
 
 if os.environ.get("SNIPNB_SMOKE"):
     source, target, models, image_size, source_epochs = "synthetic:0-4", "synthetic:5-9", ["resnet18"], 32, 1
-    ks, focus_k, seeds, epochs, eval_every, test_per_class = [2], 2, 2, 2, 1, 10
+    ks, seeds, epochs, eval_every, test_per_class = [2], 2, 2, 1, 10
     ablate_m, ablate_sigma, ablate_width_divisor, serving_tasks, timing_batch = [4], [0.0], [16], [1, 2], 8
     results_dir = tempfile.mkdtemp()
     os.environ["SNIPNB_CHECKPOINTS"] = tempfile.mkdtemp()  # the smoke source is not cached for later
@@ -131,7 +131,7 @@ from IPython.display import Markdown, display
 
 from snipnb import checks, data, pretrained, provenance, snow, snowrun, stats
 from snipnb.cluster import cluster_executor
-from snipnb.notebook import check_parameters
+from snipnb.notebook import check_parameters, pick
 from snipnb.report import table
 from snipnb.sweep import run_sweep
 from snipnb.train import default_device
@@ -139,7 +139,7 @@ from snipnb.train import default_device
 check_parameters()
 checks.integer("seeds", seeds, 1)
 checks.integer("epochs", epochs, 1)
-checks.one_of("focus_k", focus_k, ks)
+focus_k = pick("focus_k", focus_k, ks)
 if data_root is not None:
     os.environ["SNIPNB_DATA"] = str(data_root)  # worker processes read it too
 executor = cluster_executor(cluster, gpus_per_run=gpus_per_run)

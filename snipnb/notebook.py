@@ -67,3 +67,23 @@ def check_parameters(history: list[str] | None = None) -> None:
     if problems:
         names = ", ".join(assigned(declared_source))
         raise ValueError("; ".join(problems) + f". This notebook's parameters are: {names}") from None
+
+
+def pick(name: str, value, grid, preferred=None):
+    """A parameter that names one value of a grid (the focus of a plot or a verdict): `value` if
+    given, which must be in `grid` (else a ValueError names the parameter); when None, `preferred`
+    if the grid has it, else the grid's value nearest to it (the smaller on a tie), else the first.
+    So a user who narrows a grid (`-y "ks: [1, 2]"`) need not also set the parameter that points into it."""
+    grid = list(grid)
+    if not grid:
+        raise ValueError(f"{name} points into an empty grid")
+    if value is not None:
+        if value not in grid:
+            raise ValueError(f"{name} must be one of {tuple(grid)}, got {value!r}")
+        return value
+    if preferred in grid:
+        return preferred
+    numbers = [v for v in grid if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if numbers and isinstance(preferred, (int, float)):
+        return min(numbers, key=lambda v: (abs(v - preferred), v))
+    return grid[0]

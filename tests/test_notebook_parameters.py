@@ -33,3 +33,17 @@ def test_matching_parameters_pass():
     assert unknown_parameters(DECLARED, ok) == []
     check_parameters(["", DECLARED, ok])
     check_parameters(["", DECLARED, "x = 1"])  # nothing injected: run by hand
+
+
+def test_a_focus_parameter_follows_a_narrowed_grid_and_refuses_a_value_outside_it():
+    from snipnb.notebook import pick
+
+    assert pick("focus_k", None, [1, 2, 5, 10], preferred=5) == 5
+    assert pick("focus_k", None, [1, 2], preferred=5) == 2  # -y "ks: [1, 2]" needs no second parameter
+    assert pick("focus_sparsity", None, [0.5, 0.95], preferred=0.9) == 0.95
+    assert pick("focus_k", None, [4, 6], preferred=5) == 4  # a tie goes to the smaller
+    assert pick("focus_blocks", None, ["head", "all"], preferred="last_block") == "head"
+    assert pick("focus_k", None, [None, 10]) is None  # None may itself be a grid value (the whole split)
+    assert pick("focus_k", 10, [1, 10], preferred=5) == 10
+    with pytest.raises(ValueError, match=r"focus_k must be one of \(1, 2\), got 5"):
+        pick("focus_k", 5, [1, 2], preferred=5)
