@@ -15,7 +15,7 @@ import subprocess
 
 import torch
 
-from . import __version__
+from . import __version__, devices
 
 PACKAGE = pathlib.Path(__file__).resolve().parent
 
@@ -53,14 +53,17 @@ def code_version() -> dict:
 
 
 def device_name(device=None) -> str:
-    """A readable name of `device` (default: CUDA if present, else the CPU): 'NVIDIA H100 80GB HBM3',
-    'cpu (x86_64, 2 threads)'."""
+    """A readable name of `device` (default: CUDA if present, else the CPU) and the precision the
+    library uses there by default (`devices.autocast_enabled`): 'NVIDIA H100 80GB HBM3 (bf16 training
+    and evaluation)', 'cpu (x86_64, 2 threads; bf16 evaluation)', 'cpu (x86_64, 2 threads; fp32)'."""
     device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = [purpose for purpose in ("training", "evaluation") if devices.autocast_enabled(device, None, purpose)]
+    precision = f"bf16 {' and '.join(bf16)}" if bf16 else "fp32"
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        return f"{torch.cuda.get_device_name(device)} ({precision})"
     if device.type == "cpu":
-        return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-    return device.type
+        return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads; {precision})"
+    return f"{device.type} ({precision})"
 
 
 def describe(device=None) -> str:

@@ -26,13 +26,11 @@ from torch import nn
 from torch.func import functional_call, vmap
 from tqdm import tqdm
 
+from . import devices
 from .loader import DeviceLoader
 from .masks import masks_of, named_weights, remove_masks
 from .train import (History, _autocast, check_labels, check_recipe, label_range, make_optimizer, resolve_device,
                     seed_everything)
-
-# Measured on a 2-core CPU (benchmarks/RESULTS.md): 256 images per test batch beat 2,048 there.
-EVAL_BATCH_SIZE = {"cpu": 256}
 
 
 class Stack:
@@ -154,6 +152,7 @@ def fit_stack(
     augment: bool = False,
     device=None,
     amp: bool | None = None,
+    eval_amp: bool | None = None,
     eval_batch_size: int | None = None,
     eval_every: int = 1,
     val=None,
@@ -166,7 +165,7 @@ def fit_stack(
     every one is tested on the shared `test` (and `val`, if given) every `eval_every` epochs and after
     the last. Returns
     one `History` per run; `seconds` is the stack's wall time divided among its runs.
-    `eval_batch_size` defaults to what was measured fastest for the device (`EVAL_BATCH_SIZE`).
+    `amp`, `eval_amp` and `eval_batch_size` default as in `train.fit` (`snipnb.devices`).
     """
     check_recipe(epochs=epochs, eval_every=eval_every, lr=lr, schedule=schedule, step_every=step_every)
     if not len(models) == len(trains) == len(seeds):
@@ -178,7 +177,8 @@ def fit_stack(
                          f"got sizes {sorted(sizes)}")
     # channels_last does not carry through vmap's stacked dimension, so a stack runs contiguous.
     device, amp, _ = resolve_device(device, amp, False)
-    eval_batch_size = eval_batch_size or EVAL_BATCH_SIZE.get(device.type, 2048)
+    eval_amp = devices.autocast_enabled(device, eval_amp, "evaluation")
+    eval_batch_size = eval_batch_size or devices.eval_batch_size(device)
     seed_everything(seeds[0])
 
     stack = Stack(models, device)
@@ -221,11 +221,11 @@ def fit_stack(
                 history.train_loss.append(loss)
                 history.images += n
             if test_loader is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
-                for history, acc in zip(histories, evaluate_stack(stack, test_loader, amp=amp)):
+                for history, acc in zip(histories, evaluate_stack(stack, test_loader, amp=eval_amp)):
                     history.test_epochs.append(epoch + 1)
                     history.test_acc.append(acc)
                 if val_loader is not None:
-                    for history, acc in zip(histories, evaluate_stack(stack, val_loader, amp=amp)):
+                    for history, acc in zip(histories, evaluate_stack(stack, val_loader, amp=eval_amp)):
                         history.val_acc.append(acc)
     except (torch.OutOfMemoryError, RuntimeError) as error:
         if isinstance(error, torch.OutOfMemoryError) or "alloc" in str(error).lower():
@@ -246,10 +246,13 @@ EVAL_ONE_BY_ONE = {"cpu"}
 
 
 @torch.no_grad()
-def evaluate_stack(stack: Stack, data: DeviceLoader, amp: bool = False, one_by_one: bool | None = None) -> list[float]:
+def evaluate_stack(stack: Stack, data: DeviceLoader, amp: bool | None = None,
+                   one_by_one: bool | None = None) -> list[float]:
     """Top-1 accuracy in [0, 1] of every run of `stack` on `data`, with the masked weights computed
     once. Each batch goes through all runs in one vmapped pass, or (`one_by_one`, the default on the
-    CPU) through one plain channels_last copy of the network per run."""
+    CPU) through one plain channels_last copy of the network per run. `amp` (bf16 autocast)
+    defaults as in `train.evaluate`."""
+    amp = devices.autocast_enabled(data.device, amp, "evaluation")
     params = stack.masked_params()
     labels = label_range(data.labels)
     one_by_one = data.device.type in EVAL_ONE_BY_ONE if one_by_one is None else one_by_one

@@ -33,7 +33,7 @@ from concurrent.futures import BrokenExecutor, CancelledError, Executor, Process
 import pandas as pd
 from tqdm import tqdm
 
-from . import provenance
+from . import devices, provenance
 
 
 def config_id(config) -> str:
@@ -129,6 +129,7 @@ def _start_worker(parent_pid: int, threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    devices.keep_freed_memory()  # whatever loop the runs use (benchmarks/RESULTS.md)
 
     def watch():
         while os.getppid() == parent_pid:
@@ -339,7 +340,7 @@ def run_sweep(fn, configs, folder, *, workers: int = 1, executor: Executor | Non
         lost_chunks = _collect(futures, keep)
     else:
         # Processes rather than threads: each run holds the GIL for its Python loop.
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = max(1, devices.cpu_cores() // workers)
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_start_worker, initargs=(os.getpid(), threads)) as pool:
             futures = {pool.submit(_run_chunk, fn, chunk, worker_folder, code, stacked, device): chunk

@@ -1,9 +1,10 @@
 """One training recipe for every experiment: SGD with momentum, weight decay and a cosine schedule.
 
-On CUDA it runs in bf16 autocast; convolutions use channels_last; data stay on the device (`DeviceLoader`) and
-the loop never waits on the host inside an epoch: the loss is summed on the device and read once per
-epoch. Masks attached by `snipnb.masks.apply_masks` hold in the forward pass, so nothing here
-handles them.
+Convolutions use channels_last; data stay on the device (`DeviceLoader`) and the loop never waits on
+the host inside an epoch: the loss is summed on the device and read once per epoch. What depends on
+the device (bf16 autocast, the test batch size, the CPU's memory allocator) is chosen in
+`snipnb.devices`. Masks attached by `snipnb.masks.apply_masks` hold in the forward pass, so nothing
+here handles them.
 """
 
 from __future__ import annotations
@@ -21,19 +22,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 from tqdm import tqdm
 
+from . import devices
+from .devices import default_device  # noqa: F401  (its home was here; kept importable from train)
 from .loader import DeviceLoader
 
 SCHEDULES = ("cosine", "constant", "step")
 OPTIMIZERS = ("sgd", "adam")
-
-
-def default_device() -> torch.device:
-    """CUDA if present, else Apple's MPS, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def seed_everything(seed: int) -> None:
@@ -85,14 +79,22 @@ def _autocast(device: torch.device, amp: bool):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data, *, batch_size: int = 2048, device=None, amp=None) -> float:
-    """Top-1 accuracy of `model` on `data` (an ImageData or a DeviceLoader), in [0, 1]."""
+def evaluate(model: nn.Module, data, *, batch_size: int | None = None, device=None, amp: bool | None = None) -> float:
+    """Top-1 accuracy of `model` on `data` (an ImageData or a DeviceLoader), in [0, 1].
+
+    `batch_size` (for an ImageData) and `amp` (bf16 autocast) default to what is fastest on the
+    device (`snipnb.devices`); neither changes which images are counted."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    amp = device.type == "cuda" if amp is None else amp
-    loader = _loader(data, batch_size, device, device.type in ("cuda", "cpu"), False, False, 0)
+    amp = devices.autocast_enabled(device, amp, "evaluation")
+    channels_last = device.type in ("cuda", "cpu")
+    if device.type == "cpu":
+        devices.keep_freed_memory()
+    loader = _loader(data, batch_size or devices.eval_batch_size(device), device, channels_last, False, False, 0)
     labels = label_range(loader.labels)
     was_training = model.training
     model.eval()
+    if channels_last and loader.memory_format == torch.channels_last:
+        model.to(memory_format=torch.channels_last)  # as fit leaves it; a mismatch converts every batch
     correct = torch.zeros((), dtype=torch.long, device=device)
     # A masked model's weights are computed once for the whole pass, not once per batch.
     with parametrize.cached():
@@ -138,11 +140,15 @@ def check_recipe(*, epochs: int, eval_every: int, lr: float, schedule: str, opti
 
 
 def resolve_device(device, amp: bool | None, channels_last: bool | None) -> tuple[torch.device, bool, bool]:
-    """The device (default: `default_device()`), bf16 autocast (default: on CUDA only) and
-    channels_last (default: on CUDA and the CPU, where oneDNN's convolutions prefer it too)."""
+    """The device (default: `default_device()`), bf16 autocast for training (default: on CUDA only;
+    `devices.autocast_enabled`) and channels_last (default: on CUDA and the CPU, where oneDNN's
+    convolutions prefer it too). On the CPU it also keeps freed memory in the process
+    (`devices.keep_freed_memory`)."""
     device = torch.device(device) if device is not None else default_device()
-    amp = device.type == "cuda" if amp is None else amp
+    amp = devices.autocast_enabled(device, amp, "training")
     channels_last = device.type in ("cuda", "cpu") if channels_last is None else channels_last
+    if device.type == "cpu":
+        devices.keep_freed_memory()
     return device, amp, channels_last
 
 
@@ -192,8 +198,9 @@ def fit(
     augment: bool = False,
     device=None,
     amp: bool | None = None,
+    eval_amp: bool | None = None,
     channels_last: bool | None = None,
-    eval_batch_size: int = 2048,
+    eval_batch_size: int | None = None,
     eval_every: int = 1,
     val=None,
     penalty: Callable[[], torch.Tensor] | None = None,
@@ -208,8 +215,9 @@ def fit(
     and a per-step learning-rate schedule (cosine by default).
 
     `train` and `test` are `ImageData` (then `augment` turns on crop+flip for training) or
-    `DeviceLoader`s. `amp` (bf16 autocast) defaults to on for CUDA only, `channels_last` to on for
-    CUDA and the CPU.
+    `DeviceLoader`s. `amp` (bf16 autocast in training) defaults to on for CUDA only, `eval_amp` (in
+    testing) to on for CUDA and CPUs with native bf16, `eval_batch_size` to the device's fastest and
+    `channels_last` to on for CUDA and the CPU (`snipnb.devices`).
     The test set is evaluated every `eval_every` epochs and after the last one
     (`History.test_epochs` says which), and so is `val` if given (`History.test_at_best_val`). The same `seed` on the CPU repeats a run exactly (batch
     order, augmentation).
@@ -223,6 +231,8 @@ def fit(
 
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     train_loader = _loader(train, batch_size, device, channels_last, True, augment, seed)
+    eval_amp = devices.autocast_enabled(device, eval_amp, "evaluation")
+    eval_batch_size = eval_batch_size or devices.eval_batch_size(device)
     test_loader = _loader(test, eval_batch_size, device, channels_last, False, False, seed) if test is not None else None
     optimizer, scheduler = make_optimizer(model.parameters(), epochs * len(train_loader), lr=lr, momentum=momentum,
                                nesterov=nesterov, weight_decay=weight_decay, schedule=schedule,
@@ -254,9 +264,9 @@ def fit(
         history.train_loss.append(loss_sum.item() / len(train_loader.labels))
         if test_loader is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
             history.test_epochs.append(epoch + 1)
-            history.test_acc.append(evaluate(model, test_loader, device=device, amp=amp))
+            history.test_acc.append(evaluate(model, test_loader, device=device, amp=eval_amp))
             if val_loader is not None:
-                history.val_acc.append(evaluate(model, val_loader, device=device, amp=amp))
+                history.val_acc.append(evaluate(model, val_loader, device=device, amp=eval_amp))
             bar.set_postfix(loss=f"{history.train_loss[-1]:.3f}", acc=f"{history.test_acc[-1]:.3f}")
     history.seconds = time.perf_counter() - start
     return history
