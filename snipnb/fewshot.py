@@ -115,8 +115,8 @@ def run_few_shot_stack(runs: list[FewShotRun], device=None, *, stacked: bool = T
     """Train and test `runs` as one stack (`stack.fit_stack`); one result dict per run, in order.
 
     The runs must share everything but `STACK_VARIES`. A network's saliency is scored once and
-    reused for every sparsity and for shuffled SNIP. `stacked=False` trains them one by one with
-    `train.fit` instead, the reference a stack is tested against.
+    reused for every sparsity and for shuffled SNIP. `stacked=False`, or a stack of one run, trains
+    them one by one with `train.fit` instead, the reference a stack is tested against.
     """
     runs = check_stackable(runs, stack_key)
     device = torch.device(device) if device is not None else default_device()
@@ -131,7 +131,7 @@ def run_few_shot_stack(runs: list[FewShotRun], device=None, *, stacked: bool = T
     first = runs[0]
     recipe = dict(batch_size=first.batch_size, lr=first.lr, weight_decay=first.weight_decay, augment=first.augment,
                   device=device, eval_every=first.eval_every, progress=False)
-    if stacked:
+    if stacked and len(runs) > 1:
         histories = fit_stack(built, trains, test, first.epochs, seeds=[r.seed for r in runs], **recipe)
     else:
         histories = [fit(m, t, test, first.epochs, seed=r.seed, **recipe) for m, t, r in zip(built, trains, runs)]

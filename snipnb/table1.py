@@ -23,7 +23,7 @@ from . import checks, data, models
 from .experiment import build_pruned
 from .pruning import sparsity_report
 from .stack import check_stackable, fit_stack
-from .train import default_device
+from .train import default_device, fit
 
 METHODS = ("dense", "snip", "random", "shuffled_snip")
 # The paper names the decay interval (25k iterations for MNIST) but not the length of training. We
@@ -176,15 +176,14 @@ def run_table1_stack(runs: list[Table1Run], device=None) -> list[dict]:
     """Train and test `runs` as one stack (`stack.fit_stack`); one result dict per run, in order.
 
     The runs must share everything but `STACK_VARIES`. A network's saliency is scored once and
-    reused for every sparsity and for shuffled SNIP.
+    reused for every sparsity and for shuffled SNIP. A stack of one run trains with `train.fit`.
     """
     runs = check_stackable(runs, stack_key)
     device = torch.device(device) if device is not None else default_device()
     train, val, test = data_of(runs[0])
     cache = {}
     built = [build(run, device, cache)[0] for run in runs]
-    histories = fit_stack(built, [train] * len(runs), test, runs[0].epochs, seeds=[r.seed for r in runs],
-                          val=val, **_recipe(runs[0], device))
+    histories = _fit(built, runs, train, test, runs[0].epochs, device, val=val)
     steps = steps_per_epoch(runs[0])
     return [_result(model, history, steps) for model, history in zip(built, histories)]
 
@@ -199,9 +198,16 @@ def _train_briefly(runs: list[Table1Run], iterations: int, device) -> tuple[floa
     part = train.subset(torch.arange(steps * runs[0].batch_size))
     built = [build(run, device)[0] for run in runs]
     start = time.perf_counter()
-    histories = fit_stack(built, [part] * len(runs), None, 1, seeds=[r.seed for r in runs],
-                          **_recipe(runs[0], device))
+    histories = _fit(built, runs, part, None, 1, device)
     return time.perf_counter() - start, histories
+
+
+def _fit(built: list, runs: list[Table1Run], train, test, epochs: int, device, val=None):
+    """Train the built models of `runs` on `train`: as one stack, or with `train.fit` when alone."""
+    if len(runs) == 1:
+        return [fit(built[0], train, test, epochs, seed=runs[0].seed, val=val, **_recipe(runs[0], device))]
+    return fit_stack(built, [train] * len(runs), test, epochs, seeds=[r.seed for r in runs], val=val,
+                     **_recipe(runs[0], device))
 
 
 def measure_speed(run: Table1Run, stack: int, iterations: int, device=None) -> float:

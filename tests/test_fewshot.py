@@ -94,3 +94,16 @@ def test_batchnorm_mode_while_scoring_is_a_setting_of_the_run():
     assert len(both) == 2
     with pytest.raises(ValueError, match="bn_mode"):
         tiny(bn_mode="frozen")
+
+
+def test_a_stack_of_one_run_is_the_run_trained_alone(monkeypatch):
+    # On the CPU the chapters run stacks of one (a vmapped stack is slower there): such a run trains
+    # with `fit`, exactly the run `run_few_shot` makes.
+    import snipnb.fewshot
+
+    def no_stack(*args, **kwargs):
+        raise AssertionError("a lone run went through fit_stack")
+
+    monkeypatch.setattr(snipnb.fewshot, "fit_stack", no_stack)
+    run = tiny(method="snip", sparsity=0.5, augment=False)
+    assert run_few_shot_stack([run]) == [run_few_shot(run)]

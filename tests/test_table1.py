@@ -155,3 +155,13 @@ def test_early_losses_tell_a_stable_learning_rate_from_one_that_diverges():
     stable, unstable = early_losses([tiny(lr=0.01), tiny(lr=0.01, seed=1)], 9, "cpu"), early_losses([tiny(lr=1e4)], 9, "cpu")
     assert all(0 < loss < 5 for loss in stable)
     assert not math.isfinite(unstable[0]) or unstable[0] > 100
+
+
+def test_a_stack_of_one_run_trains_with_fit(monkeypatch):
+    import snipnb.table1
+
+    def no_stack(*args, **kwargs):
+        raise AssertionError("a lone run went through fit_stack")
+
+    monkeypatch.setattr(snipnb.table1, "fit_stack", no_stack)
+    assert len(run_table1_stack([tiny(method="snip", sparsity=0.5)], "cpu")) == 1
