@@ -72,11 +72,11 @@ paper_budget = False  # True: every run trains 75,000 iterations (table1.PAPER_I
 large_saliency_batch = 1000  # the saliency-batch-size ablation (ours and the paper's: 100)
 checkpoint = "best validation"  # the error reported: "final", "best validation" or "best test (official)"
 speed_iterations = 200  # iterations timed to measure the cost of a run on this machine
-stack = 12  # runs trained together as one stacked model; 1 trains them one by one
+stack = None  # runs trained together as one stacked model; 1 trains them one by one; None: 1 on the CPU (faster there), 32 on a GPU
 dataset = "mnist"
 data_root = None  # None: $SNIPNB_DATA, else ~/.cache/snipnb/data
 device = None  # None: CUDA, else MPS, else CPU
-workers = 1  # processes running stacks at once
+workers = None  # processes running stacks at once; None: one per CPU core, one on a GPU (snipnb.devices)
 shard = None  # "i/n": run only slice i of n of the grid
 cluster = "local"  # or a Dask scheduler "tcp://host:8786", its scheduler file, or "slurm:N" (README)
 gpus_per_run = 0  # on a cluster: GPUs each stack claims
@@ -102,7 +102,7 @@ import pandas as pd
 from matplotlib import ticker
 from IPython.display import Markdown, display
 
-from snipnb import checks, data, plots, provenance, published, stats, table1
+from snipnb import checks, data, devices, plots, provenance, published, stats, table1
 from snipnb.cluster import cluster_executor
 from snipnb.notebook import check_parameters
 from snipnb.pruning import mask_overlap
@@ -114,7 +114,7 @@ check_parameters()
 ablation_seeds = seeds if ablation_seeds is None else ablation_seeds
 for name, value in (("seeds", seeds), ("seeds_lenet5", seeds_lenet5), ("ablation_seeds", ablation_seeds),
                     ("epochs", epochs), ("long_epochs", long_epochs), ("epochs_lenet5", epochs_lenet5),
-                    ("stack", stack), ("speed_iterations", speed_iterations),
+                    ("speed_iterations", speed_iterations),
                     ("large_saliency_batch", large_saliency_batch)):
     checks.integer(name, value, 1)
 checks.one_of("checkpoint", checkpoint, table1.CHECKPOINTS)
@@ -129,6 +129,9 @@ data.load_cached(dataset, True, (1, 28))  # a missing dataset fails here
 executor = cluster_executor(cluster, gpus_per_run=gpus_per_run)
 run_device = device
 device = device or str(default_device())
+workers = workers or devices.default_workers(device)
+stack = stack or devices.default_stack(device)
+checks.integer("stack", stack, 1)
 error = table1.CHECKPOINTS[checkpoint]  # the result column every table reads
 
 steps = table1.steps_per_epoch(table1.Table1Run(dataset=dataset))

@@ -59,12 +59,12 @@ bn_mode = "eval"  # BatchNorm while scoring SNIP: "eval" (running statistics) or
 batch_size = 32
 lr = 0.05
 eval_every = 5  # test every this many epochs and after the last; the best accuracy is the best of those
-stack = 32  # runs trained together as one stacked model; 1 trains them one by one
+stack = None  # runs trained together as one stacked model; 1 trains them one by one; None: 1 on the CPU (faster there), 32 on a GPU
 focus_sparsity = None  # the sparsity of the accuracy-vs-k plot and the verdicts; None: 0.9, or the nearest in sparsities
 focus_k = None  # the k of the accuracy-vs-sparsity plot, the mask comparison and the BatchNorm ablation; None: 5 or the nearest
 data_root = None  # None: $SNIPNB_DATA, else ~/.cache/snipnb/data
 device = None  # None: CUDA, else MPS, else CPU
-workers = 1  # processes running stacks at once
+workers = None  # processes running stacks at once; None: one per CPU core, one on a GPU (snipnb.devices)
 shard = None  # "i/n": run only slice i of n of the grid
 cluster = "local"  # or a Dask scheduler "tcp://host:8786", its scheduler file, or "slurm:N" (README)
 gpus_per_run = 0  # on a cluster: GPUs each stack claims
@@ -88,7 +88,7 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from snipnb import checks, data, fewshot, plots, provenance, stats
+from snipnb import checks, data, devices, fewshot, plots, provenance, stats
 from snipnb.cluster import cluster_executor
 from snipnb.notebook import check_parameters, pick
 from snipnb.report import table
@@ -97,7 +97,6 @@ from snipnb.train import default_device
 
 check_parameters()
 checks.integer("seeds", seeds, 1)
-checks.integer("stack", stack, 1)
 focus_k = pick("focus_k", focus_k, ks, preferred=5)
 focus_sparsity = pick("focus_sparsity", focus_sparsity, sparsities, preferred=0.9)
 if data_root is not None:
@@ -106,6 +105,9 @@ data.load_cached(dataset, True, data.recipe_defaults(dataset)["synthetic_shape"]
 executor = cluster_executor(cluster, gpus_per_run=gpus_per_run)
 run_device = device
 device = device or str(default_device())
+workers = workers or devices.default_workers(device)
+stack = stack or devices.default_stack(device)
+checks.integer("stack", stack, 1)
 source_name = source or fewshot.CROSS_DOMAIN_SOURCE[dataset]
 settings = dict(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, eval_every=eval_every,
                 **data.recipe_defaults(dataset))

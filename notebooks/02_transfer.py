@@ -87,7 +87,7 @@ image_size = 128  # the size the backbone runs at; a self-pretrained source is p
 source_epochs = 5  # pretraining epochs of a self-pretrained source (ignored for imagenet)
 data_root = None  # None: $SNIPNB_DATA, else ~/.cache/snipnb/data
 device = None  # None: CUDA, else MPS, else CPU
-workers = 1  # runs at once, in separate processes
+workers = None  # runs at once, in separate processes; None: one per CPU core, one on a GPU (snipnb.devices)
 shard = None  # "i/n": run only slice i of n of the grid
 cluster = "local"  # or a Dask scheduler "tcp://host:8786", its scheduler file, or "slurm:N" (README)
 gpus_per_run = 0  # on a cluster: GPUs each run claims
@@ -123,7 +123,7 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from snipnb import data, plots, pretrained, provenance, stats, transfer
+from snipnb import data, devices, plots, pretrained, provenance, stats, transfer
 from snipnb.cluster import cluster_executor
 from snipnb.notebook import check_parameters, pick
 from snipnb.sweep import run_sweep
@@ -134,6 +134,7 @@ executor = cluster_executor(cluster, gpus_per_run=gpus_per_run)
 if data_root is not None:
     os.environ["SNIPNB_DATA"] = str(data_root)  # worker processes read it too
 device = device or str(default_device())
+workers = workers or devices.default_workers(device)
 focus_blocks = pick("focus_blocks", focus_blocks, train_blocks, preferred="last_block")
 focus_sparsity = pick("focus_sparsity", focus_sparsity, sparsities, preferred=0.9)
 focus_k = pick("focus_k", focus_k, ks, preferred=5)

@@ -81,7 +81,7 @@ importance_examples = 1024  # training images per task the importance is compute
 probe_examples = 2000  # images per task the forward-transfer probe is fit on
 data_root = None  # None: $SNIPNB_DATA, else ~/.cache/snipnb/data
 device = None  # None: CUDA, else MPS, else CPU
-workers = 1  # processes running runs at once
+workers = None  # processes running runs at once; None: one per CPU core, one on a GPU (snipnb.devices)
 shard = None  # "i/n": run only slice i of n of the grid
 cluster = "local"  # or a Dask scheduler "tcp://host:8786", its scheduler file, or "slurm:N" (README)
 gpus_per_run = 0  # on a cluster: GPUs each run claims
@@ -106,7 +106,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from snipnb import checks, continual_report, data, plots, provenance, published, stats
+from snipnb import checks, continual_report, data, devices, plots, provenance, published, stats
 from snipnb.cluster import cluster_executor
 from snipnb.continual import EWC_STRATEGIES
 from snipnb.notebook import check_parameters
@@ -135,6 +135,7 @@ data.load_cached(dataset, True, shape)  # a missing dataset fails here, not in t
 executor = cluster_executor(cluster, gpus_per_run=gpus_per_run)
 run_device = device
 device = device or str(default_device())
+workers = workers or devices.default_workers(device)
 
 VARIANTS = list(EWC_STRATEGIES)  # ewc, snip_ewc and the two controls: each gets its own λ
 STRATEGIES = ["finetune", "joint", *VARIANTS]

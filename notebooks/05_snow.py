@@ -98,7 +98,7 @@ serving_tasks = [1, 2, 5]  # T target tasks served at once
 timing_batch = 64  # images per batch when throughput and memory are measured
 data_root = None  # None: $SNIPNB_DATA, else ~/.cache/snipnb/data
 device = None  # None: CUDA, else MPS, else CPU
-workers = 1  # runs at once, in separate processes
+workers = None  # runs at once, in separate processes; None: one per CPU core, one on a GPU (snipnb.devices)
 shard = None  # "i/n": run only slice i of n of the grid
 cluster = "local"  # or a Dask scheduler "tcp://host:8786", its scheduler file, or "slurm:N" (README)
 gpus_per_run = 0  # on a cluster: GPUs each run claims
@@ -129,7 +129,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from snipnb import checks, data, pretrained, provenance, snow, snowrun, stats
+from snipnb import checks, data, devices, pretrained, provenance, snow, snowrun, stats
 from snipnb.cluster import cluster_executor
 from snipnb.notebook import check_parameters, pick
 from snipnb.report import table
@@ -145,6 +145,7 @@ if data_root is not None:
 executor = cluster_executor(cluster, gpus_per_run=gpus_per_run)
 run_device = device
 device = device or str(default_device())
+workers = workers or devices.default_workers(device)
 target_classes = pretrained.load_split(target, True).num_classes  # a missing dataset fails here
 augment = data.recipe_defaults(pretrained.parse_split(target)[0])["augment"] if augment is None else augment
 common = dict(batch_size=batch_size, weight_decay=weight_decay, augment=augment, image_size=image_size,

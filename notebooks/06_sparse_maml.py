@@ -75,7 +75,7 @@ test_episodes = 600
 seeds = 5
 data_root = None  # None: $SNIPNB_DATA, else ~/.cache/snipnb/data
 device = None  # None: CUDA, else MPS, else CPU
-workers = 1  # runs at once, in separate processes
+workers = None  # runs at once, in separate processes; None: one per CPU core, one on a GPU (snipnb.devices)
 shard = None  # "i/n": run only slice i of n of the grid
 cluster = "local"  # or a Dask scheduler "tcp://host:8786", its scheduler file, or "slurm:N" (README)
 gpus_per_run = 0  # on a cluster: GPUs each run claims
@@ -101,7 +101,7 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from snipnb import metarun, provenance, published, stats
+from snipnb import devices, metarun, provenance, published, stats
 from snipnb.cluster import cluster_executor
 from snipnb.notebook import check_parameters
 from snipnb.sweep import run_sweep
@@ -112,6 +112,7 @@ executor = cluster_executor(cluster, gpus_per_run=gpus_per_run)
 if data_root is not None:
     os.environ["SNIPNB_DATA"] = str(data_root)  # worker processes read it too
 device = device or str(default_device())
+workers = workers or devices.default_workers(device)
 settings = dict(dataset=dataset, model=model, filters=filters, n_way=n_way, k_shot=k_shot, q_query=q_query,
                 inner_steps=inner_steps, eval_inner_steps=eval_inner_steps, inner_lr=inner_lr, outer_lr=outer_lr,
                 meta_batch=meta_batch, iterations=iterations, first_order=first_order, sparsity=sparsity,
