@@ -66,6 +66,8 @@ class DeviceLoader:
             if self.augment:
                 images = self._crop_and_flip(images)
             images = ((images.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+            if self.memory_format == torch.channels_last and images.shape[1] == 1:
+                images = single_channel_last(images)
             yield images, self.labels[idx]
 
     def _crop_and_flip(self, images: torch.Tensor) -> torch.Tensor:
@@ -83,3 +85,17 @@ class DeviceLoader:
         batch = torch.arange(b, device=self.device).view(b, 1, 1, 1)
         channel = torch.arange(c, device=self.device).view(1, c, 1, 1)
         return padded[batch, channel, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+
+
+def single_channel_last(images: torch.Tensor) -> torch.Tensor:
+    """A one-channel (N, 1, H, W) batch viewed with channels_last strides (H·W, 1, W, 1).
+
+    With one channel both layouts hold the same bytes, so `.contiguous(channels_last)` leaves the
+    strides as they were and the first convolution takes its output layout from its weight. A
+    masked weight (weight · mask) comes out in the contiguous layout, and then the first block of a
+    pruned MNIST network ran in NCHW: max-pooling 3.5x slower, and a copy into channels_last at the
+    next convolution (a test pass took twice as long as the dense network's). This view costs
+    nothing and changes no value.
+    """
+    n, _, h, w = images.shape
+    return images.as_strided(images.shape, (h * w, 1, w, 1))

@@ -70,3 +70,23 @@ def test_bad_arguments():
         DeviceLoader(numbered(4), 0)
     with pytest.raises(ValueError, match="empty"):
         DeviceLoader(numbered(4).subset([]), 2)
+
+
+def test_one_channel_batches_are_channels_last_so_a_masked_network_stays_channels_last():
+    # With one channel, .contiguous(channels_last) keeps NCHW strides, and a masked first
+    # convolution (weight · mask, contiguous) then put the whole first block in NCHW: 2x slower tests.
+    from snipnb import models
+    from snipnb.pruning import apply_masks, masks_from_scores, scores
+
+    from snipnb.data import synthetic
+
+    images = synthetic(False, num_classes=3, channels=1, image_size=16, per_class=1, test_per_class=4, seed=0)
+    x, _ = next(iter(DeviceLoader(images, 4, channels_last=True)))
+    assert x.stride(1) == 1 and x.is_contiguous(memory_format=torch.channels_last)
+    plain, _ = next(iter(DeviceLoader(images, 4)))
+    assert torch.equal(x, plain)  # the same values, only the strides differ
+    model = models.build("simple_convnet", 3, 1, 16, seed=0)
+    apply_masks(model, masks_from_scores(scores(model, [(plain, torch.arange(4) % 3)]), 0.5))
+    model.to(memory_format=torch.channels_last)
+    first = model.body[0](x)
+    assert first.is_contiguous(memory_format=torch.channels_last) and first.stride(1) == 1
