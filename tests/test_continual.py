@@ -58,6 +58,30 @@ def test_ewc_penalty_is_zero_at_the_anchor_and_weights_the_squared_drift():
     assert len(online.anchors) == 1 and torch.equal(online.anchors[0][0]["weight"], torch.full((1, 2), 1.5))
 
 
+def test_the_merged_ewc_penalty_is_the_sum_of_one_term_per_task_and_so_is_its_gradient():
+    net = torch.nn.Linear(5, 3)
+    ewc = EWC(lam=2.0)
+    g = torch.Generator().manual_seed(0)
+    terms = []
+    for task in range(3):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn(p.shape, generator=g))
+        importance = {n: torch.rand(p.shape, generator=g) * (n == "weight" or task != 1) for n, p in net.named_parameters()}
+        ewc.consolidate(net, importance)
+        terms.append((importance, {n: p.detach().clone() for n, p in net.named_parameters()}))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g))
+    by_task = 2.0 * sum((w[n] * (p - t[n]) ** 2).sum() for w, t in terms for n, p in net.named_parameters())
+    merged = ewc.penalty(net)
+    torch.testing.assert_close(merged, by_task)
+    grads = torch.autograd.grad(merged, list(net.parameters()))
+    expected = torch.autograd.grad(by_task, list(net.parameters()))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)
+
+
 def test_ewc_with_lambda_zero_is_fine_tuning_exactly():
     finetune = run_sequence(small(strategy="finetune", n_tasks=2), device="cpu")
     ewc = run_sequence(small(strategy="ewc", n_tasks=2, ewc_lambda=0.0), device="cpu")
