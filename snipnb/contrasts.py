@@ -101,7 +101,8 @@ def _selected(frame: pd.DataFrame, selection: dict) -> pd.Series:
 
 
 def _problems(contrast: Contrast, frame: pd.DataFrame, results: bool) -> list[str]:
-    """What keeps `contrast` from being evaluated on `frame` (configs or results), one line each."""
+    """What keeps `contrast` from being evaluated on `frame`, one line each. `results`: the frame holds
+    results (the metric must be there) rather than the configs of a grid (at least 2 pairs must be)."""
     where = f"contrast {contrast.name!r}"
     needed = [*contrast.pair_on, *contrast.average_over, *contrast.within, *contrast.variant, *contrast.baseline]
     needed += [contrast.metric] if results else []
