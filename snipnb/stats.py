@@ -2,12 +2,17 @@
 
 Runs of two methods on the same seed share the model initialisation and the data subset, so the
 comparison is paired: the per-seed difference removes the seed-to-seed variance both share.
+
+Per-comparison 95% intervals are exploratory: among many, some exclude 0 by chance alone. A chapter's
+declared primary comparisons are tested as one family in `contrasts`, with `holm` and `seed_means`
+from here; the rest say so (`verdict(..., exploratory=True)`).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
@@ -72,17 +77,24 @@ def detectable_effect(sd: float, n: int, level: float = 0.95, power: float = 0.8
     return float(quantiles * sd / math.sqrt(n))
 
 
-def verdict(row, unit: str = "points", pairs: str = "seeds") -> str:
+EXPLORATORY = "exploratory: not a declared contrast, not corrected for multiplicity"
+
+
+def verdict(row, unit: str = "points", pairs: str = "seeds", exploratory: bool = False) -> str:
     """One phrase for a `paired_difference` row: the difference with its 95% CI, and either that the
     seeds agree on its sign or that no difference was detected at this power, with the smallest
-    effect the run could have detected."""
+    effect the run could have detected. `exploratory=True` appends "(EXPLORATORY)": for any
+    comparison that is not among the chapter's declared contrasts."""
     if row["n"] < 2:
-        return f"{row['diff']:+.2f} {unit} on one seed (no interval)"
-    text = f"{row['diff']:+.2f} {unit} (95% CI {row['ci_low']:+.2f} to {row['ci_high']:+.2f}, {int(row['n'])} {pairs})"
-    if row["ci_low"] > 0 or row["ci_high"] < 0:
-        return f"{text}: {'higher' if row['diff'] > 0 else 'lower'}, and the {pairs} agree"
-    return (f"{text}: not detected at this power (the run would detect about "
-            f"±{row['detectable']:.2f} {unit})")
+        text = f"{row['diff']:+.2f} {unit} on one seed (no interval)"
+    else:
+        text = (f"{row['diff']:+.2f} {unit} (95% CI {row['ci_low']:+.2f} to {row['ci_high']:+.2f}, "
+                f"{int(row['n'])} {pairs})")
+        if row["ci_low"] > 0 or row["ci_high"] < 0:
+            text += f": {'higher' if row['diff'] > 0 else 'lower'}, and the {pairs} agree"
+        else:
+            text += f": not detected at this power (the run would detect about ±{row['detectable']:.2f} {unit})"
+    return f"{text} ({EXPLORATORY})" if exploratory else text
 
 
 def ci_reading(low: float, high: float) -> str:
@@ -102,3 +114,49 @@ def format_difference(diff: float, low: float, high: float, n: int) -> str:
     if n < 2 or math.isnan(low):
         return f"{diff:+.1f} (n={int(n)})"
     return f"{diff:+.1f} [{low:+.1f}, {high:+.1f}]"
+
+
+# Declared contrasts: a family of comparisons whose error rate is controlled together.
+
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjusted p-values, in the order given.
+
+    With the m p-values sorted p(1) <= ... <= p(m), the adjusted p(i) is max over j <= i of
+    min(1, (m - j + 1) · p(j)): monotone in the sorted order, and rejecting where it is below α keeps the
+    chance of any false rejection in the family at most α, whatever the dependence between tests.
+    A NaN (a declared contrast with too few pairs to test) stays NaN but still counts in m: the family
+    is what was declared, not what happened to run.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    m = len(p)
+    adjusted = np.full(m, np.nan)
+    running = 0.0
+    for rank, i in enumerate(np.argsort(p)):  # NaN sorts last
+        if math.isnan(p[i]):
+            break
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def seed_means(df: pd.DataFrame, value: str, pair_on, average_over=(), by=()) -> pd.DataFrame:
+    """The mean of `value` within each (`by`, `pair_on`) group, over the rows that differ in
+    `average_over`: one number per unit of replication. Columns: by + pair_on + [value, "cells"]
+    (how many rows each mean averages).
+
+    Nested few-shot subsets of one seed (k = 1, 5, 10 drawn from that seed's data, trained from that
+    seed's initialisation) are not independent replicates: counting every (seed, k) as a pair inflates
+    n and lets one lucky seed look like a significant effect. The seed is the unit that was randomised,
+    so its k's are averaged first. Rows that repeat a (by, pair_on, average_over) cell are refused:
+    they differ in a column nobody named.
+    """
+    keys = [*by, *pair_on]
+    missing = [c for c in [*keys, *average_over, value] if c not in df.columns]
+    if missing:
+        raise ValueError(f"seed_means: no column {missing}; the table has {list(df.columns)}")
+    repeated = df.duplicated([*keys, *average_over], keep=False)
+    if repeated.any():
+        raise ValueError(f"seed_means: {int(repeated.sum())} rows repeat a cell of {[*keys, *average_over]}; "
+                         f"name the column that tells them apart in by or average_over")
+    out = df.groupby(keys, sort=True)[value].agg(["mean", "count"]).reset_index()
+    return out.rename(columns={"mean": value, "count": "cells"})

@@ -1,9 +1,13 @@
+import dataclasses
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
-from snipnb.stats import paired_difference, summarize, t_interval
+from snipnb.contrasts import Contrast, check_contrasts, describe_contrast, evaluate_contrasts
+from snipnb.stats import holm, paired_difference, seed_means, summarize, t_interval
 
 
 def test_t_interval_matches_a_hand_computed_case():
@@ -74,3 +78,200 @@ def test_an_interval_spanning_zero_reads_as_not_detected_never_as_no_difference(
     assert ci_reading(math.nan, math.nan) == "too few pairs for an interval"
     assert format_difference(1.23, -0.3, 2.71, 3) == "+1.2 [-0.3, +2.7]"
     assert format_difference(-1.0, math.nan, math.nan, 1) == "-1.0 (n=1)"
+
+
+# Declared contrasts: Holm across the family, TOST, seeds as the unit, checks before any run.
+
+def _runs(differences, methods=("snip", "dense"), k=(1,), model="m"):
+    """Results where methods[0] − methods[1] on (seed, k) is `differences[seed][k index]`; each seed has
+    its own level, which pairing must remove."""
+    rows = []
+    for seed, per_k in enumerate(differences):
+        for kk, difference in zip(k, per_k):
+            level = 50.0 + 7.0 * seed + kk
+            rows.append(dict(model=model, method=methods[1], seed=seed, k=kk, acc=level))
+            rows.append(dict(model=model, method=methods[0], seed=seed, k=kk, acc=level + difference))
+    return pd.DataFrame(rows)
+
+
+def _snip_vs_dense(**fields):
+    return Contrast(fields.pop("name", "snip − dense"), "acc", {"method": "snip"}, {"method": "dense"}, **fields)
+
+
+def test_holm_matches_a_hand_computed_step_down_example():
+    # Sorted: 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 -> 0.06 (monotone).
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])  # capped at 1, still monotone
+    # A declared contrast that could not be tested stays NaN but counts in the family.
+    adjusted = holm([0.02, math.nan])
+    assert adjusted[0] == pytest.approx(0.04) and math.isnan(adjusted[1])
+
+
+def test_holm_agrees_with_statsmodels():
+    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    p = np.random.default_rng(0).uniform(0, 0.2, size=12)
+    assert holm(p) == pytest.approx(multitest.multipletests(p, method="holm")[1])
+
+
+def test_seed_means_makes_one_row_per_seed_and_refuses_unnamed_repeats():
+    df = pd.DataFrame(dict(seed=[0, 0, 0, 1, 1, 1], k=[1, 5, 10] * 2, acc=[1.0, 2.0, 6.0, 4.0, 4.0, 4.0]))
+    out = seed_means(df, "acc", ["seed"], ["k"])
+    assert out["acc"].tolist() == [3.0, 4.0] and out["cells"].tolist() == [3, 3]
+    with pytest.raises(ValueError, match="repeat a cell"):
+        seed_means(df, "acc", ["seed"])  # the k's were not named: they would be averaged silently
+
+
+def test_nested_ks_of_one_seed_count_once():
+    # Each seed's effect is shared by its k's (same data draw, same initialisation), with a little noise.
+    seed_effect = [2.0, -1.0, 1.5, 0.5, 0.8]
+    noise = [[0.1, -0.1, 0.05, 0.0], [-0.05, 0.1, 0.0, -0.1], [0.0, 0.05, -0.05, 0.1],
+             [0.1, 0.0, -0.1, 0.05], [-0.1, 0.05, 0.0, 0.1]]
+    differences = [[e + z for z in zs] for e, zs in zip(seed_effect, noise)]
+    results = _runs(differences, k=(1, 5, 10, 20))
+    pooled = scipy_stats.ttest_1samp(np.ravel(differences), 0).pvalue
+    assert pooled < 0.05  # 20 (seed, k) pairs taken as independent: a false "significant"
+    row = evaluate_contrasts(results, [_snip_vs_dense(average_over=["k"])]).iloc[0]
+    per_seed = np.mean(differences, axis=1)
+    assert row.n == 5 and row["diff"] == pytest.approx(per_seed.mean())
+    assert row.p == pytest.approx(scipy_stats.ttest_1samp(per_seed, 0).pvalue) and row.p > 0.05
+    assert row.decision == "not detected at this power"
+
+
+def test_a_seed_is_compared_on_the_ks_both_sides_have():
+    results = _runs([[1.0, 3.0], [1.0, 3.0], [1.0, 3.0]], k=(1, 5))
+    # Seed 0's variant at k=5 is missing: its difference is the k=1 one, not a mean over unequal sets.
+    results = results[~((results.seed == 0) & (results.k == 5) & (results.method == "snip"))]
+    row = evaluate_contrasts(results, [_snip_vs_dense(average_over="k")]).iloc[0]
+    assert row.n == 3 and row["diff"] == pytest.approx((1.0 + 2.0 + 2.0) / 3)
+
+
+def test_tost_claims_equivalence_only_inside_the_margin():
+    small = [0.1, -0.1, 0.05, -0.05, 0.0, 0.08]
+    results = _runs([[d] for d in small])
+    wide, narrow = (evaluate_contrasts(results, [_snip_vs_dense(kind="equivalence", margin=m)]).iloc[0]
+                    for m in (0.5, 0.05))
+    assert wide.decision == "equivalent within ±margin" and narrow.decision == "equivalence not shown"
+    # The TOST p is the larger of the two one-sided tests against ±margin.
+    one_sided = (scipy_stats.ttest_1samp(small, -0.5, alternative="greater").pvalue,
+                 scipy_stats.ttest_1samp(small, 0.5, alternative="less").pvalue)
+    assert wide.p == pytest.approx(max(one_sided)) and wide.p_holm == wide.p
+    # Alone, the decision is the (1 − 2α) interval lying inside ±margin.
+    _, low, high = t_interval(small, 0.90)
+    assert -0.5 < low and high < 0.5 and not (-0.05 < low and high < 0.05)
+    assert wide.adjusted_low == pytest.approx(low) and wide.adjusted_high == pytest.approx(high)
+    # A clear difference outside the margin is never equivalent, however tight.
+    far = evaluate_contrasts(_runs([[2.0 + d] for d in small]),
+                             [_snip_vs_dense(kind="equivalence", margin=0.5)]).iloc[0]
+    assert far.decision == "equivalence not shown" and far.p > 0.5
+
+
+def test_the_family_size_enters_the_adjustment():
+    differences = [-1.0, -2.0, -0.5, -1.5, -0.3]
+    p = scipy_stats.ttest_1samp(differences, 0).pvalue
+    assert 0.05 / 3 < p < 0.05  # lower on its own, not once it is one of three
+    results = _runs([[d] for d in differences], methods=("snip", "dense")).pipe(
+        lambda r: pd.concat([r, r[r.method == "snip"].assign(method="random"),
+                             r[r.method == "snip"].assign(method="magnitude")]))
+    alone = evaluate_contrasts(results, [_snip_vs_dense()]).iloc[0]
+    assert alone.family == 1 and alone.p_holm == pytest.approx(p) and alone.decision == "lower"
+    assert alone.adjusted_level == pytest.approx(0.95) and alone.adjusted_low == pytest.approx(alone.ci_low)
+    family = [_snip_vs_dense()] + [Contrast(f"{m} − dense", "acc", {"method": m}, {"method": "dense"})
+                                   for m in ("random", "magnitude")]
+    three = evaluate_contrasts(results, family)
+    assert (three.family == 3).all() and three.p_holm.tolist() == pytest.approx([3 * p] * 3)
+    assert (three.decision == "not detected at this power").all()
+    assert three.adjusted_level.iloc[0] == pytest.approx(1 - 0.05 / 3)
+    assert three.adjusted_low.iloc[0] < alone.ci_low and three.detectable.iloc[0] > alone.detectable
+
+
+def _grid():
+    @dataclasses.dataclass(frozen=True)
+    class Run:
+        model: str
+        method: str
+        sparsity: float
+        seed: int
+        k: int = 1
+
+    return [Run(model, method, sparsity, seed, k) for model in ("a", "b") for seed in range(3) for k in (1, 5)
+            for method, sparsity in (("dense", 0.0), ("snip", 0.5), ("snip", 0.9))]
+
+
+def test_a_contrast_naming_what_the_grid_lacks_is_refused_before_any_run():
+    good = Contrast("snip − dense at 0.9", "acc", {"method": "snip", "sparsity": 0.9}, {"method": "dense"},
+                    within={"model": "a"}, average_over=["k"])
+    check_contrasts([good], _grid())  # no error
+    typo = Contrast("snip − dense at 0.95", "acc", {"method": "snip", "sparsity": 0.95}, {"method": "dense"},
+                    average_over=["k"])
+    with pytest.raises(ValueError) as error:
+        check_contrasts([good, typo], _grid())
+    message = str(error.value)
+    assert "'snip − dense at 0.95'" in message and "sparsity=0.95" in message and "[0.0, 0.5, 0.9]" in message
+    assert message.count("\ncontrast '") == 1  # the good contrast is not blamed
+    no_column = Contrast("x", "acc", {"method": "snip"}, {"method": "dense"}, within={"dataset": "mnist"},
+                         average_over=["k"])
+    with pytest.raises(ValueError, match="contrast 'x': no column 'dataset'"):
+        check_contrasts([no_column], _grid())
+    # The results table is checked the same way when the contrasts are evaluated.
+    results = pd.DataFrame([{**dataclasses.asdict(r), "acc": 1.0} for r in _grid()])
+    with pytest.raises(ValueError, match=r"sparsity=0.95, which the table lacks; sparsity has \[0.0, 0.5, 0.9\]"):
+        evaluate_contrasts(results, [typo])
+
+
+def test_check_contrasts_refuses_a_grid_the_test_could_not_use():
+    grid = _grid()
+    # k not named: two runs per seed on each side, and the test would have to guess between them.
+    with pytest.raises(ValueError, match=r"2 variant runs share \{'seed': 0\}.*differ: \['k'\]"):
+        check_contrasts([Contrast("c", "acc", {"method": "snip", "sparsity": 0.9}, {"method": "dense"},
+                                  within={"model": "a"})], grid)
+    one_seed = [r for r in grid if r.seed == 0]
+    with pytest.raises(ValueError, match="at least 2"):
+        check_contrasts([Contrast("c", "acc", {"method": "snip", "sparsity": 0.9}, {"method": "dense"},
+                                  within={"model": "a"}, average_over="k")], one_seed)
+    overlap = Contrast("o", "acc", {"model": "a"}, {"method": "dense"}, average_over="k")
+    with pytest.raises(ValueError, match="both variant and baseline"):
+        check_contrasts([overlap], grid)
+    twice = Contrast("c", "acc", {"method": "snip", "sparsity": 0.9}, {"method": "dense"}, within={"model": "a"},
+                     average_over="k")
+    with pytest.raises(ValueError, match="declared twice"):
+        check_contrasts([twice, twice], grid)
+
+
+def test_a_contrast_is_refused_when_its_declaration_is_inconsistent():
+    with pytest.raises(ValueError, match="margin must be a number"):
+        Contrast("e", "acc", {"method": "snip"}, {"method": "dense"}, kind="equivalence")
+    with pytest.raises(ValueError, match="margin is for kind='equivalence'"):
+        Contrast("d", "acc", {"method": "snip"}, {"method": "dense"}, margin=0.5)
+    with pytest.raises(ValueError, match="needs its source"):
+        Contrast("d", "acc", {"method": "snip"}, {"method": "dense"}, published=-0.1)
+    with pytest.raises(ValueError, match="'model' is in within and in variant"):
+        Contrast("d", "acc", {"method": "snip", "model": "a"}, {"method": "dense"}, within={"model": "a"})
+    with pytest.raises(ValueError, match="kind must be one of"):
+        Contrast("d", "acc", {"method": "snip"}, {"method": "dense"}, kind="superiority")
+
+
+def test_describe_contrast_words_each_decision_and_never_claims_equality_untested():
+    results = pd.concat([_runs([[-2.0 + d] for d in (0.1, -0.1, 0.2, 0.0, -0.2)]),
+                         _runs([[d] for d in (0.1, -0.1, 0.05, -0.05, 0.0)], methods=("shuffled", "dense")),
+                         _runs([[d] for d in (3.0, -2.0, 1.0, -1.5, 0.5)], methods=("random", "dense"))])
+    results = results.drop_duplicates(["method", "seed"])
+    family = [_snip_vs_dense(published=-1.5, source="Lee et al. 2019"),
+              Contrast("shuffled − dense", "acc", {"method": "shuffled"}, {"method": "dense"},
+                       kind="equivalence", margin=0.5),
+              Contrast("random − dense", "acc", {"method": "random"}, {"method": "dense"})]
+    lower, equivalent, unknown = (describe_contrast(row) for _, row in evaluate_contrasts(results, family).iterrows())
+    assert lower.startswith("snip − dense: -2.00 points (95% CI") and lower.endswith(
+        "Holm-adjusted p < 0.001, 3 contrasts): lower; published: -1.50 points (Lee et al. 2019)")
+    assert "family-adjusted 98.33% CI" in lower
+    assert "TOST, Holm-adjusted p" in equivalent and equivalent.endswith(": equivalent within ±0.50 points")
+    assert ": not detected at this power (would detect about ±" in unknown
+    for text in (lower, equivalent, unknown):
+        assert "no difference" not in text and "match" not in text
+
+
+def test_verdict_labels_what_was_not_declared_as_exploratory():
+    from snipnb.stats import EXPLORATORY, verdict
+
+    row = dict(diff=-2.0, ci_low=-3.0, ci_high=-1.0, n=5, detectable=1.0)
+    assert verdict(row, exploratory=True) == f"{verdict(row)} ({EXPLORATORY})"
+    assert "exploratory" not in verdict(row) and "not corrected for multiplicity" in EXPLORATORY
