@@ -89,6 +89,7 @@ import os
 import tempfile
 
 if os.environ.get("SNIPNB_SMOKE"):
+    workers = 1  # one process: starting workers would cost more than these seconds of runs
     seeds, seeds_lenet5, ablation_seeds, epochs, long_epochs, epochs_lenet5 = 2, 2, 2, 1, 2, 1
     dataset, speed_iterations, results_dir = "synthetic", 3, tempfile.mkdtemp()
     large_saliency_batch = 500  # the synthetic set has 90 training images a class

@@ -77,6 +77,7 @@ import os
 import tempfile
 
 if os.environ.get("SNIPNB_SMOKE"):
+    workers = 1  # one process: starting workers would cost more than these seconds of runs
     models, ks, sparsities, seeds, epochs, dataset = ["simple_convnet"], [1, 2], [0.9], 2, 2, "synthetic"
     results_dir, eval_every = tempfile.mkdtemp(), 1
 

@@ -110,6 +110,7 @@ import os
 import tempfile
 
 if os.environ.get("SNIPNB_SMOKE"):
+    workers = 1  # one process: starting workers would cost more than these seconds of runs
     source, target, image_size, source_epochs, seeds, epochs = "synthetic:0-4", "synthetic:5-9", 32, 1, 2, 1
     ks, sparsities, methods, train_blocks, reference_blocks = [1, 2], [0.9], ["snip", "random"], ["last_block"], []
     focus_k, test_per_class, results_dir = 2, 10, tempfile.mkdtemp()

@@ -94,6 +94,7 @@ import os
 import tempfile
 
 if os.environ.get("SNIPNB_SMOKE"):
+    workers = 1  # one process: starting workers would cost more than these seconds of runs
     model, dataset, n_tasks, permuted_tasks, seeds, search_seeds = "lenet300_100", "synthetic", 2, 2, 2, 1
     epochs, permuted_epochs, lambdas, lambda_extensions, importance_examples, probe_examples = 1, 1, [1.0], 0, 16, 32
     benchmarks, results_dir = ["split_class", "permuted_domain"], tempfile.mkdtemp()

@@ -81,6 +81,7 @@ import os
 import tempfile
 
 if os.environ.get("SNIPNB_SMOKE"):
+    workers = 1  # one process: starting workers would cost more than these seconds of runs
     model, dataset, n_tasks, permuted_tasks, seeds, search_seeds = "lenet300_100", "synthetic", 2, 2, 2, 1
     epochs, permuted_epochs, keeps, importance_examples, probe_examples = 2, 2, [None, 0.5], 16, 32
     benchmarks, results_dir = ["split_task", "permuted_task"], tempfile.mkdtemp()

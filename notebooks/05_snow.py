@@ -114,6 +114,7 @@ import os
 import tempfile
 
 if os.environ.get("SNIPNB_SMOKE"):
+    workers = 1  # one process: starting workers would cost more than these seconds of runs
     source, target, models, image_size, source_epochs = "synthetic:0-4", "synthetic:5-9", ["resnet18"], 32, 1
     ks, seeds, epochs, eval_every, test_per_class = [2], 2, 2, 1, 10
     ablate_m, ablate_sigma, ablate_width_divisor, serving_tasks, timing_batch = [4], [0.0], [16], [1, 2], 8

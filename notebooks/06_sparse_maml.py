@@ -90,6 +90,7 @@ import os
 import tempfile
 
 if os.environ.get("SNIPNB_SMOKE"):
+    workers = 1  # one process: starting workers would cost more than these seconds of runs
     dataset, synthetic_shape, filters, q_query, inner_steps, iterations, eval_every = "synthetic", (1, 16), 4, 2, 1, 2, 1
     seeds, val_episodes, test_episodes, meta_batch, results_dir = 2, 4, 8, 2, tempfile.mkdtemp()
 

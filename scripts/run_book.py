@@ -47,12 +47,11 @@ class Chapter:
 
 
 TRANSFER_CPU = dict(image_size=32, train_blocks=["last_block"], reference_blocks=["head", "all"],
-                    sparsities=[0.5, 0.9, 0.98], seeds=5, epochs=30, eval_every=15, lr=0.05, workers=2,
-                    progress=False)
+                    sparsities=[0.5, 0.9, 0.98], seeds=5, epochs=30, eval_every=15, lr=0.05, progress=False)
 
 CHAPTERS = [
     Chapter("00_snip_mnist", "00_snip_mnist", "SNIP on MNIST: does the paper's Table 1 reproduce?",
-            dict(workers=2, stack=6), cost="CPU (2 cores) ≈ 40 min"),
+            dict(), cost="CPU (2 cores) ≈ 40 min"),
     # MNIST is the real data the project's own machines have: a grid sized for a CPU.
     Chapter("01_few_shot_mnist", "01_few_shot", "Experiment 1 on MNIST: does SNIP help few-shot learning from scratch?",
             dict(dataset="mnist", models=["simple_convnet"], sparsities=[0.9, 0.95], seeds=5, eval_every=10),
@@ -78,14 +77,14 @@ CHAPTERS = [
     Chapter("03_snip_ewc_mnist", "03_snip_ewc", "Experiment 3 on MNIST: can SNIP saliency replace the Fisher in EWC?",
             dict(dataset="mnist", model="lenet300_100", seeds=5, search_seeds=2, epochs=3, permuted_epochs=1,
                  importance_examples=512, probe_examples=1000, lambdas=[0.001, 0.01, 0.1, 1, 10],
-                 lambda_extensions=2, workers=1), cost="CPU (1 core of 2, shared) ≈ 1 h 45 min"),
+                 lambda_extensions=2), cost="CPU (1 core of 2, shared) ≈ 1 h 45 min"),
     Chapter("03_snip_ewc_cifar100", "03_snip_ewc",
             "Experiment 3 on Split CIFAR-100: can SNIP saliency replace the Fisher in EWC?",
             dict(dataset="cifar100"), on_demand=True, cost="GPU: hours"),
     Chapter("04_snip_packnet_mnist", "04_snip_packnet",
             "Experiment 4 on MNIST: does SNIP pick better weights for PackNet?",
             dict(dataset="mnist", model="lenet300_100", seeds=5, search_seeds=2, epochs=4, permuted_epochs=2,
-                 retrain_epochs=1, importance_examples=512, probe_examples=1000, keeps=[None, 0.25, 0.5], workers=1),
+                 retrain_epochs=1, importance_examples=512, probe_examples=1000, keeps=[None, 0.25, 0.5]),
             cost="CPU (1 core of 2, shared) ≈ 50 min"),
     Chapter("04_snip_packnet_cifar100", "04_snip_packnet",
             "Experiment 4 on Split CIFAR-100: does SNIP pick better weights for PackNet?",
@@ -94,7 +93,7 @@ CHAPTERS = [
     Chapter("06_sparse_maml_mnist", "06_sparse_maml",
             "Learning where to learn on MNIST rotations: MAML, ANIL, BOIL, Sparse-MAML and SNIP-MAML",
             dict(dataset="mnist_rotations", filters=16, inner_steps=1, eval_inner_steps=3, inner_lr=0.4,
-                 iterations=400, val_episodes=50, seeds=5, workers=1, progress=False),
+                 iterations=400, val_episodes=50, seeds=5, progress=False),
             cost="CPU (1 core of 2, shared) ≈ 30 min"),
     # SNOW (issue 12): the paper's setting when asked; the offline pairs of Experiment 2 sized for a 2-core CPU,
     # each method at the best learning rate of a one-seed pilot on the pair (the chapter's Limits say so).
@@ -102,13 +101,13 @@ CHAPTERS = [
             "SNOW on MNIST digits 5–9 from a ResNet-18 pretrained on digits 0–4: channel pooling against fine-tuning",
             dict(source="mnist:0-4", target="mnist:5-9", models=["resnet18"], image_size=32, source_epochs=3,
                  ks=[10, None], focus_k=10, seeds=5, epochs=60, full_epochs=1, eval_every=20, test_per_class=200,
-                 lrs={"snow": 0.1, "ft": 0.05, "fe": 0.1, "fo": 0.5}, workers=1),
+                 lrs={"snow": 0.1, "ft": 0.05, "fe": 0.1, "fo": 0.5}),
             cost="CPU (1 core of 2, shared) ≈ 25 min"),
     Chapter("05_snow_uci_digits", "05_snow",
             "SNOW on the UCI digits from a ResNet-18 pretrained on MNIST: channel pooling against fine-tuning",
             dict(source="mnist", target="uci_digits", models=["resnet18"], image_size=32, source_epochs=2,
                  ks=[5, None], focus_k=5, seeds=5, epochs=60, full_epochs=20, eval_every=20,
-                 lrs={"snow": 0.2, "ft": 0.05, "fe": 0.05, "fo": 0.1}, workers=1),
+                 lrs={"snow": 0.2, "ft": 0.05, "fe": 0.05, "fo": 0.1}),
             cost="CPU (1 core of 2, shared) ≈ 25 min"),
     Chapter("05_snow_imagenet_cifar100", "05_snow",
             "SNOW on CIFAR-100 from ImageNet ResNet-50 and ResNet-18: channel pooling against fine-tuning",
