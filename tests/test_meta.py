@@ -209,11 +209,15 @@ def test_jaccard_counts_shared_kept_entries():
     torch.testing.assert_close(meta.jaccard(a, b), torch.tensor([1 / 3, 1.0]))
 
 
-def test_resnet12_runs_a_meta_batch_under_vmap():
+@pytest.mark.parametrize("method", ["maml", "sparse_maml"])
+def test_resnet12_runs_a_meta_batch_under_vmap(method):
     model = meta.resnet12(3, 5, widths=(4, 4, 8, 8))
     split = meta_data.synthetic(classes=(6, 3, 3), per_class=6, channels=3, image_size=16).train
     batch = EpisodeSampler(split, 5, 1, 2, 0).sample(2)
-    losses, accs = meta.meta_batch_loss(model, "maml", leaves(model), {}, batch, meta.InnerLoop(1, 0.1))
+    bn_inner = MetaRun(model="resnet12").inner.bn_inner  # as published: False
+    scores = meta.init_scores(model, method, 0.1, 0.0, "uniform", bn_inner)
+    losses, accs = meta.meta_batch_loss(model, method, leaves(model), scores, batch,
+                                        meta.InnerLoop(1, 0.1, bn_inner=bn_inner))
     assert losses.shape == accs.shape == (2,) and torch.isfinite(losses).all()
 
 
