@@ -28,11 +28,22 @@
 # **Methods**, all built on the same inner loop ($\alpha$ = `inner_lr`, `inner_steps` steps):
 # - `maml`: every parameter adapts (second order unless `first_order`);
 # - `anil`: only the head adapts; `boil`: only the body adapts, the head is fixed in the inner loop;
-# - `sparse_maml`: $\theta' = \theta - \alpha\,\mathbb{1}[m>0]\odot\nabla L$, $m$ meta-learned through
-#   a straight-through estimator; `sparse_relu_maml`: $\theta' = \theta - \mathrm{ReLU}(m)\odot\nabla L$;
+# - `sparse_maml`: $\theta' = \theta - \alpha\,\mathrm{step}(m)\odot\nabla L$, $\mathrm{step}(m) =
+#   \tfrac12(1 + \mathrm{sign}\,m)$, $m$ meta-learned through a straight-through estimator;
+#   `sparse_relu_maml`: $\theta' = \theta - \mathrm{ReLU}(m)\odot\nabla L$, $m$ a learned rate starting at $\alpha$;
 # - `snip_maml`: only the top $1 - s$ conv and linear weights by SNIP saliency on the episode's support
 #   set adapt (one threshold over all layers); `random_mask_maml`, its control: as many weights per
 #   layer as SNIP keeps there, at random positions.
+#
+# **As published.** The two scored methods follow the code of von Oswald et al.
+# (github.com/Johswald/learning_where_to_learn) where it decides a result, by default: both estimators
+# are straight-through as there (the step's backward is $\tfrac12$, ReLU's is 1), so a closed score
+# still gets a meta-gradient and can reopen; Sparse-MAML's scores start centred on `score_init` = 0,
+# about half closed (Kaiming-uniform for Conv-4, $U(-\tfrac12, \tfrac12)$ for ResNet-12); the scores
+# have their own Adam at `mask_lr` (0.0075 for Conv-4, 0.01 for ResNet-12); and BatchNorm's scale and
+# shift adapt in the inner loop of Conv-4 but not of ResNet-12 (`bn_inner`), for every method alike.
+# Their run script's other settings (for Conv-4: 64 filters, 35 first-order inner steps) are left to
+# this chapter's parameters.
 #
 # **Protocol.** 5-way episodes. Each method meta-trains for `iterations` meta-batches of
 # `meta_batch` tasks with Adam (`outer_lr`). Every `eval_every` iterations it is evaluated on a fixed
@@ -40,7 +51,7 @@
 # `test_episodes` meta-test episodes, with the 95% interval of that mean. One seed fixes the
 # initialisation and every episode, so all methods of a seed meet the same validation and test
 # episodes. Methods are compared with MAML seed by seed (a paired difference with a t interval over
-# seeds). BatchNorm always uses the statistics of the batch it sees, as in MAML.
+# seeds). BatchNorm always uses the statistics of the batch it sees, as in MAML and the published code.
 #
 # **Data.** The chapter executed in the book uses MNIST made into an Omniglot-style task set: a class
 # is a digit at one of four rotations (0/90/180/270 degrees). Meta-train on digits 0–5 (24 classes),
@@ -69,6 +80,11 @@ meta_batch = 4
 iterations = 1000
 first_order = False
 sparsity = 0.9  # snip_maml and random_mask_maml: the fraction of weights the inner loop leaves fixed
+score_dist = None  # sparse_maml's initial scores: "kaiming_uniform", "uniform" or "constant"; None: as published (conv4: kaiming_uniform, resnet12: uniform)
+score_init = 0.0  # sparse_maml: the initial scores' mean (published: 0, about half closed); with "constant", their value
+mask_optimizer = "adam"  # sparse_maml and sparse_relu_maml: the scores' own optimiser, "adam" (published) or "sgd" (momentum 0.9, Nesterov)
+mask_lr = None  # its learning rate; None: as published (conv4: 0.0075, resnet12: 0.01)
+bn_inner = None  # every method: the inner loop adapts BatchNorm's scale and shift; None: as published (conv4: yes, resnet12: no)
 eval_every = 100
 val_episodes = 100
 test_episodes = 600
@@ -117,14 +133,19 @@ workers = workers or devices.default_workers(device)
 settings = dict(dataset=dataset, model=model, filters=filters, n_way=n_way, k_shot=k_shot, q_query=q_query,
                 inner_steps=inner_steps, eval_inner_steps=eval_inner_steps, inner_lr=inner_lr, outer_lr=outer_lr,
                 meta_batch=meta_batch, iterations=iterations, first_order=first_order, sparsity=sparsity,
-                eval_every=eval_every, val_episodes=val_episodes, test_episodes=test_episodes,
+                score_dist=score_dist, score_init=score_init, mask_optimizer=mask_optimizer, mask_lr=mask_lr,
+                bn_inner=bn_inner, eval_every=eval_every, val_episodes=val_episodes, test_episodes=test_episodes,
                 synthetic_shape=tuple(synthetic_shape))
 runs = metarun.grid(methods, seeds, **settings)
+run0 = runs[0]
 display(Markdown(
     f"**This run:** `{dataset}`, {n_way}-way {k_shot}-shot, {q_query} queries per class; `{model}`"
     f"{f' ({filters} filters)' if model == 'conv4' else ''}; {len(methods)} methods × {seeds} seeds = {len(runs)} runs; "
     f"{iterations} meta-iterations of {meta_batch} tasks, {inner_steps} inner steps at α = {inner_lr} "
-    f"({'first' if first_order else 'second'} order), Adam at {outer_lr}; validation on {val_episodes} episodes "
+    f"({'first' if first_order else 'second'} order), Adam at {outer_lr}; BatchNorm "
+    f"{'adapts in' if run0.setting('bn_inner') else 'is held out of'} the inner loop; Sparse-MAML's scores "
+    f"`{run0.setting('score_dist')}` around {score_init}, and the scored methods' own {mask_optimizer} at "
+    f"{run0.setting('mask_lr')}; validation on {val_episodes} episodes "
     f"every {eval_every} iterations; test on {test_episodes} episodes. Code: {provenance.describe(device)}."))
 
 # %% [markdown]
@@ -309,10 +330,17 @@ display(Markdown(
     f"fewer filters and iterations are what made that possible. In {at_end} of {len(results)} runs the "
     "checkpoint meta-validation chose is the last one, so accuracy was still rising when training stopped: "
     "those methods are under-trained, and their ranking may change with longer training."
-    f"\n- Sparse-MAML's scores start at +{runs[0].score_init} and Adam moves them by about `outer_lr` per iteration, so "
-    "sparsity can emerge within a few hundred iterations; how it would settle over 60,000 is not measured here. "
+    + (f"\n- Sparse-MAML's scores start at {score_init} for all (every parameter open, as MAML)"
+       if run0.setting("score_dist") == "constant" else
+       f"\n- Sparse-MAML's scores start `{run0.setting('score_dist')}` around {score_init}"
+       + (" (about half closed)" if score_init == 0 else ""))
+    + (f"; Adam moves each by about `mask_lr` = {run0.setting('mask_lr')} per iteration, so a score "
+       "near zero flips within a few iterations" if mask_optimizer == "adam" else
+       f"; SGD moves each by `mask_lr` = {run0.setting('mask_lr')} times its meta-gradient per iteration") +
+    "; how it would settle over 60,000 iterations is not measured here. "
     f"sparse-ReLU-MAML's m starts at α = {inner_lr}, so closing a parameter takes at least about "
-    f"{inner_lr / outer_lr:.0f} iterations of steady push: in a short run it stays close to MAML."
+    f"{inner_lr / run0.setting('mask_lr'):.0f} iterations of steady push"
+    + (" (under Adam)." if mask_optimizer == "adam" else ".")
     + ("\n- MNIST rotations is far easier than mini-ImageNet, and a 6 turned upside down resembles a 9, so "
        "meta-val and meta-test classes are related. These numbers rank methods on this task set only."
        if dataset == "mnist_rotations" else "") +

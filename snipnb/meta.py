@@ -7,26 +7,37 @@ which parameters the inner loop may move, and by how much:
 - `maml`: all of them, by α·∇L. Second order by default (the outer gradient flows through the inner
   gradients); `first_order=True` drops those terms (FOMAML).
 - `anil` (Raghu et al. 2020): only the head. `boil` (Oh et al. 2021): only the body, head fixed.
-- `sparse_maml` (von Oswald et al. 2021): one meta-learned score m per parameter; the inner step is
-  θ' = θ − α·1[m > 0]⊙∇L. The step function's gradient is taken as 1 (straight-through estimator),
-  so the outer loss reaches m. `sparse_relu_maml`: θ' = θ − ReLU(m)⊙∇L, m a per-parameter
-  learning rate starting at α.
+- `sparse_maml` (von Oswald et al. 2021): one meta-learned score m per adapted parameter; the inner
+  step is θ' = θ − α·step(m)⊙∇L, step(m) = ½(1 + sign m): 1 where m > 0, 0 where m < 0 (½ at
+  exactly 0). Its backward is straight-through, as in the published code (`models.py`:
+  `0.5*(BinaryLayer.apply(x) + 1)`, whose sign passes the gradient unchanged): ∂step/∂m = ½ everywhere,
+  so a closed score keeps learning and can reopen. The scores' initialisation is `init_scores`'.
+- `sparse_relu_maml`: θ' = θ − ReLU(m)⊙∇L, m a per-parameter learning rate starting at α. Also
+  straight-through, as the published runs (`--meta_relu_through`): forward ReLU(m), backward ∂/∂m = 1
+  everywhere, so a closed rate (m ≤ 0) still gets a meta-gradient and can reopen.
 - `snip_maml` (this project's question): on each episode, SNIP saliency |∇L⊙θ| of the conv and
   linear weights on the *support set*, at θ; the inner loop moves only the top (1 − sparsity) of them
   (one threshold over all layers, as SNIP). `random_mask_maml`, its control, moves as many weights
-  in each layer as SNIP's mask keeps there, at random positions. Biases and BatchNorm parameters
-  always adapt in both (under 3% of Conv-4's parameters).
+  in each layer as SNIP's mask keeps there, at random positions. Biases always adapt in both (and
+  BatchNorm parameters where the inner loop adapts them at all), under 3% of Conv-4's parameters.
+
+`InnerLoop.bn_inner` says whether the inner loop adapts BatchNorm's affine parameters, for every method
+alike (ANIL adapts none anyway). The published code adapts them in Conv-4 and keeps them out of the
+inner loop of its ResNet-12 runs (`--no_bn_in_inner_loop`); `metarun.MetaRun` picks that per model. Out
+of the inner loop they are the same tensors before and after adaptation and learn only in the outer loop.
 
 The inner loop is a function of the parameters (`functional_call`, `grad`), so a meta-batch of tasks
 runs as one `vmap` over tasks when the model holds no buffers; models with BatchNorm running
 statistics fall back to a Python loop over tasks. BatchNorm uses the statistics of the batch it sees,
-in the inner loop and on the query set, as MAML does (`BatchStatNorm2d`).
+in the inner loop and on the query set, as MAML and the published Sparse-MAML code do (there:
+torchmeta's `MetaBatchNorm2d(track_running_stats=False)`; here: `BatchStatNorm2d`).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +50,7 @@ METHODS = ("maml", "anil", "boil", "sparse_maml", "sparse_relu_maml", "snip_maml
 SCORED = ("sparse_maml", "sparse_relu_maml")  # methods that meta-learn a score m per parameter
 MASKED = ("snip_maml", "random_mask_maml")  # methods whose inner loop is masked per episode by SNIP
 MODELS = ("conv4", "resnet12")
+SCORE_DISTS = ("kaiming_uniform", "uniform", "constant")  # how init_scores draws Sparse-MAML's scores
 
 
 def _choice(argument: str, value, allowed) -> None:
@@ -131,6 +143,12 @@ def weight_names(model: nn.Module) -> list[str]:
     return [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
+def bn_names(model: nn.Module) -> list[str]:
+    """BatchNorm's affine parameters (weight and bias of every BatchNorm layer, shortcuts' included)."""
+    return [f"{name}.{p}" for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for p, value in m.named_parameters(recurse=False) if value is not None]
+
+
 # ----------------------------------------------------------------------------------- inner loop
 
 
@@ -142,12 +160,15 @@ class InnerLoop:
     lr: float = 0.1
     first_order: bool = False
     sparsity: float = 0.9  # snip_maml / random_mask_maml: the fraction of weights held fixed
+    bn_inner: bool = True  # False: BatchNorm's affine parameters stay out of the inner loop (every method)
 
 
-def adapted_names(model: nn.Module, method: str) -> list[str]:
-    """The parameters `method`'s inner loop may move: the head for ANIL, the body for BOIL, else all."""
+def adapted_names(model: nn.Module, method: str, bn_inner: bool = True) -> list[str]:
+    """The parameters `method`'s inner loop may move: the head for ANIL, the body for BOIL, else all;
+    without BatchNorm's affine parameters unless `bn_inner`."""
     _choice("method", method, METHODS)
-    names = [n for n, _ in model.named_parameters()]
+    held = set() if bn_inner else set(bn_names(model))
+    names = [n for n, _ in model.named_parameters() if n not in held]
     if method == "anil":
         return [n for n in names if n.startswith("head.")]
     if method == "boil":
@@ -155,18 +176,50 @@ def adapted_names(model: nn.Module, method: str) -> list[str]:
     return names
 
 
-def init_scores(model: nn.Module, method: str, lr: float, score_init: float) -> dict[str, torch.Tensor]:
-    """The meta-learned scores m, one per parameter: `score_init` for sparse_maml (all open), α for
-    sparse_relu_maml (so it starts as MAML); none for the other methods."""
+def init_scores(model: nn.Module, method: str, lr: float, score_init: float, dist: str = "constant",
+                bn_inner: bool = True, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """The meta-learned scores m, one per parameter the inner loop adapts; none for unscored methods.
+
+    sparse_relu_maml: m = α = `lr` everywhere, so it starts as MAML (the published `--meta_constant_init`).
+    sparse_maml, by `dist` (one of `SCORE_DISTS`), as the published `GradientMask`:
+    - "kaiming_uniform" (their `--kaiming_init`, used for Conv-4): conv and linear weights' scores
+      ~ U(−b, b), b = √(6 / fan_in) (PyTorch's `kaiming_uniform_` with its defaults); 1-d tensors
+      (biases, BatchNorm) ~ U(−½, ½);
+    - "uniform" (their default, used for ResNet-12): every score ~ U(−½, ½);
+    then each tensor is shifted to mean exactly `score_init` (their `init_shift`, 0 in every published
+    run), so about half the scores start closed;
+    - "constant": every score is `score_init` (this library's first choice, +0.01: all open, as MAML).
+    `generator` draws the random ones (the global RNG if None).
+    """
+    _choice("dist", dist, SCORE_DISTS)
     if method not in SCORED:
         return {}
-    value = score_init if method == "sparse_maml" else lr
-    return {n: torch.full_like(p, value).requires_grad_() for n, p in model.named_parameters()}
+    params = dict(model.named_parameters())
+    names = adapted_names(model, method, bn_inner)
+    if method == "sparse_relu_maml" or dist == "constant":
+        value = score_init if method == "sparse_maml" else lr
+        return {n: torch.full_like(params[n], value).requires_grad_() for n in names}
+    scores = {}
+    for n in names:
+        shape = params[n].shape
+        bound = 0.5
+        if dist == "kaiming_uniform" and len(shape) > 1:
+            bound = math.sqrt(6 / (shape[1] * math.prod(shape[2:])))
+        draw = (2 * torch.rand(shape, generator=generator) - 1) * bound
+        scores[n] = (draw - draw.mean() + score_init).to(params[n]).requires_grad_()
+    return scores
 
 
 def step_gate(m: torch.Tensor) -> torch.Tensor:
-    """1[m > 0] forward, identity backward: the straight-through estimator of Sparse-MAML."""
-    return (m > 0).to(m.dtype) + (m - m.detach())
+    """Sparse-MAML's gate as published: ½(1 + sign m) forward (1 open, 0 closed, ½ at exactly 0), and
+    a straight-through backward through the sign, so ∂gate/∂m = ½ everywhere."""
+    return 0.5 * (torch.sign(m).detach() + 1 + (m - m.detach()))
+
+
+def relu_through(m: torch.Tensor) -> torch.Tensor:
+    """sparse-ReLU-MAML's learning rate as published: ReLU(m) forward, identity backward (∂/∂m = 1
+    everywhere), so a rate closed at m ≤ 0 still learns and can reopen."""
+    return m + (F.relu(m) - m).detach()
 
 
 def saliency_mask(grads: dict, params: dict, names: list[str], sparsity: float) -> dict[str, torch.Tensor]:
@@ -191,7 +244,7 @@ def adapt(model: nn.Module, method: str, params: dict, scores: dict, x: torch.Te
           inner: InnerLoop, noise: dict | None = None) -> dict[str, torch.Tensor]:
     """θ' after `inner.steps` steps of `method` on (x, y), as a function of θ (and m) that autograd
     differentiates; the parameters `method` does not adapt are returned as the same tensors."""
-    names = adapted_names(model, method)
+    names = adapted_names(model, method, inner.bn_inner)
     fixed = {n: p for n, p in params.items() if n not in names}
     fast = {n: params[n] for n in names}
 
@@ -211,7 +264,7 @@ def adapt(model: nn.Module, method: str, params: dict, scores: dict, x: torch.Te
         if method == "sparse_maml":
             fast = {n: fast[n] - inner.lr * step_gate(scores[n]) * grads[n] for n in names}
         elif method == "sparse_relu_maml":
-            fast = {n: fast[n] - F.relu(scores[n]) * grads[n] for n in names}
+            fast = {n: fast[n] - relu_through(scores[n]) * grads[n] for n in names}
         elif masks is not None:
             fast = {n: fast[n] - inner.lr * (masks[n] * grads[n] if n in masks else grads[n]) for n in names}
         else:

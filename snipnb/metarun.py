@@ -29,6 +29,19 @@ SPLIT_SHAPES = {
 }
 
 
+# What the published Sparse-MAML runs do, per model (von Oswald et al. 2021, github.com/Johswald/
+# learning_where_to_learn: run_sparse_MAML.sh's commands, train.py's optimizer_mask and inner_loop_params,
+# models.py's GradientMask): Conv-4 runs draw the scores with `--kaiming_init`, train them with their own
+# Adam (`--optimizer_mask` default) at `--mask_lr=0.0075` and adapt BatchNorm in the inner loop; ResNet-12
+# runs draw them U(-1/2, 1/2), use Adam at `--mask_lr=0.01` and pass `--no_bn_in_inner_loop`. Both centre
+# the scores on `--init_shift` (default 0). No Conv-4 sparse-ReLU-MAML run is published: it takes the
+# Conv-4 mask_lr here; its rates start at α (`--meta_constant_init`) whatever the model.
+PUBLISHED = {"conv4": {"score_dist": "kaiming_uniform", "mask_lr": 0.0075, "bn_inner": True},
+             "resnet12": {"score_dist": "uniform", "mask_lr": 0.01, "bn_inner": False}}
+MASK_OPTIMIZERS = ("adam", "sgd")
+SCORE_SEED = 1_000_003  # the scores' stream is seed + this: apart from the model's, which `seed` draws
+
+
 @dataclasses.dataclass(frozen=True)
 class MetaRun:
     """Every setting that changes a result of one meta-learning run."""
@@ -48,7 +61,13 @@ class MetaRun:
     iterations: int = 1000
     first_order: bool = False
     sparsity: float = 0.9  # snip_maml and random_mask_maml: fraction of weights the inner loop leaves fixed
-    score_init: float = 0.01  # sparse_maml: the scores m start here (all positive: it starts as MAML)
+    # Sparse-MAML's scores, the published way by default (`PUBLISHED`, per model); None: as published.
+    # score_dist="constant", score_init=0.01, mask_lr=outer_lr, bn_inner=True is this library's first choice.
+    score_dist: str | None = None  # sparse_maml: one of meta.SCORE_DISTS (kaiming_uniform, uniform, constant)
+    score_init: float = 0.0  # sparse_maml: the mean of the initial scores ("constant": their value)
+    mask_optimizer: str = "adam"  # scored methods: the scores' own optimiser, "adam" or "sgd" (momentum 0.9, Nesterov)
+    mask_lr: float | None = None  # scored methods: its learning rate
+    bn_inner: bool | None = None  # every method: the inner loop adapts BatchNorm's affine parameters
     eval_every: int = 100
     val_episodes: int = 100
     test_episodes: int = 600
@@ -70,6 +89,13 @@ class MetaRun:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if self.inner_lr <= 0 or self.outer_lr <= 0:
             raise ValueError(f"inner_lr and outer_lr must be positive, got {self.inner_lr} and {self.outer_lr}")
+        if self.score_dist is not None:
+            meta._choice("score_dist", self.score_dist, meta.SCORE_DISTS)
+        meta._choice("mask_optimizer", self.mask_optimizer, MASK_OPTIMIZERS)
+        if self.mask_lr is not None and not self.mask_lr > 0:
+            raise ValueError(f"mask_lr must be None (as published) or positive, got {self.mask_lr!r}")
+        if self.bn_inner is not None and not isinstance(self.bn_inner, bool):
+            raise ValueError(f"bn_inner must be None (as published), True or False, got {self.bn_inner!r}")
         (classes, smallest) = SPLIT_SHAPES[self.dataset]
         for split, count in zip(meta_data.SPLITS, classes or ()):
             if self.n_way > count:
@@ -79,9 +105,15 @@ class MetaRun:
             raise ValueError(f"k_shot + q_query = {self.k_shot + self.q_query} is larger than the smallest "
                              f"class of {self.dataset} ({smallest} images)")
 
+    def setting(self, name: str):
+        """Field `name`, or what the published runs use for this model where it is None (`PUBLISHED`)."""
+        value = getattr(self, name)
+        return PUBLISHED[self.model][name] if value is None else value
+
     @property
     def inner(self) -> meta.InnerLoop:
-        return meta.InnerLoop(self.inner_steps, self.inner_lr, self.first_order, self.sparsity)
+        return meta.InnerLoop(self.inner_steps, self.inner_lr, self.first_order, self.sparsity,
+                              self.setting("bn_inner"))
 
     @property
     def eval_inner(self) -> meta.InnerLoop:
@@ -100,6 +132,25 @@ def _sampler(run, splits, split, device, seed_offset=0):
                                     device, f"meta-{split}")
 
 
+def initial_scores(run: MetaRun, model, device=None) -> dict[str, torch.Tensor]:
+    """The scores `run` starts from (leaves on `device`), drawn from a stream of their own (seed + SCORE_SEED)."""
+    generator = torch.Generator().manual_seed(run.seed + SCORE_SEED)
+    scores = meta.init_scores(model, run.method, run.inner_lr, run.score_init, run.setting("score_dist"),
+                              run.setting("bn_inner"), generator)
+    return {n: s.to(device or "cpu").detach().requires_grad_() for n, s in scores.items()}
+
+
+def meta_optimizers(run: MetaRun, params: dict, scores: dict) -> list[torch.optim.Optimizer]:
+    """The outer loop's optimisers: Adam at `outer_lr` for θ, and the scores' own (`mask_optimizer` at
+    `mask_lr`), as the published code has `optimizer_theta` and `optimizer_mask`."""
+    optimizers = [torch.optim.Adam(params.values(), lr=run.outer_lr)]
+    if scores:
+        lr = run.setting("mask_lr")
+        optimizers.append(torch.optim.Adam(scores.values(), lr=lr) if run.mask_optimizer == "adam" else
+                          torch.optim.SGD(scores.values(), lr=lr, momentum=0.9, nesterov=True))
+    return optimizers
+
+
 def meta_train(run: MetaRun, device=None, progress: bool = False):
     """Meta-train `run`; return (model, best params, best scores, history rows, best val accuracy, best step)."""
     device = torch.device(device or "cpu")
@@ -107,9 +158,8 @@ def meta_train(run: MetaRun, device=None, progress: bool = False):
     channels, size = splits.train.images.shape[1], splits.train.images.shape[-1]
     model = meta.build(run.model, channels, run.n_way, size, run.filters, run.seed).to(device)
     params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
-    scores = {n: s.to(device).detach().requires_grad_()
-              for n, s in meta.init_scores(model, run.method, run.inner_lr, run.score_init).items()}
-    optimizer = torch.optim.Adam([*params.values(), *scores.values()], lr=run.outer_lr)
+    scores = initial_scores(run, model, device)
+    optimizers = meta_optimizers(run, params, scores)
     train = _sampler(run, splits, "train", device)
     noise_generator = torch.Generator().manual_seed(run.seed)
     history, best = [], (-1.0, 0, None, None)
@@ -133,9 +183,11 @@ def meta_train(run: MetaRun, device=None, progress: bool = False):
         batch = train.sample(run.meta_batch)
         noise = meta.mask_noise(model, run.method, run.meta_batch, noise_generator, device)
         losses, accuracies = meta.meta_batch_loss(model, run.method, params, scores, batch, run.inner, noise)
-        optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         losses.mean().backward()
-        optimizer.step()
+        for optimizer in optimizers:
+            optimizer.step()
         train_acc += accuracies.detach().mean()
         window += 1
         if iteration % run.eval_every == 0 or iteration == run.iterations:

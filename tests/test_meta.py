@@ -1,5 +1,8 @@
 """The MAML family, its episodes and its runs, on tiny models and made-up data (seconds in all)."""
 
+import dataclasses
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from snipnb import data, meta, meta_data, pruning
+from snipnb import data, meta, meta_data, metarun, pruning
 from snipnb.meta_data import EpisodeSampler
 from snipnb.metarun import MetaRun, grid, history_table, run_meta
 from snipnb.models import Net
@@ -81,7 +84,7 @@ def sparse_scores(model, seed=0):
     scores = {n: torch.randn(p.shape, generator=g).requires_grad_() for n, p in model.named_parameters()}
     first = next(iter(scores))
     with torch.no_grad():
-        scores[first][0] = 0.0  # exactly zero counts as closed
+        scores[first][0] = 0.0  # exactly zero: closed for ReLU(m), half open for Sparse-MAML's ½(1 + sign m)
     return scores
 
 
@@ -91,17 +94,43 @@ def test_sparse_maml_leaves_closed_parameters_bit_identical_and_scores_get_gradi
     params, scores = leaves(model), sparse_scores(model)
     fast = meta.adapt(model, method, params, scores, xs, ys, meta.InnerLoop(3, 0.5))
     for name, p in params.items():
-        closed = scores[name] <= 0
+        closed = scores[name] < 0 if method == "sparse_maml" else scores[name] <= 0
         assert torch.equal(fast[name][closed], p[closed]), name
         assert (fast[name][~closed] != p[~closed]).any(), name
     loss, _ = meta.episode_loss(model, method, params, scores, xs, ys, xq, yq, meta.InnerLoop(3, 0.5))
     loss.backward()
     for name, m in scores.items():
         assert m.grad is not None and m.grad.abs().sum() > 0, name
+    # Through the straight-through estimator a closed parameter's score still learns, so it can reopen.
+    closed = scores["body.0.weight"] < 0
+    assert closed.any() and (scores["body.0.weight"].grad[closed] != 0).all()
+
+
+@pytest.mark.parametrize("method", ["sparse_maml", "sparse_relu_maml"])
+def test_scores_get_the_straight_through_meta_gradient_of_a_hand_written_step(method):
+    # One inner step θ' = θ − r(m)⊙g_s, g_s = ∇L_s(θ), does not depend on m except through r(m), so
+    # ∂L_q(θ')/∂m = −r'(m)⊙∇L_q(θ')⊙g_s. The published straight-through backward: r'(m) = α/2 for
+    # r = α·½(1 + sign m) (Sparse-MAML), r'(m) = 1 for r = ReLU(m) (sparse-ReLU-MAML), open or closed.
+    model, (xs, ys, xq, yq) = tiny_mlp(), task()
+    alpha, theta, scores = 0.5, leaves(model), sparse_scores(model)
+    g_s = torch.autograd.grad(F.cross_entropy(mlp_by_hand(theta, xs), ys), list(theta.values()))
     if method == "sparse_maml":
-        # Through the straight-through estimator a closed parameter's score still learns, so it can reopen.
-        closed = scores["body.0.weight"] <= 0
-        assert closed.any() and scores["body.0.weight"].grad[closed].abs().sum() > 0
+        rate = {n: alpha * 0.5 * (1 + torch.sign(m.detach())) for n, m in scores.items()}
+        slope = alpha / 2
+    else:
+        rate = {n: m.detach().clamp(min=0) for n, m in scores.items()}
+        slope = 1.0
+    fast = {n: theta[n].detach() - rate[n] * g for n, g in zip(theta, g_s)}
+    fast = {n: f.requires_grad_() for n, f in fast.items()}
+    g_q = torch.autograd.grad(F.cross_entropy(mlp_by_hand(fast, xq), yq), list(fast.values()))
+    reference = {n: -slope * gq * gs for n, gq, gs in zip(theta, g_q, g_s)}
+
+    loss, _ = meta.episode_loss(model, method, leaves(model), scores, xs, ys, xq, yq, meta.InnerLoop(1, alpha))
+    ours = dict(zip(scores, torch.autograd.grad(loss, list(scores.values()))))
+    for n in scores:
+        torch.testing.assert_close(ours[n], reference[n])
+    closed = scores["body.0.weight"] < 0
+    assert closed.any() and (ours["body.0.weight"][closed] != 0).all()  # a closed score can reopen
 
 
 def tiny_conv(seed=0, n_way=3):
@@ -180,12 +209,161 @@ def test_jaccard_counts_shared_kept_entries():
     torch.testing.assert_close(meta.jaccard(a, b), torch.tensor([1 / 3, 1.0]))
 
 
-def test_resnet12_runs_a_meta_batch_under_vmap():
+@pytest.mark.parametrize("method", ["maml", "sparse_maml"])
+def test_resnet12_runs_a_meta_batch_under_vmap(method):
     model = meta.resnet12(3, 5, widths=(4, 4, 8, 8))
     split = meta_data.synthetic(classes=(6, 3, 3), per_class=6, channels=3, image_size=16).train
     batch = EpisodeSampler(split, 5, 1, 2, 0).sample(2)
-    losses, accs = meta.meta_batch_loss(model, "maml", leaves(model), {}, batch, meta.InnerLoop(1, 0.1))
+    bn_inner = MetaRun(model="resnet12").inner.bn_inner  # as published: False
+    scores = meta.init_scores(model, method, 0.1, 0.0, "uniform", bn_inner)
+    losses, accs = meta.meta_batch_loss(model, method, leaves(model), scores, batch,
+                                        meta.InnerLoop(1, 0.1, bn_inner=bn_inner))
     assert losses.shape == accs.shape == (2,) and torch.isfinite(losses).all()
+
+
+def held_bn_reference(model, theta, batch, lr, steps):
+    """MAML's meta-gradient by hand, with BatchNorm's affine parameters held out of the inner loop."""
+    bn = set(meta.bn_names(model))
+    fast = dict(theta)
+    xs, ys, xq, yq = batch.support_x[0], batch.support_y[0], batch.query_x[0], batch.query_y[0]
+    for _ in range(steps):
+        moving = [n for n in fast if n not in bn]
+        loss = F.cross_entropy(torch.func.functional_call(model, fast, (xs,)), ys)
+        g = torch.autograd.grad(loss, [fast[n] for n in moving], create_graph=True)
+        fast = {**fast, **{n: fast[n] - lr * gi for n, gi in zip(moving, g)}}
+    query = F.cross_entropy(torch.func.functional_call(model, fast, (xq,)), yq)
+    return dict(zip(theta, torch.autograd.grad(query, list(theta.values()))))
+
+
+def test_batchnorm_out_of_the_inner_loop_gets_only_the_outer_gradient():
+    model, batch = tiny_conv(), conv_batch(tasks=1)
+    bn = meta.bn_names(model)
+    assert len(bn) == 8 and all(".bn" in n for n in bn)
+    reference = held_bn_reference(model, leaves(model), batch, 0.3, 2)
+    params = leaves(model)
+    losses, _ = meta.meta_batch_loss(model, "maml", params, {}, batch, meta.InnerLoop(2, 0.3, bn_inner=False))
+    ours = dict(zip(params, torch.autograd.grad(losses.sum(), list(params.values()))))
+    for n in params:
+        torch.testing.assert_close(ours[n], reference[n], rtol=1e-4, atol=1e-6)
+    # Adapting BatchNorm (the default) is another meta-gradient.
+    params = leaves(model)
+    losses, _ = meta.meta_batch_loss(model, "maml", params, {}, batch, meta.InnerLoop(2, 0.3))
+    adapted = torch.autograd.grad(losses.sum(), [params[n] for n in bn])
+    assert not all(torch.allclose(a, ours[n], rtol=1e-4, atol=1e-6) for a, n in zip(adapted, bn))
+
+
+@pytest.mark.parametrize("method", meta.METHODS)
+def test_bn_inner_holds_batchnorm_for_every_method(method):
+    model, batch = tiny_conv(), conv_batch(tasks=1)
+    xs, ys = batch.support_x[0], batch.support_y[0]
+    bn, body = meta.bn_names(model), "body.conv2.weight"
+    noise = {n: v[0] for n, v in meta.mask_noise(model, method, 1, torch.Generator().manual_seed(1), "cpu").items()}
+    moved = {}
+    for bn_inner in (False, True):
+        params = leaves(model)
+        scores = meta.init_scores(model, method, 0.3, 0.01, "constant", bn_inner)  # all open
+        assert set(scores) == (set() if method not in meta.SCORED else
+                               set(params) - (set() if bn_inner else set(bn)))
+        fast = meta.adapt(model, method, params, scores, xs, ys, meta.InnerLoop(3, 0.3, sparsity=0.5,
+                                                                                 bn_inner=bn_inner), noise)
+        moved[bn_inner] = {n: not torch.equal(fast[n], params[n]) for n in params}
+        if not bn_inner:
+            assert all(fast[n] is params[n] for n in bn)  # the same tensors, through every inner step
+    assert not any(moved[False][n] for n in bn)
+    assert all(moved[True][n] for n in bn) == (method != "anil")
+    assert moved[False][body] == moved[True][body] == (method != "anil")
+    assert moved[False]["head.weight"] == (method != "boil")
+
+
+def test_published_settings_per_model():
+    conv4, resnet = MetaRun(method="sparse_maml"), MetaRun(method="sparse_maml", model="resnet12")
+    def published(run):
+        return run.inner.bn_inner, run.setting("score_dist"), run.setting("mask_lr")
+
+    assert published(conv4) == (True, "kaiming_uniform", 0.0075)
+    assert published(resnet) == (False, "uniform", 0.01)
+    explicit = MetaRun(model="resnet12", bn_inner=True, score_dist="constant", mask_lr=1e-3)
+    assert published(explicit) == (True, "constant", 1e-3)
+    assert explicit.eval_inner.bn_inner
+
+
+def test_sparse_maml_scores_start_centred_about_half_closed_at_the_published_scale():
+    run = MetaRun(method="sparse_maml", filters=32)
+    model = meta.build("conv4", 3, 5, 84, 32, seed=0)
+    scores = metarun.initial_scores(run, model)
+    assert set(scores) == {n for n, _ in model.named_parameters()}  # Conv-4 adapts BatchNorm: it has scores
+    every = torch.cat([s.detach().flatten() for s in scores.values()])
+    assert abs(float((every > 0).float().mean()) - 0.5) < 0.02
+    for n, s in scores.items():
+        s = s.detach()
+        assert abs(float(s.mean())) < 1e-6, n  # each tensor shifted to mean score_init = 0
+        # kaiming_uniform_ for conv and linear weights: U(−b, b), b = √(6 / fan_in); U(−½, ½) for 1-d ones.
+        bound = math.sqrt(6 / (s.shape[1] * math.prod(s.shape[2:]))) if s.dim() > 1 else 0.5
+        spread = float(s.max() - s.min())  # the shift to the mean leaves the range alone
+        assert spread <= 2 * bound and (s.numel() < 100 or spread >= 1.9 * bound), n
+        if s.numel() >= 100:
+            assert abs(float(s.std()) / (bound / math.sqrt(3)) - 1) < 0.05, n
+    ones = torch.cat([s.detach().flatten() for s in scores.values() if s.dim() == 1])
+    assert abs(float(ones.std()) * math.sqrt(12) - 1) < 0.1
+    # Drawn apart from the model's weights (seeded alike, they would repeat its uniform draws).
+    w, m = model.body.conv1.weight.detach().flatten(), scores["body.conv1.weight"].detach().flatten()
+    assert abs(float(torch.corrcoef(torch.stack([w, m]))[0, 1])) < 0.2
+    # ResNet-12 (published: U(−½, ½) for every score, BatchNorm held out of the inner loop, so unscored).
+    resnet = meta.resnet12(3, 5, widths=(8, 8, 16, 16))
+    uniform = meta.init_scores(resnet, "sparse_maml", 0.1, 0.0, "uniform", False, torch.Generator().manual_seed(0))
+    assert "body.0.shortcut.1.weight" in meta.bn_names(resnet)  # the shortcut's BatchNorm too, as published
+    assert set(uniform) == {n for n, _ in resnet.named_parameters()} - set(meta.bn_names(resnet))
+    big = uniform["body.3.convs.0.weight"].detach()
+    assert 0.95 <= float(big.max() - big.min()) <= 1 and abs(float(big.std()) * math.sqrt(12) - 1) < 0.05
+    # The library's first choice stays reachable: every score at +0.01.
+    old = metarun.initial_scores(dataclasses.replace(run, score_dist="constant", score_init=0.01), model)
+    assert all(bool((s == 0.01).all()) for s in old.values())
+    relu = metarun.initial_scores(dataclasses.replace(run, method="sparse_relu_maml"), model)
+    assert all(bool((s == run.inner_lr).all()) for s in relu.values())  # ReLU rates start at α (constant init)
+
+
+@pytest.mark.parametrize("mask_optimizer", ["adam", "sgd"])
+def test_scores_step_with_their_own_optimiser_and_rate(mask_optimizer):
+    run = MetaRun(method="sparse_maml", outer_lr=1e-3, mask_lr=0.02, mask_optimizer=mask_optimizer)
+    model = tiny_mlp()
+    params, scores = leaves(model), sparse_scores(model)
+    before = {n: t.detach().clone() for n, t in {**params, **{f"m:{n}": s for n, s in scores.items()}}.items()}
+    g = torch.Generator().manual_seed(3)
+    grads = {n: torch.randn(t.shape, generator=g) for n, t in before.items()}
+    optimizers = metarun.meta_optimizers(run, params, scores)
+    for n, p in params.items():
+        p.grad = grads[n].clone()
+    for n, s in scores.items():
+        s.grad = grads[f"m:{n}"].clone()
+    for optimizer in optimizers:
+        optimizer.step()
+    # Adam's first step is lr·g/(|g| + ε) (bias-corrected moments g and g²); Nesterov SGD's, lr·(1 + 0.9)·g.
+    for n, p in params.items():
+        torch.testing.assert_close(p.detach(), before[n] - 1e-3 * grads[n] / (grads[n].abs() + 1e-8))
+    for n, s in scores.items():
+        g_m = grads[f"m:{n}"]
+        step = g_m / (g_m.abs() + 1e-8) if mask_optimizer == "adam" else 1.9 * g_m
+        torch.testing.assert_close(s.detach(), before[f"m:{n}"] - 0.02 * step)
+
+
+def test_one_shared_adam_is_reachable_as_mask_lr_equal_to_outer_lr():
+    model, (xs, ys, xq, yq) = tiny_mlp(), task()
+    run = MetaRun(method="sparse_maml", outer_lr=1e-2, mask_lr=1e-2)
+    finals = []
+    for shared in (True, False):
+        params, scores = leaves(model), sparse_scores(model)
+        optimizers = ([torch.optim.Adam([*params.values(), *scores.values()], lr=1e-2)] if shared else
+                      metarun.meta_optimizers(run, params, scores))
+        for _ in range(3):
+            loss, _ = meta.episode_loss(model, "sparse_maml", params, scores, xs, ys, xq, yq, meta.InnerLoop(2, 0.5))
+            for optimizer in optimizers:
+                optimizer.zero_grad()
+            loss.backward()
+            for optimizer in optimizers:
+                optimizer.step()
+        finals.append([t.detach() for t in (*params.values(), *scores.values())])
+    for a, b in zip(*finals):
+        torch.testing.assert_close(a, b)
 
 
 # ------------------------------------------------------------------------------------- episodes
@@ -259,6 +437,10 @@ def test_episode_shape_errors_name_the_value():
     (dict(sparsity=1.0), "sparsity"),
     (dict(dataset="imagenet"), "dataset must be one of"),
     (dict(inner_steps=0), "inner_steps must be a positive int, got 0"),
+    (dict(score_dist="normal"), "score_dist must be one of .*'normal'"),
+    (dict(mask_optimizer="rmsprop"), "mask_optimizer must be one of"),
+    (dict(mask_lr=0.0), "mask_lr must be None \\(as published\\) or positive, got 0.0"),
+    (dict(bn_inner=1), "bn_inner must be None"),
 ])
 def test_bad_runs_are_rejected_when_made(kwargs, message):
     with pytest.raises(ValueError, match=message):
