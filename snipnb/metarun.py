@@ -40,6 +40,10 @@ PUBLISHED = {"conv4": {"score_dist": "kaiming_uniform", "mask_lr": 0.0075, "bn_i
              "resnet12": {"score_dist": "uniform", "mask_lr": 0.01, "bn_inner": False}}
 MASK_OPTIMIZERS = ("adam", "sgd")
 SCORE_SEED = 1_000_003  # the scores' stream is seed + this: apart from the model's, which `seed` draws
+# random_mask_maml's placement noise is drawn from seed + this, for training, validation and test. Drawn
+# from `seed` itself, its first draw repeated the model's initialisation (torch.rand from the same
+# state as the init's uniform draws): the control's first mask was the largest initial weights of conv1.
+NOISE_SEED = 2_000_003
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +144,11 @@ def initial_scores(run: MetaRun, model, device=None) -> dict[str, torch.Tensor]:
     return {n: s.to(device or "cpu").detach().requires_grad_() for n, s in scores.items()}
 
 
+def noise_stream(run: MetaRun, offset: int = 0) -> torch.Generator:
+    """The generator random_mask_maml draws its placement noise from (`NOISE_SEED`); `offset` 1 for the test episodes."""
+    return torch.Generator().manual_seed(run.seed + NOISE_SEED + offset)
+
+
 def meta_optimizers(run: MetaRun, params: dict, scores: dict) -> list[torch.optim.Optimizer]:
     """The outer loop's optimisers: Adam at `outer_lr` for θ, and the scores' own (`mask_optimizer` at
     `mask_lr`), as the published code has `optimizer_theta` and `optimizer_mask`."""
@@ -161,14 +170,14 @@ def meta_train(run: MetaRun, device=None, progress: bool = False):
     scores = initial_scores(run, model, device)
     optimizers = meta_optimizers(run, params, scores)
     train = _sampler(run, splits, "train", device)
-    noise_generator = torch.Generator().manual_seed(run.seed)
+    noise_generator = noise_stream(run)
     history, best = [], (-1.0, 0, None, None)
     train_acc, window = torch.zeros((), device=device), 0  # summed on the device: no host sync per step
 
     def validate(iteration):
         nonlocal best
         val = meta.evaluate(model, run.method, params, scores, _sampler(run, splits, "val", device, 10_000),
-                            run.val_episodes, run.eval_inner, seed=run.seed).mean().item()
+                            run.val_episodes, run.eval_inner, seed=run.seed + NOISE_SEED).mean().item()
         row = {"iteration": iteration, "val_acc": 100 * val}
         if window:  # mean query accuracy of the meta-training tasks since the last validation
             row["train_acc"] = 100 * train_acc.item() / window
@@ -213,7 +222,7 @@ def run_meta(run: MetaRun, device=None, progress: bool = False) -> dict:
     model, params, scores, history, val, step = meta_train(run, device, progress)
     splits = _splits(run)
     test = meta.evaluate(model, run.method, params, scores, _sampler(run, splits, "test", device, 20_000),
-                         run.test_episodes, run.eval_inner, seed=run.seed + 1)
+                         run.test_episodes, run.eval_inner, seed=run.seed + NOISE_SEED + 1)
     result = {"test_acc": 100 * test.mean().item(),
               "test_ci95": 100 * 1.96 * test.std().item() / math.sqrt(len(test)) if len(test) > 1 else math.nan,
               "val_acc": 100 * val, "best_iteration": step}

@@ -537,3 +537,19 @@ def test_runs_go_through_the_sweep_and_repeat_exactly(tmp_path):
     assert set(history_table(table.reset_index(), "val_acc").layer.dropna()) == set()
     again = run_meta(runs[0])
     assert again == {k: v for k, v in table.loc["sparse_maml"].items() if k in again}
+
+
+def test_the_random_mask_control_draws_its_noise_apart_from_the_models_initialisation():
+    # Drawn from the run's own seed, the control's first noise repeated the initial weights of the
+    # first layer (the same uniform draws), so its "random" mask kept conv1's largest initial weights.
+    run = tiny_run(method="random_mask_maml", seed=3, filters=16)
+    model = meta.build(run.model, 1, run.n_way, 16, run.filters, run.seed)
+    name = meta.weight_names(model)[0]
+    weight = dict(model.named_parameters())[name].detach().flatten()
+
+    def correlation(generator):
+        noise = meta.mask_noise(model, run.method, 1, generator, "cpu")[name][0].flatten()
+        return float(torch.corrcoef(torch.stack([noise, weight]))[0, 1])
+
+    assert abs(correlation(torch.Generator().manual_seed(run.seed))) > 0.99  # what the old stream did
+    assert abs(correlation(metarun.noise_stream(run))) < 0.2
