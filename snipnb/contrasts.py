@@ -38,9 +38,12 @@ class Contrast:
         on both sides.
     pair_on: the columns that match a variant run to its baseline run: the unit of replication.
     average_over: columns averaged within one pair before testing (`seed_means`), e.g. ("k",).
-    kind: "difference" (two-sided paired t-test of 0) or "equivalence" (TOST against ±margin).
-    margin: for "equivalence" only: the largest difference that counts as negligible, in the metric's
-        units, fixed before the results are seen.
+    kind: "difference" (two-sided paired t-test of `around`) or "equivalence" (TOST against
+        `around` ± margin).
+    margin: for "equivalence" only: the largest departure from `around` that counts as negligible, in
+        the metric's units, fixed before the results are seen.
+    around: the value the difference is tested against: 0 (the default: does the variant differ from
+        the baseline?), or e.g. a published difference (does ours differ from it / is it equivalent to it?).
     published, source: the same difference as someone else published it, and where, to show beside ours.
     """
 
@@ -53,6 +56,7 @@ class Contrast:
     average_over: tuple = ()
     kind: str = "difference"
     margin: float | None = None
+    around: float = 0.0
     published: float | None = None
     source: str | None = None
 
@@ -83,6 +87,7 @@ class Contrast:
         elif self.margin is not None:
             raise ValueError(f"{where}: margin is for kind='equivalence'; a difference is tested against 0, "
                              f"got margin={self.margin!r}")
+        checks.number(f"{where}: around", self.around)
         if self.published is not None:
             checks.number(f"{where}: published", self.published)
             if not self.source:
@@ -199,10 +204,11 @@ def _tested(contrast: Contrast, results: pd.DataFrame, alpha: float, family: int
         t = scipy_stats.t(n - 1)
         with np.errstate(divide="ignore", invalid="ignore"):
             se = np.float64(sd) / math.sqrt(n)
+            shift = mean - contrast.around
             if equivalence:
-                p = max(t.sf((mean + contrast.margin) / se), t.cdf((mean - contrast.margin) / se))
+                p = max(t.sf((shift + contrast.margin) / se), t.cdf((shift - contrast.margin) / se))
             else:
-                p = 2 * t.sf(abs(mean) / se if mean else 0.0)  # all differences 0: no evidence, p = 1
+                p = 2 * t.sf(abs(shift) / se if shift else 0.0)  # no departure at all: no evidence, p = 1
         p = float(p)
     _, adjusted_low, adjusted_high = t_interval(d, adjusted_level)
     # What "not detected" / "not shown" leaves open, at Holm's strictest step (Bonferroni's level):
@@ -210,6 +216,7 @@ def _tested(contrast: Contrast, results: pd.DataFrame, alpha: float, family: int
     detectable = (detectable_effect(sd, n, adjusted_level, power=0.9) if equivalence
                   else detectable_effect(sd, n, adjusted_level))
     return dict(contrast=contrast.name, kind=contrast.kind, metric=contrast.metric, margin=contrast.margin,
+                around=contrast.around,
                 n=n, diff=mean, sd=sd, ci_low=ci_low, ci_high=ci_high, p=p, adjusted_level=adjusted_level,
                 adjusted_low=adjusted_low, adjusted_high=adjusted_high, detectable=detectable,
                 family=family, alpha=alpha, published=contrast.published, source=contrast.source)
@@ -221,7 +228,7 @@ def _decision(row, alpha: float) -> str:
     if row["kind"] == "equivalence":
         return "equivalent within ±margin" if row["p_holm"] < alpha else "equivalence not shown"
     if row["p_holm"] < alpha:
-        return "higher" if row["diff"] > 0 else "lower"
+        return "higher" if row["diff"] > row["around"] else "lower"
     return "not detected at this power"
 
 
@@ -232,10 +239,10 @@ def evaluate_contrasts(results: pd.DataFrame, contrasts, alpha: float = 0.05) ->
     averaging over `average_over`) give `n`, `diff` (their mean), `sd`, and the usual `ci_low`/`ci_high`
     t interval at 1 − α (not corrected). Then:
 
-    - "difference": `p` is the two-sided paired t-test of mean 0. Decision: "higher"/"lower" (the sign
-      of `diff`) when `p_holm` < α, else "not detected at this power".
-    - "equivalence" (TOST): `p` is the larger of the one-sided t-test p's of H0: mean <= −margin and
-      H0: mean >= +margin. Decision: "equivalent within ±margin" when `p_holm` < α, else "equivalence
+    - "difference": `p` is the two-sided paired t-test of mean `around` (0 unless declared). Decision:
+      "higher"/"lower" (`diff` above or below `around`) when `p_holm` < α, else "not detected at this power".
+    - "equivalence" (TOST): `p` is the larger of the one-sided t-test p's of H0: mean <= around − margin
+      and H0: mean >= around + margin. Decision: "equivalent within ±margin" when `p_holm` < α, else "equivalence
       not shown". A difference outside the margin is not claimed either way.
     - `p_holm`: Holm's adjustment (`holm`) across every contrast passed: they are the family, m = `family`.
       "too few pairs for a test" where n < 2 (such a contrast still counts in m).
@@ -281,15 +288,18 @@ def describe_contrast(row, unit: str = "points", pairs: str = "seeds") -> str:
             f"to {row['adjusted_high']:+.2f}, {n} {pairs}; {test}Holm-adjusted p {p}, {int(row['family'])} "
             f"contrast{'s' if row['family'] > 1 else ''})")
     decision = row["decision"]
+    around = row.get("around", 0.0) or 0.0
+    of = f" of {around:+.2f}" if around else ""  # the departure is from this value, not from 0
     if decision == "not detected at this power":
-        text += f": not detected at this power (would detect about ±{row['detectable']:.2f} {unit})"
+        text += (f": a departure from {around:+.2f} not detected at this power" if around else
+                 ": not detected at this power") + f" (would detect about ±{row['detectable']:.2f} {unit})"
     elif decision == "equivalent within ±margin":
-        text += f": equivalent within ±{row['margin']:.2f} {unit}"
+        text += f": equivalent within ±{row['margin']:.2f} {unit}" + (f" to {around:+.2f}" if around else "")
     elif decision == "equivalence not shown":
-        text += (f": equivalence within ±{row['margin']:.2f} {unit} not shown (this run could show about "
+        text += (f": equivalence within ±{row['margin']:.2f} {unit}{of} not shown (this run could show about "
                  f"±{row['detectable']:.2f} {unit})")
     else:
-        text += f": {decision}"
+        text += f": {decision}" + (f" than {around:+.2f}" if around else "")
     if row.get("published") is not None and not pd.isna(row["published"]):
         text += f"; published: {row['published']:+.2f} {unit} ({row['source']})"
     return text

@@ -18,3 +18,40 @@ def table(df: pd.DataFrame, digits: int = 2, index: bool | None = None, caption:
         styler = styler.hide(axis="index")
     styler = styler.set_table_styles([{"selector": "td, th", "props": [("white-space", "nowrap")]}])
     return styler.set_caption(caption) if caption else styler
+
+
+# The output type a chapter's declared contrasts travel in beside their sentences, for the book's
+# summary table and forest plot (scripts/findings.py): the numbers, not text to parse.
+FINDINGS_MIME = "application/vnd.snipnb.contrasts+json"
+FINDINGS_FIELDS = ("contrast", "kind", "metric", "n", "diff", "ci_low", "ci_high", "adjusted_low", "adjusted_high",
+                   "p", "p_holm", "decision", "family", "margin", "around", "detectable", "published", "source")
+
+
+class Findings:
+    """A chapter's tested contrasts (`contrasts.evaluate_contrasts`) as shown in its findings cell: one
+    sentence each in Markdown, and the rows themselves under `FINDINGS_MIME`, which the book's summary
+    reads. `setting` says in a few words what was compared (the chapter's data and model), `unit` the
+    metric's unit."""
+
+    def __init__(self, tested: pd.DataFrame, setting: str, unit: str = "points", lead: str = ""):
+        from .contrasts import describe_contrast
+
+        self.rows = [{k: _plain(row.get(k)) for k in FINDINGS_FIELDS} for _, row in tested.iterrows()]
+        self.setting, self.unit = setting, unit
+        sentences = [f"- {describe_contrast(row, unit=unit)}." for _, row in tested.iterrows()]
+        self.markdown = "\n".join(([lead, ""] if lead else []) + sentences)
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {"text/markdown": self.markdown,
+                FINDINGS_MIME: {"setting": self.setting, "unit": self.unit, "contrasts": self.rows}}
+
+
+def _plain(value):
+    """A JSON-ready scalar: numpy numbers as Python ones, NaN as None."""
+    if value is None:
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value

@@ -275,3 +275,44 @@ def test_verdict_labels_what_was_not_declared_as_exploratory():
     row = dict(diff=-2.0, ci_low=-3.0, ci_high=-1.0, n=5, detectable=1.0)
     assert verdict(row, exploratory=True) == f"{verdict(row)} ({EXPLORATORY})"
     assert "exploratory" not in verdict(row) and "not corrected for multiplicity" in EXPLORATORY
+
+
+def test_a_difference_can_be_tested_against_a_published_value_and_for_equivalence_to_it():
+    from snipnb.contrasts import Contrast, describe_contrast, evaluate_contrasts
+
+    # Our gap is about +1.0 on every seed; the published one is +0.7 (and +1.0 for the second check).
+    rows = []
+    for seed, noise in enumerate([0.02, -0.03, 0.01, 0.04, -0.02]):
+        rows += [dict(seed=seed, method="dense", error=2.0), dict(seed=seed, method="snip", error=3.0 + noise)]
+    results = pd.DataFrame(rows)
+    differs = Contrast("gap vs the paper's", "error", {"method": "snip"}, {"method": "dense"}, around=0.7,
+                       published=0.7, source="Lee et al. 2019, Table 1")
+    agrees = Contrast("gap equivalent to +1.0", "error", {"method": "snip"}, {"method": "dense"},
+                      kind="equivalence", margin=0.2, around=1.0)
+    far = Contrast("gap equivalent to +0.7", "error", {"method": "snip"}, {"method": "dense"},
+                   kind="equivalence", margin=0.2, around=0.7)
+    tested = evaluate_contrasts(results, [differs, agrees, far]).set_index("contrast")
+    assert tested.loc["gap vs the paper's", "decision"] == "higher"
+    assert tested.loc["gap equivalent to +1.0", "decision"] == "equivalent within ±margin"
+    assert tested.loc["gap equivalent to +0.7", "decision"] == "equivalence not shown"
+    text = describe_contrast(tested.reset_index().iloc[0])
+    assert "higher than +0.70" in text and "published: +0.70 points (Lee et al. 2019, Table 1)" in text
+    assert "equivalent within ±0.20 points to +1.00" in describe_contrast(tested.reset_index().iloc[1])
+
+
+def test_a_chapters_findings_carry_the_tested_numbers_beside_their_sentences():
+    import json
+
+    from snipnb.contrasts import Contrast, evaluate_contrasts
+    from snipnb.report import FINDINGS_MIME, Findings
+
+    rows = [dict(seed=s, method=m, acc=a) for s, (d, v) in enumerate([(50, 52), (51, 52.5), (49, 51), (50, 53)])
+            for m, a in (("dense", d), ("snip", v))]
+    tested = evaluate_contrasts(pd.DataFrame(rows), [Contrast("SNIP − dense", "acc", {"method": "snip"},
+                                                              {"method": "dense"})])
+    bundle = Findings(tested, "MNIST, simple_convnet")._repr_mimebundle_()
+    assert bundle["text/markdown"].startswith("- SNIP − dense: +2.12 points")
+    data = json.loads(json.dumps(bundle[FINDINGS_MIME]))  # plain JSON: no numpy types, no NaN
+    row = data["contrasts"][0]
+    assert data["setting"] == "MNIST, simple_convnet" and row["n"] == 4 and row["decision"] == "higher"
+    assert row["diff"] == pytest.approx(2.125) and row["published"] is None and row["family"] == 1
