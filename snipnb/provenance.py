@@ -28,22 +28,37 @@ def source_hash(package: pathlib.Path = PACKAGE) -> str:
     return digest.hexdigest()[:16]
 
 
-def _git(*args: str) -> str | None:
+def _git(*args: str, where: pathlib.Path = PACKAGE) -> str | None:
     try:
-        done = subprocess.run(["git", "-C", str(PACKAGE), *args], capture_output=True, text=True, timeout=10)
+        done = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+# What makes a result, relative to the checkout's top: the library and the notebooks and scripts that
+# run it. An executed chapter written into book/, or an edited README, changes no result.
+RESULT_PATHS = ("snipnb", "notebooks", "scripts")
+
+
+def changed(where: pathlib.Path = PACKAGE, paths=RESULT_PATHS) -> bool | None:
+    """Whether tracked files under `paths` (relative to the top of the checkout `where` is in) differ
+    from the commit; None outside a git checkout."""
+    top = _git("rev-parse", "--show-toplevel", where=where)
+    if top is None:
+        return None
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", *paths, where=pathlib.Path(top))
+    return bool(status) if status is not None else None
+
+
 @functools.lru_cache(maxsize=1)
 def git_state() -> tuple[str | None, bool | None]:
-    """(commit, whether tracked files differ from it), or (None, None) outside a git checkout."""
+    """(commit, whether the code that makes results differs from it: `changed`), or (None, None)
+    outside a git checkout."""
     commit = _git("rev-parse", "HEAD")
     if commit is None:
         return None, None
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return commit, bool(status) if status is not None else None
+    return commit, changed()
 
 
 def code_version() -> dict:
