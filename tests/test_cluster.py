@@ -176,6 +176,9 @@ def test_a_worker_running_other_library_code_is_refused(cluster, executor, tmp_p
     # A long-lived `dask worker` keeps the code it imported; after a `git pull` its records would
     # name code it does not run.
     settled_workers(cluster)  # a worker joining later would not be pretending
+    # A run left over from an earlier test may still be hashing the code it loaded: finishing after
+    # the pretence, it would overwrite it with the real hash.
+    idle(cluster)
     assert len(cluster.run(sweep_job.pretend_loaded_code, "0" * 16)) == 2
     try:
         with pytest.raises(RuntimeError, match=f"runs library code {'0' * 16}, the sweep's is .* Restart the workers"):
