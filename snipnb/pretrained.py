@@ -19,8 +19,8 @@ with (ImageNet's for torchvision's weights, the pretraining data's for the proje
 Two kinds of source:
 - `imagenet(model, image_size)`: torchvision's weights API downloads the file into the torch hub
   cache (`$TORCH_HOME/hub/checkpoints`) and checks its hash; offline, the file must already be there.
-- `pretrain(model, dataset, classes, epochs, seed, stem=...)`: trains the backbone on real data the machine
-  has and saves a checkpoint with its metadata, cached by its settings; `load_checkpoint` refuses
+- `pretrain(model, dataset, classes, epochs, seed, stem=...)`: trains the backbone on real data the
+  machine has and saves a checkpoint with its metadata, cached by its settings; `load_checkpoint` refuses
   one that does not match what is asked for. `load_source(spec, model)` covers both.
 
 `freeze(model, train_blocks, bn_stats)` trains only the last blocks; the rest keeps its weights and
@@ -277,8 +277,7 @@ def imagenet(model: str = "resnet18", image_size: int = 224, weights: str = "IMA
     resnet.load_state_dict(state)
     transform = enum_member.transforms()
     meta = {"source": "imagenet", "weights": name, "path": str(path), "model": model, "stem": "imagenet",
-            "image_size": image_size,
-            "imagenet_top1": enum_member.meta["_metrics"]["ImageNet-1K"]["acc@1"]}
+            "image_size": image_size, "imagenet_top1": enum_member.meta["_metrics"]["ImageNet-1K"]["acc@1"]}
     return _assemble(resnet, 3, image_size, tuple(transform.mean), tuple(transform.std), meta)
 
 
@@ -362,8 +361,8 @@ def load_checkpoint(path, **expected) -> tuple[Backbone, dict]:
     """(backbone, metadata) from a checkpoint of `pretrain`, read with `torch.load(weights_only=True)`.
 
     Every setting in `expected` (any of `CHECKED`: `model`, `stem`, `dataset`, `classes`, `epochs`,
-    `seed`, `image_size`, `in_channels`, ...) that is not None must equal the checkpoint's, or a ValueError
-    names each field that differs. A file's name is no proof of what it holds: a checkpoint copied
+    `seed`, `image_size`, `in_channels`, ...) that is not None must equal the checkpoint's, or a
+    ValueError names each field that differs. A file's name is no proof of what it holds: a checkpoint copied
     over a cached one is refused here, not loaded. The head must have one output per class of the
     metadata, and the weights' names and shapes must fit the architecture.
     """
@@ -424,8 +423,8 @@ def pretrain_settings(model: str, dataset: str, classes=None, epochs: int = 5, s
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
     spec = dataset if classes is None else f"{dataset}:{','.join(str(int(c)) for c in classes)}"
     name, picked = parse_split(spec)
-    return {"model": model, "stem": stem, "dataset": name, "classes": None if picked is None else list(picked), "epochs": epochs,
-            "seed": seed, "image_size": image_size, "lr": lr, "batch_size": batch_size,
+    return {"model": model, "stem": stem, "dataset": name, "classes": None if picked is None else list(picked),
+            "epochs": epochs, "seed": seed, "image_size": image_size, "lr": lr, "batch_size": batch_size,
             "weight_decay": weight_decay, "augment": data.recipe_defaults(name)["augment"]}
 
 
