@@ -41,11 +41,20 @@
 # and pruned: the `head` alone (a linear probe), the `last_block` (the last residual stage and the
 # head, the write-up's "final 1–2 blocks"), the `last_two_blocks`, or `all`; `reference_blocks` are
 # fine-tuned dense only, for reference. BatchNorm in the trained blocks keeps normalising with the
-# source's statistics (`bn_stats="source"`): a few images per batch, and the 1×1 maps of the last
+# source's statistics (`bn_stats="source"`): a few images per batch, and the small maps of the last
 # stage at 32 px, cannot estimate them. Training from scratch has no such statistics and uses each
 # batch's. We report the **best** test accuracy during training and the **final** one (the best
 # epoch is chosen on the test set, so it flatters). Each method is compared with dense fine-tuning
 # **on the same seed and the same trained blocks**, as a mean difference with a 95% confidence interval.
+#
+# **Validation.** With `val_per_class`, a fixed, class-balanced set of the target's *training*
+# images is held out before any $k$-shot subset is drawn: one set for every seed, $k$ and method,
+# disjoint from every subset. With `lr_candidates`, the fine-tuning learning rate is chosen on it
+# (dense fine-tuning of the pruned blocks, `lr_seeds` seeds, the highest mean validation accuracy
+# after the last epoch), and every run also reports the test accuracy at the epoch the validation
+# set picks (`test_at_best_val`), an honest counterpart of the best test accuracy. The test split
+# only ever gives the numbers reported. A validation set larger than the training set is a luxury
+# real few-shot learning does not have; it tunes the recipe here, it is not part of the method.
 #
 # **Where the numbers come from.** The line "This run:" below names the source, the target and the
 # grid that produced every number on this page, and what it changed from the write-up's protocol.
@@ -58,13 +67,18 @@
 # 32-pixel images, five seeds, the last block pruned (the linear probe and full fine-tuning run
 # dense, for reference), three sparsities, and for MNIST a fixed sample of its test split.
 #
-# **Image size.** The ImageNet ResNets keep their 7×7 stride-2 stem and max-pool, so a 32-pixel
-# CIFAR image would reach the last stage as a single pixel. We upsample inside the network to
-# `image_size`. The default, 128, is what BiT's recipe (Kolesnikov et al., 2020) trains on for
-# images of 96 pixels or less (resize to 160, random crop of 128). The cost grows with the square
-# of the size: 224, the size of ImageNet training, costs three times as much per image as 128. The
-# offline sources are pretrained and fine-tuned at 32 pixels, the smallest size at which the last
-# stage still sees a 1×1 map, because they run on a CPU.
+# **Image size and stem.** The ImageNet ResNets keep their 7×7 stride-2 stem and max-pool, so a
+# 32-pixel image would reach the last stage as a single pixel. There a 3×3 kernel's eight outer
+# taps meet only padding: no image can move the loss through them, their SNIP score is exactly 0,
+# and pruning them is free for every criterion. We upsample inside the network to `image_size`.
+# The default, 128, is what BiT's recipe (Kolesnikov et al., 2020) trains on for images of 96 pixels
+# or less (resize to 160, random crop of 128); there the last stage sees 4×4. The cost grows with the
+# square of the size: 224, the size of ImageNet training, costs three times as much per image as 128.
+# A source the project pretrains itself can instead take the CIFAR stem (`stem="cifar"`: one 3×3
+# stride-1 conv, no max-pool, as CIFAR ResNets have), which keeps the image's size until the first
+# strided stage: at 32 pixels its last stage sees 4×4. Below, the share of the trained weights
+# whose SNIP score is exactly 0 is reported for every run, so whether SNIP could choose at all is
+# measured, not assumed.
 #
 # **Rerun.** `papermill notebooks/02_transfer.ipynb out.ipynb` runs ImageNet ResNet-18 → CIFAR-100
 # (torchvision fetches the weights into the torch hub cache). `-p source mnist:0-4 -p target mnist:5-9
@@ -84,6 +98,7 @@ reference_blocks = []  # fine-tuned dense only, for reference
 seeds = 5
 epochs = 30
 image_size = 128  # the size the backbone runs at; a self-pretrained source is pretrained at it
+stem = None  # "imagenet" (7x7 stride 2, max-pool) or "cifar" (3x3 stride 1); None: imagenet for imagenet, else cifar
 source_epochs = 5  # pretraining epochs of a self-pretrained source (ignored for imagenet)
 data_root = None  # None: $SNIPNB_DATA, else ~/.cache/snipnb/data
 device = None  # None: CUDA, else MPS, else CPU
@@ -94,7 +109,10 @@ gpus_per_run = 0  # on a cluster: GPUs each run claims
 results_dir = "results/02_transfer"
 reuse = "same_code"  # or "any": also keep records made by other library code (the chapter names their code)
 batch_size = 32
-lr = 0.01  # every fine-tuning run
+lr = 0.01  # every fine-tuning run, unless lr_candidates chooses it
+lr_candidates = []  # choose the fine-tuning lr among these on validation (needs val_per_class); []: use lr
+lr_seeds = 2  # seeds of that choice
+val_per_class = None  # training images per class held out for validation, apart from every k-shot subset; None: none
 scratch_lr = 0.05  # training from scratch: Experiment 1's learning rate
 bn_stats = "source"  # BatchNorm of the trained blocks: "source" statistics, or each "batch"'s
 eval_every = 1  # test every this many epochs; the best accuracy is the best of those tests
@@ -114,6 +132,7 @@ if os.environ.get("SNIPNB_SMOKE"):
     source, target, image_size, source_epochs, seeds, epochs = "synthetic:0-4", "synthetic:5-9", 32, 1, 2, 1
     ks, sparsities, methods, train_blocks, reference_blocks = [1, 2], [0.9], ["snip", "random"], ["last_block"], []
     focus_k, test_per_class, results_dir = 2, 10, tempfile.mkdtemp()
+    val_per_class, lr_candidates, lr_seeds = 5, [0.01, 0.05], 1
     os.environ["SNIPNB_CHECKPOINTS"] = tempfile.mkdtemp()  # the smoke source is not cached for later
 
 # %% tags=["remove-input"]
@@ -139,18 +158,28 @@ workers = workers or devices.default_workers(device)
 focus_blocks = pick("focus_blocks", focus_blocks, train_blocks, preferred="last_block")
 focus_sparsity = pick("focus_sparsity", focus_sparsity, sparsities, preferred=0.9)
 focus_k = pick("focus_k", focus_k, ks, preferred=5)
+stem = stem or ("imagenet" if source == "imagenet" else "cifar")
+if lr_candidates and val_per_class is None:
+    raise ValueError(f"lr_candidates={lr_candidates} needs val_per_class: the learning rate is chosen on validation "
+                     f"images held out of the training split, never on the test split")
 settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, bn_stats=bn_stats, eval_every=eval_every,
-                test_per_class=test_per_class, image_size=image_size, source_epochs=source_epochs,
-                augment=data.recipe_defaults(pretrained.parse_split(target)[0])["augment"])
-runs = transfer.grid(source, target, models, ks, sparsities, methods, train_blocks, seeds,
-                     reference_blocks=reference_blocks, scratch_lr=scratch_lr, **settings)
+                test_per_class=test_per_class, val_per_class=val_per_class, image_size=image_size, stem=stem,
+                source_epochs=source_epochs, augment=data.recipe_defaults(pretrained.parse_split(target)[0])["augment"])
+make_grid = functools.partial(transfer.grid, source, target, models, ks, sparsities, methods, train_blocks, seeds,
+                              reference_blocks=reference_blocks, scratch_lr=scratch_lr)
+runs = make_grid(**settings)
 blocks_trained = train_blocks + reference_blocks
+side = pretrained.last_stage_size(image_size, stem)
 display(Markdown(f"**This run:** source `{source}` → target `{target}`, {len(runs)} runs ({len(models)} models × "
                  f"{len(ks)} k × {seeds} seeds × (dense on {blocks_trained} + {len(methods)} methods × "
                  f"{len(sparsities)} sparsities on {train_blocks} + scratch)), {epochs} epochs each, "
-                 f"learning rate {lr} (scratch {scratch_lr}), images at {image_size} px, tested on "
-                 f"{'the whole test split' if test_per_class is None else f'{test_per_class} test images per class'}, "
-                 f"Code: {provenance.describe(device)}."))
+                 + (f"learning rate chosen on validation among {lr_candidates} (below)" if lr_candidates
+                    else f"learning rate {lr}") + f" (scratch {scratch_lr}), "
+                 f"images at {image_size} px through the {stem} stem (the last stage sees {side}×{side}), tested on "
+                 f"{'the whole test split' if test_per_class is None else f'{test_per_class} test images per class'}"
+                 + ("" if val_per_class is None else
+                    f", validated on {val_per_class} training images per class held out of every k-shot subset")
+                 + f". Code: {provenance.describe(device)}."))
 # The write-up's protocol, and what this run changed of it.
 protocol = dict(source="imagenet", target="cifar100", models=["resnet18"], ks=[1, 2, 5, 10, 20], seeds=5,
                 train_blocks=["last_block", "last_two_blocks"])
@@ -167,26 +196,50 @@ display(Markdown("**Changed from the write-up's protocol:** " + ("; ".join(chang
 # %% tags=["hide-input"]
 sources = []
 for model in models:
-    backbone = pretrained.load_source(source, model, image_size, epochs=source_epochs, device=device,
+    backbone = pretrained.load_source(source, model, image_size, epochs=source_epochs, stem=stem, device=device,
                                       progress=progress)
     meta = backbone.meta
     if source == "imagenet":
         sources.append(dict(model=model, weights=meta["weights"], trained_on="ImageNet-1k",
                             **{"top-1 (%)": meta["imagenet_top1"], "as measured by": "torchvision's weights meta"}))
     else:
-        sources.append(dict(model=model, trained_on=source, epochs=meta["epochs"], image_size=meta["image_size"],
+        sources.append(dict(model=model, stem=meta["stem"], trained_on=source, epochs=meta["epochs"],
+                            image_size=meta["image_size"],
                             **{"test accuracy (%)": round(meta["test_acc"], 2), "as measured by": "this project"}))
     del backbone
 display(pd.DataFrame(sources))
 
 # %% [markdown]
+# ## The learning rate
+# With `lr_candidates`: dense fine-tuning of every pruned block setting at every $k$, on `lr_seeds`
+# seeds, at each candidate; the mean validation accuracy after the last epoch (%) picks the rate
+# every fine-tuning run below uses. No test accuracy is read.
+
+# %% tags=["hide-input"]
+sweep = functools.partial(run_sweep, functools.partial(transfer.run_transfer, device=device),
+                          folder=f"{results_dir}/{source.replace(':', '_')}_to_{target.replace(':', '_')}",
+                          workers=workers, shard=shard, progress=progress, executor=executor, reuse=reuse,
+                          device=functools.partial(provenance.device_name, device))
+if lr_candidates:
+    search = transfer.lr_grid(lr_candidates, source, target, models, ks, train_blocks, lr_seeds, **settings)
+    searched = sweep(search)
+    if len(searched) < len(search):
+        raise RuntimeError(f"the learning-rate search has {len(searched)} of its {len(search)} runs (shard {shard} "
+                           f"ran its slice): run every shard, then run again to choose the rate and go on")
+    lr, lr_table = transfer.select_lr(searched)
+    settings["lr"] = lr
+    runs = make_grid(**settings)
+    display(lr_table.round(2))
+    display(Markdown(f"**Chosen learning rate: {lr}**, the highest mean validation accuracy over "
+                     f"{len(search) // len(set(lr_candidates))} runs per candidate."))
+else:
+    display(Markdown(f"The learning rate {lr} was given (`lr`), not chosen here."))
+
+# %% [markdown]
 # ## Run
 
 # %% tags=["hide-input"]
-results = run_sweep(functools.partial(transfer.run_transfer, device=device), runs,
-                    f"{results_dir}/{source.replace(':', '_')}_to_{target.replace(':', '_')}", workers=workers,
-                    shard=shard, progress=progress, executor=executor, reuse=reuse,
-                    device=functools.partial(provenance.device_name, device))
+results = sweep(runs)
 print(f"{len(results)} of {len(runs)} runs have results; {results.seconds.sum() / 3600:.2f} GPU/CPU hours in all")
 
 # %% [markdown]
@@ -195,8 +248,9 @@ print(f"{len(results)} of {len(runs)} runs have results; {results.seconds.sum() 
 # beside dense fine-tuning of every trained-block setting and training from scratch.
 
 # %% tags=["hide-input"]
+metrics = ("best_acc", "final_acc") + (() if val_per_class is None else ("test_at_best_val",))
 summary = {metric: stats.summarize(results, ["model", "k", "train_blocks", "method", "sparsity"], metric)
-           for metric in ("best_acc", "final_acc")}
+           for metric in metrics}
 
 
 def label(row):
@@ -216,7 +270,7 @@ for metric, s in summary.items():
     display(shown.pivot(index=["model", "k"], columns="run", values="mean ± std")[columns])
 
 # %% tags=["hide-input"]
-fig, axes = plt.subplots(len(models), 2, figsize=(13, 4 * len(models)), squeeze=False)
+fig, axes = plt.subplots(len(models), len(summary), figsize=(6.5 * len(summary), 4 * len(models)), squeeze=False)
 for row, model in zip(axes, models):
     for ax, (metric, s) in zip(row, summary.items()):
         fine_tuned = (s.train_blocks == focus_blocks) & ((s.method == "dense") | (s.sparsity == focus_sparsity))
@@ -243,6 +297,33 @@ for row, model in zip(axes, models):
 fig.tight_layout()
 
 # %% [markdown]
+# ## Can SNIP choose?
+# A weight whose SNIP score is exactly 0 is one the adaptation set cannot move the loss through: a
+# dead unit's, or a kernel tap that meets only padding (all eight outer taps of a 3×3 kernel on a
+# 1×1 map). SNIP ranks such weights arbitrarily among themselves. Where they are at least as many
+# as the weights a sparsity prunes, SNIP prunes only them, and beating magnitude, random or
+# shuffled pruning then says only that those prune weights that matter, not that SNIP chose well.
+# The table gives their share of the trained weights (%, mean over seeds) in the runs that rank by
+# labeled SNIP; the lines below count the runs in which SNIP could prune only such weights.
+
+# %% tags=["hide-input"]
+ranked = "snip" if "snip" in methods else "shuffled_snip"  # shuffled SNIP ranks by the same saliency
+scored = results[results.method == ranked].drop_duplicates(["model", "train_blocks", "k", "seed"])
+if len(scored):
+    display((100 * scored.pivot_table(index=["model", "train_blocks"], columns="k", values="zero_score_fraction",
+                                      aggfunc="mean")).round(1))
+    lines = []
+    for (model, blocks), rows in scored.groupby(["model", "train_blocks"]):
+        counts = ", ".join(f"{int((rows.zero_score_fraction >= s).sum())} at sparsity {s}" for s in sparsities)
+        lines.append(f"- `{model}`, `{blocks}`: {rows.zero_score_fraction.min():.1%} to "
+                     f"{rows.zero_score_fraction.max():.1%} of the trained weights score exactly 0 "
+                     f"({len(rows)} runs; the last stage sees {side}×{side}). Runs in which SNIP prunes only "
+                     f"zero-score weights: {counts}.")
+    display(Markdown("\n".join(lines)))
+else:
+    display(Markdown("No run of this grid ranks by labeled SNIP (`snip` or `shuffled_snip`), so none reports it."))
+
+# %% [markdown]
 # ## What the masks keep
 # For the first model at k = `focus_k`, seed 0 and sparsity `focus_sparsity` on `focus_blocks`:
 # the share of each trained layer every criterion keeps, and how much their kept weights overlap
@@ -260,18 +341,6 @@ fig, (left, right) = plt.subplots(1, 2, figsize=(15, 4.5), gridspec_kw=dict(widt
 plots.density_bars(masks, ax=left, title=f"{models[0]}, {focus_blocks}: kept weights per layer at {focus_sparsity}")
 plots.overlap_matrix(masks, ax=right)
 fig.tight_layout()
-saliency = transfer.adaptation_saliency(focus_runs[criteria[0]], adaptation_set)
-silent = sum(int((v == 0).sum()) for v in saliency.values()) / sum(v.numel() for v in saliency.values())
-last_map = -(-image_size // 32)  # the side of the last stage's feature map
-display(Markdown(f"On these {len(adaptation_set)} images, **{silent:.1%}** of the trained weights have a SNIP "
-                 f"score of exactly 0: the loss cannot move through them ("
-                 + ("dead units; and at this image size the last stage sees a 1×1 map, on which the eight outer "
-                    "taps of a 3×3 kernel meet only padding). " if last_map == 1 else
-                    f"dead units; the last stage sees a {last_map}×{last_map} map). ")
-                 + (f"At sparsity {focus_sparsity}, SNIP keeps every weight with a nonzero score and fills "
-                    f"the rest of its budget with zero-score weights (ties broken arbitrarily), so it prunes "
-                    f"only weights these images cannot reach." if 1 - focus_sparsity >= 1 - silent else
-                    f"At sparsity {focus_sparsity}, SNIP must also prune weights with a nonzero score.")))
 pruned = results[~results.method.isin(["dense", "scratch"])]
 display(pruned.pivot_table(index=["model", "train_blocks", "method"], columns="sparsity", values="collapsed",
                            aggfunc="mean").round(2))
@@ -397,24 +466,28 @@ display(breaks.unstack("train_blocks").reindex(columns=train_blocks).map(lambda 
 
 # %% [markdown]
 # ## Limits
-# - **One recipe.** Every fine-tuning run uses one learning rate (`lr`), and training from scratch
-#   its own (`scratch_lr`); neither is tuned per method or per $k$. The offline chapters use
-#   Experiment 1's 0.05 for both, after a one-seed pilot on the MNIST pair (read on its test split,
-#   so the choice is not independent of it) left the last block under-trained at 0.01 for $k = 20$.
+# - **One recipe.** Every fine-tuning run uses one learning rate, and training from scratch its
+#   own (`scratch_lr`); neither is tuned per method or per $k$. "The learning rate" above says
+#   whether this run chose it on its validation set (on dense fine-tuning, so the baseline gets
+#   the tuned rate and the pruned networks share it) or was given it. A given rate was chosen
+#   outside this notebook: the offline chapters' first rate came from a pilot read on a test split,
+#   which is why the choice on validation exists.
 # - **Best accuracy flatters.** It is the best of the tests during training, chosen on the test
-#   set; the verdicts use the final accuracy. The offline chapters test every 15 of 30 epochs, so
-#   their best is the better of two tests, and the fall from best to final is a coarse measure.
+#   set; the verdicts use the final accuracy, and with a validation set `test_at_best_val` is the
+#   test accuracy at the epoch validation picks. The offline chapters test every 15 of 30 epochs,
+#   so their best is the better of two tests, and the fall from best to final is a coarse measure.
 # - **Few seeds.** With 3 to 5 seeds an interval is wide; "not detected at this power" means just
 #   that, and the seed-to-seed standard deviations are descriptive.
 # - **Offline sources are small.** A ResNet-18 pretrained for a few epochs on MNIST digits is a far
 #   narrower source than ImageNet, and MNIST is easy enough that training from scratch on 20 images
 #   per class is already a strong baseline. The offline chapters test the protocol on real data;
 #   they are not a substitute for the ImageNet → CIFAR-100 chapter.
-# - **Image size.** At 32 pixels the last stage sees a 1×1 map: its 3×3 kernels use only their
-#   centre tap, so it acts like a stack of fully connected layers, and most of its weights cannot
-#   affect the output at all (the share is computed above). Any criterion that looks at the data
-#   keeps the centre taps; criteria that do not (magnitude, random, shuffled SNIP) spend their
-#   budget on dead weights. At 128 or 224 pixels pruning the last stage is a different question.
+# - **Image size.** Through the ImageNet stem at 32 pixels the last stage sees a 1×1 map: its 3×3
+#   kernels use only their centre tap, so it acts like a stack of fully connected layers, and most
+#   of its weights cannot affect the output at all ("Can SNIP choose?" gives the share). Any
+#   criterion that looks at the data keeps the centre taps; criteria that do not (magnitude,
+#   random, shuffled SNIP) spend their budget on dead weights. The CIFAR stem at 32 pixels, or the
+#   ImageNet stem at 128 or 224, leave the last stage a 4×4 map or more: a different question.
 # - **The new head is pruned too.** It is part of the trained weights, and one global ranking
 #   covers it. Its fresh weights are smaller than pretrained ones, so global magnitude pruning
 #   can remove it entirely (the collapsed layers above); SNIP's gradient factor keeps it.

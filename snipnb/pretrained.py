@@ -3,7 +3,10 @@
 A backbone is a `snipnb.models.Net` (`body` then a linear `head`) whose body is named blocks:
 
     body.input   images in [0, 1] -> the backbone's channels, size and normalisation (no weights)
-    body.stem    conv 7x7 stride 2, BN, ReLU, max-pool: the ImageNet stem
+    body.stem    conv 7x7 stride 2, BN, ReLU, max-pool: the ImageNet stem (`stem="imagenet"`);
+                 or conv 3x3 stride 1, BN, ReLU: the CIFAR stem (`stem="cifar"`), which keeps
+                 the image's size, so at 32 px the last stage still sees 4 x 4 (the ImageNet
+                 stem leaves it 1 x 1, where a 3x3 kernel's outer taps meet only padding)
     body.layer1 .. body.layer4   the four residual stages
     body.pool    global average pooling
     head         the classifier
@@ -16,8 +19,8 @@ with (ImageNet's for torchvision's weights, the pretraining data's for the proje
 Two kinds of source:
 - `imagenet(model, image_size)`: torchvision's weights API downloads the file into the torch hub
   cache (`$TORCH_HOME/hub/checkpoints`) and checks its hash; offline, the file must already be there.
-- `pretrain(model, dataset, classes, epochs, seed)`: trains the backbone on real data the machine
-  has and saves a checkpoint with its metadata, cached by its settings; `load_checkpoint` refuses
+- `pretrain(model, dataset, classes, epochs, seed, stem=...)`: trains the backbone on real data the
+  machine has and saves a checkpoint with its metadata, cached by its settings; `load_checkpoint` refuses
   one that does not match what is asked for. `load_source(spec, model)` covers both.
 
 `freeze(model, train_blocks, bn_stats)` trains only the last blocks; the rest keeps its weights and
@@ -53,8 +56,13 @@ BLOCKS = ("body.stem", "body.layer1", "body.layer2", "body.layer3", "body.layer4
 TRAIN_BLOCKS = {"head": 1, "last_block": 2, "last_two_blocks": 3, "all": len(BLOCKS)}
 # What BatchNorm normalises with in the trained blocks: the source's running statistics, or each batch's.
 BN_STATS = ("source", "batch")
-# The stem and the four stages halve the image five times: at 32 px the last stage sees 1 x 1.
-MIN_IMAGE_SIZE = 32
+# The first layers of the network: torchvision's ImageNet stem, or the CIFAR stem (`build`).
+STEMS = ("imagenet", "cifar")
+# How many times each stem and the stages after it halve the image before the last stage: the
+# ImageNet stem twice (a stride-2 conv, a max-pool) and three strided stages; the CIFAR stem never.
+HALVINGS = {"imagenet": 5, "cifar": 3}
+MIN_IMAGE_SIZES = {stem: 2 ** halvings for stem, halvings in HALVINGS.items()}  # the last stage sees 1 x 1
+MIN_IMAGE_SIZE = MIN_IMAGE_SIZES["imagenet"]
 IMAGENET_WEIGHTS = {"resnet18": torchvision.models.ResNet18_Weights,
                     "resnet50": torchvision.models.ResNet50_Weights}
 DOWNLOAD_TIMEOUT_S = 30.0
@@ -65,11 +73,19 @@ def _check_choice(argument: str, value, allowed) -> None:
         raise ValueError(f"{argument} must be one of {tuple(allowed)}, got {value!r}")
 
 
-def check_image_size(model: str, image_size) -> None:
-    """A ValueError unless `image_size` is an int the ImageNet-architecture `model` can run at."""
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size must be an int >= {MIN_IMAGE_SIZE} for {model} (its stem and four "
-                         f"stages halve the image five times), got image_size={image_size!r}")
+def check_image_size(model: str, image_size, stem: str = "imagenet") -> None:
+    """A ValueError unless `image_size` is an int `model` with `stem` can run at."""
+    _check_choice("stem", stem, STEMS)
+    least = MIN_IMAGE_SIZES[stem]
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < least:
+        raise ValueError(f"image_size must be an int >= {least} for {model} with the {stem} stem (it halves "
+                         f"the image {HALVINGS[stem]} times), got image_size={image_size!r}")
+
+
+def last_stage_size(image_size: int, stem: str = "imagenet") -> int:
+    """The side of the feature map the last stage (`body.layer4`) computes at `image_size`."""
+    _check_choice("stem", stem, STEMS)
+    return -(-image_size // 2 ** HALVINGS[stem])  # every halving rounds up (padding 1 or 3)
 
 
 # ------------------------------------------------------------------------------------ the network
@@ -123,9 +139,13 @@ class Backbone(Net):
 
 
 def _assemble(resnet: torchvision.models.ResNet, channels: int, image_size: int, mean, std,
-              meta: dict | None = None) -> Backbone:
-    """Move a torchvision ResNet's modules into a Backbone; the fc layer becomes the head."""
-    stem = nn.Sequential(OrderedDict(conv1=resnet.conv1, bn1=resnet.bn1, relu=resnet.relu, maxpool=resnet.maxpool))
+              meta: dict | None = None, stem: str = "imagenet") -> Backbone:
+    """Move a torchvision ResNet's modules into a Backbone; the fc layer becomes the head. The CIFAR
+    stem leaves out the max-pool."""
+    layers = OrderedDict(conv1=resnet.conv1, bn1=resnet.bn1, relu=resnet.relu)
+    if stem == "imagenet":
+        layers["maxpool"] = resnet.maxpool
+    stem = nn.Sequential(layers)
     body = nn.Sequential(OrderedDict(
         input=InputAdapter(channels, image_size, mean, std), stem=stem,
         layer1=resnet.layer1, layer2=resnet.layer2, layer3=resnet.layer3, layer4=resnet.layer4,
@@ -136,12 +156,17 @@ def _assemble(resnet: torchvision.models.ResNet, channels: int, image_size: int,
 
 
 def build(model: str, num_classes: int, in_channels: int = 3, image_size: int = 224, mean=None, std=None,
-          seed: int | None = None) -> Backbone:
+          seed: int | None = None, stem: str = "imagenet") -> Backbone:
     """A randomly initialised ImageNet-architecture `model` (torchvision's init) for
     `in_channels` x `image_size`^2 inputs, normalised by `mean`/`std` (default 0.5 and 0.25 per
-    channel). With `seed` the init is reproducible and the global RNG is left untouched."""
+    channel). With `seed` the init is reproducible and the global RNG is left untouched.
+
+    `stem="imagenet"` keeps torchvision's stem (7x7 conv stride 2, max-pool); `stem="cifar"` puts a
+    3x3 stride-1 conv in its place and drops the max-pool, as CIFAR ResNets do (`snipnb.models`'
+    `resnet18`): the same blocks and weights' names, on a 16 times larger map from the stem on.
+    """
     _check_choice("model", model, ARCHITECTURES)
-    check_image_size(model, image_size)
+    check_image_size(model, image_size, stem)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if in_channels not in (1, 3):
@@ -151,10 +176,14 @@ def build(model: str, num_classes: int, in_channels: int = 3, image_size: int = 
 
     def make() -> Backbone:
         resnet = getattr(torchvision.models, model)(weights=None, num_classes=num_classes)
-        if in_channels != 3:
+        if stem == "cifar":
+            resnet.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        elif in_channels != 3:
             resnet.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        if stem == "cifar" or in_channels != 3:
             nn.init.kaiming_normal_(resnet.conv1.weight, mode="fan_out", nonlinearity="relu")
-        return _assemble(resnet, in_channels, image_size, mean, std, {"source": "random init", "seed": seed})
+        return _assemble(resnet, in_channels, image_size, mean, std,
+                         {"source": "random init", "seed": seed, "stem": stem}, stem)
 
     if seed is None:
         return make()
@@ -247,8 +276,8 @@ def imagenet(model: str = "resnet18", image_size: int = 224, weights: str = "IMA
     resnet = getattr(torchvision.models, model)(weights=None)
     resnet.load_state_dict(state)
     transform = enum_member.transforms()
-    meta = {"source": "imagenet", "weights": name, "path": str(path), "model": model, "image_size": image_size,
-            "imagenet_top1": enum_member.meta["_metrics"]["ImageNet-1K"]["acc@1"]}
+    meta = {"source": "imagenet", "weights": name, "path": str(path), "model": model, "stem": "imagenet",
+            "image_size": image_size, "imagenet_top1": enum_member.meta["_metrics"]["ImageNet-1K"]["acc@1"]}
     return _assemble(resnet, 3, image_size, tuple(transform.mean), tuple(transform.std), meta)
 
 
@@ -324,16 +353,16 @@ def save_checkpoint(model: Backbone, meta: dict, path) -> pathlib.Path:
 
 # What a checkpoint's metadata must match when asked for: every setting `pretrain` is keyed by,
 # and the input shape the weights take.
-CHECKED = ("model", "dataset", "classes", "epochs", "seed", "image_size", "in_channels", "lr", "batch_size",
-           "weight_decay", "augment")
+CHECKED = ("model", "stem", "dataset", "classes", "epochs", "seed", "image_size", "in_channels", "lr",
+           "batch_size", "weight_decay", "augment")
 
 
 def load_checkpoint(path, **expected) -> tuple[Backbone, dict]:
     """(backbone, metadata) from a checkpoint of `pretrain`, read with `torch.load(weights_only=True)`.
 
-    Every setting in `expected` (any of `CHECKED`: `model`, `dataset`, `classes`, `epochs`, `seed`,
-    `image_size`, `in_channels`, ...) that is not None must equal the checkpoint's, or a ValueError
-    names each field that differs. A file's name is no proof of what it holds: a checkpoint copied
+    Every setting in `expected` (any of `CHECKED`: `model`, `stem`, `dataset`, `classes`, `epochs`,
+    `seed`, `image_size`, `in_channels`, ...) that is not None must equal the checkpoint's, or a
+    ValueError names each field that differs. A file's name is no proof of what it holds: a checkpoint copied
     over a cached one is refused here, not loaded. The head must have one output per class of the
     metadata, and the weights' names and shapes must fit the architecture.
     """
@@ -357,8 +386,10 @@ def load_checkpoint(path, **expected) -> tuple[Backbone, dict]:
     if classes is not None and meta.get("num_classes") != len(classes):
         raise ValueError(f"checkpoint {path} does not match itself: its metadata name {len(classes)} classes "
                          f"{classes}, its head has {meta.get('num_classes')} outputs")
+    # Checkpoints written before the stem was a setting all have the ImageNet stem (their metadata
+    # lack `stem`, so asking for one by name refuses them).
     backbone = build(meta["model"], meta["num_classes"], meta["in_channels"], meta["image_size"], meta["mean"],
-                     meta["std"])
+                     meta["std"], stem=meta.get("stem", "imagenet"))
     _check_state(backbone.state_dict(), state, f"checkpoint {path} (model={meta['model']!r})")
     backbone.load_state_dict(state)
     backbone.meta = {**meta, "source": meta["dataset"], "path": str(path)}
@@ -383,23 +414,25 @@ def _check_state(expected: dict, found: dict, what: str) -> None:
 
 
 def pretrain_settings(model: str, dataset: str, classes=None, epochs: int = 5, seed: int = 0, *, image_size: int = 32,
-                      lr: float = 0.1, batch_size: int = 128, weight_decay: float = 5e-4) -> dict:
+                      lr: float = 0.1, batch_size: int = 128, weight_decay: float = 5e-4,
+                      stem: str = "imagenet") -> dict:
     """The settings a pretrained source is keyed and checked by (its checkpoint's name and metadata)."""
     _check_choice("model", model, ARCHITECTURES)
-    check_image_size(model, image_size)
+    check_image_size(model, image_size, stem)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
     spec = dataset if classes is None else f"{dataset}:{','.join(str(int(c)) for c in classes)}"
     name, picked = parse_split(spec)
-    return {"model": model, "dataset": name, "classes": None if picked is None else list(picked), "epochs": epochs,
-            "seed": seed, "image_size": image_size, "lr": lr, "batch_size": batch_size,
+    return {"model": model, "stem": stem, "dataset": name, "classes": None if picked is None else list(picked),
+            "epochs": epochs, "seed": seed, "image_size": image_size, "lr": lr, "batch_size": batch_size,
             "weight_decay": weight_decay, "augment": data.recipe_defaults(name)["augment"]}
 
 
 def pretrain(model: str, dataset: str, classes=None, epochs: int = 5, seed: int = 0, *, image_size: int = 32,
-             lr: float = 0.1, batch_size: int = 128, weight_decay: float = 5e-4, cache_dir=None, device=None,
-             progress: bool = True) -> pathlib.Path:
-    """Train `model` from scratch on `classes` of `dataset` (all if None) and return its checkpoint.
+             lr: float = 0.1, batch_size: int = 128, weight_decay: float = 5e-4, stem: str = "imagenet",
+             cache_dir=None, device=None, progress: bool = True) -> pathlib.Path:
+    """Train `model` with `stem` (`build`) from scratch on `classes` of `dataset` (all if None) and
+    return its checkpoint.
 
     The checkpoint is cached in `checkpoint_dir(cache_dir)` under a name made from every setting,
     so a second call with the same settings returns at once. It holds the weights and metadata:
@@ -410,7 +443,7 @@ def pretrain(model: str, dataset: str, classes=None, epochs: int = 5, seed: int 
     from .train import fit  # the training floor, needed only to pretrain
 
     settings = pretrain_settings(model, dataset, classes, epochs, seed, image_size=image_size, lr=lr,
-                                 batch_size=batch_size, weight_decay=weight_decay)
+                                 batch_size=batch_size, weight_decay=weight_decay, stem=stem)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     path = checkpoint_dir(cache_dir) / f"{model}-{settings['dataset']}-{key}.pt"
     if path.is_file():
@@ -421,10 +454,10 @@ def pretrain(model: str, dataset: str, classes=None, epochs: int = 5, seed: int 
     spec = name if picked is None else f"{name}:{','.join(map(str, picked))}"
     train, test = load_split(spec, True), load_split(spec, False)
     in_channels = train.images.shape[1]
-    backbone = build(model, train.num_classes, in_channels, image_size, train.mean, train.std, seed=seed)
+    backbone = build(model, train.num_classes, in_channels, image_size, train.mean, train.std, seed=seed, stem=stem)
     history = fit(backbone, unit_range(train), unit_range(test), epochs, lr=lr, batch_size=batch_size,
                   weight_decay=weight_decay, augment=augment, device=device, eval_every=epochs, seed=seed,
-                  progress=progress, desc=f"pretrain {model} on {spec}")
+                  progress=progress, desc=f"pretrain {model} ({stem} stem) on {spec}")
     meta = {**settings, "in_channels": in_channels, "num_classes": train.num_classes,
             "mean": list(train.mean), "std": list(train.std), "test_acc": 100 * history.final_acc,
             "train_loss": history.train_loss[-1], "seconds": history.seconds, "snipnb_version": __version__,
@@ -433,20 +466,26 @@ def pretrain(model: str, dataset: str, classes=None, epochs: int = 5, seed: int 
 
 
 def load_source(source: str, model: str = "resnet18", image_size: int | None = None, *, epochs: int = 5,
-                seed: int = 0, cache_dir=None, device=None, progress: bool = False) -> Backbone:
+                seed: int = 0, stem: str = "imagenet", cache_dir=None, device=None,
+                progress: bool = False) -> Backbone:
     """The pretrained backbone `source` names, with the head it was trained with.
 
-    `source` is 'imagenet' (torchvision's weights, `image_size` default 224) or a dataset the
-    project pretrains on itself, with classes if not all: 'mnist', 'mnist:0-4' (`image_size`
-    default 32, `epochs` and `seed` of the pretraining; cached, see `pretrain`).
+    `source` is 'imagenet' (torchvision's weights, `image_size` default 224, the ImageNet stem only)
+    or a dataset the project pretrains on itself, with classes if not all: 'mnist', 'mnist:0-4'
+    (`image_size` default 32, `epochs`, `seed` and `stem` of the pretraining; cached, see `pretrain`).
     """
+    _check_choice("stem", stem, STEMS)
     if source == "imagenet":
+        if stem != "imagenet":
+            raise ValueError(f"stem={stem!r} has no ImageNet weights: torchvision's ResNets have the ImageNet stem; "
+                             f"use stem='imagenet', or a source the project pretrains ('mnist', ...)")
         return imagenet(model, 224 if image_size is None else image_size)
     try:
         name, classes = parse_split(source)
     except ValueError as error:
         raise ValueError(f"source={source!r} is neither 'imagenet' nor a dataset to pretrain on: {error}") from None
     image_size = 32 if image_size is None else image_size
-    path = pretrain(model, name, classes, epochs, seed, image_size=image_size, cache_dir=cache_dir, device=device,
-                    progress=progress)
-    return load_checkpoint(path, **pretrain_settings(model, name, classes, epochs, seed, image_size=image_size))[0]
+    path = pretrain(model, name, classes, epochs, seed, image_size=image_size, stem=stem, cache_dir=cache_dir,
+                    device=device, progress=progress)
+    settings = pretrain_settings(model, name, classes, epochs, seed, image_size=image_size, stem=stem)
+    return load_checkpoint(path, **settings)[0]

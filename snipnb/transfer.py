@@ -2,13 +2,18 @@
 
 A run starts from a pretrained source (`snipnb.pretrained.load_source`), gives it a new head for
 the target's classes, trains only `train_blocks` on k images per class of the target (the nested
-subset `few_shot_indices` draws for the seed) and tests on the target's whole test split.
+subset `few_shot_indices` draws for the seed) and tests on the target's whole test split. With
+`val_per_class`, a fixed class-balanced validation set is held out of the target's training split
+first (the k-shot subsets are drawn from the rest): settings such as the learning rate are chosen
+on it (`lr_grid`, `select_lr`), and so can the checkpoint (`test_at_best_val`), never on the test split.
 
 Pruning happens once, before fine-tuning, on the weights that will be trained and on nothing else:
 SNIP (labeled, or label-free against the network's own predictions) is scored on the adaptation
 set itself; `magnitude` keeps the largest pretrained weights; `random` and `shuffled_snip` are the
 controls. `scratch` trains the same architecture from a random initialisation on the same subset,
-so that what pretraining buys is measured in the same run.
+so that what pretraining buys is measured in the same run. Every run that ranks by a SNIP saliency
+reports the share of the trained weights whose score is exactly 0 (`zero_score_fraction`): weights
+the adaptation set cannot move the loss through, among which SNIP's ranking is arbitrary.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 
+import pandas as pd
 import torch
 
 from . import data, pretrained
 from .experiment import METHODS as PRUNING_METHODS
-from .experiment import DATA_FREE_METHODS, make_masks
+from .experiment import DATA_FREE_METHODS, masks_for_method, method_scores, scoring
 from .loader import DeviceLoader
 from .pruning import apply_masks, scores
 from .train import default_device, fit
@@ -29,6 +36,7 @@ from .train import default_device, fit
 METHODS = (*PRUNING_METHODS, "scratch")
 TRAIN_BLOCKS = tuple(pretrained.TRAIN_BLOCKS)
 SALIENCY_BATCH = 256  # images per saliency batch; the gradients of all batches are summed
+VAL_SPLIT_SEED = 0  # draws the one validation set every run of a target shares
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +46,9 @@ class TransferRun:
     `source` is 'imagenet' or a dataset the project pretrains on, with its classes ('mnist:0-4');
     `target` a dataset and its classes ('mnist:5-9', 'uci_digits', 'cifar100'). `image_size` is
     the size the backbone runs at; a self-pretrained source was pretrained at that size for
-    `source_epochs` epochs from `source_seed`.
+    `source_epochs` epochs from `source_seed`, with `stem` ('imagenet': 7x7 stride 2 and a max-pool,
+    the only one ImageNet weights have; 'cifar': 3x3 stride 1, so that at 32 px the last stage
+    still sees a 4 x 4 map, see `snipnb.pretrained.build`).
     """
 
     source: str = "imagenet"
@@ -55,9 +65,11 @@ class TransferRun:
     weight_decay: float = 5e-4
     augment: bool = False
     image_size: int = 128
+    stem: str = "imagenet"  # the backbone's stem: "imagenet" or "cifar" (a self-pretrained source only)
     bn_stats: str = "source"  # BatchNorm in the trained blocks: the source's statistics, or each batch's
     eval_every: int = 1  # test every this many epochs (best_acc is the best of those tests)
     test_per_class: int | None = None  # test on a fixed sample of this many per class; None: the whole split
+    val_per_class: int | None = None  # hold out this many training images per class for validation; None: none
     scope: str = "global"  # rank weights over all trained layers, or per layer
     source_epochs: int = 5
     source_seed: int = 0
@@ -68,13 +80,17 @@ class TransferRun:
         _valid_split("target", self.target)
         checks = [("model", self.model, pretrained.ARCHITECTURES), ("method", self.method, METHODS),
                   ("train_blocks", self.train_blocks, TRAIN_BLOCKS), ("scope", self.scope, ("global", "layerwise")),
-                  ("bn_stats", self.bn_stats, pretrained.BN_STATS)]
+                  ("bn_stats", self.bn_stats, pretrained.BN_STATS), ("stem", self.stem, pretrained.STEMS)]
         for argument, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"{argument} must be one of {allowed}, got {value!r}")
-        pretrained.check_image_size(self.model, self.image_size)
+        if self.source == "imagenet" and self.stem != "imagenet":
+            raise ValueError(f"stem={self.stem!r} needs a source the project pretrains: ImageNet weights have "
+                             f"the imagenet stem")
+        pretrained.check_image_size(self.model, self.image_size, self.stem)
         counts = ["k", "epochs", "batch_size", "eval_every", "source_epochs"]
-        for argument in counts + (["test_per_class"] if self.test_per_class is not None else []):
+        counts += [name for name in ("test_per_class", "val_per_class") if getattr(self, name) is not None]
+        for argument in counts:
             value = getattr(self, argument)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{argument} must be a positive int, got {argument}={value!r}")
@@ -99,27 +115,55 @@ def _valid_split(argument: str, spec: str) -> None:
 
 def source_backbone(run: TransferRun) -> pretrained.Backbone:
     """A fresh copy of the pretrained source of `run`, head included."""
-    return copy.deepcopy(_source(run.source, run.model, run.image_size, run.source_epochs, run.source_seed))
+    return copy.deepcopy(_source(run.source, run.model, run.image_size, run.source_epochs, run.source_seed,
+                                 run.stem))
 
 
 @functools.lru_cache(maxsize=2)
-def _source(source: str, model: str, image_size: int, epochs: int, seed: int) -> pretrained.Backbone:
+def _source(source: str, model: str, image_size: int, epochs: int, seed: int, stem: str) -> pretrained.Backbone:
     # Read once per process: a sweep worker runs many configs from the same source.
-    return pretrained.load_source(source, model, image_size, epochs=epochs, seed=seed)
+    return pretrained.load_source(source, model, image_size, epochs=epochs, seed=seed, stem=stem)
 
 
-def target_data(run: TransferRun) -> tuple[data.ImageData, data.ImageData]:
-    """(k-shot training subset, test set) of the target, classes numbered 0..n-1, pixels in [0, 1].
+def target_splits(run: TransferRun) -> tuple[data.ImageData, data.ImageData | None, data.ImageData]:
+    """(k-shot training subset, validation set or None, test set) of the target, classes numbered
+    0..n-1, pixels in [0, 1].
 
-    The test set is the whole test split, or with `test_per_class` the same class-balanced sample of
-    it for every run (drawn with seed 0), so paired runs are always tested on the same images.
+    With `val_per_class`, the validation set is `val_per_class` images per class of the target's
+    training split, drawn once (seed `VAL_SPLIT_SEED`): the same for every seed, k and method, and
+    disjoint from every k-shot subset, which is drawn from the rest of the split. Without it the
+    k-shot subset is drawn from the whole split. The test set is the whole test split, or with
+    `test_per_class` the same class-balanced sample of it for every run (drawn with seed 0), so
+    paired runs are always tested on the same images.
     """
     train = pretrained.load_split(run.target, True)
     test = pretrained.load_split(run.target, False)
-    subset = train.subset(data.few_shot_indices(train.labels, run.k, run.seed))
+    held_out, pool = _validation_split(train, run.val_per_class)
+    subset = train.subset(pool[data.few_shot_indices(train.labels[pool], run.k, run.seed)])
+    val = None if held_out is None else pretrained.unit_range(train.subset(held_out))
     if run.test_per_class is not None:
         test = test.subset(_test_sample(test, run.test_per_class))
-    return pretrained.unit_range(subset), pretrained.unit_range(test)
+    return pretrained.unit_range(subset), val, pretrained.unit_range(test)
+
+
+def target_data(run: TransferRun) -> tuple[data.ImageData, data.ImageData]:
+    """(k-shot training subset, test set) of `target_splits`."""
+    subset, _, test = target_splits(run)
+    return subset, test
+
+
+def _validation_split(train: data.ImageData, per_class: int | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(validation indices or None, the indices the k-shot subsets are drawn from) of `train`."""
+    everything = torch.arange(len(train))
+    if per_class is None:
+        return None, everything
+    try:
+        held_out = data.few_shot_indices(train.labels, per_class, VAL_SPLIT_SEED)
+    except ValueError as error:
+        raise ValueError(f"val_per_class={per_class} is more than the training split holds: {error}") from None
+    rest = torch.ones(len(train), dtype=torch.bool)
+    rest[held_out] = False
+    return held_out, everything[rest]
 
 
 def _test_sample(test: data.ImageData, per_class: int):
@@ -136,12 +180,18 @@ def prepare(run: TransferRun, subset: data.ImageData, device=None):
     normalisation freshly initialised from `run.seed`), frozen but for `run.train_blocks`, pruned
     by `run.method` over its trainable weights, scored on `subset`. masks is None when unpruned.
     """
+    return _prepare(run, subset, device)[:3]
+
+
+def _prepare(run: TransferRun, subset: data.ImageData, device=None):
+    """`prepare`, and the scores the masks were chosen by (None for dense and scratch)."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     source = source_backbone(run)
     if run.method == "scratch":
         adapter = source.body.input
         model = pretrained.build(run.model, subset.num_classes, adapter.channels, adapter.image_size,
-                                 adapter.mean.flatten().tolist(), adapter.std.flatten().tolist(), seed=run.seed)
+                                 adapter.mean.flatten().tolist(), adapter.std.flatten().tolist(), seed=run.seed,
+                                 stem=run.stem)
     else:
         model = pretrained.new_head(source, subset.num_classes, run.seed)
     model.to(device)
@@ -150,11 +200,18 @@ def prepare(run: TransferRun, subset: data.ImageData, device=None):
     batches = None
     if method not in DATA_FREE_METHODS:
         batches = DeviceLoader(subset, SALIENCY_BATCH, device=device)
-    masks = make_masks(model, method, run.sparsity, batches, seed=run.seed, scope=run.scope,
-                       params=pretrained.trainable_weights(model))
+    weight_scores = method_scores(model, method, batches, run.seed, params=pretrained.trainable_weights(model))
+    masks = masks_for_method(weight_scores, method, run.sparsity, run.seed, run.scope)
     if masks is not None:
         apply_masks(model, masks)
-    return model, masks, trained
+    return model, masks, trained, weight_scores
+
+
+def zero_fraction(weight_scores: dict[str, torch.Tensor]) -> float:
+    """The share of the scored weights whose score is exactly 0. For SNIP these are weights the
+    scoring images cannot move the loss through: pruning any of them first is an arbitrary choice."""
+    zeros = sum(int((s == 0).sum()) for s in weight_scores.values())
+    return zeros / sum(s.numel() for s in weight_scores.values())
 
 
 def adaptation_saliency(run: TransferRun, subset: data.ImageData, device=None) -> dict[str, torch.Tensor]:
@@ -169,23 +226,34 @@ def adaptation_saliency(run: TransferRun, subset: data.ImageData, device=None) -
 def fine_tune(run: TransferRun, device=None):
     """Fine-tune and test one transfer run; return (results, trained model).
 
-    Results: `final_acc` and `best_acc`, test accuracies in percent; `density`, the fraction of the
-    trained conv and linear weights kept; `trained_weights`, how many parameters the optimiser
-    updates (pruned ones excluded); `collapsed`, the number of trained layers pruned away entirely.
+    Results: `final_acc` and `best_acc`, test accuracies in percent (`best_acc` is the best test
+    of training, so it is chosen on the test set); with `val_per_class`, `val_acc` and
+    `best_val_acc`, the validation accuracy after the last epoch and the best of its tests, and
+    `test_at_best_val`, the test accuracy at the epoch validation chose (all NaN without a
+    validation set); `density`, the fraction of the trained conv and linear weights kept;
+    `trained_weights`, how many parameters the optimiser updates (pruned ones excluded);
+    `collapsed`, the number of trained layers pruned away entirely; `zero_score_fraction`, for a
+    method that ranks by a SNIP saliency (`snip`, `snip_pseudo_labels`, `shuffled_snip`), the share
+    of the trained weights whose score was exactly 0 (`zero_fraction`), NaN for the other methods.
     """
     device = torch.device(device) if device is not None else default_device()
-    subset, test = target_data(run)
-    model, masks, _ = prepare(run, subset, device)
+    subset, val, test = target_splits(run)
+    model, masks, _, weight_scores = _prepare(run, subset, device)
     history = fit(model, subset, test, run.epochs, lr=run.lr, batch_size=run.batch_size,
                   weight_decay=run.weight_decay, augment=run.augment, device=device, eval_every=run.eval_every,
-                  seed=run.seed, progress=False)
+                  val=val, seed=run.seed, progress=False)
     masks = masks or {}
     pruned = sum(m.numel() - int(m.sum()) for m in masks.values())
     scored = sum(m.numel() for m in masks.values())
+    ranks_by_snip = run.method != "scratch" and (scoring(run.method) or "").startswith("snip")
     results = {"final_acc": 100 * history.final_acc, "best_acc": 100 * history.best_acc,
+               "val_acc": 100 * history.val_acc[-1] if history.val_acc else math.nan,
+               "best_val_acc": 100 * max(history.val_acc) if history.val_acc else math.nan,
+               "test_at_best_val": 100 * history.test_at_best_val,
                "density": 1 - pruned / scored if masks else 1.0,
                "trained_weights": sum(p.numel() for p in model.parameters() if p.requires_grad) - pruned,
-               "collapsed": sum(int(not m.any()) for m in masks.values())}
+               "collapsed": sum(int(not m.any()) for m in masks.values()),
+               "zero_score_fraction": zero_fraction(weight_scores) if ranks_by_snip else math.nan}
     return results, model
 
 
@@ -202,7 +270,8 @@ def grid(source: str, target: str, models, ks, sparsities, methods, train_blocks
     statistics, at `scratch_lr` if given). `settings` are the other `TransferRun` fields, shared by
     all runs.
 
-    Every k is checked against the target's smallest class here, before anything runs.
+    Every k is checked against the target's smallest class (less its validation images) here,
+    before anything runs.
     """
     unknown = [m for m in methods if m not in METHODS or m == "scratch"]
     if unknown:
@@ -211,8 +280,9 @@ def grid(source: str, target: str, models, ks, sparsities, methods, train_blocks
     if both:
         raise ValueError(f"reference_blocks repeats train_blocks {sorted(both)}: each setting is in one list")
     train = pretrained.load_split(target, True)
+    _, pool = _validation_split(train, settings.get("val_per_class"))
     for k in ks:
-        data.few_shot_indices(train.labels, k, 0)  # a ValueError naming k if a class is too small
+        data.few_shot_indices(train.labels[pool], k, 0)  # a ValueError naming k if a class is too small
     if settings.get("test_per_class") is not None:
         _test_sample(pretrained.load_split(target, False), settings["test_per_class"])
     runs = []
@@ -230,3 +300,34 @@ def grid(source: str, target: str, models, ks, sparsities, methods, train_blocks
                     runs.append(TransferRun(**{**common, **lr, "method": "scratch", "train_blocks": "all",
                                                "bn_stats": "batch"}))
     return runs
+
+
+def lr_grid(lrs, source: str, target: str, models, ks, train_blocks, seeds: int, **settings) -> list[TransferRun]:
+    """Dense fine-tuning of every `train_blocks`, (model, k, seed) at every learning rate in `lrs`:
+    the runs `select_lr` chooses the fine-tuning learning rate from. `settings` are `grid`'s, and
+    must hold `val_per_class`: the choice is made on a validation set, never on the test split."""
+    if not lrs or any(not lr > 0 for lr in lrs):
+        raise ValueError(f"lrs must be a non-empty list of learning rates > 0, got {lrs!r}")
+    if settings.get("val_per_class") is None:
+        raise ValueError("lr_grid needs val_per_class: the learning rate is chosen on validation images held out "
+                         "of the training split, never on the test split")
+    runs = grid(source, target, models, ks, [], [], train_blocks, seeds, scratch=False, **settings)
+    return [dataclasses.replace(run, lr=lr) for lr in sorted(set(lrs)) for run in runs]
+
+
+def select_lr(results: pd.DataFrame) -> tuple[float, pd.DataFrame]:
+    """(the learning rate with the highest mean validation accuracy after the last epoch, the table
+    it was read from) over the runs of `lr_grid` (`results`: one row per run, as `run_sweep` returns
+    them). The table holds the mean `val_acc` per learning rate and (model, trained blocks, k), and
+    over all of them (`all`). Only the validation accuracy is read; on a tie the smaller rate wins."""
+    view = results[["lr", "model", "train_blocks", "k", "seed", "val_acc"]]  # no test column is looked at
+    if view.val_acc.isna().any():
+        raise ValueError("select_lr needs runs with a validation set (val_per_class); some have no val_acc")
+    counts = view.groupby("lr").size()
+    if counts.nunique() != 1:
+        raise ValueError(f"select_lr compares learning rates over the same runs, but they have {counts.to_dict()} "
+                         f"runs each")
+    table = view.pivot_table(index="lr", columns=["model", "train_blocks", "k"], values="val_acc", aggfunc="mean")
+    table.columns = [f"{model} {blocks}, k = {k}" for model, blocks, k in table.columns]
+    table["all"] = view.groupby("lr").val_acc.mean()
+    return float(table["all"].idxmax()), table

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from snipnb import pretrained
+from snipnb import pretrained, snow
 from snipnb.data import ImageData
 from snipnb.train import fit
 
@@ -26,6 +26,14 @@ def checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("checkpoints")
     return pretrained.pretrain("resnet18", "synthetic", classes=[0, 1], epochs=1, seed=0, cache_dir=folder,
                                device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def cifar_checkpoint(tmp_path_factory):
+    """The same source with the CIFAR stem (3x3 stride 1, no max-pool)."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    return pretrained.pretrain("resnet18", "synthetic", classes=[0, 1], epochs=1, seed=0, stem="cifar",
+                               cache_dir=folder, device="cpu", progress=False)
 
 
 # --- ImageNet weights through torchvision's weights API --------------------------------------------
@@ -109,9 +117,11 @@ def tiny_images(n=16, classes=3, seed=0):
     return ImageData(images, torch.arange(n) % classes, classes, (0.0,), (1.0,), "tiny")
 
 
-@pytest.mark.parametrize("train_blocks", ["head", "last_block", "last_two_blocks"])
-def test_frozen_blocks_are_bit_identical_after_training_and_the_rest_learns(train_blocks):
-    net = pretrained.build("resnet18", 3, in_channels=1, image_size=32, seed=0)
+@pytest.mark.parametrize("train_blocks, stem", [("head", "imagenet"), ("last_block", "imagenet"),
+                                               ("last_two_blocks", "imagenet"), ("head", "cifar"),
+                                               ("last_block", "cifar")])
+def test_frozen_blocks_are_bit_identical_after_training_and_the_rest_learns(train_blocks, stem):
+    net = pretrained.build("resnet18", 3, in_channels=1, image_size=32, seed=0, stem=stem)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     trained = pretrained.freeze(net, train_blocks)
     assert trained == list(pretrained.BLOCKS[-pretrained.TRAIN_BLOCKS[train_blocks]:])
@@ -216,6 +226,92 @@ def test_a_pretraining_killed_while_saving_leaves_nothing_in_the_cache(tmp_path,
     assert list(tmp_path.iterdir()) == []
 
 
+# --- the CIFAR stem ---------------------------------------------------------------------------------
+
+def last_stage_map(net, size):
+    seen = {}
+    hook = net.body.layer4.register_forward_hook(lambda module, args, out: seen.update(shape=tuple(out.shape[-2:])))
+    with torch.no_grad():
+        net.eval()(torch.rand(1, 1, size, size))
+    hook.remove()
+    return seen["shape"]
+
+
+@pytest.mark.parametrize("stem, size", [("imagenet", 32), ("imagenet", 40), ("imagenet", 64), ("cifar", 8),
+                                        ("cifar", 28), ("cifar", 32)])
+def test_last_stage_size_is_the_map_the_last_stage_computes(stem, size):
+    net = pretrained.build("resnet18", 4, in_channels=1, image_size=size, seed=0, stem=stem)
+    side = pretrained.last_stage_size(size, stem)
+    assert last_stage_map(net, size) == (side, side)
+
+
+def test_the_cifar_stem_is_a_3x3_stride_1_conv_with_no_max_pool_and_the_same_named_weights():
+    cifar = pretrained.build("resnet18", 4, in_channels=1, image_size=32, seed=0, stem="cifar")
+    imagenet = pretrained.build("resnet18", 4, in_channels=1, image_size=32, seed=0)
+    conv = cifar.body.stem.conv1
+    assert (conv.kernel_size, conv.stride, conv.padding) == ((3, 3), (1, 1), (1, 1))
+    assert list(dict(cifar.body.stem.named_children())) == ["conv1", "bn1", "relu"]
+    assert "maxpool" in dict(imagenet.body.stem.named_children())
+    for block in pretrained.BLOCKS:
+        cifar.get_submodule(block)
+    # The two stems differ only in the stem's conv: every other weight has the same name and shape,
+    # so freezing, pruning and SNOW address them alike.
+    a, b = cifar.state_dict(), imagenet.state_dict()
+    assert list(a) == list(b)
+    assert [k for k in a if a[k].shape != b[k].shape] == ["body.stem.conv1.weight"]
+    # At 32 px the last stage keeps a 4 x 4 map, where the ImageNet stem leaves it one pixel.
+    assert last_stage_map(cifar, 32) == (4, 4) and last_stage_map(imagenet, 32) == (1, 1)
+    assert cifar.meta["stem"] == "cifar"
+
+
+def must_not_train(*args, **kwargs):
+    raise AssertionError("a cached checkpoint was trained again")
+
+
+def test_a_cifar_stem_source_is_cached_by_its_stem_and_a_checkpoint_of_the_other_stem_is_refused(
+        cifar_checkpoint, checkpoint, tmp_path, monkeypatch):
+    import snipnb.train
+
+    blob = torch.load(cifar_checkpoint, weights_only=True)
+    assert blob["meta"]["stem"] == "cifar" and torch.load(checkpoint, weights_only=True)["meta"]["stem"] == "imagenet"
+    net, _ = pretrained.load_checkpoint(cifar_checkpoint, stem="cifar", image_size=32)
+    assert net.body.stem.conv1.kernel_size == (3, 3) and not hasattr(net.body.stem, "maxpool")
+    for key, value in blob["state_dict"].items():
+        assert torch.equal(net.state_dict()[key], value), key
+    with pytest.raises(ValueError, match="stem is 'cifar' there, 'imagenet' was asked for"):
+        pretrained.load_checkpoint(cifar_checkpoint, stem="imagenet")
+    with pytest.raises(ValueError, match="stem is 'imagenet' there, 'cifar' was asked for"):
+        pretrained.load_checkpoint(checkpoint, stem="cifar")
+
+    monkeypatch.setattr(snipnb.train, "fit", must_not_train)
+    folder = cifar_checkpoint.parent
+    asked = dict(model="resnet18", dataset="synthetic", classes=[0, 1], epochs=1, seed=0, cache_dir=folder,
+                 progress=False)
+    assert pretrained.pretrain(**asked, stem="cifar") == cifar_checkpoint
+    loaded = pretrained.load_source("synthetic:0-1", "resnet18", 32, epochs=1, stem="cifar", cache_dir=folder)
+    assert torch.equal(loaded.body.stem.conv1.weight, blob["state_dict"]["body.stem.conv1.weight"])
+    with pytest.raises(AssertionError, match="trained again"):  # the other stem is another checkpoint
+        pretrained.pretrain(**asked, stem="imagenet")
+    # A CIFAR-stem file under the name the ImageNet-stem source is cached by is refused, naming the stem.
+    forged = tmp_path / "cache"
+    forged.mkdir()
+    (forged / checkpoint.name).write_bytes(cifar_checkpoint.read_bytes())
+    with pytest.raises(ValueError, match="stem is 'cifar' there, 'imagenet' was asked for"):
+        pretrained.pretrain(**{**asked, "cache_dir": forged}, stem="imagenet")
+
+
+def test_snow_splits_a_cifar_stem_source_at_its_taps(cifar_checkpoint):
+    source, _ = pretrained.load_checkpoint(cifar_checkpoint)
+    stages, layout = snow.split_source(source)
+    assert layout.stem == (3, 64, 3, 1, 1, None)  # in, out, kernel, stride, padding, no max-pool
+    x = torch.rand(2, 1, 32, 32)
+    _, features = stages(x)
+    assert [tuple(f.shape[1:]) for f in features] == [(64, 32, 32), (64, 32, 32), (128, 16, 16), (256, 8, 8),
+                                                     (512, 4, 4)]
+    model = snow.build_snow(pretrained.load_checkpoint(cifar_checkpoint)[0], 5, width_divisor=8, seed=0).eval()
+    assert model(x).shape == (2, 5)
+
+
 # --- data for sources and targets --------------------------------------------------------------------
 
 def test_splits_renumber_their_classes_in_order():
@@ -234,6 +330,10 @@ def test_splits_renumber_their_classes_in_order():
     (lambda: pretrained.build("vgg11", 10), "model must be one of"),
     (lambda: pretrained.build("resnet18", 10, image_size=16), "image_size must be an int >= 32 for resnet18"),
     (lambda: pretrained.build("resnet18", 10, in_channels=2), "in_channels must be 1 or 3"),
+    (lambda: pretrained.build("resnet18", 10, stem="tiny"), "stem must be one of"),
+    (lambda: pretrained.build("resnet18", 10, image_size=4, stem="cifar"),
+     "image_size must be an int >= 8 for resnet18 with the cifar stem"),
+    (lambda: pretrained.load_source("imagenet", stem="cifar"), "stem='cifar' has no ImageNet weights"),
     (lambda: pretrained.imagenet("resnet18", image_size=24), "image_size"),
     (lambda: pretrained.imagenet("resnet18", weights="IMAGENET22K"), "weights must be one of"),
     (lambda: pretrained.freeze(pretrained.build("resnet18", 2, image_size=32), "layer3"), "train_blocks must be"),

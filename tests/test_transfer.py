@@ -1,10 +1,16 @@
 """Tests for snipnb.transfer, on a ResNet-18 the tests pretrain on synthetic classes 0-4 and transfer to
 the synthetic classes 5-9. Nothing is downloaded and no real dataset is read."""
 
+import dataclasses
+import math
+
+import pandas as pd
 import pytest
 import torch
+from torch import nn
 
 from snipnb import pretrained, transfer
+from snipnb.train import History
 from snipnb.transfer import TransferRun
 
 
@@ -22,9 +28,10 @@ def tiny(**kw):
     return TransferRun(**{**base, **kw})
 
 
-@pytest.mark.parametrize("train_blocks", ["head", "last_block", "last_two_blocks"])
-def test_a_transfer_run_leaves_the_frozen_blocks_bit_identical(train_blocks):
-    run = tiny(method="snip", sparsity=0.5, train_blocks=train_blocks)
+@pytest.mark.parametrize("train_blocks, stem", [("head", "imagenet"), ("last_block", "imagenet"),
+                                               ("last_two_blocks", "imagenet"), ("last_block", "cifar")])
+def test_a_transfer_run_leaves_the_frozen_blocks_bit_identical(train_blocks, stem):
+    run = tiny(method="snip", sparsity=0.5, train_blocks=train_blocks, stem=stem)
     source = transfer.source_backbone(run).state_dict()
     _, model = transfer.fine_tune(run, device="cpu")
     trained = tuple(f"{block}." for block in pretrained.BLOCKS[-pretrained.TRAIN_BLOCKS[train_blocks]:])
@@ -87,8 +94,12 @@ def test_scratch_trains_the_same_architecture_from_a_random_start():
 
 def test_a_run_reports_accuracy_density_and_what_it_trained():
     results = transfer.run_transfer(tiny(method="magnitude", sparsity=0.5, train_blocks="head"), device="cpu")
-    assert set(results) == {"final_acc", "best_acc", "density", "trained_weights", "collapsed"}
+    assert set(results) == {"final_acc", "best_acc", "density", "trained_weights", "collapsed", "val_acc",
+                            "best_val_acc", "test_at_best_val", "zero_score_fraction"}
     assert 0 <= results["final_acc"] <= results["best_acc"] <= 100
+    # no validation set, no validation numbers; magnitude ranks by no SNIP saliency
+    assert all(math.isnan(results[k]) for k in ("val_acc", "best_val_acc", "test_at_best_val",
+                                                  "zero_score_fraction"))
     assert results["trained_weights"] == 512 * 5 // 2 + 5  # half the head's weights, and its bias
     assert results["collapsed"] == 0
 
@@ -146,6 +157,10 @@ def test_grid_pairs_every_method_with_dense_and_scratch_on_the_same_seeds():
     (dict(method="scratch", train_blocks="all"), "method='scratch' needs .* bn_stats='batch'"),
     (dict(bn_stats="running"), "bn_stats must be one of"),
     (dict(k=0), "k must be a positive int"),
+    (dict(stem="resnet"), "stem must be one of"),
+    (dict(source="imagenet", stem="cifar"), "stem='cifar' needs a source the project pretrains"),
+    (dict(stem="cifar", image_size=4), "image_size must be an int >= 8 for resnet18 with the cifar stem"),
+    (dict(val_per_class=0), "val_per_class must be a positive int"),
 ])
 def test_bad_runs_are_rejected_when_made(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -159,3 +174,134 @@ def test_a_k_larger_than_the_smallest_target_class_is_refused_before_anything_ru
     with pytest.raises(ValueError, match="scratch"):
         transfer.grid("synthetic:0-4", "synthetic:5-9", ["resnet18"], [1], [0.5], ["scratch"], ["head"], seeds=1,
                       image_size=32)
+
+
+# --- how many SNIP scores are exactly 0 ------------------------------------------------------------
+
+def linear_after_layer3(stem):
+    """A random source whose last two residual blocks have no ReLU, so no unit of the last stage or
+    of its input is dead: a SNIP score can then be 0 only where a kernel tap meets nothing but padding."""
+    net = pretrained.build("resnet18", 5, in_channels=3, image_size=32, seed=0, stem=stem)
+    for block in (net.body.layer3[1], *net.body.layer4):
+        block.relu = nn.Identity()
+    return net
+
+
+def test_the_zero_score_fraction_counts_the_weights_a_one_pixel_last_stage_cannot_reach(monkeypatch):
+    # ImageNet stem at 32 px: layer3 ends at 2 x 2 and layer4 at 1 x 1. layer4.0.conv1 (stride 2 on
+    # 2 x 2) reaches 4 of its 9 taps; the three 3x3 convs on the 1 x 1 map reach only the centre.
+    # The 1x1 shortcut conv and the head are reached everywhere.
+    monkeypatch.setattr(transfer, "source_backbone", lambda run: linear_after_layer3(run.stem))
+    run = tiny(method="snip", sparsity=0.5, train_blocks="last_block")
+    model = linear_after_layer3("imagenet")
+    pretrained.freeze(model, "last_block")
+    parameters = dict(model.named_parameters())
+    size = {name: parameters[name].numel() for name in pretrained.trainable_weights(model)}
+    assert sorted(size) == sorted(f"body.layer4.{n}.weight" for n in ("0.conv1", "0.conv2", "0.downsample.0",
+                                                                     "1.conv1", "1.conv2")) + ["head.weight"]
+    silent = 5 * size["body.layer4.0.conv1.weight"] // 9 + 8 * sum(
+        size[f"body.layer4.{name}.weight"] for name in ("0.conv2", "1.conv1", "1.conv2")) // 9
+    expected = silent / sum(size.values())
+    results = transfer.run_transfer(run, device="cpu")
+    assert results["zero_score_fraction"] == expected
+    shuffled = transfer.run_transfer(tiny(method="shuffled_snip", sparsity=0.5, train_blocks="last_block"),
+                                     device="cpu")
+    assert shuffled["zero_score_fraction"] == expected  # it ranks by the same saliency
+    # The CIFAR stem at 32 px leaves the last stage a 4 x 4 map: every tap meets an image pixel.
+    cifar = transfer.run_transfer(tiny(method="snip", sparsity=0.5, train_blocks="last_block", stem="cifar"),
+                                  device="cpu")
+    assert cifar["zero_score_fraction"] == 0
+
+
+def test_zero_fraction_of_the_run_is_that_of_the_saliency_snip_ranks():
+    run = tiny(method="snip", sparsity=0.5, train_blocks="last_block")
+    subset, _ = transfer.target_data(run)
+    saliency = transfer.adaptation_saliency(run, subset)
+    zeros = sum(int((s == 0).sum()) for s in saliency.values())
+    assert transfer.zero_fraction(saliency) == zeros / sum(s.numel() for s in saliency.values())
+    assert transfer.run_transfer(run, device="cpu")["zero_score_fraction"] == transfer.zero_fraction(saliency)
+    assert transfer.zero_fraction({"a": torch.tensor([0.0, 1.0, 0.0, 2.0]), "b": torch.zeros(4)}) == 6 / 8
+
+
+# --- validation: held out of the training split, never the test split --------------------------------
+
+def rows(images):
+    return [tuple(image.flatten().tolist()) for image in images.images]
+
+
+def test_the_validation_set_is_class_balanced_shared_by_every_run_and_disjoint_from_every_k_shot_subset():
+    train = pretrained.load_split("synthetic:5-9", True)
+    test = set(rows(pretrained.load_split("synthetic:5-9", False)))
+    everything = set(rows(train))
+    first = None
+    for seed in range(3):
+        for k in (1, 2, 5):
+            subset, val, _ = transfer.target_splits(tiny(k=k, seed=seed, val_per_class=20))
+            assert torch.bincount(val.labels).tolist() == [20] * 5
+            assert set(rows(val)) <= everything and not set(rows(val)) & test  # from the training split
+            assert not set(rows(val)) & set(rows(subset)), (seed, k)
+            assert torch.bincount(subset.labels).tolist() == [k] * 5
+            first = val if first is None else first
+            assert torch.equal(val.images, first.images)  # one validation set for every seed and k
+    # nested subsets still: the 1-shot set is inside the 2-shot set of the same seed
+    one, two = (transfer.target_data(tiny(k=k, val_per_class=20))[0] for k in (1, 2))
+    assert set(rows(one)) <= set(rows(two))
+    assert transfer.target_splits(tiny())[1] is None
+    with pytest.raises(ValueError, match="k=2"):  # 100 per class, 99 held out: one left for the k-shot subsets
+        transfer.grid("synthetic:0-4", "synthetic:5-9", ["resnet18"], [2], [0.5], ["snip"], ["head"], seeds=1,
+                      image_size=32, val_per_class=99)
+    with pytest.raises(ValueError, match="val_per_class=101"):
+        transfer.target_splits(tiny(val_per_class=101))
+
+
+def test_a_run_reports_the_test_accuracy_at_the_epoch_validation_chose(monkeypatch):
+    given = {}
+
+    def fake_fit(model, train, test, epochs, **kw):
+        given.update(train=train, test=test, val=kw["val"])
+        return History(test_acc=[0.5, 0.9, 0.6], val_acc=[0.7, 0.2, 0.8], test_epochs=[1, 2, 3])
+
+    monkeypatch.setattr(transfer, "fit", fake_fit)
+    results = transfer.run_transfer(tiny(val_per_class=10), device="cpu")
+    subset, val, test = transfer.target_splits(tiny(val_per_class=10))
+    assert torch.equal(given["val"].images, val.images) and torch.equal(given["test"].images, test.images)
+    assert results["best_acc"] == 90 and results["final_acc"] == 60  # the best test is chosen on test
+    assert results["test_at_best_val"] == 60 and results["val_acc"] == 80 and results["best_val_acc"] == 80
+
+
+def test_select_lr_reads_the_validation_accuracy_and_never_the_test_accuracy():
+    # Test says 0.1, validation says 0.01: validation wins.
+    results = pd.DataFrame(dict(lr=[0.01, 0.01, 0.1, 0.1], model="resnet18", train_blocks="last_block", k=[1, 5, 1, 5],
+                                seed=0, val_acc=[60.0, 80.0, 50.0, 70.0], final_acc=[10.0, 10.0, 90.0, 90.0],
+                                best_acc=[10.0, 10.0, 90.0, 90.0], test_at_best_val=[10.0, 10.0, 90.0, 90.0]))
+    lr, table = transfer.select_lr(results)
+    assert lr == 0.01 and table.loc[0.01, "all"] == 70 and table.loc[0.1, "resnet18 last_block, k = 5"] == 70
+    tied = results.assign(val_acc=[60.0, 80.0, 80.0, 60.0])
+    assert transfer.select_lr(tied)[0] == 0.01  # a tie goes to the smaller rate
+    with pytest.raises(ValueError, match="validation set"):
+        transfer.select_lr(results.assign(val_acc=math.nan))
+    with pytest.raises(ValueError, match="same runs"):
+        transfer.select_lr(results.iloc[:3])
+
+
+def test_the_learning_rate_search_is_blind_to_the_test_split(monkeypatch):
+    settings = dict(image_size=32, source_epochs=1, epochs=1, batch_size=8, val_per_class=10)
+    runs = transfer.lr_grid([0.5, 0.01], "synthetic:0-4", "synthetic:5-9", ["resnet18"], [2], ["head"], seeds=1,
+                            **settings)
+    assert sorted((r.lr, r.method, r.train_blocks) for r in runs) == [(0.01, "dense", "head"), (0.5, "dense", "head")]
+    honest = pd.DataFrame([{**vars(r), **transfer.run_transfer(r, device="cpu")} for r in runs])
+    # The same search with the test split's labels scrambled: the test accuracies move, the choice does not.
+    load_split = pretrained.load_split
+
+    def scrambled(spec, train):  # every test image gets the next class's label
+        split = load_split(spec, train)
+        return split if train else dataclasses.replace(split, labels=(split.labels + 1) % split.num_classes)
+
+    monkeypatch.setattr(pretrained, "load_split", scrambled)
+    blind = pd.DataFrame([{**vars(r), **transfer.run_transfer(r, device="cpu")} for r in runs])
+    assert not blind.final_acc.equals(honest.final_acc)
+    assert blind.val_acc.equals(honest.val_acc)
+    assert transfer.select_lr(blind)[0] == transfer.select_lr(honest)[0]
+    pd.testing.assert_frame_equal(transfer.select_lr(blind)[1], transfer.select_lr(honest)[1])
+    with pytest.raises(ValueError, match="needs val_per_class"):
+        transfer.lr_grid([0.1], "synthetic:0-4", "synthetic:5-9", ["resnet18"], [2], ["head"], seeds=1, image_size=32)
