@@ -49,8 +49,7 @@ def book(tmp_path, monkeypatch):
 
 
 def test_the_summary_table_and_forest_plot_carry_each_tested_contrast(book):
-    bundle = Findings(two_contrasts(), setting="MNIST, LeNet").
-        _repr_mimebundle_()
+    bundle = Findings(two_contrasts(), setting="MNIST, LeNet")._repr_mimebundle_()
     nbformat.write(chapter(bundle, f"**This run:** Code: {describe('cpu')}."), book / "experiments" / "a.ipynb")
     nbformat.write(chapter(None, "nothing"), book / "experiments" / "b.ipynb")
     assert findings.main([]) == 0
