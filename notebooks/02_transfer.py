@@ -145,7 +145,9 @@ from IPython.display import Markdown, display
 
 from snipnb import data, devices, plots, pretrained, provenance, stats, transfer
 from snipnb.cluster import cluster_executor
+from snipnb.contrasts import Contrast, check_contrasts, evaluate_contrasts
 from snipnb.notebook import check_parameters, pick
+from snipnb.report import Findings, table
 from snipnb.sweep import run_sweep
 from snipnb.train import default_device
 
@@ -187,6 +189,40 @@ ours = dict(source=source, target=target, models=models, ks=ks, seeds=seeds,
             train_blocks=[b for b in protocol["train_blocks"] if b in train_blocks])
 changed = [f"{key}: {ours[key]} for the write-up's {value}" for key, value in protocol.items() if ours[key] != value]
 display(Markdown("**Changed from the write-up's protocol:** " + ("; ".join(changed) if changed else "nothing") + "."))
+
+# %% [markdown]
+# ## Declared contrasts
+# Fixed before the results, from the write-up's hypotheses and the design's controls; this cell stops
+# the notebook before any run if the grid lacks one. Per model, at sparsity `focus_sparsity` with
+# `focus_blocks` fine-tuned, in final test accuracy (points), paired on seeds after averaging over
+# every $k$ within a seed (the $k$-shot subsets of one seed are nested, so they are not independent):
+# SNIP − dense fine-tuning of the same blocks (does pruning by SNIP help?), SNIP − random and
+# SNIP − shuffled SNIP (does SNIP's choice of weights matter, beyond pruning as much, and beyond its
+# per-layer budget?). They are tested together with Holm's correction and are this chapter's
+# findings; every other interval below is exploratory and uncorrected.
+
+# %% tags=["hide-input"]
+PRIMARY = []
+for model in models:
+    focus_cell = dict(model=model, train_blocks=focus_blocks)
+    if "snip" not in methods:
+        continue
+    PRIMARY.append(Contrast(f"{model}: SNIP − dense fine-tuning", "final_acc", {"method": "snip",
+                            "sparsity": focus_sparsity}, {"method": "dense"}, within=focus_cell,
+                            average_over=("k",)))
+    for control in ("random", "shuffled_snip"):
+        if control in methods:
+            PRIMARY.append(Contrast(f"{model}: SNIP − {control.replace('_', ' ')}", "final_acc",
+                                    {"method": "snip"}, {"method": control},
+                                    within={**focus_cell, "sparsity": focus_sparsity}, average_over=("k",)))
+if PRIMARY:
+    check_contrasts(PRIMARY, runs)
+    display(table(pd.DataFrame([{"contrast": c.name, "metric": "final test accuracy (points)"} for c in PRIMARY]),
+                  caption=f"{len(PRIMARY)} declared contrasts at sparsity {focus_sparsity:.0%}, fine-tuning "
+                          f"{focus_blocks}, paired on seeds, averaged over k = {ks}"))
+else:
+    display(Markdown("SNIP is not among this run's methods, so the chapter declares no contrast: every interval "
+                     "below is exploratory."))
 
 # %% [markdown]
 # ## The source
@@ -392,10 +428,15 @@ display(spread.round(2).unstack("method"))
 
 # %% [markdown]
 # ## Verdicts on the hypotheses
-# Computed from this run's paired differences in **final** accuracy, so a rerun with other
-# parameters never shows stale claims.
+# First the declared contrasts, tested as one family (Holm); then the write-up's hypotheses read from
+# this run's paired differences in **final** accuracy, exploratory and uncorrected. Both are computed
+# from this run, so a rerun with other parameters never shows stale claims.
 
 # %% tags=["hide-input", "findings"]
+if PRIMARY:
+    tested = evaluate_contrasts(results, PRIMARY)
+    display(Findings(tested, setting=f"{source} → {target}, {focus_blocks} at {focus_sparsity:.0%}",
+                     lead="**Declared contrasts** (final test accuracy, points; positive: SNIP higher):"))
 final = paired["final_acc"]
 focus = final[(final.train_blocks == focus_blocks) & (final.sparsity == focus_sparsity)]
 low_k, high_k = min(ks), max(ks)
@@ -451,7 +492,7 @@ for control in ("snip_pseudo_labels", "magnitude", "random", "shuffled_snip"):
                                          pair_on=["seed"], group=["model", "k"])
         lines.append(f"- `{control}` at {focus_sparsity} on `{focus_blocks}`, over (model, k) cells: against dense "
                      f"{count(rows)}; SNIP against it {count(versus)}.")
-display(Markdown("\n".join(lines)))
+display(Markdown("**Exploratory readings of the write-up's hypotheses** (uncorrected):\n\n" + "\n".join(lines)))
 
 # %% [markdown]
 # **Where it breaks.** The lowest sparsity at which a method's final accuracy at k = `focus_k` is

@@ -120,7 +120,10 @@ from IPython.display import Markdown, display
 
 from snipnb import devices, metarun, provenance, published, stats
 from snipnb.cluster import cluster_executor
+from snipnb.contrasts import Contrast, check_contrasts, evaluate_contrasts
 from snipnb.notebook import check_parameters
+from snipnb.report import Findings
+from snipnb.report import table as styled
 from snipnb.sweep import run_sweep
 from snipnb.train import default_device
 
@@ -149,6 +152,29 @@ display(Markdown(
     f"every {eval_every} iterations; test on {test_episodes} episodes. Code: {provenance.describe(device)}."))
 
 # %% [markdown]
+# ## Declared contrasts
+# Fixed before the results; this cell stops the notebook before any run if the grid lacks one. In
+# test accuracy (points), paired on seeds (same initialisation, same episodes): each masked method
+# against MAML (does restricting where the inner loop learns help?), and SNIP-MAML against its random
+# control of the same per-layer density (does SNIP's choice of weights matter?). Tested together with
+# Holm's correction; every other interval below is exploratory and uncorrected.
+
+# %% tags=["hide-input"]
+NAMES = {"sparse_maml": "Sparse-MAML", "sparse_relu_maml": "sparse-ReLU-MAML", "snip_maml": "SNIP-MAML",
+         "random_mask_maml": "random-mask MAML", "maml": "MAML"}
+PRIMARY = [Contrast(f"{NAMES[m]} − MAML", "test_acc", {"method": m}, {"method": "maml"})
+           for m in ("sparse_maml", "sparse_relu_maml", "snip_maml") if m in methods and "maml" in methods]
+if {"snip_maml", "random_mask_maml"} <= set(methods):
+    PRIMARY.append(Contrast("SNIP-MAML − random-mask MAML", "test_acc", {"method": "snip_maml"},
+                            {"method": "random_mask_maml"}))
+if PRIMARY:
+    check_contrasts(PRIMARY, runs)
+    display(styled(pd.DataFrame({"contrast": [c.name for c in PRIMARY]}),
+                   caption=f"{len(PRIMARY)} declared contrasts in test accuracy (points), paired on seeds"))
+else:
+    display(Markdown("This run's methods give no declared contrast: every interval below is exploratory."))
+
+# %% [markdown]
 # ## Run
 
 # %% tags=["hide-input"]
@@ -169,7 +195,8 @@ per_seed = results.sort_values("seed").groupby("method", sort=False).apply(
     lambda d: ", ".join(f"{a:.1f} ± {c:.1f}" for a, c in zip(d.test_acc, d.test_ci95)), include_groups=False)
 table = pd.DataFrame({"test acc, mean ± std over seeds": summary["mean ± std"],
                       "per seed (± 95% CI over episodes)": per_seed,
-                      "best it.": results.groupby("method").best_iteration.apply(lambda s: list(s.astype(int)))})
+                      "best it.": results.sort_values("seed").groupby("method").best_iteration.apply(
+                          lambda s: ", ".join(str(int(i)) for i in s))})
 display(table.loc[[m for m in methods if m in table.index]])
 
 # %% [markdown]
@@ -268,6 +295,11 @@ if len(sparse_rows):
 # Computed from this run's numbers, so a rerun with other parameters never shows stale claims.
 
 # %% tags=["hide-input", "findings"]
+if PRIMARY:
+    display(Findings(evaluate_contrasts(results, PRIMARY), setting=f"{dataset}, {model}, {n_way}-way {k_shot}-shot",
+                     lead="**Declared contrasts** (test accuracy, points; positive: the first method higher):"))
+
+
 def verdict(method):
     row = paired[paired.method == method]
     if not len(row):
@@ -283,7 +315,7 @@ def verdict(method):
     return f"`{method}` vs MAML: {span}; a difference is not detected at this power."
 
 
-lines = [f"- {verdict(m)}" for m in methods if m != "maml"]
+lines = ["**Exploratory** (uncorrected):", ""] + [f"- {verdict(m)}" for m in methods if m != "maml"]
 if {"snip_maml", "random_mask_maml"} <= set(methods):
     snip_vs_random = stats.paired_difference(results[results.method.isin(["snip_maml", "random_mask_maml"])],
                                              "test_acc", baseline={"method": "random_mask_maml"},
