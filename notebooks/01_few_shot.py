@@ -91,9 +91,10 @@ from IPython.display import Markdown, display
 
 from snipnb import checks, data, devices, fewshot, plots, provenance, stats
 from snipnb.cluster import cluster_executor
+from snipnb.contrasts import Contrast, check_contrasts, evaluate_contrasts
 from snipnb.notebook import check_parameters, pick
-from snipnb.report import table
-from snipnb.sweep import run_sweep
+from snipnb.report import Findings, table
+from snipnb.sweep import config_id, run_sweep
 from snipnb.train import default_device
 
 check_parameters()
@@ -124,6 +125,52 @@ display(Markdown(
     f"Code: {provenance.describe(device)}."))
 
 # %% [markdown]
+# ## Declared contrasts
+# The comparisons this chapter tests, fixed before its results were computed, from the write-up's
+# hypotheses and the design's controls; this cell stops the notebook before any run if the grid lacks one.
+# After the runs they are tested together (Holm: the chance of any false claim among them is held at 5%),
+# and they alone are the chapter's findings. Everything else below is exploratory and uncorrected.
+#
+# Per model, in **final** test accuracy (points), paired on seeds. The seed is the unit: it fixes the
+# initialisation and the few-shot subsets, which are nested (the 1-shot set is inside the 5-shot set), so
+# a seed's differences over $k \le 10$ are averaged into one number before seeds are compared; pooling
+# (seed, k) pairs as if independent would overstate the evidence.
+# - At the focus sparsity: SNIP − dense (H1); SNIP − shuffled SNIP and SNIP − random (does *which*
+#   weights SNIP keeps matter, beyond how many per layer?); label-free and cross-domain SNIP − labeled
+#   SNIP (H3).
+# - At the highest sparsity: cross-domain SNIP − dense (H4).
+#
+# H2 (the gain shrinks as $k$ grows) is a trend over $k$, not a paired difference: it is read below,
+# exploratory.
+
+# %% tags=["hide-input"]
+few_ks = [k for k in ks if k <= 10] or list(ks)  # H1's few-shot regime (k ≤ 10); all of ks if it has none
+# (variant, baseline, sparsity, what the name says), kept where the grid has both methods
+pairs = [("snip", "dense", focus_sparsity, "SNIP − dense (H1)"),
+         ("snip", "shuffled_snip", focus_sparsity, "SNIP − shuffled SNIP"),
+         ("snip", "random", focus_sparsity, "SNIP − random"),
+         ("snip_pseudo_labels", "snip", focus_sparsity, "label-free SNIP − labeled SNIP (H3)"),
+         ("snip_cross_domain", "snip", focus_sparsity, "cross-domain SNIP − labeled SNIP (H3)"),
+         ("snip_cross_domain", "dense", max(sparsities), "cross-domain SNIP − dense (H4)")]
+pairs = [p for p in pairs if {p[0], p[1]} <= {"dense", *methods}]
+over = "k = " + ", ".join(map(str, few_ks))
+PRIMARY = [Contrast(f"{model}, sparsity {sp:g}, mean over {over}: {label}", "final_acc",
+                    {"method": variant, "sparsity": sp},
+                    {"method": "dense"} if baseline == "dense" else {"method": baseline, "sparsity": sp},
+                    within={"model": model}, average_over=("k",))
+           for model in models for variant, baseline, sp, label in pairs] if seeds >= 2 else []
+declared_runs = [r for r in runs if r.k in few_ks]
+if PRIMARY:
+    check_contrasts(PRIMARY, declared_runs)
+    display(table(pd.DataFrame({"contrast": [c.name for c in PRIMARY]}),
+                  caption=f"{len(PRIMARY)} declared contrasts in final test accuracy (points; positive: the first "
+                          f"is more accurate), paired on seeds"))
+else:
+    display(Markdown("**No contrast is tested in this run**: " + ("a paired test needs at least 2 seeds, and "
+                     f"seeds = {seeds}." if seeds < 2 else f"methods = {methods} has none of the pairs above.")
+                     + " Everything below is exploratory."))
+
+# %% [markdown]
 # ## Run
 
 # %% tags=["hide-input"]
@@ -137,6 +184,25 @@ hours = results.seconds.sum() / 3600
 display(Markdown(f"{len(results) + len(bn_results)} runs have results, {hours:.2f} device-hours of training "
                  f"and testing in all (a stack's time is divided among its runs). Code of the records: "
                  f"{', '.join(sorted(set(results.code)))}."))
+
+# %% [markdown]
+# ## Answer
+# The declared contrasts, tested together: Holm's adjustment holds the chance of any false claim among them
+# at 5%. These are the chapter's findings; "not detected at this power" is not evidence of no difference.
+# Every table and verdict after this one is exploratory.
+
+# %% tags=["hide-input", "findings"]
+needed = {config_id(r) for r in declared_runs}
+if PRIMARY and needed <= set(results.id):
+    tested = evaluate_contrasts(results[results.id.isin(needed)], PRIMARY)
+    display(Findings(tested, setting=f"{dataset}, {', '.join(models)}: final test accuracy (%)", title="Answer",
+                     lead=f"{len(tested)} declared contrasts in final test accuracy on `{dataset}` (points; positive: "
+                          f"the first is more accurate), {seeds} seeds, each seed's differences averaged over {over}:"))
+elif PRIMARY:
+    display(Markdown(f"**No findings yet**: {len(needed - set(results.id))} of the {len(needed)} runs the declared "
+                     f"contrasts need have no results (shard {shard}); rerun without `shard` once all have."))
+else:
+    display(Markdown("**No declared contrast in this run** (see above): nothing below is a tested finding."))
 
 # %% [markdown]
 # ## Accuracy by k
@@ -180,8 +246,9 @@ fig.tight_layout()
 
 # %% [markdown]
 # ## Paired differences from dense
-# Method minus dense on the same seeds, in accuracy points, with a 95% t interval. An interval that
-# excludes 0 is a difference the seeds agree on; one that spans 0 is "not detected at this power".
+# Method minus dense on the same seeds, in accuracy points, with a 95% t interval. Exploratory: one
+# interval per cell, none corrected for the others; an interval that spans 0 is "not detected at this
+# power", not evidence of no difference.
 
 # %% tags=["hide-input"]
 paired = {metric: stats.paired_difference(results, metric, baseline={"method": "dense"},
@@ -235,15 +302,16 @@ overlaps = [mask_overlap(*(fewshot.masks_for(fewshot.FewShotRun(model=models[0],
 bn_line = (f"Jaccard overlap of the kept weights, {bn_mode} vs {other_bn} BatchNorm: "
            f"{pd.Series(overlaps).mean():.2f} (seeds: {', '.join(f'{o:.2f}' for o in overlaps)}). ")
 if len(bn_paired):
-    bn_line += f"Final accuracy, {other_bn} − {bn_mode}: {stats.verdict(bn_paired.iloc[0])}."
+    bn_line += f"Final accuracy, {other_bn} − {bn_mode}: {stats.verdict(bn_paired.iloc[0], exploratory=True)}."
 display(Markdown(bn_line))
 
 # %% [markdown]
-# ## Verdicts on the hypotheses
-# Computed from this run's paired differences in **final** accuracy, so a rerun with other parameters
-# never shows stale claims.
+# ## Per-cell verdicts (exploratory)
+# The hypotheses read cell by cell, in **final** accuracy: each (model, k) cell's 95% interval, none
+# corrected for the others, and the cells are not independent (a seed's nested few-shot sets). They show
+# where the tested contrasts above come from; they are not findings.
 
-# %% tags=["hide-input", "findings"]
+# %% tags=["hide-input"]
 final = paired["final_acc"]
 focus = final[final.sparsity == focus_sparsity]
 
@@ -271,13 +339,6 @@ for model in models:
                      ", ".join(f"{d:+.1f} (k={k})" for k, d in zip(snip.k, snip["diff"])) +
                      f"; {sign}. Rank correlation of their size with k: {trend:+.2f}, so the effect "
                      f"{'shrinks' if trend < 0 else 'does not shrink'} as k grows.")
-variants = [m for m in ("snip_pseudo_labels", "snip_cross_domain") if m in methods]
-if "snip" in methods and variants:
-    h3 = stats.paired_difference(results[results.sparsity.isin([focus_sparsity])], "final_acc",
-                                 baseline={"method": "snip"}, variant=["method"], pair_on=["seed", "model", "k"])
-    for _, row in h3[h3.method.isin(variants)].iterrows():
-        lines.append(f"- **H3** {row.method} − labeled SNIP, paired on (seed, model, k): "
-                     f"{stats.verdict(row, pairs='pairs')}.")
 top = max(sparsities)
 cross = final[(final.method == "snip_cross_domain") & (final.sparsity == top)]
 if len(cross):
@@ -286,14 +347,15 @@ for control in ("random", "shuffled_snip"):
     rows = focus[focus.method == control]
     if len(rows):
         lines.append(f"- Control `{control}` at {focus_sparsity} vs dense: {count(rows)}.")
-display(Markdown("\n".join(lines)))
+lines.append("- **H3** is tested only as declared contrasts (in the answer above), one difference per seed.")
+display(Markdown("Exploratory, per cell, uncorrected:\n\n" + "\n".join(lines)))
 
 # %% [markdown]
 # ## Discussion
-# The verdicts above are the chapter's findings; they are computed, not written, so they hold for
-# whatever grid was run. Read them against the controls: a SNIP variant that does no better than
-# `random` or `shuffled_snip` at the same sparsity has not shown that *which* weights it keeps
-# matters.
+# The answer at the top is the chapter's findings: the declared contrasts, tested as one family, computed
+# rather than written, so they hold for whatever grid was run; the per-cell verdicts are exploratory.
+# Read them against the controls: a SNIP variant that does no better than `random` or `shuffled_snip`
+# at the same sparsity has not shown that *which* weights it keeps matters.
 #
 # ## Limits
 

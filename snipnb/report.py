@@ -31,15 +31,19 @@ class Findings:
     """A chapter's tested contrasts (`contrasts.evaluate_contrasts`) as shown in its findings cell: one
     sentence each in Markdown, and the rows themselves under `FINDINGS_MIME`, which the book's summary
     reads. `setting` says in a few words what was compared (the chapter's data and model), `unit` the
-    metric's unit."""
+    metric's unit. `title` (e.g. "Answer") shows it as a box headed by that word: a Markdown block quote,
+    which renders the same in a chapter's output and in the book's summary page."""
 
-    def __init__(self, tested: pd.DataFrame, setting: str, unit: str = "points", lead: str = ""):
+    def __init__(self, tested: pd.DataFrame, setting: str, unit: str = "points", lead: str = "", title: str = ""):
         from .contrasts import describe_contrast
 
         self.rows = [{k: _plain(row.get(k)) for k in FINDINGS_FIELDS} for _, row in tested.iterrows()]
         self.setting, self.unit = setting, unit
         sentences = [f"- {describe_contrast(row, unit=unit)}." for _, row in tested.iterrows()]
-        self.markdown = "\n".join(([lead, ""] if lead else []) + sentences)
+        if title:
+            lead = f"**{title}.** {lead}".strip()
+        lines = ([lead, ""] if lead else []) + sentences
+        self.markdown = "\n".join(f"> {line}" if line else ">" for line in lines) if title else "\n".join(lines)
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         return {"text/markdown": self.markdown,

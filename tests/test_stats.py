@@ -316,3 +316,17 @@ def test_a_chapters_findings_carry_the_tested_numbers_beside_their_sentences():
     row = data["contrasts"][0]
     assert data["setting"] == "MNIST, simple_convnet" and row["n"] == 4 and row["decision"] == "higher"
     assert row["diff"] == pytest.approx(2.125) and row["published"] is None and row["family"] == 1
+
+
+def test_findings_with_a_title_are_one_block_quote_headed_by_it():
+    from snipnb.contrasts import Contrast, evaluate_contrasts
+    from snipnb.report import Findings
+
+    rows = [dict(seed=s, method=m, acc=a) for s, (d, v) in enumerate([(50, 52), (51, 52.5), (49, 51)])
+            for m, a in (("dense", d), ("snip", v))]
+    tested = evaluate_contrasts(pd.DataFrame(rows), [Contrast("SNIP − dense", "acc", {"method": "snip"},
+                                                              {"method": "dense"})])
+    lines = Findings(tested, "MNIST", lead="One contrast:", title="Answer").markdown.split("\n")
+    assert lines[0] == "> **Answer.** One contrast:" and lines[1] == ">"
+    assert lines[2].startswith("> - SNIP − dense: +1.83 points") and len(lines) == 3
+    assert Findings(tested, "MNIST").markdown.startswith("- SNIP − dense")  # no title: the plain list
