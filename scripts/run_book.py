@@ -115,8 +115,9 @@ SNOW_QUICK = dict(ks=[10], focus_k=10, seeds=2, epochs=4, eval_every=2, source_e
 CHAPTERS = [
     Chapter("00_snip_mnist", "00_snip_mnist", "SNIP on MNIST: does the paper's Table 1 reproduce?",
             dict(workers=2, stack=6), cost=Cost(40, CPU),
-            quick=dict(seeds=2, seeds_lenet5=2, ablation_seeds=2, epochs=1, long_epochs=2, epochs_lenet5=1,
-                       speed_iterations=20, workers=1), quick_cost=Cost(None, QUICK_CPU)),
+            quick=dict(sparsities=[0.98], sparsities_lenet5=[0.99], seeds=2, seeds_lenet5=2, ablation_seeds=2,
+                       epochs=1, long_epochs=2, epochs_lenet5=1, speed_iterations=10, workers=1),
+            quick_cost=Cost(None, QUICK_CPU)),
     # MNIST is the real data the project's own machines have: a grid sized for a CPU.
     Chapter("01_few_shot_mnist", "01_few_shot", "Experiment 1 on MNIST: does SNIP help few-shot learning from scratch?",
             dict(dataset="mnist", models=["simple_convnet"], sparsities=[0.9, 0.95], seeds=5, eval_every=10),
