@@ -575,7 +575,8 @@ def list_chapters(chapters: list[Chapter]) -> None:
     quick = [c.quick_cost.minutes for c in default if c.quick_cost is not None and c.quick_cost.minutes is not None]
     devices = sorted({c.cost.device for c in default})
     print(f"\n{len(default)} default chapters: ≈ {duration(total)} one after the other ({'; '.join(devices)})"
-          + (f"; --quick ≈ {duration(sum(quick))}" if quick else ""))
+          + (f"; --quick ≈ {duration(sum(quick))}" if quick else "")
+          + (f" for the {len(quick)} of {len(default)} measured" if quick and len(quick) < len(default) else ""))
     print("\nParameters each chapter sets (beside its notebook's defaults; --quick sets its own over them):")
     for c in chapters:
         print(f"  {c.name}: {c.parameters}" + (f"\n  {'':{len(c.name)}}  --quick: {c.quick}" if c.quick else ""))

@@ -188,7 +188,9 @@ def test_every_default_chapter_has_quick_parameters_its_notebook_takes():
         assert run_book.problems(chapter, chapter.parameters) == []
         if not chapter.on_demand:
             quick = {**chapter.parameters, **chapter.quick, "results_dir": "/tmp/quick"}
-            assert run_book.problems(chapter, quick) == [] and chapter.quick_cost.minutes > 0
+            assert run_book.problems(chapter, quick) == []
+            # A quick budget's cost is measured or says it is not: --list shows it either way.
+            assert chapter.quick_cost is not None and (chapter.quick_cost.minutes or 1) > 0
 
 
 # --- run tables: published with each chapter, and a chapter re-rendered from its table alone -------
