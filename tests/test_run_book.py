@@ -376,3 +376,44 @@ def test_a_real_chapter_re_renders_from_its_table_number_for_number(tmp_path, mo
     assert run_book.main(["--only", chapter.name, "--out", str(second), "--from-tables", str(first)]) == 0
     shown = texts(first / f"{chapter.name}.ipynb")
     assert "±" in shown and texts(second / f"{chapter.name}.ipynb") == shown
+
+
+# --- the docs' example commands run offline as written ---------------------------------------------
+
+ONLINE_DATA = {"cifar10", "cifar100", "imagenet"}  # what torchvision downloads; MNIST and UCI are offline
+
+
+def example_commands(path):
+    """Each `papermill notebooks/X.ipynb ...` line of a doc: the notebook and its -p/-y parameters.
+    The cluster examples are left out: they are for a cluster, with its data."""
+    import shlex
+
+    import yaml
+
+    for line in path.read_text().splitlines():
+        if not line.startswith("papermill notebooks/") or "cluster" in line:
+            continue
+        words = shlex.split(line.split("  #")[0])
+        notebook, parameters, i = pathlib.Path(words[1]).stem, {}, 3
+        while i < len(words):
+            if words[i] == "-p":
+                parameters[words[i + 1]] = yaml.safe_load(words[i + 2])
+                i += 3
+            elif words[i] == "-y":
+                parameters.update(yaml.safe_load(words[i + 1]))
+                i += 2
+            else:
+                i += 1
+        yield line, notebook, parameters
+
+
+@pytest.mark.parametrize("doc", ["README.md", "book/intro.md"])
+def test_the_docs_example_commands_take_declared_parameters_and_offline_data(doc):
+    commands = list(example_commands(ROOT / doc))
+    assert commands
+    for line, notebook, parameters in commands:
+        chapter = run_book.Chapter(notebook, notebook, notebook)
+        assert run_book.problems(chapter, parameters) == [], line
+        settings = {**run_book.declared(run_book.notebook_of(chapter)), **parameters}
+        wanted = {settings.get(name) for name in ("dataset", "source", "target")}
+        assert not wanted & ONLINE_DATA, f"{doc}: {line} needs {wanted & ONLINE_DATA}, which is not offline"
