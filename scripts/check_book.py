@@ -5,6 +5,8 @@
 - Headings never show an unfilled variable (a `name` in code font, as "k = `focus_k`" did).
 - Every chapter that was not executed says so in a banner, and every executed one has outputs.
 - An executed chapter whose notebook's code has changed since says so in a banner (run_book adds it).
+- An executed chapter that names its run table links it, and the table is there, with the runs and
+  the code the page was made from (`scripts/run_book.py --from-tables` re-renders the page from it).
 
     python scripts/check_book.py [book/_build/html]
 """
@@ -71,11 +73,32 @@ def chapter_problems(site: pathlib.Path) -> list[str]:
     return found
 
 
+def table_problems(pages: pathlib.Path, site: pathlib.Path | None = None) -> list[str]:
+    """An executed page's run table: there, the page's own (the runs, code and text the page names),
+    and, in the built site, a download link to it."""
+    found = []
+    for notebook in sorted(pages.glob("*.ipynb")):
+        meta = nbformat.read(notebook, as_version=4).metadata.get("snipnb", {}).get("runs")
+        if not meta:
+            continue
+        table = (notebook.parent / meta["table"]).resolve()
+        if not table.exists():
+            found.append(f"{notebook.name}: names the run table {meta['table']}, which is missing")
+            continue
+        if run_book.runs.summary(run_book.runs.read_text(table)) != {k: meta[k] for k in ("runs", "codes", "sha256")}:
+            found.append(f"{notebook.name}: its run table {meta['table']} is not the one the page was made from")
+        page = site / "experiments" / f"{notebook.stem}.html" if site is not None else None
+        if page is not None and page.exists() and table.name not in page.read_text(encoding="utf-8"):
+            found.append(f"{page.name}: no link to its run table {table.name}")
+    return found
+
+
 def main(argv: list[str]) -> int:
     site = pathlib.Path(argv[0]) if argv else ROOT / "book" / "_build" / "html"
     found = [f"{page.relative_to(site)}: {p}" for page in sorted(site.rglob("*.html"))
              if not page.name.startswith(("genindex", "search")) for p in problems_of_page(page, site)]
     found += chapter_problems(site)
+    found += table_problems(ROOT / "book" / "experiments", site)
     for problem in found:
         print(problem)
     print(f"{len(found)} problems in the built book" if found else "the built book reads clean")

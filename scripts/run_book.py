@@ -1,39 +1,88 @@
-"""Execute the report's chapters with papermill, then build the book.
+"""Execute the report's chapters with papermill, publish the runs behind each, then build the book.
 
     python scripts/run_book.py --list                       # the chapters, their parameters and cost
     python scripts/run_book.py                              # every chapter this machine can run
     python scripts/run_book.py --only 01_few_shot_mnist     # one chapter, by exact name
-    python scripts/run_book.py --only '0[34]_'              # or by a pattern anchored at the start
+    python scripts/run_book.py --only '0[34]_' --only '*snow*'   # or by glob patterns, matched at the start
     python scripts/run_book.py --only 01_few_shot_mnist -p seeds 2 --out /tmp/try   # try a setting
     python scripts/run_book.py -P 00_snip_mnist epochs 40   # a parameter for one chapter only
+    python scripts/run_book.py --quick                      # every default chapter, real data, tiny budget
+    python scripts/run_book.py --from-tables                # re-render the chapters from their run tables
 
-`-p NAME VALUE` goes to every selected chapter that declares NAME (others are told and skip it);
-`-P CHAPTER NAME VALUE` to one chapter. Values are YAML, as papermill's `-y`.
+`-p NAME VALUE` goes to every selected chapter that declares NAME (a name no selected chapter declares
+stops everything before any run); `-P CHAPTER NAME VALUE` to one chapter. Values are YAML, as
+papermill's `-y`, and must have the type of the notebook's default. Every such mistake is one line and
+a non-zero exit before anything runs; a chapter that fails makes the exit non-zero too.
+
 Chapters that need data this project cannot download here (CIFAR-100, ImageNet weights) run only
-when asked (`--only`, or `--all`) or on a machine with a GPU. A chapter that fails goes into the book
-unexecuted, under a banner that says so and how to run it. `--out DIR` writes the executed notebooks
-there instead of book/experiments/, and then the book is not rebuilt, so trying a setting never
-touches the committed report.
+when named exactly (or with `--all`), or on a machine with a GPU. A chapter that fails goes into the
+book unexecuted, under a banner that says so and how to run it.
+
+Each executed chapter's runs are published beside it as one table, `book/data/<chapter>.csv.gz`
+(`snipnb.runs`): the sweep records the notebook used, which `$SNIPNB_MANIFEST` makes `run_sweep`
+name. `--from-tables` rebuilds those records from the tables into a temporary results folder and
+executes the chapters on them with `reuse="any"`, so a clean clone re-renders the book number for
+number and trains nothing (`$SNIPNB_REPLAY` makes a run without a record an error).
+
+`--out DIR` writes the executed notebooks (and their tables, in DIR/data) there instead, and makes
+a small book of them in DIR, so trying a setting never touches the committed report. `--quick` runs
+each default chapter at the tiny budget `Chapter.quick` gives it, on the real data, into runs/quick.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
+import fnmatch
 import os
 import pathlib
 import re
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 
 import nbformat
 import papermill
 import yaml
+from tqdm import tqdm
+from traitlets.config import Config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-BOOK_CHAPTERS = ROOT / "book" / "experiments"
+sys.path.insert(0, str(ROOT))
+from snipnb import runs  # noqa: E402
+from snipnb.notebook import assigned, unknown_parameters  # noqa: E402
+from snipnb.sweep import MANIFEST_ENV, REPLAY_ENV  # noqa: E402
+
+BOOK = ROOT / "book"
+BOOK_CHAPTERS = BOOK / "experiments"
+BOOK_TABLES = BOOK / "data"
+NOTEBOOKS = ROOT / "notebooks"
+QUICK_OUT = ROOT / "runs" / "quick"  # git-ignored
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """A chapter's measured wall time, and what it was measured on."""
+
+    minutes: float | None  # None: not measured here
+    device: str
+    guess: str = ""  # when not measured
+
+    def __str__(self) -> str:
+        if self.minutes is None:
+            return f"{self.guess or 'unmeasured'} on {self.device}"
+        return f"≈ {duration(self.minutes)} on {self.device}"
+
+
+def duration(minutes: float) -> str:
+    if minutes < 1:
+        return f"{round(minutes * 60)} s"
+    hours, rest = divmod(round(minutes), 60)
+    return f"{hours} h {rest} min" if hours and rest else f"{hours} h" if hours else f"{rest} min"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,58 +92,71 @@ class Chapter:
     title: str  # the page's heading
     parameters: dict = dataclasses.field(default_factory=dict)
     on_demand: bool = False  # needs data or compute the project's machines do not have: run when asked
-    cost: str = ""  # measured wall time, for --list and the README
+    cost: Cost = Cost(None, "a GPU", "hours (unmeasured)")  # measured wall time, for --list and the banners
+    quick: dict | None = None  # --quick: over `parameters`, a tiny budget on the same data (None: no quick run)
+    quick_cost: Cost | None = None
 
+
+CPU = "CPU, 2 cores"
+SHARED_CPU = "CPU, 1 core of 2 (shared)"
+QUICK_CPU = "CPU, 2 cores (niced, shared)"
 
 TRANSFER_CPU = dict(image_size=32, train_blocks=["last_block"], reference_blocks=["head", "all"],
                     sparsities=[0.5, 0.9, 0.98], seeds=5, epochs=30, eval_every=15, lr=0.05, progress=False)
+TRANSFER_QUICK = dict(source_epochs=1, ks=[1, 5], sparsities=[0.9], methods=["snip", "random"], seeds=2, epochs=4,
+                      eval_every=2, test_per_class=50, reference_blocks=["head"], workers=1)
+CONTINUAL_QUICK = dict(seeds=2, search_seeds=1, epochs=1, permuted_epochs=1, permuted_tasks=3,
+                       importance_examples=128, probe_examples=200)
+SNOW_QUICK = dict(ks=[10], focus_k=10, seeds=2, epochs=4, eval_every=2, source_epochs=1, test_per_class=50,
+                  ablate_m=[4], ablate_sigma=[0.0], ablate_width_divisor=[16], serving_tasks=[1, 2], timing_batch=16)
 
+# In the book's order (book/_toc.yml; a test checks it).
 CHAPTERS = [
     Chapter("00_snip_mnist", "00_snip_mnist", "SNIP on MNIST: does the paper's Table 1 reproduce?",
-            dict(), cost="CPU (2 cores) ≈ 40 min"),
+            dict(), cost=Cost(40, CPU),
+            quick=dict(sparsities=[0.98], sparsities_lenet5=[0.99], seeds=2, seeds_lenet5=2, ablation_seeds=2,
+                       epochs=1, long_epochs=2, epochs_lenet5=1, speed_iterations=10, workers=1),
+            quick_cost=Cost(None, QUICK_CPU)),
     # MNIST is the real data the project's own machines have: a grid sized for a CPU.
     Chapter("01_few_shot_mnist", "01_few_shot", "Experiment 1 on MNIST: does SNIP help few-shot learning from scratch?",
             dict(dataset="mnist", models=["simple_convnet"], sparsities=[0.9, 0.95], seeds=5, eval_every=10),
-            cost="CPU (1 core of 2, shared) ≈ 75 min"),
+            cost=Cost(75, SHARED_CPU),
+            quick=dict(ks=[1, 5], sparsities=[0.9], methods=["snip", "random"], seeds=2, epochs=5, eval_every=5), quick_cost=Cost(None, QUICK_CPU)),
     Chapter("01_few_shot_cifar100", "01_few_shot",
             "Experiment 1 on CIFAR-100: does SNIP help few-shot learning from scratch?",
-            dict(dataset="cifar100"), on_demand=True, cost="GPU: hours"),
+            dict(dataset="cifar100"), on_demand=True),
     # Experiment 2 on real data the project has: ResNet-18 pretrained here on MNIST, adapted to new
     # digits or to the UCI digits, a grid sized for two CPU cores. ImageNet -> CIFAR-100 needs the
     # weights and the data.
     Chapter("02_transfer_mnist5to9", "02_transfer",
             "Experiment 2 on MNIST: does SNIP help fine-tuning to new classes (digits 0-4 to 5-9)?",
             dict(source="mnist:0-4", target="mnist:5-9", source_epochs=3, test_per_class=200, **TRANSFER_CPU),
-            cost="CPU (1 core of 2, shared) ≈ 35 min"),
+            cost=Cost(35, SHARED_CPU), quick=TRANSFER_QUICK, quick_cost=Cost(None, QUICK_CPU)),
     Chapter("02_transfer_mnist_to_uci", "02_transfer",
             "Experiment 2 across domains: does SNIP help fine-tuning from MNIST to the UCI digits?",
             dict(source="mnist", target="uci_digits", source_epochs=2, **TRANSFER_CPU),
-            cost="CPU (1 core of 2, shared) ≈ 50 min"),
+            cost=Cost(50, SHARED_CPU), quick=TRANSFER_QUICK, quick_cost=Cost(None, QUICK_CPU)),
     Chapter("02_transfer_cifar100", "02_transfer",
             "Experiment 2: does SNIP help fine-tuning ImageNet's ResNet-18 to CIFAR-100?",
-            dict(source="imagenet", target="cifar100"), on_demand=True, cost="GPU: hours"),
+            dict(source="imagenet", target="cifar100"), on_demand=True),
     # Split-MNIST with an MLP, as van de Ven et al. run it; Split CIFAR-100 with ResNet-18 as the write-up.
     Chapter("03_snip_ewc_mnist", "03_snip_ewc", "Experiment 3 on MNIST: can SNIP saliency replace the Fisher in EWC?",
             dict(dataset="mnist", model="lenet300_100", seeds=5, search_seeds=2, epochs=3, permuted_epochs=1,
                  importance_examples=512, probe_examples=1000, lambdas=[0.001, 0.01, 0.1, 1, 10],
-                 lambda_extensions=2), cost="CPU (1 core of 2, shared) ≈ 1 h 45 min"),
+                 lambda_extensions=2), cost=Cost(105, SHARED_CPU),
+            quick=dict(CONTINUAL_QUICK, lambdas=[0.1, 10], lambda_extensions=0), quick_cost=Cost(None, QUICK_CPU)),
     Chapter("03_snip_ewc_cifar100", "03_snip_ewc",
             "Experiment 3 on Split CIFAR-100: can SNIP saliency replace the Fisher in EWC?",
-            dict(dataset="cifar100"), on_demand=True, cost="GPU: hours"),
+            dict(dataset="cifar100"), on_demand=True),
     Chapter("04_snip_packnet_mnist", "04_snip_packnet",
             "Experiment 4 on MNIST: does SNIP pick better weights for PackNet?",
             dict(dataset="mnist", model="lenet300_100", seeds=5, search_seeds=2, epochs=4, permuted_epochs=2,
                  retrain_epochs=1, importance_examples=512, probe_examples=1000, keeps=[None, 0.25, 0.5]),
-            cost="CPU (1 core of 2, shared) ≈ 50 min"),
+            cost=Cost(50, SHARED_CPU),
+            quick=dict(CONTINUAL_QUICK, epochs=2, permuted_epochs=2, keeps=[None, 0.5]), quick_cost=Cost(None, QUICK_CPU)),
     Chapter("04_snip_packnet_cifar100", "04_snip_packnet",
             "Experiment 4 on Split CIFAR-100: does SNIP pick better weights for PackNet?",
-            dict(dataset="cifar100"), on_demand=True, cost="GPU: hours"),
-    # MNIST rotations (digit x 0/90/180/270 as classes), sized for a 2-core CPU: the chapter says what was cut.
-    Chapter("06_sparse_maml_mnist", "06_sparse_maml",
-            "Learning where to learn on MNIST rotations: MAML, ANIL, BOIL, Sparse-MAML and SNIP-MAML",
-            dict(dataset="mnist_rotations", filters=16, inner_steps=1, eval_inner_steps=3, inner_lr=0.4,
-                 iterations=400, val_episodes=50, seeds=5, progress=False),
-            cost="CPU (1 core of 2, shared) ≈ 30 min"),
+            dict(dataset="cifar100"), on_demand=True),
     # SNOW (issue 12): the paper's setting when asked; the offline pairs of Experiment 2 sized for a 2-core CPU,
     # each method at the best learning rate of a one-seed pilot on the pair (the chapter's Limits say so).
     Chapter("05_snow_mnist5to9", "05_snow",
@@ -102,39 +164,104 @@ CHAPTERS = [
             dict(source="mnist:0-4", target="mnist:5-9", models=["resnet18"], image_size=32, source_epochs=3,
                  ks=[10, None], focus_k=10, seeds=5, epochs=60, full_epochs=1, eval_every=20, test_per_class=200,
                  lrs={"snow": 0.1, "ft": 0.05, "fe": 0.1, "fo": 0.5}),
-            cost="CPU (1 core of 2, shared) ≈ 25 min"),
+            cost=Cost(25, SHARED_CPU), quick=SNOW_QUICK, quick_cost=Cost(None, QUICK_CPU)),
     Chapter("05_snow_uci_digits", "05_snow",
             "SNOW on the UCI digits from a ResNet-18 pretrained on MNIST: channel pooling against fine-tuning",
             dict(source="mnist", target="uci_digits", models=["resnet18"], image_size=32, source_epochs=2,
                  ks=[5, None], focus_k=5, seeds=5, epochs=60, full_epochs=20, eval_every=20,
                  lrs={"snow": 0.2, "ft": 0.05, "fe": 0.05, "fo": 0.1}),
-            cost="CPU (1 core of 2, shared) ≈ 25 min"),
+            cost=Cost(25, SHARED_CPU), quick=dict(SNOW_QUICK, ks=[5], focus_k=5), quick_cost=Cost(None, QUICK_CPU)),
     Chapter("05_snow_imagenet_cifar100", "05_snow",
             "SNOW on CIFAR-100 from ImageNet ResNet-50 and ResNet-18: channel pooling against fine-tuning",
-            dict(source="imagenet", target="cifar100"), on_demand=True, cost="GPU: hours"),
+            dict(source="imagenet", target="cifar100"), on_demand=True),
+    # MNIST rotations (digit x 0/90/180/270 as classes), sized for a 2-core CPU: the chapter says what was cut.
+    Chapter("06_sparse_maml_mnist", "06_sparse_maml",
+            "Learning where to learn on MNIST rotations: MAML, ANIL, BOIL, Sparse-MAML and SNIP-MAML",
+            dict(dataset="mnist_rotations", filters=16, inner_steps=1, eval_inner_steps=3, inner_lr=0.4,
+                 iterations=400, val_episodes=50, seeds=5, progress=False),
+            cost=Cost(30, SHARED_CPU),
+            quick=dict(iterations=20, eval_every=10, val_episodes=10, test_episodes=100, seeds=2),
+            quick_cost=Cost(None, QUICK_CPU)),
 ]
 CHAPTERS_BY_NAME = {chapter.name: chapter for chapter in CHAPTERS}
 
 
+def book_order() -> list[str]:
+    """The chapters' names in the order of book/_toc.yml."""
+    toc = yaml.safe_load((BOOK / "_toc.yml").read_text())
+    return [c["file"].removeprefix("experiments/") for part in toc.get("parts", []) for c in part.get("chapters", [])
+            if c["file"].startswith("experiments/")]
+
+
 def select(chapters, patterns: list[str], everything: bool, gpu: bool) -> list[Chapter]:
-    """By exact name, or a regular expression matched at the start of the name (so '00' is chapter 00,
-    never '..._cifar100'). Without patterns: every chapter this machine can run."""
+    """By exact name, or a glob pattern matched at the start of the name (so '00' is chapter 00, never
+    '..._cifar100', and '*snow*' is every SNOW chapter). A pattern picks an on-demand chapter only with
+    `everything`; an exact name always does. Without patterns: every chapter this machine can run."""
     if not patterns:
         return [c for c in chapters if everything or gpu or not c.on_demand]
-    chosen = [c for c in chapters if any(c.name == p or re.match(p, c.name) for p in patterns)]
-    if not chosen:
-        raise SystemExit(f"no chapter matches {patterns}; --list shows them")
-    return chosen
+    chosen = set()
+    for pattern in patterns:
+        exact = [c.name for c in chapters if c.name == pattern]
+        matched = [c for c in chapters if fnmatch.fnmatchcase(c.name, pattern + "*")]
+        picked = exact or [c.name for c in matched if everything or not c.on_demand]
+        if not picked and matched:
+            raise SystemExit(f"--only {pattern!r} matches only on-demand chapters "
+                             f"({', '.join(c.name for c in matched)}): name one exactly, or add --all")
+        if not picked:
+            raise SystemExit(f"--only {pattern!r} matches no chapter; --list shows them")
+        chosen.update(picked)
+    return [c for c in chapters if c.name in chosen]
+
+
+def notebook_of(chapter: Chapter) -> pathlib.Path:
+    return NOTEBOOKS / f"{chapter.notebook}.ipynb"
+
+
+def parameters_source(notebook: pathlib.Path) -> str:
+    """The source of the notebook's cell tagged `parameters`."""
+    nb = nbformat.read(notebook, as_version=4)
+    cell = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
+    return cell.source if cell is not None else ""
 
 
 def declared(notebook: pathlib.Path) -> dict:
-    return {name: spec["default"] for name, spec in papermill.inspect_notebook(str(notebook)).items()}
+    """The notebook's parameters and their default values."""
+    return assigned(parameters_source(notebook))
+
+
+def problems(chapter: Chapter, parameters: dict) -> list[str]:
+    """What the notebook's own `check_parameters` would refuse in `parameters`, found before it runs."""
+    injected = "# Parameters\n" + "".join(f"{name} = {value!r}\n" for name, value in parameters.items())
+    return [f"{chapter.name}: {p}" for p in unknown_parameters(parameters_source(notebook_of(chapter)), injected)]
+
+
+def yaml_value(flag: str, name: str, text: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        reason = str(error).replace("\n", " ")
+        raise SystemExit(f"{flag} {name} {text!r}: not a YAML value ({reason})") from None
+
+
+# --- pages -------------------------------------------------------------------------------------------
+
+RUNS_LINE = "**Runs:**"
+
+
+def runs_line(nb) -> str | None:
+    meta = nb.metadata.get("snipnb", {}).get("runs")
+    if not meta:
+        return None
+    table = meta["table"]
+    return (f"{RUNS_LINE} the {meta['runs']} runs behind this page, one row each, are in "
+            f"{{download}}`{pathlib.PurePosixPath(table).name} <{table}>` (gzipped CSV: `pandas.read_csv` reads it).")
 
 
 def tidy(path: pathlib.Path, title: str, banner: str | None = None) -> None:
-    """Make an executed (or unexecuted) notebook a book page: the chapter's own title, papermill's
-    injected parameters out of the page, progress-bar frames out of the outputs, a banner on top
-    when it did not run."""
+    """Make an executed (or unexecuted) notebook a book page: the chapter's own title, with the link to
+    its run table under it, papermill's injected parameters out of the page, progress-bar frames out of
+    the outputs, and a banner right under the title when it did not run, or ran with other code, or
+    is a smoke run."""
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         tags = cell.metadata.setdefault("tags", [])
@@ -143,16 +270,28 @@ def tidy(path: pathlib.Path, title: str, banner: str | None = None) -> None:
         if cell.cell_type == "code":
             cell.outputs = [o for o in cell.get("outputs", [])
                             if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
-    first = next((c for c in nb.cells if c.cell_type == "markdown" and c.source.lstrip().startswith("# ")), None)
-    if first is not None:
-        lines = first.source.lstrip().split("\n")
-        first.source = "\n".join([f"# {title}", *lines[1:]])
+    at = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and c.source.lstrip().startswith("# ")),
+              None)
+    if at is not None:
+        # The heading gets a cell of its own, so that what must be read first sits right under it.
+        heading = nb.cells[at]
+        rest = heading.source.lstrip().split("\n")[1:]
+        if len(rest) >= 2 and rest[0] == "" and rest[1].startswith(RUNS_LINE):
+            rest = rest[2:]
+        line = runs_line(nb)
+        heading.source = "\n".join([f"# {title}", *(["", line] if line else [])])
+        text = "\n".join(rest).strip("\n")
+        if text:
+            cell = nbformat.v4.new_markdown_cell(text)
+            cell.id = f"{heading.get('id') or 'title'}-text"[:64]  # not a random one: see the banner's
+            cell.metadata["tags"] = []
+            nb.cells.insert(at + 1, cell)
     if banner:
         nb.cells = [c for c in nb.cells if "banner" not in c.metadata.get("tags", [])]
         cell = nbformat.v4.new_markdown_cell(f"```{{warning}}\n{banner}\n```")
         cell.id = "banner"  # not a random one: a refreshed page changes only where its text does
         cell.metadata["tags"] = ["banner"]
-        nb.cells.insert(1, cell)
+        nb.cells.insert(1 if at is None else at + 1, cell)
     nbformat.write(nb, path)
 
 
@@ -179,11 +318,12 @@ def code_of(nb) -> list[str]:
 
 def stale(target: pathlib.Path, chapter: Chapter) -> bool:
     """Whether the executed chapter ran code other than its notebook's today (its text may differ too)."""
-    current = nbformat.read(ROOT / "notebooks" / f"{chapter.notebook}.ipynb", as_version=4)
+    current = nbformat.read(notebook_of(chapter), as_version=4)
     return code_of(nbformat.read(target, as_version=4)) != code_of(current)
 
 
 STALE_BANNER = "was executed by an earlier version of its notebook"
+QUICK_BANNER = "smoke run"
 PRESENTATION_TAGS = {"hide-input", "remove-input", "remove-cell", "findings"}
 
 
@@ -192,7 +332,7 @@ def retag(chapter: Chapter, target: pathlib.Path) -> bool:
     states the findings) its notebook's cells carry today: tags change no number, so they need no
     rerun. Only where both have the same code cells in the same order; returns whether it did."""
     executed = nbformat.read(target, as_version=4)
-    current = nbformat.read(ROOT / "notebooks" / f"{chapter.notebook}.ipynb", as_version=4)
+    current = nbformat.read(notebook_of(chapter), as_version=4)
     ours, theirs = _code_cells(executed), _code_cells(current)
     if len(ours) != len(theirs):
         return False
@@ -211,35 +351,124 @@ def mark_stale(chapter: Chapter, target: pathlib.Path) -> None:
         f"`bash scripts/run_book.sh --only {chapter.name}` ({chapter.cost})."))
 
 
+def quick_banner(chapter: Chapter, parameters: dict) -> str:
+    settings = ", ".join(f"`{k}={v!r}`" for k, v in chapter.quick.items())
+    return (f"**A {QUICK_BANNER}: the numbers on this page answer nothing.** `bash scripts/run_book.sh --quick` "
+            f"ran the chapter on its real data at a tiny budget ({settings}), to show that it runs end to end. "
+            f"The chapter's own run is `bash scripts/run_book.sh --only {chapter.name}` ({chapter.cost}).")
+
+
 def placeholder(chapter: Chapter, out: pathlib.Path, reason: str) -> None:
     """The chapter's current notebook, unexecuted, under a banner that says so and how to run it."""
     target = out / f"{chapter.name}.ipynb"
-    target.write_bytes((ROOT / "notebooks" / f"{chapter.notebook}.ipynb").read_bytes())
+    target.write_bytes(notebook_of(chapter).read_bytes())
     tidy(target, chapter.title, banner=(
         f"**This chapter has not been executed**: {reason}\n\nIt holds no numbers. To run it, provide the "
         f"data (see the README's Data section) and run `bash scripts/run_book.sh --only {chapter.name}` "
         f"({chapter.cost})."))
 
 
-def run(chapter: Chapter, out: pathlib.Path, everyone: dict, mine: dict, log_output: bool) -> bool:
-    notebook = ROOT / "notebooks" / f"{chapter.notebook}.ipynb"
-    known = declared(notebook)
-    parameters = dict(chapter.parameters)
-    for name, value in everyone.items():
-        if name in known:
-            parameters[name] = value
+# --- running ---------------------------------------------------------------------------------------
+
+# The kernel runs on this machine: Unix sockets (IPC) instead of TCP on localhost, which ipykernel
+# warns about at every start ("Kernel is running over TCP without encryption"). Windows has no IPC.
+KERNEL_CONFIG = Config({"KernelManager": {"transport": "tcp" if os.name == "nt" else "ipc"}})
+
+
+@contextlib.contextmanager
+def environment(**values: str):
+    """Environment variables for the notebook's kernel (it inherits ours when it starts)."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+class Progress(threading.Thread):
+    """Prints each sweep's recorded runs as they land: the notebooks sweep without progress bars
+    (their pages would keep the frames), so this watches the records the manifest says are coming."""
+
+    def __init__(self, chapter: str, manifest: pathlib.Path, every: float = 5.0):
+        super().__init__(name=f"progress-{chapter}", daemon=True)
+        self.chapter, self.manifest, self.every = chapter, manifest, every
+        self.started, self.stopped, self.shown = time.monotonic(), threading.Event(), {}
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every):
+            self.report()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join()
+        self.report()
+
+    def report(self) -> None:
+        for n, sweep in enumerate(runs.sweeps_started(self.manifest)):
+            folder = pathlib.Path(sweep["folder"])
+            done = sweep["total"] - len(sweep["todo"]) + sum((folder / f"{i}.json").exists() for i in sweep["todo"])
+            if self.shown.get(n) != done:
+                self.shown[n] = done
+                elapsed = duration((time.monotonic() - self.started) / 60)
+                tqdm.write(f"   {self.chapter}: {done}/{sweep['total']} runs recorded in {folder.name} ({elapsed})")
+
+
+def table_path(out: pathlib.Path, chapter: Chapter) -> pathlib.Path:
+    return (BOOK_TABLES if out == BOOK_CHAPTERS.resolve() else out / "data") / f"{chapter.name}.csv.gz"
+
+
+def results_dir_of(chapter: Chapter, parameters: dict) -> pathlib.Path:
+    """Where the notebook keeps its records: its `results_dir`, relative to the root it runs in."""
+    return ROOT / str(parameters.get("results_dir", declared(notebook_of(chapter)).get("results_dir")))
+
+
+def publish(chapter: Chapter, out: pathlib.Path, target: pathlib.Path, manifest: pathlib.Path,
+            parameters: dict) -> bool:
+    """Write the chapter's run table from the records its sweeps used, and name it in the page's
+    metadata; returns False (and says why) if the records cannot make one."""
+    path = table_path(out, chapter)
+    nb = nbformat.read(target, as_version=4)
+    nb.metadata.get("snipnb", {}).pop("runs", None)
+    try:
+        used = runs.table_of(manifest, results_dir_of(chapter, parameters))
+    except ValueError as error:
+        if os.environ.get("SNIPNB_SMOKE"):  # smoke runs keep their records in a temporary folder
+            used = []
         else:
-            print(f"   {chapter.name} has no parameter {name!r}; not passed to it")
-    unknown = [name for name in mine if name not in known]
-    if unknown:
-        raise SystemExit(f"{chapter.name} has no parameter {unknown}; it has {sorted(known)}")
-    parameters.update(mine)
+            print(f"!! {chapter.name}: no run table: {error}", file=sys.stderr)
+            path.unlink(missing_ok=True)
+            nbformat.write(nb, target)
+            return False
+    if used:
+        written = runs.write_table(path, used)
+        written.pop("bytes")
+        nb.metadata.setdefault("snipnb", {})["runs"] = {"table": os.path.relpath(path, target.parent), **written}
+        shown = path.relative_to(ROOT) if ROOT in path.parents else path
+        print(f"   {chapter.name}: its {len(used)} runs are in {shown} ({path.stat().st_size / 1000:.1f} kB)")
+    else:
+        path.unlink(missing_ok=True)
+    nbformat.write(nb, target)
+    return True
+
+
+def run(chapter: Chapter, out: pathlib.Path, parameters: dict, log_output: bool, *, banner: str | None = None,
+        replay: bool = False) -> bool:
+    """Execute the chapter into `out` and publish its runs; False if it failed (its page then says so)."""
     target = out / f"{chapter.name}.ipynb"
     with tempfile.TemporaryDirectory() as tmp:
-        executed = pathlib.Path(tmp) / target.name
+        executed, manifest = pathlib.Path(tmp) / target.name, pathlib.Path(tmp) / "manifest.jsonl"
+        progress = Progress(chapter.name, manifest)
+        progress.start()
         try:
-            papermill.execute_notebook(str(notebook), str(executed), parameters=parameters, cwd=str(ROOT),
-                                       log_output=log_output, progress_bar=not log_output)
+            with environment(**{MANIFEST_ENV: str(manifest)}, **({REPLAY_ENV: "1"} if replay else {})):
+                papermill.execute_notebook(str(notebook_of(chapter)), str(executed), parameters=parameters,
+                                           cwd=str(ROOT), log_output=log_output, progress_bar=not log_output,
+                                           config=KERNEL_CONFIG)
         except Exception as error:  # the notebook's own error message is the useful part
             reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
             print(f"!! {chapter.name} did not run: {reason}", file=sys.stderr)
@@ -248,19 +477,124 @@ def run(chapter: Chapter, out: pathlib.Path, everyone: dict, mine: dict, log_out
                 return False
             placeholder(chapter, out, f"the last attempt stopped with: {reason}")
             return False
+        finally:
+            progress.stop()
         target.write_bytes(executed.read_bytes())
-    tidy(target, chapter.title)
-    return True
+        published = publish(chapter, out, target, manifest, parameters)
+    tidy(target, chapter.title, banner=banner)
+    return published
+
+
+def replay_source(chapter: Chapter, pages: pathlib.Path, results_dir: str) -> dict:
+    """Rebuild the records of a chapter's published table into `results_dir`, checked against the page
+    that names it; return the parameters that page was executed with. Raises SystemExit, one line
+    saying what differs, for a table that does not match its chapter."""
+    page = pages / f"{chapter.name}.ipynb"
+    if not page.exists():
+        raise SystemExit(f"{chapter.name}: no page {page} to re-render")
+    nb = nbformat.read(page, as_version=4)
+    meta = nb.metadata.get("snipnb", {}).get("runs")
+    if not meta:
+        raise SystemExit(f"{chapter.name}: {page} names no run table (it was not executed, or before run tables "
+                         f"were published); run it: bash scripts/run_book.sh --only {chapter.name}")
+    table = (page.parent / meta["table"]).resolve()
+    if not table.exists():
+        raise SystemExit(f"{chapter.name}: its run table {table} is missing")
+    try:
+        runs.rebuild(table, results_dir)
+    except ValueError as error:
+        raise SystemExit(f"{chapter.name}: {error}") from None
+    found = runs.summary(runs.read_text(table))
+    if found["codes"] != meta["codes"]:
+        raise SystemExit(f"{chapter.name}: the runs in {table.name} were made by library code "
+                         f"{', '.join(found['codes'])}, the page's by {', '.join(meta['codes'])}: "
+                         f"the table is not this page's")
+    if found["runs"] != meta["runs"]:
+        raise SystemExit(f"{chapter.name}: {table.name} holds {found['runs']} runs, the page was made from "
+                         f"{meta['runs']}: the table is not this page's")
+    if found["sha256"] != meta["sha256"]:
+        raise SystemExit(f"{chapter.name}: {table.name} holds the page's {found['runs']} runs of the same code, "
+                         f"but other values than the page was made from (its sha256 differs)")
+    given = dict(nb.metadata.get("papermill", {}).get("parameters", {}))
+    for name in ("results_dir", "reuse", "cluster", "gpus_per_run"):  # nothing trains: no cluster either
+        given.pop(name, None)
+    return given
+
+
+# --- small books -----------------------------------------------------------------------------------
+
+def small_book(out: pathlib.Path, title: str, intro: str) -> pathlib.Path | None:
+    """A Jupyter Book of the chapter pages in `out` (book order), with the report's settings; returns
+    its front page, or None (and says why) if it did not build."""
+    names = [n for n in book_order() if (out / f"{n}.ipynb").exists()]
+    names += sorted(p.stem for p in out.glob("*.ipynb") if p.stem not in names)
+    config = yaml.safe_load((BOOK / "_config.yml").read_text())
+    config["title"] = title
+    (out / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    (out / "_toc.yml").write_text(yaml.safe_dump({"format": "jb-book", "root": "intro",
+                                                  "chapters": [{"file": n} for n in names]}, sort_keys=False))
+    (out / "intro.md").write_text(intro)
+    built = subprocess.run(["jupyter-book", "build", str(out)], capture_output=True, text=True)
+    index = out / "_build" / "html" / "index.html"
+    if built.returncode or not index.exists():
+        print(built.stdout[-3000:] + built.stderr[-3000:], file=sys.stderr)
+        print(f"!! the book of {out} did not build", file=sys.stderr)
+        return None
+    return index
+
+
+def intro_of(out: pathlib.Path, quick: bool, done: dict, failed: list[str]) -> str:
+    if quick:
+        lines = ["# snipnb: a quick smoke run", "",
+                 "`bash scripts/run_book.sh --quick` ran each chapter below on its real data (MNIST, the UCI digits) "
+                 "at a tiny budget, to show that it runs end to end on this machine. **The numbers on these pages "
+                 "answer nothing**: the report's chapters are run at their own budget (`bash scripts/run_book.sh "
+                 "--list`)."]
+    else:
+        lines = [f"# snipnb: chapters run into `{out}`", "",
+                 "`scripts/run_book.py --out` executed the chapters below; the report in `book/` was not touched."]
+    lines += ["", "| chapter | parameters set | wall time |", "| --- | --- | --- |"]
+    for name, (parameters, minutes) in done.items():
+        shown = ", ".join(f"`{k}={v!r}`" for k, v in parameters.items()).replace("|", "\\|")
+        lines.append(f"| {{doc}}`{name}` | {shown} | {'failed' if name in failed else duration(minutes)} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+def list_chapters(chapters: list[Chapter]) -> None:
+    rows = [("chapter", "runs", "cost (measured)", "--quick", "notebook")]
+    rows += [(c.name, "on demand" if c.on_demand else "default", str(c.cost),
+              str(c.quick_cost or "") if c.quick is not None else "-", f"{c.notebook}.ipynb") for c in chapters]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    default = [c for c in chapters if not c.on_demand]
+    total = sum(c.cost.minutes or 0 for c in default)
+    quick = [c.quick_cost.minutes for c in default if c.quick_cost is not None and c.quick_cost.minutes is not None]
+    devices = sorted({c.cost.device for c in default})
+    print(f"\n{len(default)} default chapters: ≈ {duration(total)} one after the other ({'; '.join(devices)})"
+          + (f"; --quick ≈ {duration(sum(quick))}" if quick else "")
+          + (f" for the {len(quick)} of {len(default)} measured" if quick and len(quick) < len(default) else ""))
+    print("\nParameters each chapter sets (beside its notebook's defaults; --quick sets its own over them):")
+    for c in chapters:
+        print(f"  {c.name}: {c.parameters}" + (f"\n  {'':{len(c.name)}}  --quick: {c.quick}" if c.quick else ""))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--list", action="store_true", help="list the chapters and exit")
     parser.add_argument("--only", action="append", default=[], metavar="NAME",
-                        help="a chapter's name, or a pattern matched at the start of names (repeatable)")
+                        help="a chapter's name, or a glob pattern matched at the start of names (repeatable)")
     parser.add_argument("--all", action="store_true", help="also the on-demand chapters (CIFAR-100, ImageNet)")
-    parser.add_argument("--out", type=pathlib.Path, default=BOOK_CHAPTERS,
-                        help="where the executed notebooks go (default: the book; elsewhere the book is not rebuilt)")
+    parser.add_argument("--out", type=pathlib.Path, default=None,
+                        help="where the executed notebooks go (default: the book; elsewhere, a small book of them)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"each chapter at a tiny budget on its real data, into {QUICK_OUT.relative_to(ROOT)} "
+                             f"unless --out says otherwise: minutes a chapter on a CPU")
+    parser.add_argument("--from-tables", nargs="?", const=BOOK_CHAPTERS, default=None, type=pathlib.Path,
+                        metavar="DIR", help="re-render the chapters from their published run tables, training nothing "
+                                            "(the pages in DIR name them; default: the book's)")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="a parameter for every selected chapter that declares it (YAML value)")
     parser.add_argument("-P", nargs=3, action="append", default=[], metavar=("CHAPTER", "NAME", "VALUE"),
@@ -268,50 +602,115 @@ def main(argv=None) -> int:
     parser.add_argument("--log-output", action="store_true", help="stream each notebook's output to the terminal")
     args = parser.parse_args(argv)
 
-    patterns = args.only or ([os.environ["ONLY"]] if os.environ.get("ONLY") else [])
+    order = book_order()
+    chapters = sorted(CHAPTERS, key=lambda c: order.index(c.name) if c.name in order else len(order))
     if args.list:
-        for c in CHAPTERS:
-            when = "on demand" if c.on_demand else "default"
-            print(f"{c.name:28} {when:10} {c.cost:24} {c.notebook}.ipynb {c.parameters}")
+        list_chapters(chapters)
         return 0
-    import torch
+    if args.quick and args.from_tables:
+        raise SystemExit("--quick runs the chapters, --from-tables re-renders them without running: choose one")
+    out = (args.out or (QUICK_OUT if args.quick else BOOK_CHAPTERS)).resolve()
+    book = out == BOOK_CHAPTERS.resolve()
+    if args.quick and book:
+        raise SystemExit("--quick never writes into the book: give --out another folder")
 
-    chosen = select(CHAPTERS, patterns, args.all, torch.cuda.is_available())
-    names = {c.name for c in CHAPTERS}
+    # Every mistake is found here, before anything runs.
+    names = {c.name for c in chapters}
     for chapter_name, _, _ in args.P:
         if chapter_name not in names:
             raise SystemExit(f"-P names no chapter: {chapter_name!r}; --list shows them")
-    everyone = {name: yaml.safe_load(value) for name, value in args.p}
-    out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    failed = []
-    if out == BOOK_CHAPTERS.resolve():
-        # Chapters not run now: unexecuted ones show the current text under a banner saying why; an
-        # executed one whose notebook has changed since keeps its numbers under a banner saying so.
-        for chapter in CHAPTERS:
-            target = out / f"{chapter.name}.ipynb"
-            if chapter in chosen:
-                continue
-            if not (target.exists() and _executed(target)):
-                placeholder(chapter, out, "it needs data or compute the project's own machines do not have"
-                            if chapter.on_demand else "it has not been run since its notebook was written")
-            else:
-                retag(chapter, target)
-                if stale(target, chapter):
-                    mark_stale(chapter, target)
-    for chapter in chosen:
-        print(f"== {chapter.name}")
-        mine = {name: yaml.safe_load(value) for c, name, value in args.P if c == chapter.name}
-        if not run(chapter, out, everyone, mine, args.log_output):
-            failed.append(chapter.name)
-    if out == BOOK_CHAPTERS.resolve():
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "findings.py")], check=True)
-        subprocess.run(["jupyter-book", "build", str(ROOT / "book")], check=True)
-        print(f"The report is at {ROOT / 'book' / '_build' / 'html' / 'index.html'}")
+    patterns = args.only or ([os.environ["ONLY"]] if os.environ.get("ONLY") else [])
+    if patterns:
+        chosen = select(chapters, patterns, args.all, gpu=False)
     else:
-        print(f"Executed notebooks are in {out}; the book was not rebuilt")
+        import torch
+
+        chosen = select(chapters, [], args.all, torch.cuda.is_available())
+    if args.quick:
+        without = [c.name for c in chosen if c.quick is None]
+        if patterns and without:
+            raise SystemExit(f"--quick: {', '.join(without)} has no quick parameters (Chapter.quick): it needs data "
+                             f"or compute this project's machines do not have")
+        chosen = [c for c in chosen if c.quick is not None]
+    chosen_names = {c.name for c in chosen}
+    for chapter_name, _, _ in args.P:
+        if chapter_name not in chosen_names:
+            raise SystemExit(f"-P names {chapter_name}, which is not among the selected chapters "
+                             f"({', '.join(sorted(chosen_names))})")
+    everyone = {name: yaml_value("-p", name, value) for name, value in args.p}
+    mine = {c.name: {name: yaml_value("-P", f"{c.name} {name}", value) for chapter_name, name, value in args.P
+                     if chapter_name == c.name} for c in chosen}
+    known = {c.name: declared(notebook_of(c)) for c in chosen}
+    for name in everyone:
+        takers = [c.name for c in chosen if name in known[c.name]]
+        if not takers:
+            raise SystemExit(f"-p {name}: no selected chapter declares it ({', '.join(sorted(chosen_names))}); "
+                             f"their notebooks' first code cell lists what they take")
+        for c in chosen:
+            if c.name not in takers:
+                print(f"   {c.name} has no parameter {name!r}; not passed to it")
+    managed = {"results_dir", "reuse"} if args.from_tables else {"results_dir"} if args.quick else set()
+    for name in managed & (set(everyone) | {n for given in mine.values() for n in given}):
+        raise SystemExit(f"{'--from-tables' if args.from_tables else '--quick'} sets {name} itself; do not pass it")
+
+    with contextlib.ExitStack() as stack:
+        plans = []
+        for c in chosen:
+            if args.from_tables:
+                results_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{c.name}-"))
+                base = {**replay_source(c, args.from_tables.resolve(), results_dir), "results_dir": results_dir,
+                        "reuse": "any"}
+            elif args.quick:
+                results_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{c.name}-"))
+                base = {**c.parameters, **c.quick, "results_dir": results_dir}
+            else:
+                base = dict(c.parameters)
+            parameters = {**base, **{k: v for k, v in everyone.items() if k in known[c.name]}, **mine[c.name]}
+            plans.append((c, parameters))
+        found = [p for c, parameters in plans for p in problems(c, parameters)]
+        if found:
+            raise SystemExit("; ".join(found))
+
+        out.mkdir(parents=True, exist_ok=True)
+        if book:
+            # Chapters not run now: unexecuted ones show the current text under a banner saying why; an
+            # executed one whose notebook has changed since keeps its numbers under a banner saying so.
+            for chapter in chapters:
+                target = out / f"{chapter.name}.ipynb"
+                if chapter in chosen:
+                    continue
+                if not (target.exists() and _executed(target)):
+                    placeholder(chapter, out, "it needs data or compute the project's own machines do not have"
+                                if chapter.on_demand else "it has not been run since its notebook was written")
+                else:
+                    retag(chapter, target)
+                    if stale(target, chapter):
+                        mark_stale(chapter, target)
+        failed, done = [], {}
+        for chapter, parameters in plans:
+            print(f"== {chapter.name}" + (" (quick)" if args.quick else " (from its run table)" if args.from_tables
+                                          else ""))
+            start = time.monotonic()
+            banner = quick_banner(chapter, parameters) if args.quick else None
+            if not run(chapter, out, parameters, args.log_output, banner=banner, replay=bool(args.from_tables)):
+                failed.append(chapter.name)
+            minutes = (time.monotonic() - start) / 60
+            done[chapter.name] = ({k: v for k, v in parameters.items() if k not in ("results_dir",)}, minutes)
+            print(f"   {chapter.name}: {'failed' if chapter.name in failed else 'done'} in {duration(minutes)}")
+
+    if book:
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "findings.py")], check=True)
+        subprocess.run(["jupyter-book", "build", str(BOOK)], check=True)
+        print(f"The report is at {BOOK / '_build' / 'html' / 'index.html'}")
+    else:
+        title = "snipnb: a quick smoke run" if args.quick else f"snipnb: chapters run into {out.name}"
+        index = small_book(out, title, intro_of(out, args.quick, done, failed))
+        print(f"Executed notebooks are in {out}; the book in book/ was not touched.")
+        if index is not None:
+            print(f"Read them as a book: open {index} in a browser (or: python -m http.server -d {index.parent})")
     if failed:
         print(f"Not executed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

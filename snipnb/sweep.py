@@ -246,6 +246,18 @@ def stacks(configs: list, stack: int, key) -> list[list]:
 
 REUSE = ("same_code", "any")
 
+# Set by scripts/run_book.py for the notebook it executes, so that no notebook needs to know: the file
+# each sweep tells which records it ran and returned (one JSON line at its start, one at its end), and
+# whether this execution may train at all (a chapter re-rendered from its published table may not).
+MANIFEST_ENV, REPLAY_ENV = "SNIPNB_MANIFEST", "SNIPNB_REPLAY"
+
+
+def _tell_manifest(entry: dict) -> None:
+    path = os.environ.get(MANIFEST_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
 
 def run_sweep(fn, configs, folder, *, workers: int = 1, executor: Executor | None = None, shard: str | None = None,
               stack: int = 1, stack_key=None, reuse: str = "same_code", device=None, shared_folder: bool = True,
@@ -277,7 +289,8 @@ def run_sweep(fn, configs, folder, *, workers: int = 1, executor: Executor | Non
     error raised by `fn` stops the sweep with its traceback.
 
     The returned table holds every config of `configs` that has a record, finished now or earlier,
-    by this shard or another.
+    by this shard or another. Under `scripts/run_book.py`, the sweep names the records it returned in
+    the file `$SNIPNB_MANIFEST` names, and `$SNIPNB_REPLAY` makes a config without a record an error.
     """
     configs = list(configs)
     if not configs:
@@ -316,6 +329,11 @@ def run_sweep(fn, configs, folder, *, workers: int = 1, executor: Executor | Non
         warnings.warn(f"{len(stale)} of {len(mine)} records in {folder} were made by other library code than "
                       f"this ({code['code']}); they run again. Pass reuse='any' to keep them.", stacklevel=2)
     todo += stale
+    if todo and os.environ.get(REPLAY_ENV):
+        raise RuntimeError(f"{len(todo)} of {len(mine)} runs have no record to reuse in {folder} (the first: "
+                           f"{todo[0]!r}), and ${REPLAY_ENV} forbids training: the records this chapter is "
+                           f"re-rendered from lack them")
+    _tell_manifest({"folder": str(folder), "total": len(mine), "todo": [config_id(c) for c in todo]})
     stacked = stack_key is not None
     chunks = stacks(todo, stack, stack_key) if stacked else [[c] for c in todo]
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, disable=not progress)
@@ -358,4 +376,5 @@ def run_sweep(fn, configs, folder, *, workers: int = 1, executor: Executor | Non
     lost = [c for chunk, _ in lost_chunks for c in chunk if not record_path(folder, c).exists()]
     if lost:
         raise SweepIncomplete(_lost_message(lost_chunks, lost, len(mine), folder), lost, results)
+    _tell_manifest({"folder": str(folder), "ids": list(results["id"]) if len(results) else []})
     return results

@@ -12,6 +12,7 @@ spec = importlib.util.spec_from_file_location("run_book", ROOT / "scripts" / "ru
 run_book = importlib.util.module_from_spec(spec)
 sys.modules["run_book"] = run_book  # dataclasses look their module up while the class is made
 spec.loader.exec_module(run_book)
+SMALL_BOOK = run_book.small_book  # some tests replace it: building a book takes a while
 
 
 def names(chapters):
@@ -43,10 +44,10 @@ def test_list_prints_every_chapter(capsys):
 def test_a_chapter_runs_into_another_folder_and_leaves_the_book_alone(tmp_path, monkeypatch):
     monkeypatch.setenv("SNIPNB_SMOKE", "1")
     monkeypatch.setenv("SNIPNB_OFFLINE", "1")
+    monkeypatch.setattr(run_book, "small_book", lambda out, title, intro: None)
     book = {p: p.stat().st_mtime for p in run_book.BOOK_CHAPTERS.glob("*.ipynb")}
-    assert run_book.main(["--only", "01_few_shot_mnist", "--out", str(tmp_path), "-p", "seeds", "1",
-                          "-p", "no_such_parameter", "1"]) == 0
-    assert [p.name for p in tmp_path.iterdir()] == ["01_few_shot_mnist.ipynb"]
+    assert run_book.main(["--only", "01_few_shot_mnist", "--out", str(tmp_path), "-p", "seeds", "1"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["01_few_shot_mnist.ipynb"]  # a smoke run publishes no table
     nb = nbformat.read(tmp_path / "01_few_shot_mnist.ipynb", as_version=4)
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and "remove-cell" in injected[0].metadata.tags  # papermill's cell stays off the page
@@ -57,9 +58,11 @@ def test_a_chapter_runs_into_another_folder_and_leaves_the_book_alone(tmp_path, 
 
 def test_a_chapter_that_fails_gets_a_banner_not_a_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("SNIPNB_SMOKE", "1")
-    run_book.main(["--only", "01_few_shot_mnist", "--out", str(tmp_path), "-P", "01_few_shot_mnist", "seeds", "'two'"])
+    monkeypatch.setattr(run_book, "small_book", lambda out, title, intro: None)
+    assert run_book.main(["--only", "01_few_shot_mnist", "--out", str(tmp_path),
+                          "-P", "01_few_shot_mnist", "bn_mode", "sideways"]) == 1  # the notebook's check stops it
     nb = nbformat.read(tmp_path / "01_few_shot_mnist.ipynb", as_version=4)
-    assert "has not been executed" in nb.cells[1].source and "seeds" in nb.cells[1].source
+    assert "has not been executed" in nb.cells[1].source and "bn_mode" in nb.cells[1].source
     with pytest.raises(SystemExit, match="no_such"):
         run_book.main(["--only", "00_snip_mnist", "--out", str(tmp_path), "-P", "00_snip_mnist", "no_such", "1"])
 
@@ -115,3 +118,302 @@ def test_refreshing_a_placeholder_changes_no_byte(tmp_path):
     run_book.placeholder(chapter, tmp_path, "it needs CIFAR-100")
     assert (tmp_path / f"{chapter.name}.ipynb").read_bytes() == first
     assert b"has not been executed" in first
+
+
+# --- choosing chapters, and every mistake stopping run_book before anything runs --------------------
+
+def test_the_chapters_are_in_the_books_order_with_costs_that_add_up():
+    assert names(run_book.CHAPTERS) == run_book.book_order()
+    assert all(isinstance(c.cost.minutes, (int, float)) for c in run_book.CHAPTERS if not c.on_demand)
+
+
+def test_list_has_a_header_aligned_columns_the_books_order_and_a_total(capsys):
+    assert run_book.main(["--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header, rows = lines[0], lines[1:1 + len(run_book.CHAPTERS)]
+    assert header.split()[0] == "chapter" and "cost" in header and "notebook" in header
+    assert [row.split()[0] for row in rows] == run_book.book_order()
+    column = header.index("notebook")
+    assert all(row[column:].startswith(f"{run_book.CHAPTERS_BY_NAME[row.split()[0]].notebook}.ipynb") for row in rows)
+    total = sum(c.cost.minutes for c in run_book.CHAPTERS if not c.on_demand)
+    assert any(line.startswith(f"{len(run_book.select(run_book.CHAPTERS, [], False, False))} default chapters: "
+                               f"≈ {run_book.duration(total)}") for line in lines)
+
+
+def test_only_takes_globs_and_a_pattern_never_picks_an_on_demand_chapter():
+    select = run_book.select
+    assert names(select(run_book.CHAPTERS, ["*snow*"], False, False)) == ["05_snow_mnist5to9", "05_snow_uci_digits"]
+    assert "05_snow_imagenet_cifar100" in names(select(run_book.CHAPTERS, ["*snow*"], True, False))
+    assert names(select(run_book.CHAPTERS, ["01"], False, False)) == ["01_few_shot_mnist"]
+    assert names(select(run_book.CHAPTERS, ["01_few_shot_cifar100"], False, False)) == ["01_few_shot_cifar100"]
+    with pytest.raises(SystemExit, match="only on-demand chapters .* add --all"):
+        select(run_book.CHAPTERS, ["*cifar100"], False, False)
+
+
+@pytest.fixture
+def no_runs(monkeypatch):
+    """papermill replaced by a recorder: whatever it records ran."""
+    calls = []
+    monkeypatch.setattr(run_book.papermill, "execute_notebook", lambda *args, **kwargs: calls.append(args))
+    monkeypatch.setattr(run_book, "small_book", lambda out, title, intro: None, raising=False)
+    return calls
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--only", "00_snip_mnist", "--only", "01_few_shot_mnist", "-p", "no_such", "1"], "-p no_such: no selected"),
+    (["--only", "00_snip_mnist", "--only", "01_few_shot_mnist", "-P", "01_few_shot_mnist", "no_such", "1"],
+     "unknown parameter 'no_such'"),
+    (["--only", "00_snip_mnist", "--only", "01_few_shot_mnist", "-p", "seeds", "two"], "'seeds' must be"),
+    (["--only", "01_few_shot_mnist", "-p", "seeds", "[1,"], "not a YAML value"),
+    (["--only", "01_few_shot_mnist", "-P", "00_snip_mnist", "seeds", "2"], "not among the selected"),
+    (["-P", "no_chapter", "seeds", "1"], "names no chapter"),
+    (["--only", "no_chapter"], "matches no chapter"),
+    (["--quick", "--only", "01_few_shot_cifar100"], "no quick parameters"),
+    (["--quick", "--only", "01_few_shot_mnist", "-p", "results_dir", "x"], "sets results_dir itself"),
+])
+def test_a_mistake_is_one_line_and_a_non_zero_exit_before_any_run(argv, message, tmp_path, no_runs):
+    with pytest.raises(SystemExit) as stopped:
+        run_book.main([*argv, "--out", str(tmp_path)])
+    assert message in str(stopped.value.code) and "\n" not in str(stopped.value.code)
+    assert no_runs == []
+
+
+def test_quick_never_writes_into_the_book(no_runs):
+    with pytest.raises(SystemExit, match="never writes into the book"):
+        run_book.main(["--quick", "--out", str(run_book.BOOK_CHAPTERS)])
+
+
+def test_every_default_chapter_has_quick_parameters_its_notebook_takes():
+    for chapter in run_book.CHAPTERS:
+        assert run_book.problems(chapter, chapter.parameters) == []
+        if not chapter.on_demand:
+            quick = {**chapter.parameters, **chapter.quick, "results_dir": "/tmp/quick"}
+            assert run_book.problems(chapter, quick) == []
+            # A quick budget's cost is measured or says it is not: --list shows it either way.
+            assert chapter.quick_cost is not None and (chapter.quick_cost.minutes or 1) > 0
+
+
+# --- run tables: published with each chapter, and a chapter re-rendered from its table alone -------
+
+TINY = '''import dataclasses, random
+
+from snipnb.notebook import check_parameters
+from snipnb.sweep import run_sweep
+
+check_parameters()
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyRun:
+    seed: int
+    label: str = "5"
+
+
+def train(run):  # not seeded: a run made again would give other numbers
+    return {"acc": 100 * random.random(), "curve": [random.random() for _ in range(3)]}
+
+
+results = run_sweep(train, [TinyRun(s) for s in range(seeds)], f"{results_dir}/tiny", progress=False, reuse=reuse)
+print(results.sort_values("seed")[["seed", "acc", "curve"]].to_string())
+print(f"{results.acc.mean():.6f} over {len(results)} runs of code {', '.join(sorted(set(results.code)))}")
+'''
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """A chapter of three runs whose numbers are random, its results under tmp_path/results."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    parameters = nbformat.v4.new_code_cell('seeds = 3\nresults_dir = "results/tiny"\nreuse = "same_code"')
+    parameters.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Tiny\n\nThree runs of random numbers."), parameters,
+                nbformat.v4.new_code_cell(TINY)]
+    nbformat.write(nb, notebooks / "tiny.ipynb")
+    chapter = run_book.Chapter("tiny", "tiny", "A tiny chapter", dict(results_dir=str(tmp_path / "results")),
+                               cost=run_book.Cost(1, "CPU"), quick=dict(seeds=2), quick_cost=run_book.Cost(1, "CPU"))
+    monkeypatch.setattr(run_book, "NOTEBOOKS", notebooks)
+    monkeypatch.setattr(run_book, "CHAPTERS", [chapter])
+    monkeypatch.setattr(run_book, "CHAPTERS_BY_NAME", {chapter.name: chapter})
+    books = []
+    monkeypatch.setattr(run_book, "small_book", lambda out, title, intro: books.append((out, title, intro)))
+    return books
+
+
+def outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    return [o.get("text") or o.get("data", {}).get("text/plain") for c in nb.cells if c.cell_type == "code"
+            for o in c.outputs]
+
+
+def rewrite_table(path, change):
+    import gzip
+
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame = change(frame)
+    path.write_bytes(gzip.compress(frame.to_csv(index=False, lineterminator="\n").encode(), mtime=0))
+
+
+def test_a_chapter_publishes_its_runs_and_re_renders_from_them_alone(tiny, tmp_path, capfd):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run_book.main(["--only", "tiny", "--out", str(first)]) == 0
+    shown = capfd.readouterr()
+    assert "tiny: 3/3 runs recorded" in shown.out  # progress, run by run, on the terminal
+    assert "without encryption" not in shown.err  # the kernel talks over IPC, not plain TCP
+    import pandas as pd
+
+    table = pd.read_csv(first / "data" / "tiny.csv.gz")
+    assert table.seed.tolist() == [0, 1, 2] and set(table.folder) == {"tiny"} and table.acc.between(0, 100).all()
+    assert {"id", "config_class", "curve", "code", "commit", "dirty", "device", "stack_size"} <= set(table.columns)
+    page = nbformat.read(first / "tiny.ipynb", as_version=4)
+    assert page.cells[0].source.startswith("# A tiny chapter\n\n**Runs:** the 3 runs")
+    assert "{download}`tiny.csv.gz <data/tiny.csv.gz>`" in page.cells[0].source
+    assert page.cells[1].source.startswith("Three runs")
+    before = (first / "tiny.ipynb").read_bytes()
+    run_book.tidy(first / "tiny.ipynb", "A tiny chapter")
+    assert (first / "tiny.ipynb").read_bytes() == before  # tidying a page again changes nothing
+
+    import shutil
+
+    shutil.rmtree(tmp_path / "results")  # a clean clone: no records, only the page and its table
+    assert run_book.main(["--only", "tiny", "--out", str(second), "--from-tables", str(first)]) == 0
+    assert outputs(second / "tiny.ipynb") == outputs(first / "tiny.ipynb")  # number for number: nothing trained
+    assert (second / "data" / "tiny.csv.gz").read_bytes() == (first / "data" / "tiny.csv.gz").read_bytes()
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_table_that_does_not_match_its_chapter_is_refused(tiny, tmp_path, monkeypatch, capfd):
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert run_book.main(["--only", "tiny", "--out", str(first)]) == 0
+    # The notebook asks for runs the table lacks: it stops, and trains nothing.
+    assert run_book.main(["--only", "tiny", "--out", str(again), "--from-tables", str(first), "-p", "seeds", "4"]) == 1
+    assert "1 of 4 runs have no record to reuse" in capfd.readouterr().err
+    assert len(list((tmp_path / "results" / "tiny").glob("*.json"))) == 3
+
+    calls = []
+    monkeypatch.setattr(run_book.papermill, "execute_notebook", lambda *args, **kwargs: calls.append(args))
+    table = first / "data" / "tiny.csv.gz"
+    published = table.read_bytes()
+    for change, message in [
+        (lambda f: f.assign(seed=f.seed.replace("2", "7")), r"line 4 \(id [0-9a-f]+\): its TinyRun config hashes to"),
+        (lambda f: f.assign(code='"0123abcd"'), "made by library code 0123abcd, the page's by"),
+        (lambda f: f.iloc[:2], "holds 2 runs, the page was made from 3"),
+        (lambda f: f.assign(acc="50.0"), "other values than the page was made from"),
+    ]:
+        rewrite_table(table, change)
+        with pytest.raises(SystemExit, match=message):
+            run_book.main(["--only", "tiny", "--out", str(again), "--from-tables", str(first)])
+        table.write_bytes(published)
+    table.unlink()
+    with pytest.raises(SystemExit, match="tiny.csv.gz is missing"):
+        run_book.main(["--only", "tiny", "--out", str(again), "--from-tables", str(first)])
+    with pytest.raises(SystemExit, match="names no run table"):
+        run_book.main(["--only", "tiny", "--out", str(again), "--from-tables", str(tmp_path / "notebooks")])
+    assert calls == []
+
+
+def test_quick_runs_a_chapter_at_its_quick_budget_into_a_small_book_under_a_smoke_banner(tiny, tmp_path):
+    out = tmp_path / "quick"
+    assert run_book.main(["--quick", "--only", "tiny", "--out", str(out)]) == 0
+    page = nbformat.read(out / "tiny.ipynb", as_version=4)
+    assert run_book.QUICK_BANNER in page.cells[1].source and "seeds=2" in page.cells[1].source
+    assert "over 2 runs" in outputs(out / "tiny.ipynb")[0]  # the quick budget's
+    assert (out / "data" / "tiny.csv.gz").exists() and not (tmp_path / "results").exists()  # records: temporary
+    [(book, title, intro)] = tiny
+    assert book == out.resolve() and "quick" in title and "{doc}`tiny`" in intro
+
+
+def test_a_small_book_of_the_pages_links_each_table(tiny, tmp_path):
+    out = tmp_path / "out"
+    assert run_book.main(["--only", "tiny", "--out", str(out)]) == 0
+    index = SMALL_BOOK(out.resolve(), "A tiny book", "# A tiny book\n\n{doc}`tiny`\n")
+    assert index is not None and index.exists()
+    assert list((out / "_build" / "html" / "_downloads").glob("*/tiny.csv.gz"))
+    assert "tiny.csv.gz" in (out / "_build" / "html" / "tiny.html").read_text()
+
+
+def test_the_book_check_finds_a_page_whose_table_is_missing_or_not_its_own(tiny, tmp_path):
+    spec = importlib.util.spec_from_file_location("check_book", ROOT / "scripts" / "check_book.py")
+    check_book = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_book)
+    out = tmp_path / "out"
+    assert run_book.main(["--only", "tiny", "--out", str(out)]) == 0
+    assert check_book.table_problems(out) == []
+    rewrite_table(out / "data" / "tiny.csv.gz", lambda f: f.iloc[:2])
+    assert check_book.table_problems(out) == ["tiny.ipynb: its run table data/tiny.csv.gz is not the one the page "
+                                              "was made from"]
+    (out / "data" / "tiny.csv.gz").unlink()
+    assert "which is missing" in check_book.table_problems(out)[0]
+
+
+def texts(path):
+    """Every text a page shows (its figures aside), without what differs at each rendering: pandas
+    Styler's random table ids and the memory addresses in reprs."""
+    import re
+
+    nb = nbformat.read(path, as_version=4)
+    shown = [o.get("text") or {k: v for k, v in o.get("data", {}).items() if k.startswith("text/")}
+             for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    return re.sub(r"T_[0-9a-f]{5}|0x[0-9a-f]+", "", repr(shown))
+
+
+def test_a_real_chapter_re_renders_from_its_table_number_for_number(tmp_path, monkeypatch):
+    # Chapter 01 on synthetic data at a tiny size (not SNIPNB_SMOKE, whose results_dir is temporary).
+    monkeypatch.setenv("SNIPNB_OFFLINE", "1")
+    chapter = run_book.Chapter("01_synthetic", "01_few_shot", "Experiment 1 on synthetic data", dict(
+        dataset="synthetic", models=["simple_convnet"], ks=[1, 2], sparsities=[0.9], methods=["snip"], seeds=2,
+        epochs=1, results_dir=str(tmp_path / "results")))
+    monkeypatch.setattr(run_book, "CHAPTERS", [chapter])
+    monkeypatch.setattr(run_book, "small_book", lambda out, title, intro: None)
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run_book.main(["--only", chapter.name, "--out", str(first)]) == 0
+    import shutil
+
+    shutil.rmtree(tmp_path / "results")
+    assert run_book.main(["--only", chapter.name, "--out", str(second), "--from-tables", str(first)]) == 0
+    shown = texts(first / f"{chapter.name}.ipynb")
+    assert "±" in shown and texts(second / f"{chapter.name}.ipynb") == shown
+
+
+# --- the docs' example commands run offline as written ---------------------------------------------
+
+ONLINE_DATA = {"cifar10", "cifar100", "imagenet"}  # what torchvision downloads; MNIST and UCI are offline
+
+
+def example_commands(path):
+    """Each `papermill notebooks/X.ipynb ...` line of a doc: the notebook and its -p/-y parameters.
+    The cluster examples are left out: they are for a cluster, with its data."""
+    import shlex
+
+    import yaml
+
+    for line in path.read_text().splitlines():
+        if not line.startswith("papermill notebooks/") or "cluster" in line:
+            continue
+        words = shlex.split(line.split("  #")[0])
+        notebook, parameters, i = pathlib.Path(words[1]).stem, {}, 3
+        while i < len(words):
+            if words[i] == "-p":
+                parameters[words[i + 1]] = yaml.safe_load(words[i + 2])
+                i += 3
+            elif words[i] == "-y":
+                parameters.update(yaml.safe_load(words[i + 1]))
+                i += 2
+            else:
+                i += 1
+        yield line, notebook, parameters
+
+
+@pytest.mark.parametrize("doc", ["README.md", "book/intro.md"])
+def test_the_docs_example_commands_take_declared_parameters_and_offline_data(doc):
+    commands = list(example_commands(ROOT / doc))
+    assert commands
+    for line, notebook, parameters in commands:
+        chapter = run_book.Chapter(notebook, notebook, notebook)
+        assert run_book.problems(chapter, parameters) == [], line
+        settings = {**run_book.declared(run_book.notebook_of(chapter)), **parameters}
+        wanted = {settings.get(name) for name in ("dataset", "source", "target")}
+        assert not wanted & ONLINE_DATA, f"{doc}: {line} needs {wanted & ONLINE_DATA}, which is not offline"
