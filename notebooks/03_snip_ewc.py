@@ -107,9 +107,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from snipnb import checks, continual_report, data, devices, plots, provenance, published, stats
+from snipnb import checks, continual_report, data, devices, plots, provenance, published, report, stats
 from snipnb.cluster import cluster_executor
 from snipnb.continual import EWC_STRATEGIES
+from snipnb.contrasts import check_contrasts, evaluate_contrasts
 from snipnb.notebook import check_parameters
 from snipnb.report import table
 from snipnb.sequence import ContinualRun, first_task_importances, rank_correlation, run_sequence
@@ -127,6 +128,9 @@ for name, value in dict(seeds=seeds, search_seeds=search_seeds, epochs=epochs, p
                         n_tasks=n_tasks, permuted_tasks=permuted_tasks).items():
     checks.integer(name, value, 1)
 checks.integer("lambda_extensions", lambda_extensions, 0)
+if seeds < 2:
+    raise ValueError(f"seeds must be at least 2: the declared contrasts pair runs on seeds, and a paired test needs "
+                     f"two; got seeds={seeds}")
 if not lambdas or any(lam <= 0 for lam in lambdas):
     raise ValueError(f"lambdas must be a non-empty list of positive numbers, got {lambdas!r}")
 if data_root is not None:
@@ -140,6 +144,10 @@ workers = workers or devices.default_workers(device)
 
 VARIANTS = list(EWC_STRATEGIES)  # ewc, snip_ewc and the two controls: each gets its own λ
 STRATEGIES = ["finetune", "joint", *VARIANTS]
+NAMES = {"finetune": "fine-tuning", "joint": "joint training", "ewc": "EWC", "snip_ewc": "SNIP-EWC",
+         "ewc_uniform": "the uniform-importance control", "ewc_random": "the random-importance control"}
+titles = {name: BENCHMARKS[name][2] for name in benchmarks}
+label = {BENCHMARKS[name][:2]: name for name in benchmarks}  # (benchmark, scenario) of a run -> the chapter's name
 common = dict(model=model, dataset=dataset, batch_size=batch_size, optimizer=optimizer, lr=lr,
               weight_decay=weight_decay, ewc_online=online, fisher_labels=fisher_labels,
               importance_examples=importance_examples, **data.recipe_defaults(dataset))
@@ -159,6 +167,13 @@ def sweep(configs, desc):
                      device=functools.partial(provenance.device_name, run_device))
 
 
+def reported_runs(lam):
+    """The runs on the test set: every strategy, benchmark and seed, each EWC variant at λ = lam(name, strategy)."""
+    return [ContinualRun(strategy=s, seed=seed, ewc_lambda=lam(name, s), probe_examples=probe_examples,
+                         **common, **setting(name))
+            for name in benchmarks for s in STRATEGIES for seed in range(seeds)]
+
+
 def describe_benchmark(name):
     s = setting(name)
     return f"{BENCHMARKS[name][2]} ({s['n_tasks']} tasks, {s['epochs']} epoch{'s' * (s['epochs'] > 1)} per task)"
@@ -168,9 +183,42 @@ display(Markdown(
     f"**This run:** `{model}` on `{dataset}`: {'; '.join(describe_benchmark(b) for b in benchmarks)}. "
     f"{optimizer.capitalize()} at learning rate {lr:g}, batch {batch_size}, weight decay {weight_decay:g}; "
     f"importance from {importance_examples} training images per task; forward-transfer probe on "
-    f"{probe_examples} images per task. λ searched on validation over {search_seeds} seed(s) from the coarse grid "
+    f"{probe_examples} images per task. λ searched on validation over {search_seeds} seed{'s' * (search_seeds > 1)} "
+    f"from the coarse grid "
     f"{', '.join(f'{lam:g}' for lam in lambdas)}; reported runs on the test set over {seeds} seeds. "
     f"Code: {provenance.describe(device)}."))
+
+# %% [markdown]
+# ## Declared contrasts
+# The comparisons this chapter tests, fixed before its results were computed, from its question: is
+# SNIP's saliency a better EWC importance than the Fisher, and does its protection come from *which*
+# parameters it names rather than from having any penalty? This cell stops the notebook before any run
+# if the grid lacks one. After the runs they are tested together (Holm: the chance of any false claim
+# among them is held at 5%), and they alone are the chapter's findings. Everything else below is
+# exploratory and uncorrected for multiplicity.
+#
+# Per benchmark, in average accuracy after the last task (points), paired on seeds (a seed fixes the
+# initialisation, the validation split and the permutations, shared by every strategy):
+# - SNIP-EWC − EWC: does SNIP's saliency protect better, or worse, than the Fisher?
+# - SNIP-EWC − the random-importance control (the Fisher's values at random positions: the same penalty's
+#   size, no information about which parameters matter): does SNIP's choice beat random importances?
+#
+# Both are two-sided difference tests: no margin of practical equality could be fixed in advance for
+# these benchmarks, so the chapter claims no equality; a difference not detected is only that.
+#
+# A rerun on a narrower grid keeps the contrasts of what it runs: `benchmarks` drops a benchmark's
+# contrasts with it (the family, and so Holm's correction, is then the ones left, named in the table
+# below); every strategy always runs, so no contrast can lose its method; `seeds` must be at least 2.
+# A contrast edited here to name a strategy or benchmark the grid lacks stops this cell, naming it.
+
+# %% tags=["hide-input"]
+PRIMARY = continual_report.declared_contrasts([("snip_ewc", "ewc"), ("snip_ewc", "ewc_random")], titles, NAMES)
+# The reported runs' λ comes from the validation search below, but the contrasts select on benchmark, strategy and
+# seed only: the reported grid with a placeholder λ has the same rows, so a contrast it lacks stops here, not later.
+check_contrasts(PRIMARY, continual_report.named_grid(reported_runs(lambda name, strategy: 0.0), label))
+display(table(pd.DataFrame({"contrast": [c.name for c in PRIMARY], "test": "difference, two-sided"}),
+              caption=f"{len(PRIMARY)} declared contrasts in average accuracy after the last task (points; "
+                      f"positive: the first is more accurate), paired on seeds"))
 
 # %% [markdown]
 # ## Choosing λ on validation
@@ -238,7 +286,7 @@ def bracketed(name, strategy):
     return lams[0] < chosen[name][strategy] < lams[-1]
 
 
-choice = pd.DataFrame([dict(benchmark=BENCHMARKS[name][2], strategy=s, λ=chosen[name][s],
+choice = pd.DataFrame([dict(benchmark=BENCHMARKS[name][2], strategy=s, λ=f"{chosen[name][s]:g}",
                             **{"validation accuracy (%)": validation_means(searches[name])[s][chosen[name][s]],
                                "λ values tried": searches[name][searches[name].strategy == s].ewc_lambda.nunique(),
                                "optimum bracketed": "yes" if bracketed(name, s) else "no (at the grid's edge)",
@@ -253,36 +301,55 @@ display(table(choice))
 # by linear probe. Joint training learns every task at once, so it has no forgetting or transfer.
 
 # %% tags=["hide-input"]
-runs = [ContinualRun(strategy=s, seed=seed, ewc_lambda=chosen[name].get(s, 0.0), probe_examples=probe_examples,
-                     **common, **setting(name))
-        for name in benchmarks for s in STRATEGIES for seed in range(seeds)]
-results = sweep(runs, desc="sequences")
-label = {(BENCHMARKS[n][0], BENCHMARKS[n][1]): n for n in benchmarks}
-results["benchmark"] = [label[(b, s)] for b, s in zip(results["benchmark"], results["scenario"])]
-titles = {name: BENCHMARKS[name][2] for name in benchmarks}
-summary = continual_report.summary(results, titles, λ=lambda b, s: chosen[b].get(s, math.nan))
+results = continual_report.named(sweep(reported_runs(lambda name, s: chosen[name].get(s, 0.0)), desc="sequences"),
+                                  label)
+summary = continual_report.summary(results, titles, λ=lambda b, s: f"{chosen[b][s]:g}" if s in chosen[b] else math.nan)
 display(Markdown(f"{len(results)} runs; {results.seconds.sum() / 3600:.2f} device-hours for these and "
                  f"{search.seconds.sum() / 3600:.2f} for the λ search. Code of the records: "
                  f"{', '.join(sorted(set(results.code) | set(search.code)))}."))
 display(table(summary))
+
+# %% [markdown]
+# ## Answer
+# The declared contrasts, tested together (Holm); the findings below say the same in full.
+
+# %% tags=["remove-input"]
+tested = evaluate_contrasts(results, PRIMARY)
+decided = continual_report.decisions(tested, PRIMARY)
+better = continual_report.shown_on(decided, titles, "snip_ewc", ["ewc", "ewc_random"])
+claim = ("SNIP's saliency is the better EWC importance (SNIP-EWC more accurate than both EWC and the random-importance "
+         "control) " + (f"on: {', '.join(better)}." if better else "on no benchmark of this run."))
+if dataset == "mnist":
+    setup = (f"`{model}`, {epochs} epoch{'s' * (epochs > 1)} per task (Split) and {permuted_epochs} (Permuted), "
+             f"{seeds} seeds; van de Ven & Tolias train MLPs of " + " and ".join(
+                 f"{p['fc_units']} hidden units for {p['iterations']:,} iterations per task ({kind.capitalize()})"
+                 for kind, p in published.VAN_DE_VEN_PROTOCOL.items()) +
+             ": the protocol table below sets the two side by side.")
+else:
+    setup = (f"`{model}` on `{dataset}`, {seeds} seeds; the published protocols (van de Ven & Tolias) are MNIST's, "
+             f"so this setup has no published counterpart to be measured against.")
+display(Markdown(continual_report.answer_box(tested, claim, setup)))
 
 # %% tags=["hide-input"]
 continual_report.seen_accuracy_figure(results, titles, STRATEGIES)
 plt.show()
 
 # %% [markdown]
-# ## Paired comparisons
+# ## Exploratory comparisons
 # Differences on the same seeds, in accuracy points, with 95% confidence intervals: each method
-# against fine-tuning, SNIP-EWC against EWC, and both importances against the two controls. For
-# forgetting, a negative difference is better. An interval that spans 0 is "not detected at this
-# power"; `detectable` is the smallest difference the run would most likely have detected (paired t,
-# 80% power).
+# against fine-tuning, SNIP-EWC against EWC, and both importances against the two controls. These are
+# **exploratory**: each interval stands alone, not corrected for the many in the table, so some exclude
+# 0 by chance; the declared contrasts are tested in the findings below. For forgetting, a negative
+# difference is better. An interval that spans 0 is "not detected at this power"; the detectable
+# difference is the smallest the run would most likely have detected (paired t, 80% power).
 
 # %% tags=["hide-input"]
 PAIRS = [(s, "finetune") for s in VARIANTS] + [("snip_ewc", "ewc"), ("snip_ewc", "ewc_uniform"),
                                               ("snip_ewc", "ewc_random"), ("ewc", "ewc_uniform"), ("ewc", "ewc_random")]
 comparisons = continual_report.paired_comparisons(results, PAIRS)
-display(table(continual_report.comparison_table(comparisons, PAIRS, titles)))
+display(table(continual_report.comparison_table(comparisons, PAIRS, titles),
+              caption="Exploratory: per-comparison 95% intervals, not corrected for multiplicity (the declared "
+                      "contrasts' rows too: their tests are in the findings)"))
 
 # %% [markdown]
 # ## Do SNIP and the Fisher rank parameters alike?
@@ -335,44 +402,52 @@ else:
     display(Markdown("Their protocols are MNIST's; this run is on another dataset, so there is nothing to set beside it."))
 
 # %% [markdown]
-# ## Discussion
-# Computed from this run's paired comparisons, so a rerun with other parameters never shows stale claims.
+# ## Findings
+# The declared contrasts, tested together; computed from this run, so a rerun with other parameters never
+# shows stale claims.
 
 # %% tags=["remove-input", "findings"]
+means = results.groupby(["benchmark", "strategy"]).avg_acc.mean()
+display(Markdown("\n\n".join(
+    f"**{titles[name]}.** Fine-tuning ends at {means[name, 'finetune']:.1f}% average accuracy and joint training at "
+    f"{means[name, 'joint']:.1f}%; EWC reaches {means[name, 'ewc']:.1f}%, SNIP-EWC {means[name, 'snip_ewc']:.1f}% and "
+    f"the random-importance control {means[name, 'ewc_random']:.1f}% (means over {seeds} seeds)."
+    for name in benchmarks)))
+display(report.Findings(tested, f"{model} on {dataset}: average accuracy after the last task, {seeds} seeds",
+                        lead=f"**Declared contrasts** ({len(PRIMARY)}, fixed before the results; average accuracy, "
+                             f"points, paired on seeds; Holm-adjusted across the {len(PRIMARY)}):"))
+display(Markdown(
+    "That SNIP's saliency is the better EWC importance (SNIP-EWC more accurate than both EWC and the random-importance "
+    "control, in the tested family) is shown " + (f"on: {', '.join(better)}." if better else "on no benchmark here.") +
+    f" The Fisher and SNIP importances rank the body's parameters with Spearman correlation {rho:.2f} after the "
+    f"first task of {BENCHMARKS[first][2]} (one seed, descriptive)."))
+if dataset == "cifar100":
+    display(Markdown("The project's write-up expected average forgetting of " + ", ".join(
+        f"{s} {v:g}%" for s, v in published.WRITEUP_EXPECTED_FORGETTING.items()) + " on Split CIFAR-100 (a "
+        "hypothesis, not a measurement)."))
+
+# %% [markdown]
+# ## Exploratory reading
+# What the exploratory comparisons above suggest beyond the declared contrasts. Each interval stands
+# alone, uncorrected for multiplicity: a lead for a new, declared test, not a finding.
+
+# %% tags=["remove-input"]
 row = functools.partial(continual_report.comparison, comparisons)
 beats = functools.partial(continual_report.beats, comparisons)
-lines = []
+verdict = functools.partial(stats.verdict, exploratory=True)
+blocks = []
 for name in benchmarks:
-    title = BENCHMARKS[name][2]
-    part = results[results.benchmark == name].groupby("strategy")
-    means = part.avg_acc.mean()
-    lines.append(f"**{title}.** Fine-tuning ends at {means['finetune']:.1f}% average accuracy and joint training at "
-                 f"{means['joint']:.1f}%; EWC reaches {means['ewc']:.1f}% and SNIP-EWC {means['snip_ewc']:.1f}%.")
-    lines.append(f"- EWC − fine-tuning, average accuracy: {stats.verdict(row(name, 'ewc', 'finetune', 'avg_acc'))}.")
-    lines.append(f"- SNIP-EWC − EWC, average accuracy: {stats.verdict(row(name, 'snip_ewc', 'ewc', 'avg_acc'))}; "
-                 f"forgetting: {stats.verdict(row(name, 'snip_ewc', 'ewc', 'forgetting'))}.")
-    for variant in ("snip_ewc", "ewc"):
-        against = [c for c in ("ewc_uniform", "ewc_random") if beats(name, variant, c)]
-        if len(against) == 2:
-            verdict = "beats both controls: its importance carries information about which parameters matter"
-        else:
-            missed = [c for c in ("ewc_uniform", "ewc_random") if c not in against]
-            verdict = ("does not beat " + " and ".join(f"`{c}`" for c in missed) +
-                       " (the controls that keep the penalty and drop the information), so this run cannot credit "
-                       "its importance with the protection")
-        lines.append(f"- `{variant}` {verdict}: " + "; ".join(
-            f"− {c}: {stats.verdict(row(name, variant, c, 'avg_acc'))}" for c in ("ewc_uniform", "ewc_random")) + ".")
-    claim = beats(name, "snip_ewc", "ewc") and beats(name, "snip_ewc", "ewc_uniform") and beats(name, "snip_ewc",
-                                                                                             "ewc_random")
-    lines.append(f"- Claim that SNIP's saliency is the better EWC importance here: "
-                 f"{'supported (it beats EWC and both controls)' if claim else 'not supported by this run'}.")
-lines.append(f"\nThe Fisher and SNIP importances rank the body's parameters with Spearman correlation {rho:.2f} after "
-             f"the first task of {BENCHMARKS[first][2]}.")
-if dataset == "cifar100":
-    lines.append("The project's write-up expected average forgetting of " + ", ".join(
-        f"{s} {v:g}%" for s, v in published.WRITEUP_EXPECTED_FORGETTING.items()) + " on Split CIFAR-100 (a "
-        "hypothesis, not a measurement).")
-display(Markdown("\n".join(lines)))
+    lines = [f"**{titles[name]}.**",
+             f"- EWC − fine-tuning, average accuracy: {verdict(row(name, 'ewc', 'finetune'))}.",
+             f"- SNIP-EWC − EWC, forgetting: {verdict(row(name, 'snip_ewc', 'ewc', 'forgetting'))}.",
+             f"- SNIP-EWC − the uniform-importance control, average accuracy (the random one is declared, above): "
+             f"{verdict(row(name, 'snip_ewc', 'ewc_uniform'))}."]
+    above = [c for c in ("ewc_uniform", "ewc_random") if beats(name, "ewc", c)]
+    lines.append(f"- EWC is {'above both controls' if len(above) == 2 else 'not above both controls'} in average "
+                 f"accuracy: " + "; ".join(f"− {NAMES[c]}: {verdict(row(name, 'ewc', c))}"
+                                           for c in ("ewc_uniform", "ewc_random")) + ".")
+    blocks.append("\n".join(lines))
+display(Markdown("\n\n".join(blocks)))
 
 # %% [markdown]
 # ## Limits
@@ -380,9 +455,10 @@ display(Markdown("\n".join(lines)))
 # %% tags=["remove-input"]
 limits = [f"- Dataset `{dataset}`, model `{model}`; {seeds} seeds for the reported runs and {search_seeds} for each "
           f"λ; the confidence intervals of {seeds} paired seeds are wide, and a difference smaller than the "
-          f"`detectable` column may exist unseen.",
-          f"- Training length: {epochs} epoch(s) per task on the Split benchmarks and {permuted_epochs} on the Permuted "
-          f"one, for every strategy (joint training: the same epochs over all tasks' data at once).",
+          f"detectable one (the findings and the exploratory table say how small) may exist unseen.",
+          f"- Training length: {epochs} epoch{'s' * (epochs > 1)} per task on the Split benchmarks and "
+          f"{permuted_epochs} on the Permuted one, for every strategy (joint training: the same epochs over all tasks' "
+          f"data at once).",
           f"- Importances from {importance_examples} training images per task; one penalty term per past task "
           f"({'online EWC' if online else 'not online EWC'}); the {fisher_labels} Fisher.",
           "- λ is chosen on validation accuracy after the last task; another criterion (say, forgetting) could pick "
@@ -392,7 +468,8 @@ if dataset == "mnist":
     limits.append(f"- Shorter and smaller than van de Ven & Tolias's protocol (table above), to fit a shared 2-core "
                   f"CPU: `{model}` instead of their MLPs of {theirs['split']['fc_units']} (Split) and "
                   f"{theirs['permuted']['fc_units']} (Permuted) hidden units per layer, and {epochs} and "
-                  f"{permuted_epochs} epoch(s) per task instead of their {theirs['split']['iterations']:,} and "
+                  f"{permuted_epochs} epoch{'s' * (permuted_epochs > 1)} per task instead of their "
+                  f"{theirs['split']['iterations']:,} and "
                   f"{theirs['permuted']['iterations']:,} iterations of {theirs['split']['batch']} images. Their "
                   f"accuracies could not be verified offline, so none is shown.")
     limits.append("- Only the EWC family is run: no replay, SI or LwF, which van de Ven & Tolias compare too.")

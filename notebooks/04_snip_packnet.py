@@ -91,11 +91,13 @@ import functools
 import math
 
 import matplotlib.pyplot as plt
+import pandas as pd
 from IPython.display import Markdown, display
 
-from snipnb import checks, continual_report, data, devices, plots, provenance, stats
+from snipnb import checks, continual_report, data, devices, plots, provenance, report, stats
 from snipnb.cluster import cluster_executor
 from snipnb.continual import PACKNET_STRATEGIES
+from snipnb.contrasts import check_contrasts, evaluate_contrasts
 from snipnb.notebook import check_parameters
 from snipnb.report import table
 from snipnb.sequence import ContinualRun, run_sequence
@@ -111,6 +113,9 @@ for name in benchmarks:
 for name, value in dict(seeds=seeds, search_seeds=search_seeds, epochs=epochs, permuted_epochs=permuted_epochs,
                         n_tasks=n_tasks, permuted_tasks=permuted_tasks).items():
     checks.integer(name, value, 1)
+if seeds < 2:
+    raise ValueError(f"seeds must be at least 2: the declared contrasts pair runs on seeds, and a paired test needs "
+                     f"two; got seeds={seeds}")
 epochs_per_task = [epochs if BENCHMARKS[b][0] == "split" else permuted_epochs for b in benchmarks]
 if retrain_epochs is None:  # follows the epochs, so that -p epochs 1 needs no second parameter
     retrain_epochs = min(1, min(epochs_per_task) - 1)
@@ -131,6 +136,10 @@ workers = workers or devices.default_workers(device)
 
 VARIANTS = list(PACKNET_STRATEGIES)  # packnet, snip_packnet and the random control: each gets its own keep
 STRATEGIES = ["finetune", "joint", *VARIANTS]
+NAMES = {"finetune": "fine-tuning", "joint": "joint training", "packnet": "PackNet", "snip_packnet": "SNIP-PackNet",
+         "random_packnet": "random PackNet"}
+titles = {name: BENCHMARKS[name][1] for name in benchmarks}
+label = {(BENCHMARKS[name][0], "task"): name for name in benchmarks}  # (benchmark, scenario) of a run -> its name
 common = dict(model=model, dataset=dataset, batch_size=batch_size, optimizer=optimizer, lr=lr,
               weight_decay=weight_decay, retrain_epochs=retrain_epochs, importance_examples=importance_examples,
               **data.recipe_defaults(dataset))
@@ -150,6 +159,14 @@ def sweep(configs, desc):
                      device=functools.partial(provenance.device_name, run_device))
 
 
+def reported_runs(keep):
+    """The runs on the test set: every strategy, benchmark and seed, each PackNet variant keeping the fraction
+    keep(name, strategy)."""
+    return [ContinualRun(strategy=s, seed=seed, keep=keep(name, s), probe_examples=probe_examples, **common,
+                         **setting(name))
+            for name in benchmarks for s in STRATEGIES for seed in range(seeds)]
+
+
 def keep_label(keep):
     return "equal" if keep is None or (isinstance(keep, float) and math.isnan(keep)) else f"{keep:g}"
 
@@ -164,9 +181,43 @@ display(Markdown(
     f"**This run:** `{model}` on `{dataset}`: {'; '.join(describe_benchmark(b) for b in benchmarks)}. "
     f"{optimizer.capitalize()} at learning rate {lr:g}, batch {batch_size}, weight decay {weight_decay:g}; SNIP "
     f"scored on {importance_examples} training images per task; forward-transfer probe on {probe_examples} images "
-    f"per task. Fraction kept per task searched on validation over {search_seeds} seed(s) from "
+    f"per task. Fraction kept per task searched on validation over {search_seeds} seed{'s' * (search_seeds > 1)} from "
     f"{', '.join(keep_label(k) for k in keeps)}; reported runs on the test set over {seeds} seeds. "
     f"Code: {provenance.describe(device)}."))
+
+# %% [markdown]
+# ## Declared contrasts
+# The comparisons this chapter tests, fixed before its results were computed, from its question: does
+# SNIP pick better weights for PackNet than magnitude does, and does either criterion beat keeping a
+# random fraction? This cell stops the notebook before any run if the grid lacks one. After the runs
+# they are tested together (Holm: the chance of any false claim among them is held at 5%), and they
+# alone are the chapter's findings. Everything else below is exploratory and uncorrected for
+# multiplicity.
+#
+# Per benchmark, in average accuracy after the last task (points), paired on seeds (a seed fixes the
+# initialisation, the validation split and the permutations, shared by every strategy):
+# - SNIP-PackNet − PackNet: does SNIP's saliency pick better, or worse, weights than magnitude?
+# - SNIP-PackNet − random PackNet and PackNet − random PackNet: does either criterion's choice of
+#   weights beat a random choice of as many?
+#
+# All are two-sided difference tests: no margin of practical equality could be fixed in advance for
+# these benchmarks, so the chapter claims no equality; a difference not detected is only that.
+#
+# A rerun on a narrower grid keeps the contrasts of what it runs: `benchmarks` drops a benchmark's
+# contrasts with it (the family, and so Holm's correction, is then the ones left, named in the table
+# below); every strategy always runs, so no contrast can lose its method; `seeds` must be at least 2.
+# A contrast edited here to name a strategy or benchmark the grid lacks stops this cell, naming it.
+
+# %% tags=["hide-input"]
+PRIMARY = continual_report.declared_contrasts(
+    [("snip_packnet", "packnet"), ("snip_packnet", "random_packnet"), ("packnet", "random_packnet")], titles, NAMES)
+# The reported runs' fraction kept comes from the validation search below, but the contrasts select on benchmark,
+# strategy and seed only: the reported grid with a placeholder fraction (None, equal shares) has the same rows, so a
+# contrast it lacks stops here, not later.
+check_contrasts(PRIMARY, continual_report.named_grid(reported_runs(lambda name, strategy: None), label))
+display(table(pd.DataFrame({"contrast": [c.name for c in PRIMARY], "test": "difference, two-sided"}),
+              caption=f"{len(PRIMARY)} declared contrasts in average accuracy after the last task (points; "
+                      f"positive: the first is more accurate), paired on seeds"))
 
 # %% [markdown]
 # ## Choosing the fraction kept per task, on validation
@@ -177,8 +228,7 @@ display(Markdown(
 search = sweep([ContinualRun(strategy=s, keep=keep, seed=seed, split="val", probe_examples=0, **common, **setting(name))
                 for name in benchmarks for s in VARIANTS for keep in keeps for seed in range(search_seeds)],
                desc="keep search")
-label = {BENCHMARKS[n][0]: n for n in benchmarks}
-search["benchmark"] = search["benchmark"].map(label)
+search = continual_report.named(search, label)
 search["kept"] = search["keep"].map(keep_label)
 means = search.groupby(["benchmark", "strategy", "kept"], sort=False).avg_acc.mean()
 chosen = {(b, s): means[b][s].idxmax() for b in benchmarks for s in VARIANTS}
@@ -199,12 +249,8 @@ display(table(wide[[keep_label(k) for k in keeps] + ["chosen", "runs that diverg
 # price is paid in the accuracy later tasks reach with the capacity left to them.
 
 # %% tags=["hide-input"]
-runs = [ContinualRun(strategy=s, seed=seed, keep=best_keep.get((name, s)), probe_examples=probe_examples,
-                     **common, **setting(name))
-        for name in benchmarks for s in STRATEGIES for seed in range(seeds)]
-results = sweep(runs, desc="sequences")
-results["benchmark"] = results["benchmark"].map(label)
-titles = {name: BENCHMARKS[name][1] for name in benchmarks}
+results = continual_report.named(sweep(reported_runs(lambda name, s: best_keep.get((name, s))), desc="sequences"),
+                                  label)
 
 
 def epochs_per_task(b, s):
@@ -219,22 +265,40 @@ display(Markdown(f"{len(results)} runs; {results.seconds.sum() / 3600:.2f} devic
                  f"{', '.join(sorted(set(results.code) | set(search.code)))}."))
 display(table(summary))
 
+# %% [markdown]
+# ## Answer
+# The declared contrasts, tested together (Holm); the findings below say the same in full.
+
+# %% tags=["remove-input"]
+tested = evaluate_contrasts(results, PRIMARY)
+decided = continual_report.decisions(tested, PRIMARY)
+better = continual_report.shown_on(decided, titles, "snip_packnet", ["packnet", "random_packnet"])
+claim = ("SNIP picks better weights for PackNet (SNIP-PackNet more accurate than both PackNet and random PackNet) "
+         + (f"on: {', '.join(better)}." if better else "on no benchmark of this run."))
+setup = (f"`{model}` trained from scratch on `{dataset}`, {seeds} seeds; Mallya & Lazebnik add fine-grained tasks to "
+         f"an ImageNet-trained VGG-16, so no published figure matches this protocol.")
+display(Markdown(continual_report.answer_box(tested, claim, setup)))
+
 # %% tags=["hide-input"]
 continual_report.seen_accuracy_figure(results, titles, STRATEGIES)
 plt.show()
 
 # %% [markdown]
-# ## Paired comparisons
+# ## Exploratory comparisons
 # Differences on the same seeds, in accuracy points, with 95% confidence intervals: each PackNet
 # variant against fine-tuning, SNIP-PackNet against magnitude PackNet, and both against the random
-# control. `detectable`: the smallest difference in average accuracy the run would most likely have
-# detected (paired t, 80% power).
+# control. These are **exploratory**: each interval stands alone, not corrected for the many in the
+# table, so some exclude 0 by chance; the declared contrasts are tested in the findings below. The
+# detectable difference is the smallest in average accuracy the run would most likely have detected
+# (paired t, 80% power).
 
 # %% tags=["hide-input"]
 PAIRS = [(s, "finetune") for s in VARIANTS] + [("snip_packnet", "packnet"), ("snip_packnet", "random_packnet"),
                                               ("packnet", "random_packnet")]
 comparisons = continual_report.paired_comparisons(results, PAIRS)
-display(table(continual_report.comparison_table(comparisons, PAIRS, titles)))
+display(table(continual_report.comparison_table(comparisons, PAIRS, titles),
+              caption="Exploratory: per-comparison 95% intervals, not corrected for multiplicity (the declared "
+                      "contrasts' rows too: their tests are in the findings)"))
 
 # %% [markdown]
 # ## Capacity: which task owns how much of every layer
@@ -263,38 +327,46 @@ plt.show()
 # benchmarks. There is no published figure for this protocol to set beside ours.
 
 # %% [markdown]
-# ## Discussion
-# Computed from this run's paired comparisons, so a rerun with other parameters never shows stale claims.
+# ## Findings
+# The declared contrasts, tested together; computed from this run, so a rerun with other parameters never
+# shows stale claims.
 
 # %% tags=["remove-input", "findings"]
+means = results.groupby(["benchmark", "strategy"]).avg_acc.mean()
+worst = results[results.strategy.isin(VARIANTS)].groupby("benchmark").forgetting.max()
+display(Markdown("\n\n".join(
+    f"**{titles[name]}.** Fine-tuning ends at {means[name, 'finetune']:.1f}% average accuracy, joint training at "
+    f"{means[name, 'joint']:.1f}%; PackNet reaches {means[name, 'packnet']:.1f}%, SNIP-PackNet "
+    f"{means[name, 'snip_packnet']:.1f}% and random PackNet {means[name, 'random_packnet']:.1f}% (means over {seeds} "
+    f"seeds). The largest forgetting of any PackNet run is {worst[name]:.2f} points." for name in benchmarks)))
+display(report.Findings(tested, f"{model} on {dataset}: average accuracy after the last task, {seeds} seeds",
+                        lead=f"**Declared contrasts** ({len(PRIMARY)}, fixed before the results; average accuracy, "
+                             f"points, paired on seeds; Holm-adjusted across the {len(PRIMARY)}):"))
+display(Markdown(
+    "That SNIP picks better weights for PackNet (SNIP-PackNet more accurate than both PackNet and random PackNet, in "
+    "the tested family) is shown " + (f"on: {', '.join(better)}." if better else "on no benchmark here.")))
+
+# %% [markdown]
+# ## Exploratory reading
+# What the exploratory comparisons above suggest beyond the declared contrasts. Each interval stands
+# alone, uncorrected for multiplicity: a lead for a new, declared test, not a finding.
+
+# %% tags=["remove-input"]
 row = functools.partial(continual_report.comparison, comparisons)
-beats = functools.partial(continual_report.beats, comparisons)
-lines = []
-for name in benchmarks:
-    means_now = results[results.benchmark == name].groupby("strategy").avg_acc.mean()
-    worst = results[(results.benchmark == name) & results.strategy.isin(VARIANTS)].forgetting.max()
-    lines.append(f"**{BENCHMARKS[name][1]}.** Fine-tuning ends at {means_now['finetune']:.1f}% average accuracy, "
-                 f"joint training at {means_now['joint']:.1f}%; PackNet reaches {means_now['packnet']:.1f}%, "
-                 f"SNIP-PackNet {means_now['snip_packnet']:.1f}% and the random control "
-                 f"{means_now['random_packnet']:.1f}%. The largest forgetting of any PackNet run is {worst:.2f} points.")
-    lines.append(f"- SNIP-PackNet − PackNet: {stats.verdict(row(name, 'snip_packnet', 'packnet'))}.")
-    for variant in ("snip_packnet", "packnet"):
-        r = row(name, variant, "random_packnet")
-        reading = ("" if beats(name, variant, "random_packnet") else
-                   ": keeping random weights does better" if r is not None and r.n > 1 and r.ci_high < 0 else
-                   ": which weights it keeps is not shown to matter")
-        lines.append(f"- {variant} − random_packnet: {stats.verdict(r)}{reading}.")
-    claim = beats(name, "snip_packnet", "packnet") and beats(name, "snip_packnet", "random_packnet")
-    lines.append(f"- Claim that SNIP picks better weights for PackNet here: "
-                 f"{'supported (it beats magnitude and random)' if claim else 'not supported by this run'}.")
-display(Markdown("\n".join(lines)))
+verdict = functools.partial(stats.verdict, exploratory=True)
+display(Markdown("\n\n".join(
+    f"**{titles[name]}.**\n" + "\n".join(
+        f"- {NAMES[s]} − fine-tuning, average accuracy: {verdict(row(name, s, 'finetune'))}." for s in VARIANTS)
+    + f"\n- SNIP-PackNet − PackNet, forgetting: {verdict(row(name, 'snip_packnet', 'packnet', 'forgetting'))}."
+    for name in benchmarks)))
 
 # %% [markdown]
 # ## Limits
 
 # %% tags=["remove-input"]
 limits = [f"- Dataset `{dataset}`, model `{model}`; {seeds} seeds for the reported runs and {search_seeds} for each "
-          f"fraction kept; a difference smaller than the `detectable` column may exist unseen.",
+          f"fraction kept; a difference smaller than the detectable one (the findings and the exploratory table "
+          f"say how small) may exist unseen.",
           f"- {epochs} epochs per task on the Split benchmark and {permuted_epochs} on the Permuted one, for every "
           f"strategy; PackNet spends {retrain_epochs} of them retraining after pruning, so it trains on fewer epochs "
           f"before pruning than fine-tuning does in all.",

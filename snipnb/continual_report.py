@@ -2,14 +2,21 @@
 
 `results` has one row per run: `benchmark` (the chapter's name for it), `strategy`, `seed` and the
 metrics in percent. `titles` maps a benchmark's name to the title a reader sees, in display order.
+
+A chapter declares its primary contrasts (`declared_contrasts`) before any run and checks them
+against its grid (`named_grid`); everything else here (`paired_comparisons`, `comparison_table`) is
+exploratory: per-comparison 95% intervals, not corrected for multiplicity.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from . import plots, stats
+from .contrasts import Contrast
 from .sequence import mean_matrix
 
 METRICS = {"avg_acc": "average accuracy", "forgetting": "forgetting", "bwt": "BWT", "fwt": "FWT"}
@@ -28,6 +35,63 @@ def summary(results: pd.DataFrame, titles: dict[str, str], **first_columns) -> p
     for position, (column, value) in enumerate(first_columns.items()):
         table.insert(position, column, [value(b, s) for b, s in table.index])
     return _titled(table, titles)
+
+
+def named(frame: pd.DataFrame, names: dict[tuple[str, str], str]) -> pd.DataFrame:
+    """`frame` (results, or configs of runs) with its `benchmark` column set to the chapter's name of each
+    row's (benchmark, scenario), e.g. ("split", "class") -> "split_class"."""
+    unknown = sorted(set(zip(frame["benchmark"], frame["scenario"])) - set(names), key=str)
+    if unknown:
+        raise ValueError(f"no name for (benchmark, scenario) {unknown}: names has {sorted(names)}")
+    return frame.assign(benchmark=[names[key] for key in zip(frame["benchmark"], frame["scenario"])])
+
+
+def named_grid(runs, names: dict[tuple[str, str], str]) -> pd.DataFrame:
+    """The configs `runs` (ContinualRun) as a table, one row each, benchmarks `named` as results will be:
+    what `contrasts.check_contrasts` checks declared contrasts against before any run."""
+    return named(pd.DataFrame([dataclasses.asdict(run) for run in runs]), names)
+
+
+def declared_contrasts(pairs: list[tuple[str, str]], titles: dict[str, str], strategy_names: dict[str, str],
+                       metric: str = "avg_acc") -> list[Contrast]:
+    """a − b on `metric` for every benchmark in `titles` and (a, b) in `pairs` (strategies), paired on
+    the seed: one `Contrast` each, named "title: A − B" with the strategies' names for a reader."""
+    return [Contrast(f"{title}: {strategy_names[a]} − {strategy_names[b]}", metric, variant={"strategy": a},
+                     baseline={"strategy": b}, within={"benchmark": benchmark})
+            for benchmark, title in titles.items() for a, b in pairs]
+
+
+def decisions(tested: pd.DataFrame, contrasts: list[Contrast]) -> dict[tuple[str, str, str], str]:
+    """(benchmark, a, b) -> the decision of the tested contrast a − b on that benchmark
+    (`contrasts.evaluate_contrasts` of `contrasts`, in their order)."""
+    if list(tested["contrast"]) != [c.name for c in contrasts]:
+        raise ValueError("tested must be evaluate_contrasts of these contrasts, in their order")
+    return {(c.within["benchmark"], c.variant["strategy"], c.baseline["strategy"]): d
+            for c, d in zip(contrasts, tested["decision"])}
+
+
+def shown_on(decided: dict, titles: dict[str, str], a: str, against: list[str]) -> list[str]:
+    """The titles of the benchmarks on which a − b was tested "higher" for every b in `against` (`decisions`)."""
+    return [title for name, title in titles.items() if all(decided[name, a, b] == "higher" for b in against)]
+
+
+def answer_box(tested: pd.DataFrame, claim: str, setup: str, unit: str = "points") -> str:
+    """A chapter's answer for the top of its results, as a Markdown block quote: `claim` (the verdict,
+    worded by the chapter from the tested contrasts), one line per declared contrast (its difference,
+    family-adjusted interval and decision, from `contrasts.evaluate_contrasts`), and `setup` (how far
+    this run is from the published one). Every line is its own paragraph in the quote, so a benchmark's
+    title never folds into the line above it."""
+    def line(row):
+        if row["n"] < 2:
+            return f"{row['contrast']}: {row['diff']:+.2f} {unit} on {int(row['n'])} seed, too few for a test"
+        return (f"{row['contrast']}: {row['diff']:+.2f} {unit} (family-adjusted "
+                f"{100 * row['adjusted_level']:.4g}% CI {row['adjusted_low']:+.2f} to {row['adjusted_high']:+.2f}, "
+                f"{int(row['n'])} seeds): {row['decision']}")
+
+    family = f"{len(tested)} declared contrast{'s' * (len(tested) > 1)}, Holm-adjusted together"
+    paragraphs = [f"**Answer.** {claim}", f"*Effect* ({family}):", *(f"- {line(row)}" for _, row in tested.iterrows()),
+                  f"*Setup.* {setup}"]
+    return "\n>\n".join(f"> {p}" for p in paragraphs)
 
 
 def paired_comparisons(results: pd.DataFrame, pairs: list[tuple[str, str]],
@@ -58,8 +122,9 @@ def beats(comparisons: pd.DataFrame, benchmark: str, a: str, b: str) -> bool:
 
 
 def comparison_table(comparisons: pd.DataFrame, pairs: list[tuple[str, str]], titles: dict[str, str]) -> pd.DataFrame:
-    """One row per (benchmark title, "a − b"): each metric's difference with its 95% CI, in the order of
-    `titles` and `pairs`, and the smallest difference in average accuracy the run could detect."""
+    """One row per (benchmark title, "a − b"): each metric's difference with its 95% CI (uncorrected),
+    in the order of `titles` and `pairs`, and the smallest difference in average accuracy the run could
+    detect (80% power). Columns say what they hold, e.g. "average accuracy: difference [95% CI]"."""
     def cell(row):
         if row.n < 2:
             return f"{row['diff']:+.2f} (n=1)"
@@ -67,8 +132,10 @@ def comparison_table(comparisons: pd.DataFrame, pairs: list[tuple[str, str]], ti
 
     cells = comparisons.assign(cell=comparisons.apply(cell, axis=1))
     wide = cells.pivot(index=["benchmark", "comparison"], columns="metric", values="cell")
-    wide["detectable (avg acc)"] = cells[cells.metric == "avg_acc"].set_index(["benchmark", "comparison"]).detectable
-    wide = wide.rename(columns=METRICS)
+    detectable = cells[cells.metric == "avg_acc"].set_index(["benchmark", "comparison"]).detectable
+    wide = wide.rename(columns={m: f"{label}: difference [95% CI]" for m, label in METRICS.items()})
+    wide["average accuracy: detectable difference"] = detectable  # at 80% power
+    wide.columns.name = None
     wide = wide.reindex([(b, f"{x} − {y}") for b in titles for x, y in pairs])
     return _titled(wide, titles)
 

@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 
 from snipnb import continual_report as cr
+from snipnb.contrasts import check_contrasts, evaluate_contrasts
+from snipnb.sequence import ContinualRun
 
 matplotlib.use("Agg")
 
@@ -64,10 +66,12 @@ def test_the_comparison_table_follows_the_order_of_titles_and_pairs():
     wide = cr.comparison_table(cr.paired_comparisons(results(), pairs), pairs, titles)
     assert list(wide.index) == [("Permuted", "noisy − finetune"), ("Permuted", "ewc − finetune"),
                                 ("Split, task-IL", "noisy − finetune"), ("Split, task-IL", "ewc − finetune")]
-    assert wide.loc[("Permuted", "ewc − finetune"), "average accuracy"] == "+10.00 [+10.00, +10.00]"
-    assert wide.loc[("Permuted", "ewc − finetune"), "forgetting"] == "-6.00 [-6.00, -6.00]"
+    accuracy, forgetting = "average accuracy: difference [95% CI]", "forgetting: difference [95% CI]"
+    assert list(wide.columns) == [accuracy, forgetting, "average accuracy: detectable difference"]
+    assert wide.loc[("Permuted", "ewc − finetune"), accuracy] == "+10.00 [+10.00, +10.00]"
+    assert wide.loc[("Permuted", "ewc − finetune"), forgetting] == "-6.00 [-6.00, -6.00]"
     one_seed = cr.comparison_table(cr.paired_comparisons(results(seeds=1), pairs), pairs, titles)
-    assert one_seed.loc[("Permuted", "ewc − finetune"), "average accuracy"] == "+10.00 (n=1)"
+    assert one_seed.loc[("Permuted", "ewc − finetune"), accuracy] == "+10.00 (n=1)"
 
 
 def test_the_figure_has_a_panel_per_benchmark_with_every_strategy_and_joint_dotted():
@@ -80,3 +84,59 @@ def test_the_figure_has_a_panel_per_benchmark_with_every_strategy_and_joint_dott
     # Seeds' accuracies 70, 71, 72: after task 1 the mean R[0, 0] is 71; after task 2, R[1] averages acc − 2.5.
     assert np.allclose(ax.lines[0].get_ydata(), [71.0, 68.5])
     assert ax.lines[2].get_ydata()[0] == pytest.approx(91.0)  # joint: its mean average accuracy
+
+
+NAMES = {("split", "task"): "split_task", ("permuted", "domain"): "permuted"}
+STRATEGY_NAMES = {"ewc": "EWC", "ewc_random": "random EWC", "finetune": "fine-tuning"}
+
+
+def grid(strategies=("finetune", "ewc", "ewc_random"), seeds=3, lam=0.0):
+    return [ContinualRun(strategy=s, seed=seed, ewc_lambda=lam, benchmark=b, scenario=scenario)
+            for (b, scenario) in NAMES for s in strategies for seed in range(seeds)]
+
+
+def test_declared_contrasts_are_checked_on_the_named_grid_and_tested_on_the_results():
+    declared = cr.declared_contrasts([("ewc", "finetune"), ("ewc_random", "finetune")], TITLES, STRATEGY_NAMES)
+    assert [c.name for c in declared] == ["Split, task-IL: EWC − fine-tuning", "Split, task-IL: random EWC − fine-tuning",
+                                          "Permuted: EWC − fine-tuning", "Permuted: random EWC − fine-tuning"]
+    named = cr.named_grid(grid(), NAMES)
+    assert set(named.benchmark) == {"split_task", "permuted"}
+    check_contrasts(declared, named)  # every strategy and benchmark is in the grid
+    with pytest.raises(ValueError, match="strategy='ewc_random'"):  # the grid lacks a declared strategy: refused, named
+        check_contrasts(declared, cr.named_grid(grid(strategies=("finetune", "ewc")), NAMES))
+    tested = evaluate_contrasts(results().replace({"strategy": {"noisy": "ewc_random"}}), declared)
+    decided = cr.decisions(tested, declared)
+    assert decided[("permuted", "ewc", "finetune")] == "higher"
+    assert decided[("split_task", "ewc_random", "finetune")] == "not detected at this power"
+    with pytest.raises(ValueError, match="order"):
+        cr.decisions(tested.iloc[::-1], declared)
+
+
+def test_the_grid_with_a_placeholder_lambda_checks_the_same_rows_as_the_chosen_one():
+    # The reported runs' λ comes from the validation search; the contrasts never select on it.
+    declared = cr.declared_contrasts([("ewc", "finetune")], TITLES, STRATEGY_NAMES)
+    for lam in (0.0, 123.0):
+        check_contrasts(declared, cr.named_grid(grid(lam=lam), NAMES))
+
+
+def test_naming_a_benchmark_the_chapter_does_not_know_fails_with_its_key():
+    frame = pd.DataFrame(dict(benchmark=["split", "split"], scenario=["task", "class"]))
+    with pytest.raises(ValueError, match="'class'"):
+        cr.named(frame, NAMES)
+
+
+def test_the_answer_box_quotes_every_tested_contrast_with_its_decision_and_keeps_titles_apart():
+    declared = cr.declared_contrasts([("ewc", "finetune"), ("ewc_random", "finetune")], TITLES, STRATEGY_NAMES)
+    tested = evaluate_contrasts(results().replace({"strategy": {"noisy": "ewc_random"}}), declared)
+    decided = cr.decisions(tested, declared)
+    assert cr.shown_on(decided, TITLES, "ewc", ["finetune"]) == ["Split, task-IL", "Permuted"]
+    assert cr.shown_on(decided, TITLES, "ewc_random", ["finetune"]) == []
+    box = cr.answer_box(tested, "**Split, class-IL.** a claim", "a setup")
+    lines = box.split("\n")
+    assert all(line.startswith(">") for line in lines)  # one block quote
+    assert lines[0] == "> **Answer.** **Split, class-IL.** a claim" and lines[-1] == "> *Setup.* a setup"
+    assert all(lines[i] == ">" for i in range(1, len(lines), 2))  # a blank quoted line between paragraphs
+    permuted = next(line for line in lines if line.startswith("> - Permuted: EWC − fine-tuning"))
+    assert permuted.endswith(": higher") and "+10.00 points" in permuted and "3 seeds" in permuted
+    assert "family-adjusted 98.75% CI" in permuted  # 4 contrasts: Bonferroni's 1 − 0.05/4
+    assert sum(line.startswith("> - ") for line in lines) == len(declared)
