@@ -512,14 +512,16 @@ def settling(log: snow.SelectionLog) -> dict:
     per window of training steps and per tap, lists.
 
     `overlap_curve`, `slot_kept_curve`, `settled_curve`: the log's `overlap`, `kept` and
-    `settled()`, one list per window, one value per tap. `train_eval_overlap`: the overlap over all
-    steps and taps, how much of what the delta trained on was what evaluation takes;
+    `settled()`, one list per window, one value per tap; `curve_steps`: the training step each
+    window ends at (1-based, the last is the run's last step). `train_eval_overlap`: the overlap
+    over all steps and taps, how much of what the delta trained on was what evaluation takes;
     `train_eval_overlap_last`: the same over the last window; `slot_kept`: the mean share of slots
     that kept their channel from one step to the next.
     """
     overlap, kept = torch.tensor(log.overlap), torch.tensor(log.kept)
     weights = torch.tensor(log.window_steps, dtype=torch.float).view(-1, 1)
     return {"overlap_curve": log.overlap, "slot_kept_curve": log.kept, "settled_curve": log.settled(),
+            "curve_steps": torch.tensor(log.window_steps).cumsum(0).tolist(),
             "train_eval_overlap": float((overlap * weights).sum() / (weights.sum() * overlap.shape[1])),
             "train_eval_overlap_last": float(overlap[-1].mean()), "slot_kept": float(kept.nanmean())}
 
@@ -533,7 +535,7 @@ def grid(source: str, target: str, models, ks, methods, seeds: int, *, lrs: dict
     whole training split, for `full_epochs` epochs if given (a few-shot set needs more epochs than a
     full split for as many steps). `lrs` maps a method to its learning rate (default: `settings["lr"]`
     or SnowRun's). `settings` are the other `SnowRun` fields, shared by all runs; SNOW's own
-    (`m`, `sigma`, `width_divisor`) go to SNOW runs only.
+    (`SNOW_FIELDS`: `m`, `sigma`, `w_lr`, ...) go to SNOW runs only.
 
     Every k is checked against the target's smallest class here, before anything runs.
     """

@@ -468,6 +468,7 @@ def test_a_learned_run_reports_how_its_selection_settled(synthetic_source):
     taps = 5
     assert len(quiet["overlap_curve"]) == 9 and all(len(w) == taps for w in quiet["overlap_curve"])
     assert quiet["overlap_curve"] == [[1.0] * taps] * 9  # no noise: training takes what evaluation takes
+    assert quiet["curve_steps"] == list(range(1, 10))  # 9 steps in 9 windows, one step each
     assert quiet["train_eval_overlap"] == quiet["train_eval_overlap_last"] == 1.0
     assert quiet["settled_curve"][-1] == [1.0] * taps
     assert all(0 <= v <= 1 for w in quiet["slot_kept_curve"][1:] for v in w)
@@ -518,6 +519,24 @@ def test_the_grid_gives_snow_its_settings_and_each_method_its_learning_rate(synt
     assert all((r.m, r.sigma, r.selection) == (None, 0.1, "learned") for r in runs if r.method != "snow")
     with pytest.raises(ValueError, match="k must be between"):
         snowrun.grid("synthetic:0-4", "synthetic:5-9", ["resnet18"], [101], ["snow"], 1, image_size=32)
+
+
+def test_the_grid_and_the_ablation_carry_how_w_learns_to_snow_runs_only(synthetic_source):
+    # The seed's setting everywhere SNOW runs, the baselines untouched (they would refuse it).
+    runs = snowrun.grid("synthetic:0-4", "synthetic:5-9", ["resnet18"], [2], ["snow", "ft"], 1, image_size=32,
+                        **snowrun.SEED_SETTING)
+    snow_run, ft_run = sorted(runs, key=lambda r: r.method != "snow")
+    assert {f: getattr(snow_run, f) for f in snowrun.SEED_SETTING} == snowrun.SEED_SETTING
+    assert {f: getattr(ft_run, f) for f in snowrun.SEED_SETTING} == {
+        f: getattr(snowrun.SnowRun, f) for f in snowrun.SEED_SETTING}
+    # The chapter's setting by default, and it is not the seed's in any one field.
+    chapter = snowrun.SnowRun(model="resnet18", image_size=32)
+    assert (chapter.sigma_schedule, chapter.slot_order, chapter.w_lr, chapter.w_weight_decay) == (
+        "cosine", "stable", 2.0, 0.0)
+    assert all(getattr(chapter, f) != v for f, v in snowrun.SEED_SETTING.items())
+    runs = snowrun.ablation(chapter, 1, w_lr=[0.5], sigma_schedule=["constant"], slot_order=["sorted"])
+    assert [(r.w_lr, r.sigma_schedule, r.slot_order) for r in runs] == [
+        (0.5, "cosine", "stable"), (2.0, "constant", "stable"), (2.0, "cosine", "sorted")]
 
 
 def test_an_ablation_changes_one_setting_at_a_time():
