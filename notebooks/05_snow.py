@@ -34,7 +34,15 @@
 #   at evaluation the top $M$ of $w$. The chosen channels, times their $w$, are concatenated to the
 #   delta's feature map of the same size, which feeds the delta's next stage (after the last
 #   stage, its classifier). $M$ defaults to $N/$`width_divisor` at each tap, as many channels as the
-#   delta has there.
+#   delta has there. How $w$ learns, so that the selection can settle rather than be redrawn at
+#   every step: $w$ has its own learning rate `w_lr` and weight decay `w_weight_decay` (decay
+#   pulls every $w_c$ towards 0 alike, and a learning rate sized for the delta's weights barely
+#   moves $w$ against the noise); the noise follows `sigma_schedule` (`cosine`: $\sigma$ annealed
+#   to 0 over the training steps, so training ends on the selection evaluation uses); and a
+#   channel selected again keeps its input slot in the delta's next convolution (`slot_order`
+#   `stable`), a newcomer taking the slot a dropped channel freed. `SNOW (seed's setting)` is SNOW
+#   as the seed describes it and the project first ran it: constant $\sigma$, slots in source
+#   order, $w$ trained at the delta's learning rate and weight decay.
 # - `SNOW·SNIP`: the same network, its channels fixed before training to the $M$ with the highest
 #   SNIP score $|\sum \partial L/\partial w_c \cdot w_c|$, computed on the target's training images
 #   with a scoring copy whose delta takes *all* $N$ channels of every tap; `SNOW·random`: $M$
@@ -75,7 +83,12 @@ models = ["resnet50", "resnet18"]  # ImageNet-architecture ResNets (snipnb.pretr
 methods = ["snow", "ft", "fe", "fo"]
 selections = ["learned", "snip", "random"]  # SNOW's channels: noisy top-M (SNOW), SNIP-chosen, random
 m = None  # channels pooled at each tap: None (N / width_divisor there), an int, or one int per tap
-sigma = 0.1  # the standard deviation of the selection noise
+sigma = 0.1  # the standard deviation of the selection noise (at the start of training)
+sigma_schedule = "cosine"  # "cosine": σ annealed to 0 over the training steps; "constant": the seed's fixed σ
+slot_order = "stable"  # "stable": a reselected channel keeps its input slot; "sorted": source order (the seed's)
+w_lr = 2.0  # the learning rate of the pooling weights w; None: the method's learning rate (the seed's)
+w_weight_decay = 0.0  # the weight decay of w; None: `weight_decay` (the seed's)
+compare_seed_setting = True  # also run SNOW as the seed describes it (snowrun.SEED_SETTING) at focus_k
 width_divisor = 8  # the delta is this many times narrower than the source
 ks = [None]  # images per class of the target's training split; None: all of it
 seeds = 5
@@ -90,6 +103,7 @@ bn_stats = "batch"  # BatchNorm of the baselines' trained blocks: each "batch"'s
 augment = None  # crop-and-flip augmentation; None: the target's default (on for CIFAR)
 eval_every = 5  # test every this many epochs and after the last; the best accuracy is the best of those
 test_per_class = None  # test on a fixed class-balanced sample of this many per class; None: the whole test split
+val_per_class = None  # hold this many training images per class out for validation (val_acc); None: none
 focus_k = None  # the k (one of ks) of the ablations and of the channel figure; None: the whole split if ks has it, else ks[0]
 ablate_m = [4, 32]  # M at every tap, against the default
 ablate_sigma = [0.0, 0.01, 0.5]
@@ -151,14 +165,20 @@ target_classes = pretrained.load_split(target, True).num_classes  # a missing da
 augment = data.recipe_defaults(pretrained.parse_split(target)[0])["augment"] if augment is None else augment
 common = dict(batch_size=batch_size, weight_decay=weight_decay, augment=augment, image_size=image_size,
               bn_stats=bn_stats, eval_every=eval_every, test_per_class=test_per_class, timing_batch=timing_batch,
-              source_epochs=source_epochs)
+              source_epochs=source_epochs, val_per_class=val_per_class)
+learning = dict(sigma=sigma, sigma_schedule=sigma_schedule, slot_order=slot_order, w_lr=w_lr,
+                w_weight_decay=w_weight_decay)  # how the pooling weights learn, the chapter's setting
 runs = snowrun.grid(source, target, models, ks, methods, seeds, lrs=lrs, selections=selections, epochs=epochs,
-                    full_epochs=full_epochs, m=m, sigma=sigma, width_divisor=width_divisor, **common)
-base = snowrun.SnowRun(source=source, target=target, model=models[0], method="snow", k=focus_k, m=m, sigma=sigma,
+                    full_epochs=full_epochs, m=m, width_divisor=width_divisor, **learning, **common)
+base = snowrun.SnowRun(source=source, target=target, model=models[0], method="snow", k=focus_k, m=m,
                        width_divisor=width_divisor, lr=lrs.get("snow", snowrun.SnowRun.lr),
-                       epochs=(full_epochs or epochs) if focus_k is None else epochs, **common)
+                       epochs=(full_epochs or epochs) if focus_k is None else epochs, **learning, **common)
 ablation_runs = snowrun.ablation(base, seeds, m=ablate_m, sigma=ablate_sigma, width_divisor=ablate_width_divisor)
-all_runs = list(dict.fromkeys(runs + [dataclasses.replace(base, seed=s) for s in range(seeds)] + ablation_runs))
+seed_setting = dataclasses.replace(base, **snowrun.SEED_SETTING)
+seed_setting_runs = ([dataclasses.replace(seed_setting, seed=s) for s in range(seeds)]
+                     if compare_seed_setting and seed_setting != base else [])
+all_runs = list(dict.fromkeys(runs + [dataclasses.replace(base, seed=s) for s in range(seeds)] + ablation_runs
+                              + seed_setting_runs))
 serving_runs = [snowrun.ServingRun(source=source, model=model, image_size=image_size, tasks=t,
                                    num_classes=target_classes, m=m, width_divisor=width_divisor, batch=timing_batch,
                                    source_epochs=source_epochs)
@@ -175,7 +195,9 @@ display(Markdown(
     f"{len(runs)} runs of {len(methods)} methods (SNOW with channels {', '.join(selections)}), "
     f"{len(all_runs) - len(runs)} more for the ablations at k = {k_label(focus_k)}; {epochs} epochs for few-shot "
     f"runs, {full_epochs or epochs} on the whole split, batch {batch_size}, learning rates {lrs}; SNOW with "
-    f"M = {'N/' + str(width_divisor) if m is None else m}, σ = {sigma}, width divisor {width_divisor}; serving cost "
+    f"M = {'N/' + str(width_divisor) if m is None else m}, width divisor {width_divisor}, σ = {sigma} "
+    f"({sigma_schedule}), slots {slot_order}, w's learning rate {'the method’s' if w_lr is None else w_lr} and "
+    f"weight decay {weight_decay if w_weight_decay is None else w_weight_decay}; serving cost "
     f"for T ∈ {serving_tasks}. Code: {provenance.describe(device)}."))
 
 # %% [markdown]
@@ -217,8 +239,21 @@ NAMES = {"ft": "FT", "fe": "FE", "fo": "FO"}
 SELECTION_NAMES = {"learned": "SNOW", "snip": "SNOW·SNIP", "random": "SNOW·random"}
 results["variant"] = [SELECTION_NAMES[s] if method == "snow" else NAMES[method]
                       for method, s in zip(results.method, results.selection)]
+
+
+def has(column, value):
+    """Rows whose `column` is `value` (None: stored as missing)."""
+    return results[column].isna() if value is None else results[column] == value
+
+
+def learns_as(settings):
+    return pd.concat([has(f, v) for f, v in settings.items()], axis=1).all(axis=1)
+
+
+learns_as_chapter = learns_as({f: v for f, v in learning.items() if f != "sigma"})
+learns_as_seed = learns_as(snowrun.SEED_SETTING)
 is_main = (results.method != "snow") | ((results.m == chapter_m) & (results.sigma == sigma) &
-                                         (results.width_divisor == width_divisor))
+                                         (results.width_divisor == width_divisor) & learns_as_chapter)
 main = results[is_main]
 variants = [v for v in ["SNOW", "SNOW·SNIP", "SNOW·random", "FT", "FE", "FO"] if v in set(main.variant)]
 display(Markdown(f"{len(results)} runs and {len(serving)} serving measurements have results; "
@@ -357,13 +392,72 @@ if len(learned):
                                           "w_moved": "mean |w − 1| after training"}), digits=3))
 
 # %% [markdown]
+# ## Does the learned selection settle?
+# A selection is learned only if what the delta trains on settles to what evaluation uses.
+# `snipnb.snow.SelectionLog` cuts each run's training steps into equal stretches and counts, per
+# tap: the share of a training draw's $M$ channels that are the top $M$ of $w$ at that moment
+# (what evaluation would take; $M/N$ for a draw at random, 1 with no noise), the share of the
+# delta's input slots that hold the same channel as the step before, and the share of the final
+# evaluation selection that the evaluation selection already holds at the end of each stretch.
+# The chapter's setting (solid) against the seed's (dashed), the first model at the focus $k$, mean
+# over seeds: a thick line is the mean over taps, a thin one a single tap (the stem and each stage).
+# Then both settings' numbers, and their accuracy paired on the same seeds.
+
+# %% tags=["hide-input"]
+learned_focus = results[(results.method == "snow") & (results.selection == "learned") & (results.model == models[0])
+                        & (results.shots == k_label(focus_k)) & (results.m == chapter_m) & (results.sigma == sigma)
+                        & (results.width_divisor == width_divisor)]
+SETTINGS = {"chapter's setting": learned_focus[learns_as_chapter], "seed's setting": learned_focus[learns_as_seed]}
+if all(learning[f] == v for f, v in snowrun.SEED_SETTING.items()):
+    SETTINGS.pop("seed's setting")  # the chapter runs the seed's setting itself: one set of runs, not two
+SETTINGS = {name: part for name, part in SETTINGS.items() if len(part)}
+CURVES = {"overlap_curve": ("does training take what evaluation takes?", "training draw ∩ top-M of w (share)"),
+          "slot_kept_curve": ("do the delta's input slots keep their channel?", "slots kept from the step before"),
+          "settled_curve": ("has the evaluation selection settled?", "final selection already chosen")}
+if SETTINGS:
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    for (name, part), ls, color in zip(SETTINGS.items(), ["-", "--"], ["C0", "C3"]):
+        steps = np.array(part.curve_steps.iloc[0], dtype=float)  # the same for every seed of a setting
+        for ax, (column, (title, label)) in zip(axes, CURVES.items()):
+            curve = np.nanmean(np.array(part[column].tolist(), dtype=float), axis=0)  # window x tap
+            ax.plot(steps, curve, ls=ls, color=color, lw=0.8, alpha=0.45)
+            ax.plot(steps, np.nanmean(curve, axis=1), ls=ls, color=color, lw=2.5, label=name)
+            ax.set_title(title, fontsize=12)
+            ax.set_xlabel("training step", fontsize=11)
+            ax.set_ylabel(label, fontsize=11)
+            ax.set_ylim(-0.02, 1.02)
+            ax.tick_params(labelsize=10)
+    fig.suptitle(f"{models[0]}, k = {k_label(focus_k)}: how the learned selection settles (thick: mean over taps)",
+                 fontsize=12)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(SETTINGS), fontsize=11,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    plt.show()
+SETTLING = {"train_eval_overlap": "training ∩ evaluation, all steps", "train_eval_overlap_last":
+            "training ∩ evaluation, last stretch", "slot_kept": "slots kept per step", "w_moved": "mean |w − 1|"}
+rows = []
+for name, part in SETTINGS.items():
+    row = {"setting": name, **{label: part[column].mean() for column, label in SETTLING.items()},
+           "final acc (%)": stats.summarize(part.assign(setting=name), ["setting"], "final_acc")["mean ± std"].iloc[0]}
+    rows.append(row)
+display(table(pd.DataFrame(rows), digits=3))
+settle_verdicts = []
+if len(SETTINGS) == 2:
+    both = pd.concat([part.assign(setting=name) for name, part in SETTINGS.items()])
+    d = stats.paired_difference(both, "final_acc", baseline={"setting": "seed's setting"}, variant=["setting"],
+                                pair_on=["seed"])
+    settle_verdicts = [stats.verdict(row) for _, row in d.iterrows()]
+    display(Markdown(f"Chapter's setting − seed's setting, final accuracy: {settle_verdicts[0]}."
+                     if settle_verdicts else "No seed ran both settings."))
+
+# %% [markdown]
 # ## Ablations: M, σ and the width divisor
 # SNOW at the focus $k$, one setting changed at a time from the chapter's; the paired difference
 # is against the chapter's setting on the same seeds.
 
 # %% tags=["hide-input"]
 focus = results[(results.method == "snow") & (results.selection == "learned") & (results.model == models[0]) &
-                (results.shots == k_label(focus_k))]
+                (results.shots == k_label(focus_k)) & learns_as_chapter]
 defaults = {"m": chapter_m, "sigma": sigma, "width_divisor": width_divisor}
 ablated, rows = {}, []
 for field in defaults:
@@ -453,14 +547,22 @@ for _, row in serving[serving.tasks == top].iterrows():
                     f"{row.snow_params / 1e6:.1f} M parameters against {row.ft_params / 1e6:.1f} M "
                     f"({row.ft_params / row.snow_params:.1f}× fewer), {row.snow_gflops / row.ft_gflops:.2f}× the FLOPs.")
 findings += [f"- **Channels** ({model}, k = {k}): {what}: {verdict}." for model, k, what, verdict in channel_rows]
+for name, part in SETTINGS.items():
+    findings.append(f"- **Does the selection settle** ({name}; {models[0]}, k = {k_label(focus_k)}): a training "
+                    f"draw shared {part.train_eval_overlap.mean():.0%} of its channels with evaluation's top-M over "
+                    f"training, {part.train_eval_overlap_last.mean():.0%} in the last stretch; "
+                    f"{part.slot_kept.mean():.0%} of the delta's input slots kept their channel from step to step.")
+if settle_verdicts:
+    findings.append(f"- **Chapter's setting against the seed's** ({models[0]}, k = {k_label(focus_k)}; final "
+                    f"accuracy): {settle_verdicts[0]}.")
 sigma_part = ablated.get("sigma")
 if sigma_part is not None and 0.0 in set(sigma_part.sigma) and sigma != 0:
     d = stats.paired_difference(sigma_part, "final_acc", baseline={"is_base": True}, variant=["sigma"],
                                 pair_on=["seed"])
     d = d[d.sigma == 0.0]
     if len(d):
-        findings.append(f"- **No selection noise** (σ = 0, the top-M of w in training too) against σ = {sigma} "
-                        f"({models[0]}, k = {k_label(focus_k)}): {stats.verdict(d.iloc[0])}.")
+        findings.append(f"- **No selection noise** (σ = 0, the top-M of w in training too) against σ = {sigma}, "
+                        f"{sigma_schedule} ({models[0]}, k = {k_label(focus_k)}): {stats.verdict(d.iloc[0])}.")
 display(Markdown("\n".join(findings)))
 
 # %% [markdown]

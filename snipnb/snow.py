@@ -27,6 +27,7 @@ task, which is SNOW's lifelong-learning claim.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import torch
@@ -37,6 +38,8 @@ from torch import nn
 from . import checks, models
 
 SELECTIONS = ("learned", "snip", "random")
+SLOT_ORDERS = ("stable", "sorted")
+SIGMA_SCHEDULES = ("constant", "cosine")
 
 
 # --------------------------------------------------------------------------------- channel pooling
@@ -60,27 +63,39 @@ class ChannelPooling(nn.Module):
     whose weight grows is kept; one whose weight shrinks below the others' is swapped out, and the
     noise gives every channel a chance to be tried. (A public reproduction kept w as a plain
     tensor, so it never learned; here it is a parameter, and tests/test_snow.py checks it moves.)
+    `sigma` is an attribute a training loop may change between steps (`set_sigma`, the schedules
+    of `sigma_at`): noise that shrinks to 0 lets the training selection settle on the top-M of w,
+    the selection evaluation uses. `sigma = 0` selects the top-M of w in training too.
 
-    The selected channels are concatenated in source order (sorted indices), not in topK's order of
-    value: a channel then keeps its input slot in the delta's next convolution as long as the set
-    is unchanged, whereas the order of value reshuffles the slots whenever noise swaps two selected
-    weights. `sigma = 0` selects the top-M of w in training too.
+    Where each selected channel enters the delta's next convolution (its *slot*, the position in
+    the output) is `slot_order`:
+    - `"stable"` (default): a channel selected again keeps the slot it had in the previous training
+      draw; a newcomer takes a slot a dropped channel freed (newcomers in ascending channel
+      order, into the freed slots in ascending order). The next convolution's weights for a slot
+      then keep meeting the channel they were trained on, whatever else the noise swaps. The
+      slots of the last training draw are a buffer (`slots`), so evaluation, and a model loaded
+      from a state dict, place the top-M of w the same way (`assign_slots`).
+    - `"sorted"`: ascending channel order, as the project first did: any change of the set shifts
+      every slot after the first channel that changed.
 
     `fix(indices)` pins the selection (SNIP-chosen or random channels, the project's ablation):
-    those `m` channels in training and evaluation alike, still scaled by their learned weights. The
-    pinned indices are a buffer, so they travel in the state dict.
+    those `m` channels in training and evaluation alike, in ascending order, still scaled by their
+    learned weights. The pinned indices are a buffer, so they travel in the state dict.
     """
 
-    def __init__(self, channels: int, m: int, sigma: float):
+    def __init__(self, channels: int, m: int, sigma: float, slot_order: str = "stable"):
         super().__init__()
         checks.integer("channels", channels, 1)
         checks.integer("m", m, 1)
         if m > channels:
             raise ValueError(f"m must be at most the number of source channels N={channels}, got m={m}")
         checks.number("sigma", sigma, 0)
-        self.channels, self.m, self.sigma = channels, m, float(sigma)
+        checks.one_of("slot_order", slot_order, SLOT_ORDERS)
+        self.channels, self.m, self.sigma, self.slot_order = channels, m, float(sigma), slot_order
         self.weight = nn.Parameter(torch.ones(channels))
         self.register_buffer("fixed_index", torch.full((m,), -1, dtype=torch.long))
+        # The channel in each slot at the last training draw; -1 before the first.
+        self.register_buffer("slots", torch.full((m,), -1, dtype=torch.long))
         self.fixed = False  # mirrors fixed_index, read without a device sync in forward
         self.register_load_state_dict_post_hook(lambda module, _: module._sync_fixed())
 
@@ -99,13 +114,18 @@ class ChannelPooling(nn.Module):
         return self
 
     def index(self) -> torch.Tensor:
-        """The channels this forward pass takes, in ascending order (see the class docstring)."""
+        """The channels this forward pass takes, in slot order (see the class docstring). In
+        training this is a draw: the slots it fills are remembered."""
         if self.fixed:
             return self.fixed_index
         score = self.weight.detach()
         if self.training and self.sigma > 0:
             score = score + self.sigma * torch.randn_like(score)
-        return torch.topk(score, self.m, sorted=False).indices.sort().values
+        chosen = torch.topk(score, self.m, sorted=False).indices
+        order = chosen.sort().values if self.slot_order == "sorted" else assign_slots(self.slots, chosen)
+        if self.training:
+            self.slots.copy_(order)
+        return order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != self.channels:
@@ -114,7 +134,41 @@ class ChannelPooling(nn.Module):
         return x.index_select(1, index) * self.weight[index].to(x.dtype).view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, m={self.m}, sigma={self.sigma}, fixed={self.fixed}"
+        return (f"channels={self.channels}, m={self.m}, sigma={self.sigma}, slot_order={self.slot_order}, "
+                f"fixed={self.fixed}")
+
+
+def assign_slots(slots: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """The channels `chosen` (m distinct) in slot order, given the channel each slot held before
+    (`slots`, -1 where none): a chosen channel that held a slot keeps it; the newcomers, in
+    ascending order, fill the freed slots in ascending order. Device ops only, no host sync.
+
+        assign_slots([2, 5, 9], {5, 9, 12}) == [12, 5, 9]      (sorted order would shift: [5, 9, 12])
+    """
+    chosen = chosen.sort().values
+    kept = torch.isin(slots, chosen)
+    newcomer = ~torch.isin(chosen, slots)
+    newcomers_first = chosen[torch.argsort((~newcomer).to(torch.uint8), stable=True)]
+    rank = torch.cumsum((~kept).to(torch.long), 0) - 1  # each freed slot's rank among the freed slots
+    return torch.where(kept, slots, newcomers_first[rank.clamp(min=0)])
+
+
+def sigma_at(sigma: float, schedule: str, step: int, steps: int) -> float:
+    """The selection noise at training step `step` (0-based) of `steps`: `"constant"`, σ throughout
+    (the seed's); `"cosine"`, σ annealed to 0 on a half cosine, σ at the first step, 0 at the last,
+    so training ends on the selection evaluation uses (the top-M of w)."""
+    checks.one_of("schedule", schedule, SIGMA_SCHEDULES)
+    if schedule == "constant":
+        return sigma
+    progress = min(step, steps - 1) / (steps - 1) if steps > 1 else 0.0
+    return sigma * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def set_sigma(model: Snow | Delta, sigma: float) -> None:
+    """Set the selection noise of every pooling layer of `model` (the next training draws use it)."""
+    checks.number("sigma", sigma, 0)
+    for pool in _delta(model).pools:
+        pool.sigma = float(sigma)
 
 
 # ------------------------------------------------------------------------------------ the source
@@ -353,18 +407,19 @@ def _snipnb_stage(inplanes: int, planes: int, blocks: int, stride: int) -> nn.Se
 
 
 def build_delta(layout: Layout, num_classes: int, *, m=None, sigma: float = 0.1, width_divisor: int = 8,
-                seed: int | None = None) -> Delta:
+                slot_order: str = "stable", seed: int | None = None) -> Delta:
     """A randomly initialised delta for a source of `layout` (see `Delta`), with `num_classes` outputs.
 
     Every width is the source's divided by `width_divisor`; the first block of each stage takes the
     delta's channels plus the M channels pooled from the source (`pooled_channels(m)`), and projects
     its shortcut wherever the width or stride changes. Convolutions get He init (fan-out), BatchNorm
     ones and zeros, the head PyTorch's default; with `seed` the init is reproducible and the global
-    RNG is left untouched.
+    RNG is left untouched. `sigma` and `slot_order` are the pooling layers' (`ChannelPooling`).
     """
     checks.integer("num_classes", num_classes, 1)
     check_divisor(layout, width_divisor)
     checks.number("sigma", sigma, 0)
+    checks.one_of("slot_order", slot_order, SLOT_ORDERS)
     ms = pooled_channels(layout, m, width_divisor)
 
     def make() -> Delta:
@@ -382,7 +437,7 @@ def build_delta(layout: Layout, num_classes: int, *, m=None, sigma: float = 0.1,
             else:
                 stages.append(_snipnb_stage(h + pooled, narrow, blocks, s))
             h = narrow * layout.expansion
-        pools = [ChannelPooling(n, mj, sigma) for n, mj in zip(layout.widths, ms)]
+        pools = [ChannelPooling(n, mj, sigma, slot_order) for n, mj in zip(layout.widths, ms)]
         delta = Delta(nn.Sequential(*stem), stages, pools, h, num_classes, width_divisor)
         for module in delta.modules():
             if isinstance(module, nn.Conv2d):
@@ -442,32 +497,38 @@ class SnowTasks(nn.Module):
 
 
 def build_snow(source: nn.Module, num_classes: int, *, m=None, sigma: float = 0.1, width_divisor: int = 8,
-               seed: int | None = None) -> Snow:
+               slot_order: str = "stable", seed: int | None = None) -> Snow:
     """SNOW over `source` (frozen in place) with a new delta for `num_classes` (see `build_delta`).
 
     `m`: channels pooled at each tap (an int, one per tap, or None for N_j / width_divisor);
     `sigma`: the standard deviation of the selection noise in training; `width_divisor`: how much
-    narrower the delta is than the source.
+    narrower the delta is than the source; `slot_order`: where a selected channel enters the
+    delta (`ChannelPooling`).
     """
     stages, layout = split_source(source)
-    return Snow(stages, build_delta(layout, num_classes, m=m, sigma=sigma, width_divisor=width_divisor, seed=seed),
-                layout)
+    return Snow(stages, build_delta(layout, num_classes, m=m, sigma=sigma, width_divisor=width_divisor,
+                                    slot_order=slot_order, seed=seed), layout)
 
 
 # ------------------------------------------------------------------ which channels, and the controls
 
 
+def _delta(model: Snow | Delta) -> Delta:
+    return model.delta if isinstance(model, Snow) else model
+
+
 def selection(model: Snow | Delta) -> list[torch.Tensor]:
     """The channels each pooling layer takes at evaluation (ascending), one tensor per tap."""
-    delta = model.delta if isinstance(model, Snow) else model
-    was = [pool.training for pool in delta.pools]
-    for pool in delta.pools:
-        pool.eval()
+    return [_eval_index(pool).sort().values.cpu() for pool in _delta(model).pools]
+
+
+def _eval_index(pool: ChannelPooling) -> torch.Tensor:
+    was = pool.training
+    pool.eval()
     try:
-        return [pool.index().detach().cpu().clone() for pool in delta.pools]
+        return pool.index().detach().clone()
     finally:
-        for pool, mode in zip(delta.pools, was):
-            pool.train(mode)
+        pool.train(was)
 
 
 def fix_selection(model: Snow, indices: Sequence) -> Snow:
@@ -520,6 +581,91 @@ def snip_channels(model: Snow, batches, *, seed: int = 0) -> list[torch.Tensor]:
     """The M_j channels with the highest `snip_channel_scores` at each tap (ascending), M_j as `model`'s."""
     scores = snip_channel_scores(model, batches, seed=seed)
     return [torch.topk(s, pool.m).indices.sort().values for s, pool in zip(scores, model.delta.pools)]
+
+
+# ---------------------------------------------------------------------- how a learned selection settles
+
+
+class SelectionLog:
+    """How the learned selection of every pooling layer settles over training.
+
+    Call `step()` after every optimiser step (`snipnb.train.fit`'s `after_step`); `steps` is how
+    many there will be. The steps are cut into `windows` equal stretches (fewer if there are fewer
+    steps), and for each stretch and tap it keeps:
+
+    - `overlap[i][j]`: the mean over window i's steps of |training draw ∩ top-M of w| / M at tap j,
+      w as it was when the draw was made: how much of what the delta trained on is what
+      evaluation would have taken at that moment (1 with no noise; M/N for a draw at random);
+    - `kept[i][j]`: the share of tap j's M slots that hold the same channel as in the step before
+      (the first step, with no step before it, is left out);
+    - `settled()[i][j]`: the share of the final evaluation selection that the evaluation selection
+      at the end of window i already holds.
+
+    Everything is counted on the device and read once per window. Pinned (fixed) selections are
+    refused: they draw nothing.
+    """
+
+    def __init__(self, model: Snow | Delta, steps: int, windows: int = 20):
+        checks.integer("steps", steps, 1)
+        checks.integer("windows", windows, 1)
+        self.pools = list(_delta(model).pools)
+        if any(pool.fixed for pool in self.pools):
+            raise ValueError("a fixed selection draws nothing to log: SelectionLog is for learned selections")
+        self.steps, self.windows, self.done = steps, min(windows, steps), 0
+        self.window_steps: list[int] = []  # how many steps each window holds
+        self.overlap: list[list[float]] = []
+        self.kept: list[list[float]] = []
+        self.chosen: list[list[torch.Tensor]] = []  # the evaluation selection at the end of each window
+        self._top = [self._top_mask(pool) for pool in self.pools]  # what evaluation takes before each draw
+        self._previous = [pool.slots.detach().clone() for pool in self.pools]
+        self._reset()
+
+    @staticmethod
+    def _top_mask(pool: ChannelPooling) -> torch.Tensor:
+        mask = torch.zeros(pool.channels, dtype=torch.bool, device=pool.weight.device)
+        mask[torch.topk(pool.weight.detach(), pool.m, sorted=False).indices] = True
+        return mask
+
+    def _reset(self) -> None:
+        device = self.pools[0].weight.device
+        self._overlap = torch.zeros(len(self.pools), device=device)
+        self._kept = torch.zeros(len(self.pools), device=device)
+        self._compared = torch.zeros(len(self.pools), device=device)
+        self._count = 0
+
+    def _window(self, step: int) -> int:
+        return step * self.windows // self.steps
+
+    def step(self) -> None:
+        """Count the draw the step just trained on; call after the optimiser step."""
+        if self.done >= self.steps:
+            raise RuntimeError(f"SelectionLog was told of {self.steps} steps and has logged them all")
+        for j, pool in enumerate(self.pools):
+            drawn = pool.slots.detach()
+            self._overlap[j] += self._top[j][drawn.clamp(min=0)].sum() * (drawn >= 0).all()
+            seen = (self._previous[j] >= 0).all()
+            self._kept[j] += (drawn == self._previous[j]).sum() * seen
+            self._compared[j] += seen
+            self._previous[j] = drawn.clone()
+            self._top[j] = self._top_mask(pool)  # w after the step: what the next draw is measured against
+        self._count += 1
+        self.done += 1
+        if self.done == self.steps or self._window(self.done) != self._window(self.done - 1):
+            m = torch.tensor([pool.m for pool in self.pools], device=self._overlap.device, dtype=torch.float)
+            self.overlap.append((self._overlap / (m * self._count)).tolist())
+            self.kept.append(torch.where(self._compared > 0, self._kept / (m * self._compared.clamp(min=1)),
+                                         torch.nan).tolist())
+            self.chosen.append([torch.topk(pool.weight.detach(), pool.m).indices.cpu() for pool in self.pools])
+            self.window_steps.append(self._count)
+            self._reset()
+
+    def settled(self) -> list[list[float]]:
+        """`settled()[i][j]`: the share of the last window's evaluation selection at tap j that the
+        evaluation selection at the end of window i already holds."""
+        if not self.chosen:
+            return []
+        final = [set(c.tolist()) for c in self.chosen[-1]]
+        return [[len(final[j] & set(c.tolist())) / len(c) for j, c in enumerate(window)] for window in self.chosen]
 
 
 # ------------------------------------------------------------------------------------------ counts

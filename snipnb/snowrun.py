@@ -35,13 +35,18 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import checks, data, pretrained, snow
 from .loader import DeviceLoader
-from .train import default_device, fit, resolve_device
+from .train import default_device, fit, make_optimizer, resolve_device
 
 METHODS = ("snow", "ft", "fe", "fo")
 # The part of the source each baseline trains (`snipnb.pretrained.freeze`).
 TRAIN_BLOCKS = {"ft": "all", "fe": "last_block", "fo": "head"}
 TIMED_STEPS, WARMUP_STEPS = 5, 2
-SNOW_FIELDS = ("selection", "m", "sigma", "width_divisor")
+SNOW_FIELDS = ("selection", "m", "sigma", "sigma_schedule", "slot_order", "w_lr", "w_weight_decay", "width_divisor")
+# The optimiser every run trains with (given to `fit`, and to the pooling weights' own optimiser).
+RECIPE = dict(momentum=0.9, nesterov=True, schedule="cosine")
+# The seed's SNOW, as the project first ran it: fixed noise, every channel's slot by source order,
+# w trained with the delta's learning rate and weight decay.
+SEED_SETTING = dict(sigma_schedule="constant", slot_order="sorted", w_lr=None, w_weight_decay=None)
 
 
 def _defaults(cls) -> dict:
@@ -81,11 +86,20 @@ class SnowRun:
     `source` is 'imagenet' (torchvision's weights) or a dataset the project pretrains on, with its
     classes ('mnist:0-4'); `target` a dataset and its classes ('mnist:5-9', 'uci_digits',
     'cifar100'). `k` images per class of the target's training split, or None for all of it.
-    `selection`, `m`, `sigma` and `width_divisor` are SNOW's (`snipnb.snow.build_snow`) and stay at
-    their defaults for the baselines. `bn_stats` is the baselines' BatchNorm in the trained blocks
-    (`snipnb.pretrained.freeze`); SNOW's delta always normalises with its own batch statistics.
-    `saliency_images`: how many training images SNIP scores the channels on (the first of the
-    training set, in the seed's few-shot order). `timing_batch`: the batch the cost is measured on.
+    SNOW's own settings (`SNOW_FIELDS`) stay at their defaults for the baselines:
+    `selection`, `m`, `width_divisor` (`snipnb.snow.build_snow`); how the pooling weights w learn:
+    `sigma`, the selection noise at the start of training, and `sigma_schedule`, how it changes
+    over the steps (`snipnb.snow.sigma_at`: "cosine" anneals it to 0, "constant" keeps it);
+    `slot_order`, where a selected channel enters the delta ("stable" or "sorted",
+    `snipnb.snow.ChannelPooling`); `w_lr` and `w_weight_decay`, the learning rate and weight
+    decay of w, on the run's schedule (None: the run's `lr`, `weight_decay`). `SEED_SETTING` is
+    the seed's SNOW as the project first ran it. `bn_stats` is the baselines' BatchNorm in the
+    trained blocks (`snipnb.pretrained.freeze`); SNOW's delta always normalises with its own batch
+    statistics. `saliency_images`: how many training images SNIP scores the channels on (the first
+    of the training set, in the seed's few-shot order). `timing_batch`: the batch the cost is
+    measured on. `val_per_class`: hold this many images per class of the target's training split
+    out as a validation set (the same for every run, drawn before the training images), for
+    choosing settings without the test split; None: no validation set.
     """
 
     source: str = "imagenet"
@@ -95,6 +109,10 @@ class SnowRun:
     selection: str = "learned"
     m: int | tuple | None = None
     sigma: float = 0.1
+    sigma_schedule: str = "cosine"
+    slot_order: str = "stable"
+    w_lr: float | None = 2.0
+    w_weight_decay: float | None = 0.0
     width_divisor: int = 8
     k: int | None = None
     seed: int = 0
@@ -111,6 +129,7 @@ class SnowRun:
     timing_batch: int = 64
     source_epochs: int = 5
     source_seed: int = 0
+    val_per_class: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "m", _as_m(self.m))
@@ -118,6 +137,14 @@ class SnowRun:
         _check_split("target", self.target)
         checks.one_of("method", self.method, METHODS)
         checks.one_of("selection", self.selection, snow.SELECTIONS)
+        checks.one_of("sigma_schedule", self.sigma_schedule, snow.SIGMA_SCHEDULES)
+        checks.one_of("slot_order", self.slot_order, snow.SLOT_ORDERS)
+        if self.w_lr is not None:
+            checks.number("w_lr", self.w_lr, above=0)
+        if self.w_weight_decay is not None:
+            checks.number("w_weight_decay", self.w_weight_decay, 0)
+        if self.val_per_class is not None:
+            checks.integer("val_per_class", self.val_per_class, 1)
         checks.one_of("bn_stats", self.bn_stats, pretrained.BN_STATS)
         pretrained.check_image_size(self.model, self.image_size)
         layout = architecture_layout(self.model)
@@ -156,19 +183,35 @@ def source_backbone(run) -> pretrained.Backbone:
 
 
 def target_data(run: SnowRun) -> tuple[data.ImageData, data.ImageData]:
-    """(training set, test set) of the target, classes numbered 0..n-1, pixels in [0, 1].
+    """(training set, test set) of the target (`split_target` without the validation set)."""
+    train, _, test = split_target(run)
+    return train, test
 
-    The training set is `k` images per class (the nested subset `few_shot_indices` draws for the
-    seed) or the whole split; the test set the whole test split, or with `test_per_class` the same
-    class-balanced sample of it for every run (drawn with seed 0), so paired runs meet the same images.
+
+def split_target(run: SnowRun) -> tuple[data.ImageData, data.ImageData | None, data.ImageData]:
+    """(training set, validation set or None, test set) of the target, classes numbered 0..n-1,
+    pixels in [0, 1].
+
+    With `val_per_class`, that many images per class of the training split are held out first, the
+    same for every run (drawn with seed 0); the training set is `k` images per class of the rest
+    (the nested subset `few_shot_indices` draws for the seed) or all the rest. The test set is the
+    whole test split, or with `test_per_class` the same class-balanced sample of it for every run
+    (drawn with seed 0), so paired runs meet the same images.
     """
     train = pretrained.load_split(run.target, True)
     test = pretrained.load_split(run.target, False)
+    val = None
+    if run.val_per_class is not None:
+        held = data.few_shot_indices(train.labels, run.val_per_class, 0)
+        rest = torch.ones(len(train), dtype=torch.bool)
+        rest[held] = False
+        val, train = train.subset(held), train.subset(rest)
     if run.k is not None:
         train = train.subset(data.few_shot_indices(train.labels, run.k, run.seed))
     if run.test_per_class is not None:
         test = test.subset(data.few_shot_indices(test.labels, run.test_per_class, 0))
-    return pretrained.unit_range(train), pretrained.unit_range(test)
+    return (pretrained.unit_range(train), None if val is None else pretrained.unit_range(val),
+            pretrained.unit_range(test))
 
 
 # ----------------------------------------------------------------------------------------- models
@@ -185,7 +228,7 @@ def build(run: SnowRun, train: data.ImageData, device=None) -> nn.Module:
         pretrained.freeze(model, TRAIN_BLOCKS[run.method], run.bn_stats)
         return model
     model = snow.build_snow(source, train.num_classes, m=run.m, sigma=run.sigma, width_divisor=run.width_divisor,
-                            seed=run.seed).to(device)
+                            slot_order=run.slot_order, seed=run.seed).to(device)
     if run.selection == "snip":
         snow.fix_selection(model, snow.snip_channels(model, saliency_batches(run, train, device), seed=run.seed))
     elif run.selection == "random":
@@ -202,19 +245,109 @@ def saliency_batches(run: SnowRun, train: data.ImageData, device) -> DeviceLoade
 def train_run(run: SnowRun, device=None) -> tuple[dict, nn.Module]:
     """Train and test one run; return (results, trained model). See `run_snow` for the results."""
     device = torch.device(device) if device is not None else default_device()
-    train, test = target_data(run)
+    train, val, test = split_target(run)
     model = build(run, train, device)
-    history = fit(model, train, test, run.epochs, lr=run.lr, batch_size=run.batch_size,
-                  weight_decay=run.weight_decay, augment=run.augment, device=device, eval_every=run.eval_every,
-                  seed=run.seed, progress=False)
+    history, log = train_model(run, model, train, test, val=val, device=device)
     results = {"final_acc": 100 * history.final_acc, "best_acc": 100 * history.best_acc,
                "train_seconds": history.seconds,
                "trainable_params": snow.parameter_count(model, trainable=True),
                "total_params": snow.parameter_count(model)}
+    if val is not None:
+        results.update(val_acc=100 * history.val_acc[-1], test_at_best_val=100 * history.test_at_best_val)
     results.update(cost(model, _timing_images(run, train), device))
     if run.method == "snow":
         results.update(selection_summary(run, model, train, device))
+    if log is not None:
+        results.update(settling(log))
     return results, model
+
+
+def steps_of(run: SnowRun, train: data.ImageData) -> int:
+    """The optimiser steps `run` takes on `train` (`fit` keeps the last, smaller batch)."""
+    return run.epochs * math.ceil(len(train) / run.batch_size)
+
+
+def train_model(run: SnowRun, model: nn.Module, train, test=None, *, val=None,
+                device=None) -> tuple:
+    """Train `model` (`build(run, ...)`) on `train` with the run's recipe (`snipnb.train.fit`);
+    return (its `History`, a `snipnb.snow.SelectionLog` of the learned selection or None).
+
+    For SNOW, the pooling weights w get their own learning rate and weight decay (`w_lr`,
+    `w_weight_decay`; `pooling_optimizer`), and with a learned selection the noise follows
+    `sigma_schedule`, set before every step, and a `SelectionLog` records how the selection settles.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    steps = steps_of(run, train)
+    calls, log, release = [], None, (lambda: None)
+    if run.method == "snow":
+        w_lr = run.lr if run.w_lr is None else run.w_lr
+        w_decay = run.weight_decay if run.w_weight_decay is None else run.w_weight_decay
+        if (w_lr, w_decay) != (run.lr, run.weight_decay):
+            step, release = pooling_optimizer(model, steps, lr=w_lr, weight_decay=w_decay)
+            calls.append(step)
+        if run.selection == "learned":
+            calls.append(_noise_schedule(run, model, steps))
+            log = snow.SelectionLog(model, steps)
+            calls.append(log.step)
+
+    def after_step():
+        for call in calls:
+            call()
+
+    try:
+        history = fit(model, train, test, run.epochs, lr=run.lr, batch_size=run.batch_size,
+                      weight_decay=run.weight_decay, augment=run.augment, device=device, eval_every=run.eval_every,
+                      val=val, after_step=after_step if calls else None, seed=run.seed, progress=False, **RECIPE)
+    finally:
+        release()
+    return history, log
+
+
+def _noise_schedule(run: SnowRun, model: snow.Snow, steps: int):
+    done = 0
+    snow.set_sigma(model, snow.sigma_at(run.sigma, run.sigma_schedule, 0, steps))
+
+    def step():
+        nonlocal done
+        done += 1
+        snow.set_sigma(model, snow.sigma_at(run.sigma, run.sigma_schedule, done, steps))
+
+    return step
+
+
+def pooling_optimizer(model: snow.Snow, steps: int, *, lr: float, weight_decay: float):
+    """Train the pooling weights w of `model` with their own SGD (the recipe's momentum and cosine
+    schedule over `steps` steps, at `lr` and `weight_decay`) beside `fit`'s optimiser, which then
+    leaves them alone. Returns (step, release): `step()` goes in `fit`'s `after_step`; `release()`
+    undoes the hooks once training is over.
+
+    `fit` optimises every parameter of the model at one learning rate and weight decay. A hook
+    takes w's gradient away as soon as backward has accumulated it, so `fit`'s optimiser finds no
+    gradient and skips w; `step()` hands the gradient to w's own optimiser. (With parameter groups
+    in `fit`, this would be a second group with its own lr and weight decay; the updates are the same.)
+    """
+    weights = [pool.weight for pool in model.delta.pools]
+    optimizer, scheduler = make_optimizer(weights, steps, lr=lr, weight_decay=weight_decay, **RECIPE)
+    taken: dict = {}
+
+    def take(weight):
+        taken[weight] = weight.grad
+        weight.grad = None
+
+    handles = [weight.register_post_accumulate_grad_hook(take) for weight in weights]
+
+    def step():
+        for weight in weights:
+            weight.grad = taken.pop(weight, None)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def release():
+        for handle in handles:
+            handle.remove()
+
+    return step, release
 
 
 def run_snow(run: SnowRun, device=None) -> dict:
@@ -225,8 +358,10 @@ def run_snow(run: SnowRun, device=None) -> dict:
     updates, i.e. what one more task adds; `total_params`: what inference uses (a SNOW model's
     source and delta, a baseline's whole network). The cost (`cost`): `train_images_per_s`,
     `infer_images_per_s`, `train_gflops`, `infer_gflops` per image, `train_memory_mb` (counted),
-    `peak_memory_mb` (measured on CUDA, NaN elsewhere). For SNOW, which channels it subscribed to
-    (`selection_summary`).
+    `peak_memory_mb` (measured on CUDA, NaN elsewhere). With `val_per_class`: `val_acc`, the
+    validation accuracy after the last epoch, and `test_at_best_val`, the test accuracy at the
+    tested epoch with the best validation accuracy. For SNOW, which channels it subscribed to
+    (`selection_summary`), and for a learned selection how it settled over training (`settling`).
     """
     return train_run(run, device)[0]
 
@@ -372,6 +507,25 @@ def selection_summary(run: SnowRun, model: snow.Snow, train: data.ImageData, dev
             "chance_overlap": sum(p.m / p.channels for p in pools) / len(pools), "w_moved": moved}
 
 
+def settling(log: snow.SelectionLog) -> dict:
+    """How a learned selection settled over training (`snipnb.snow.SelectionLog`), as numbers and,
+    per window of training steps and per tap, lists.
+
+    `overlap_curve`, `slot_kept_curve`, `settled_curve`: the log's `overlap`, `kept` and
+    `settled()`, one list per window, one value per tap; `curve_steps`: the training step each
+    window ends at (1-based, the last is the run's last step). `train_eval_overlap`: the overlap
+    over all steps and taps, how much of what the delta trained on was what evaluation takes;
+    `train_eval_overlap_last`: the same over the last window; `slot_kept`: the mean share of slots
+    that kept their channel from one step to the next.
+    """
+    overlap, kept = torch.tensor(log.overlap), torch.tensor(log.kept)
+    weights = torch.tensor(log.window_steps, dtype=torch.float).view(-1, 1)
+    return {"overlap_curve": log.overlap, "slot_kept_curve": log.kept, "settled_curve": log.settled(),
+            "curve_steps": torch.tensor(log.window_steps).cumsum(0).tolist(),
+            "train_eval_overlap": float((overlap * weights).sum() / (weights.sum() * overlap.shape[1])),
+            "train_eval_overlap_last": float(overlap[-1].mean()), "slot_kept": float(kept.nanmean())}
+
+
 # ------------------------------------------------------------------------------------------- grids
 
 
@@ -381,7 +535,7 @@ def grid(source: str, target: str, models, ks, methods, seeds: int, *, lrs: dict
     whole training split, for `full_epochs` epochs if given (a few-shot set needs more epochs than a
     full split for as many steps). `lrs` maps a method to its learning rate (default: `settings["lr"]`
     or SnowRun's). `settings` are the other `SnowRun` fields, shared by all runs; SNOW's own
-    (`m`, `sigma`, `width_divisor`) go to SNOW runs only.
+    (`SNOW_FIELDS`: `m`, `sigma`, `w_lr`, ...) go to SNOW runs only.
 
     Every k is checked against the target's smallest class here, before anything runs.
     """

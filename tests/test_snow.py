@@ -46,9 +46,9 @@ def test_eval_selection_is_the_top_m_of_w_and_does_not_change():
 def test_noisy_selection_differs_between_training_steps_and_sigma_zero_is_the_top_m():
     torch.manual_seed(0)
     pool = snow.ChannelPooling(32, 8, sigma=0.1).train()
-    picks = {tuple(pool.index().tolist()) for _ in range(6)}
+    picks = {frozenset(pool.index().tolist()) for _ in range(6)}
     assert len(picks) > 1
-    assert all(len(set(p)) == 8 and list(p) == sorted(p) for p in picks)
+    assert all(len(p) == 8 for p in picks)
     quiet = snow.ChannelPooling(32, 8, sigma=0.0).train()
     with torch.no_grad():
         quiet.weight.copy_(torch.arange(32.0))
@@ -74,6 +74,93 @@ def test_a_fixed_selection_holds_in_training_and_evaluation():
         pool.fix([1, 1, 2])
     with pytest.raises(ValueError, match="0..11"):
         pool.fix([1, 2, 12])
+
+
+def test_a_reselected_channel_keeps_its_slot_and_a_newcomer_takes_the_freed_one():
+    # The delta's next convolution has weights per input slot: with slots in source order, any
+    # change of the set would hand every later slot a different channel.
+    def draw(pool, top):
+        with torch.no_grad():
+            pool.weight.fill_(0).index_fill_(0, torch.tensor(top), 1.0)
+        return pool.train().index().tolist()
+
+    stable, ordered = snow.ChannelPooling(16, 3, sigma=0.0), snow.ChannelPooling(16, 3, 0.0, slot_order="sorted")
+    assert draw(stable, [9, 2, 5]) == [2, 5, 9]  # the first draw fills the slots in source order
+    assert draw(stable, [5, 9, 12]) == [12, 5, 9]  # 2 dropped: 12 takes its slot, 5 and 9 stay
+    assert draw(stable, [0, 9, 12]) == [12, 0, 9]
+    assert draw(ordered, [9, 2, 5]) == [2, 5, 9] and draw(ordered, [5, 9, 12]) == [5, 9, 12]
+    x = torch.randn(2, 16, 3, 3)
+    assert torch.equal(stable(x), x[:, [12, 0, 9]] * stable.weight.detach()[[12, 0, 9]].view(1, -1, 1, 1))
+    # Evaluation places the top-M of w by the last training draw's slots, also after a reload.
+    with torch.no_grad():
+        stable.weight[0], stable.weight[3] = 0.0, 2.0  # the top-M is now {3, 9, 12}: 3 takes the slot of 0
+    assert stable.eval().index().tolist() == [12, 3, 9]
+    assert stable.index().tolist() == [12, 3, 9] and stable.slots.tolist() == [12, 0, 9]  # eval draws nothing
+    loaded = snow.ChannelPooling(16, 3, sigma=0.0)
+    loaded.load_state_dict(stable.state_dict())
+    assert loaded.eval().index().tolist() == [12, 3, 9]
+    assert snow.selection(_holder([stable]))[0].tolist() == [3, 9, 12]  # the set, ascending
+
+
+def _holder(pools):
+    holder = nn.Module()
+    holder.pools = nn.ModuleList(pools)
+    return holder
+
+
+def test_assign_slots_keeps_kept_channels_in_place_without_a_host_sync():
+    slots = torch.tensor([2, 5, 9, 7])
+    assert snow.assign_slots(slots, torch.tensor([9, 1, 2, 3])).tolist() == [2, 1, 9, 3]
+    assert snow.assign_slots(slots, torch.tensor([7, 2, 5, 9])).tolist() == [2, 5, 9, 7]
+    assert snow.assign_slots(torch.full((3,), -1), torch.tensor([8, 1, 4])).tolist() == [1, 4, 8]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):  # any previous slots, any new set: a permutation of the set, kept ones in place
+        previous = torch.randperm(12, generator=generator)[:5]
+        chosen = torch.randperm(12, generator=generator)[:5]
+        order = snow.assign_slots(previous, chosen)
+        assert sorted(order.tolist()) == sorted(chosen.tolist())
+        both = torch.isin(previous, chosen)
+        assert torch.equal(order[both], previous[both])
+
+
+def test_the_noise_schedule_anneals_sigma_to_zero_and_constant_keeps_it():
+    values = [snow.sigma_at(0.4, "cosine", t, 5) for t in range(5)]
+    assert values[0] == 0.4 and values[2] == pytest.approx(0.2) and values[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a > b for a, b in zip(values, values[1:]))
+    assert [snow.sigma_at(0.4, "constant", t, 5) for t in range(5)] == [0.4] * 5
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        snow.sigma_at(0.4, "linear", 0, 5)
+
+
+def drive(pools, steps, windows, seed=0):
+    """Training draws of bare pooling layers (no optimiser), logged after every step."""
+    torch.manual_seed(seed)
+    holder = _holder(pools).train()
+    log = snow.SelectionLog(holder, steps, windows)
+    for _ in range(steps):
+        for pool in pools:
+            pool(torch.zeros(1, pool.channels, 1, 1))
+        log.step()
+    return log
+
+
+def test_the_selection_log_where_the_answer_is_known():
+    # No noise: every draw is the top-M of w, and with w fixed it never moves.
+    quiet = drive([snow.ChannelPooling(20, 10, sigma=0.0), snow.ChannelPooling(8, 2, sigma=0.0)], 12, 4)
+    assert quiet.window_steps == [3, 3, 3, 3]
+    assert quiet.overlap == [[1.0, 1.0]] * 4
+    assert quiet.kept[0] == [1.0, 1.0] and quiet.kept == [[1.0, 1.0]] * 4  # the first step is not compared
+    assert quiet.settled() == [[1.0, 1.0]] * 4
+    # Noise that swamps w: every draw is M of N at random, so it shares M/N with the top-M, and a
+    # stable slot keeps its channel as often as the channel is drawn again (M/N); sorted slots less.
+    stable = drive([snow.ChannelPooling(20, 10, sigma=1e4)], 600, 3)
+    ordered = drive([snow.ChannelPooling(20, 10, sigma=1e4, slot_order="sorted")], 600, 3)
+    for window in stable.overlap + ordered.overlap:
+        assert window[0] == pytest.approx(0.5, abs=0.05)
+    assert all(w[0] == pytest.approx(0.5, abs=0.05) for w in stable.kept)
+    assert all(w[0] < 0.3 for w in ordered.kept)
+    with pytest.raises(ValueError, match="fixed selection"):
+        snow.SelectionLog(_holder([snow.ChannelPooling(8, 2, 0.1).fix([0, 1])]), 3)
 
 
 # ------------------------------------------------------------------------------- training SNOW
@@ -339,6 +426,75 @@ def test_a_run_on_the_whole_target_split_leaves_the_source_bit_identical(synthet
     assert all(not module.training for module in model.source.modules())
 
 
+def test_the_pooling_weights_take_their_own_learning_rate_and_no_weight_decay(synthetic_source):
+    # One step (ten images, one batch), against the update worked out by hand: nesterov SGD's first
+    # step moves a parameter by lr * (1 + momentum) * its gradient (plus weight decay times itself).
+    run = tiny_run(synthetic_source, epochs=1, batch_size=64, sigma=0.0, lr=0.05, weight_decay=0.01, w_lr=3.0,
+                   w_weight_decay=0.0)
+    train, _, _ = snowrun.split_target(run)
+    model = snowrun.build(run, train, "cpu")
+    reference = copy.deepcopy(model).to(memory_format=torch.channels_last).train()
+    x, y = next(iter(DeviceLoader(train, len(train), channels_last=True)))
+    torch.nn.functional.cross_entropy(reference(x), y).backward()
+    momentum = snowrun.RECIPE["momentum"]
+    snowrun.train_model(run, model, train, device="cpu")
+    for pool, before in zip(model.delta.pools, reference.delta.pools):
+        step = 3.0 * (1 + momentum) * before.weight.grad
+        assert step.abs().max() > 1e-4
+        assert torch.allclose(pool.weight.detach(), before.weight.detach() - step, rtol=1e-4, atol=1e-6)
+    conv, conv_before = model.delta.stem[0].weight, reference.delta.stem[0].weight
+    expected = conv_before - 0.05 * (1 + momentum) * (conv_before.grad + 0.01 * conv_before)
+    assert torch.allclose(conv.detach(), expected.detach(), rtol=1e-4, atol=1e-6)
+    # Training over, w's gradient is w's again (the hooks that kept it from fit's optimiser are gone).
+    model.zero_grad(set_to_none=True)
+    model.train()(x).sum().backward()
+    assert all(pool.weight.grad is not None for pool in model.delta.pools)
+
+
+def test_the_selection_noise_of_each_draw_follows_the_schedule(synthetic_source):
+    run = tiny_run(synthetic_source, epochs=3, batch_size=4, sigma=0.5, sigma_schedule="cosine")
+    train, _, _ = snowrun.split_target(run)
+    model = snowrun.build(run, train, "cpu")
+    seen = []
+    model.delta.pools[0].register_forward_pre_hook(lambda pool, _: seen.append(pool.sigma) if pool.training else None)
+    snowrun.train_model(run, model, train, device="cpu")
+    steps = snowrun.steps_of(run, train)
+    assert steps == 9 and seen == [snow.sigma_at(0.5, "cosine", t, steps) for t in range(steps)]
+    assert seen[0] == 0.5 and seen[-1] == 0.0
+
+
+def test_a_learned_run_reports_how_its_selection_settled(synthetic_source):
+    quiet = snowrun.run_snow(tiny_run(synthetic_source, epochs=3, batch_size=4, sigma=0.0), "cpu")
+    taps = 5
+    assert len(quiet["overlap_curve"]) == 9 and all(len(w) == taps for w in quiet["overlap_curve"])
+    assert quiet["overlap_curve"] == [[1.0] * taps] * 9  # no noise: training takes what evaluation takes
+    assert quiet["curve_steps"] == list(range(1, 10))  # 9 steps in 9 windows, one step each
+    assert quiet["train_eval_overlap"] == quiet["train_eval_overlap_last"] == 1.0
+    assert quiet["settled_curve"][-1] == [1.0] * taps
+    assert all(0 <= v <= 1 for w in quiet["slot_kept_curve"][1:] for v in w)
+    # Noise that swamps w: a draw shares about M/N with the top-M (here 8 of 64..512), far below 1.
+    loud = snowrun.run_snow(tiny_run(synthetic_source, epochs=3, batch_size=4, m=8, sigma=1e4,
+                                     sigma_schedule="constant"), "cpu")
+    assert loud["train_eval_overlap"] < 0.4
+    fixed = snowrun.run_snow(tiny_run(synthetic_source, selection="random"), "cpu")
+    assert "overlap_curve" not in fixed
+
+
+def test_a_validation_split_is_held_out_of_the_training_images(synthetic_source):
+    run = tiny_run(synthetic_source, k=None, val_per_class=3)
+    train, val, test = snowrun.split_target(run)
+    whole, _ = snowrun.target_data(tiny_run(synthetic_source, k=None))
+    assert len(val) == 15 and len(train) == len(whole) - 15
+    rows = {tuple(image.flatten().tolist()) for image in train.images}
+    assert not any(tuple(image.flatten().tolist()) in rows for image in val.images)
+    few, val_few, _ = snowrun.split_target(tiny_run(synthetic_source, k=2, seed=1, val_per_class=3))
+    assert torch.equal(val_few.images, val.images)  # the same validation images for every run
+    assert not ({tuple(i.flatten().tolist()) for i in few.images} & {tuple(i.flatten().tolist()) for i in val.images})
+    result = snowrun.run_snow(tiny_run(synthetic_source, val_per_class=3), "cpu")
+    assert 0 <= result["val_acc"] <= 100 and 0 <= result["test_at_best_val"] <= 100
+    assert snowrun.split_target(tiny_run(synthetic_source))[1] is None
+
+
 def test_serving_t_tasks_shares_the_source(synthetic_source):
     settings = {k: v for k, v in synthetic_source.items() if k != "target"}
     one, three = (snowrun.run_serving(snowrun.ServingRun(**settings, tasks=t, num_classes=5, batch=4, repeats=1), "cpu")
@@ -365,6 +521,24 @@ def test_the_grid_gives_snow_its_settings_and_each_method_its_learning_rate(synt
         snowrun.grid("synthetic:0-4", "synthetic:5-9", ["resnet18"], [101], ["snow"], 1, image_size=32)
 
 
+def test_the_grid_and_the_ablation_carry_how_w_learns_to_snow_runs_only(synthetic_source):
+    # The seed's setting everywhere SNOW runs, the baselines untouched (they would refuse it).
+    runs = snowrun.grid("synthetic:0-4", "synthetic:5-9", ["resnet18"], [2], ["snow", "ft"], 1, image_size=32,
+                        **snowrun.SEED_SETTING)
+    snow_run, ft_run = sorted(runs, key=lambda r: r.method != "snow")
+    assert {f: getattr(snow_run, f) for f in snowrun.SEED_SETTING} == snowrun.SEED_SETTING
+    assert {f: getattr(ft_run, f) for f in snowrun.SEED_SETTING} == {
+        f: getattr(snowrun.SnowRun, f) for f in snowrun.SEED_SETTING}
+    # The chapter's setting by default, and it is not the seed's in any one field.
+    chapter = snowrun.SnowRun(model="resnet18", image_size=32)
+    assert (chapter.sigma_schedule, chapter.slot_order, chapter.w_lr, chapter.w_weight_decay) == (
+        "cosine", "stable", 2.0, 0.0)
+    assert all(getattr(chapter, f) != v for f, v in snowrun.SEED_SETTING.items())
+    runs = snowrun.ablation(chapter, 1, w_lr=[0.5], sigma_schedule=["constant"], slot_order=["sorted"])
+    assert [(r.w_lr, r.sigma_schedule, r.slot_order) for r in runs] == [
+        (0.5, "cosine", "stable"), (2.0, "constant", "stable"), (2.0, "cosine", "sorted")]
+
+
 def test_an_ablation_changes_one_setting_at_a_time():
     base = snowrun.SnowRun(model="resnet18", image_size=32, m=8)
     runs = snowrun.ablation(base, 2, m=[8, 4], sigma=[0.0], width_divisor=[4])
@@ -384,6 +558,13 @@ def test_an_ablation_changes_one_setting_at_a_time():
     (dict(sigma=-1.0), "sigma must be >= 0"),
     (dict(width_divisor=3), "width_divisor=3 does not divide"),
     (dict(selection="magic"), "selection must be one of"),
+    (dict(method="fe", w_lr=9.0), "w_lr=9.0 applies to method='snow' only"),
+    (dict(method="ft", **snowrun.SEED_SETTING), "applies to method='snow' only"),
+    (dict(sigma_schedule="linear"), "sigma_schedule must be one of"),
+    (dict(slot_order="random"), "slot_order must be one of"),
+    (dict(w_lr=0.0), "w_lr must be > 0"),
+    (dict(w_weight_decay=-1e-4), "w_weight_decay must be >= 0"),
+    (dict(val_per_class=0), "val_per_class must be >= 1"),
     (dict(k=0), "k must be >= 1"),
     (dict(target="nowhere"), "target='nowhere' is not valid"),
 ])
