@@ -81,8 +81,10 @@
 # measured, not assumed.
 #
 # **Rerun.** `papermill notebooks/02_transfer.ipynb out.ipynb` runs ImageNet ResNet-18 → CIFAR-100
-# (torchvision fetches the weights into the torch hub cache). `-p source mnist:0-4 -p target mnist:5-9
-# -p image_size 32` runs the first offline pair. Finished runs are stored in `results_dir`, one file per
+# (torchvision fetches the weights into the torch hub cache). The offline pairs: `-p source mnist:0-4
+# -p target mnist:5-9 -p image_size 32` (new classes) and `-p source mnist -p target uci_digits -p
+# image_size 32` (a new domain); `bash scripts/run_book.sh --only '02_transfer_mnist*'` runs both as
+# the book does. Finished runs are stored in `results_dir`, one file per
 # run, so a killed or extended sweep only runs what is missing. Use `-p workers 4` for parallel runs
 # and `-p shard 0/2` for one shard of the grid.
 
@@ -172,7 +174,7 @@ make_grid = functools.partial(transfer.grid, source, target, models, ks, sparsit
 runs = make_grid(**settings)
 blocks_trained = train_blocks + reference_blocks
 side = pretrained.last_stage_size(image_size, stem)
-display(Markdown(f"**This run:** source `{source}` → target `{target}`, {len(runs)} runs ({len(models)} models × "
+display(Markdown(f"**This run:** source `{source}` → target `{target}`, {len(runs)} runs ({len(models)} model{'s' * (len(models) > 1)} × "
                  f"{len(ks)} k × {seeds} seeds × (dense on {blocks_trained} + {len(methods)} methods × "
                  f"{len(sparsities)} sparsities on {train_blocks} + scratch)), {epochs} epochs each, "
                  + (f"learning rate chosen on validation among {lr_candidates} (below)" if lr_candidates
@@ -193,8 +195,8 @@ display(Markdown("**Changed from the write-up's protocol:** " + ("; ".join(chang
 # %% [markdown]
 # ## Declared contrasts
 # Fixed before the results, from the write-up's hypotheses and the design's controls; this cell stops
-# the notebook before any run if the grid lacks one. Per model, at sparsity `focus_sparsity` with
-# `focus_blocks` fine-tuned, in final test accuracy (points), paired on seeds after averaging over
+# the notebook before any run if the grid lacks one. Per model, at the focus sparsity with the focus
+# blocks fine-tuned (the table names both), in final test accuracy (points), paired on seeds after averaging over
 # every $k$ within a seed (the $k$-shot subsets of one seed are nested, so they are not independent):
 # SNIP − dense fine-tuning of the same blocks (does pruning by SNIP help?), SNIP − random and
 # SNIP − shuffled SNIP (does SNIP's choice of weights matter, beyond pruning as much, and beyond its
@@ -296,8 +298,8 @@ else:
 
 # %% [markdown]
 # ## Accuracy by k (%)
-# Mean ± std over seeds: every method at sparsity `focus_sparsity`, fine-tuning `focus_blocks`,
-# beside dense fine-tuning of every trained-block setting and training from scratch.
+# Mean ± std over seeds: every method at the focus sparsity and trained blocks (named above each
+# table), beside dense fine-tuning of every trained-block setting and training from scratch.
 
 # %% tags=["hide-input"]
 metrics = ("best_acc", "final_acc") + (() if val_per_class is None else ("test_at_best_val",))
@@ -333,8 +335,8 @@ fig.tight_layout()
 
 # %% [markdown]
 # ## Where pruning pretrained weights breaks
-# Final accuracy against sparsity at k = `focus_k`, one panel per trained-block setting; the dashed
-# line is dense fine-tuning of the same blocks.
+# Final accuracy against sparsity at the focus k (in each panel's title), one panel per trained-block
+# setting; the dashed line is dense fine-tuning of the same blocks.
 
 # %% tags=["hide-input"]
 s = summary["final_acc"]
@@ -377,7 +379,7 @@ else:
 
 # %% [markdown]
 # ## What the masks keep
-# For the first model at k = `focus_k`, seed 0 and sparsity `focus_sparsity` on `focus_blocks`:
+# For the first model at the focus cell (named below), seed 0:
 # the share of each trained layer every criterion keeps, and how much their kept weights overlap
 # (Jaccard index, 1 = the same weights). One global ranking over all trained layers can empty a
 # layer; the table below counts such collapsed layers over the whole run (mean per run).
@@ -389,6 +391,7 @@ focus_runs = {m: transfer.TransferRun(source=source, target=target, model=models
               for m in criteria}
 adaptation_set, _ = transfer.target_data(focus_runs[criteria[0]])
 masks = {m: transfer.prepare(run, adaptation_set)[1] for m, run in focus_runs.items()}
+display(Markdown(f"`{models[0]}`, k = {focus_k}, seed 0, {focus_sparsity:.0%} of `{focus_blocks}` pruned."))
 fig, (left, right) = plt.subplots(1, 2, figsize=(15, 4.5), gridspec_kw=dict(width_ratios=[2.2, 1]))
 plots.density_bars(masks, ax=left, title=f"{models[0]}, {focus_blocks}: kept weights per layer at {focus_sparsity}")
 plots.overlap_matrix(masks, ax=right)
@@ -430,8 +433,8 @@ display(pretraining.pivot(index=["model", "train_blocks"], columns="k", values="
 # %% [markdown]
 # ## Stability and overfitting
 # The spread of the final accuracy over seeds (std), and how far it falls from the best epoch to
-# the last (best − final, a sign of overfitting the few images), at `focus_blocks` and
-# `focus_sparsity`.
+# the last (best − final, a sign of overfitting the few images), at the focus blocks and sparsity
+# (named below).
 
 # %% tags=["hide-input"]
 results["drop"] = results.best_acc - results.final_acc
@@ -440,6 +443,7 @@ at_focus = results[(results.train_blocks == focus_blocks) &
 with_scratch = pd.concat([at_focus, results[results.method == "scratch"]])
 spread = with_scratch.groupby(["model", "k", "method"], sort=False).agg(std=("final_acc", "std"),
                                                                         drop=("drop", "mean"))
+display(Markdown(f"Fine-tuning `{focus_blocks}`, methods at sparsity {focus_sparsity:.0%}:"))
 display(spread.round(2).unstack("method"))
 
 # %% [markdown]
@@ -507,12 +511,13 @@ for control in ("snip_pseudo_labels", "magnitude", "random", "shuffled_snip"):
 display(Markdown("**Exploratory readings of the write-up's hypotheses** (uncorrected):\n\n" + "\n".join(lines)))
 
 # %% [markdown]
-# **Where it breaks.** The lowest sparsity at which a method's final accuracy at k = `focus_k` is
+# **Where it breaks.** The lowest sparsity at which a method's final accuracy at the focus k is
 # below dense fine-tuning of the same blocks with an interval that excludes 0 ("—": at no sparsity
 # of this run).
 
 # %% tags=["hide-input"]
 at_k = final[final.k == focus_k]
+display(Markdown(f"At k = {focus_k}:"))
 breaks = at_k[at_k.ci_high < 0].groupby(["model", "method", "train_blocks"]).sparsity.min()
 breaks = breaks.reindex(pd.MultiIndex.from_frame(at_k[["model", "method", "train_blocks"]].drop_duplicates()))
 display(breaks.unstack("train_blocks").reindex(columns=train_blocks).map(lambda v: "—" if pd.isna(v) else v))
