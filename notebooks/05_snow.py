@@ -152,6 +152,7 @@ from snipnb.sweep import run_sweep
 from snipnb.train import default_device
 
 check_parameters()
+rates = ", ".join(f"{m.upper()} {lr:g}" for m, lr in lrs.items()) or "each method's default"
 checks.integer("seeds", seeds, 1)
 checks.integer("epochs", epochs, 1)
 focus_k = pick("focus_k", focus_k, ks)
@@ -194,7 +195,7 @@ display(Markdown(
     f"{image_size} px; k ∈ {{{', '.join(k_label(k) for k in ks)}}} images per class; {seeds} seeds; "
     f"{len(runs)} runs of {len(methods)} methods (SNOW with channels {', '.join(selections)}), "
     f"{len(all_runs) - len(runs)} more for the ablations at k = {k_label(focus_k)}; {epochs} epochs for few-shot "
-    f"runs, {full_epochs or epochs} on the whole split, batch {batch_size}, learning rates {lrs}; SNOW with "
+    f"runs, {full_epochs or epochs} on the whole split, batch {batch_size}, learning rates {rates}; SNOW with "
     f"M = {'N/' + str(width_divisor) if m is None else m}, width divisor {width_divisor}, σ = {sigma} "
     f"({sigma_schedule}), slots {slot_order}, w's learning rate {'the method’s' if w_lr is None else w_lr} and "
     f"weight decay {weight_decay if w_weight_decay is None else w_weight_decay}; serving cost "
@@ -582,7 +583,7 @@ display(Markdown("\n".join(findings)))
 
 # %% tags=["remove-input"]
 limits = [f"- Source `{source}`, target `{target}`; {seeds} seeds; {epochs} epochs for few-shot runs and "
-          f"{full_epochs or epochs} on the whole training split; one learning rate per method ({lrs}), the same for "
+          f"{full_epochs or epochs} on the whole training split; one learning rate per method ({rates}), the same for "
           f"every k and seed, not tuned on a validation split.",
           f"- The ablations run at one k ({k_label(focus_k)}) and one model ({models[0]}), one setting at a time; "
           f"interactions between M, σ and the width divisor are not measured.",
