@@ -142,7 +142,8 @@ def summary_rows(found) -> list[dict]:
     rows = []
     for number, (file, nb) in enumerate(found, 1):
         for row in tested_contrasts(nb):
-            rows.append({**row, "file": file, "title": title_of(nb), "number": number})
+            rows.append({**row, "file": file, "title": title_of(nb), "number": number,
+                         "label": file.split("/")[-1]})
     return rows
 
 
@@ -168,12 +169,10 @@ def render_summary(found) -> str:
               "* - Chapter", "  - Contrast", "  - Metric", "  - Effect [adjusted CI]", "  - Published",
               "  - Verdict"]
     for r in rows:
-        lines += [f"* - {{doc}}`{r['number']:02d} <{r['file']}>`", f"  - {r['contrast']}",
+        lines += [f"* - {{doc}}`{r['label']} <{r['file']}>`", f"  - {r['contrast']}",
                   f"  - {r['metric']} ({r['unit']})", f"  - {effect_cell(r)}", f"  - {published_cell(r)}",
                   f"  - {verdict_cell(r)}"]
     lines += ["```", ""]
-    lines += ["Chapter numbers in the table are their places in the list below: "
-              + "; ".join(f"{n:02d} {{doc}}`{title_of(nb)} <{file}>`" for n, (file, nb) in enumerate(found, 1)) + ".", ""]
     if without:
         lines += ["Chapters whose findings are exploratory only (no declared contrasts yet): "
                   + "; ".join(without) + ".", ""]
@@ -214,7 +213,7 @@ def forest_svg(found) -> str | None:
         ax.axvline(0, color="0.4", lw=0.8)
         ax.set_yticks(range(len(mine)), [r["contrast"] for r in reversed(mine)])
         ax.set_ylim(-0.7, len(mine) - 0.3)
-        ax.set_title(f"{group:02d} {mine[0]['title']}", loc="left", fontsize=11)
+        ax.set_title(f"{mine[0]['label']}: {mine[0]['title']}", loc="left", fontsize=11)
         ax.set_xlabel(f"{mine[0]['metric']} ({mine[0]['unit']})", fontsize=10)
     fig.tight_layout()
     out = io.StringIO()
@@ -266,7 +265,7 @@ def render_reproducibility(found) -> str:
 def outputs() -> dict[pathlib.Path, str]:
     """The pages, and the forest plot's data (checked, where the SVG itself varies with matplotlib's version)."""
     found = executed_chapters()
-    plotted = [{k: r.get(k) for k in ("number", "contrast", "diff", "adjusted_low", "adjusted_high", "published",
+    plotted = [{k: r.get(k) for k in ("label", "contrast", "diff", "adjusted_low", "adjusted_high", "published",
                                       "margin", "around")} for r in summary_rows(found)]
     return {BOOK / "findings.md": render(), BOOK / "summary.md": render_summary(found),
             BOOK / "reproducibility.md": render_reproducibility(found),
