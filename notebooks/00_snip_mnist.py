@@ -16,7 +16,7 @@
 # %% [markdown]
 # # SNIP on MNIST: does the paper's Table 1 reproduce?
 #
-# **Question.** Lee et al. (ICLR 2019) prune LeNet-300-100 and LeNet-5-Caffe *once, at
+# **Question.** Lee et al. {cite}`lee2019snip` prune LeNet-300-100 and LeNet-5-Caffe *once, at
 # initialisation*, keeping the weights with the largest connection sensitivity
 # $|\partial L/\partial \theta \cdot \theta|$ on one mini-batch, and report in their Table 1 that the
 # sparse networks train to the dense network's error (LeNet-300-100: 1.7% dense, 1.6% at 95% sparsity,

@@ -17,7 +17,7 @@
 # # Experiment 1: does SNIP help few-shot learning from scratch?
 #
 # **Question.** With only $k$ images per class, a dense network can memorise its training set. Does
-# a network pruned once at initialisation by SNIP generalise better from the same few images?
+# a network pruned once at initialisation by SNIP {cite}`lee2019snip` generalise better from the same few images?
 # The project's write-up gave four hypotheses, which this chapter tests rather than assumes:
 # (H1) SNIP at 90% sparsity beats the dense network for $k \le 10$; (H2) the gain shrinks as $k$ grows;
 # (H3) labeled SNIP beats label-free and cross-domain SNIP; (H4) cross-domain SNIP holds up at high
@@ -32,7 +32,8 @@
 # - `snip_cross_domain`: labeled SNIP scored on as many images of *another* dataset (CIFAR-10 for
 #   CIFAR-100; for MNIST the UCI handwritten digits scikit-learn ships: other writers, another scanner,
 #   8 px scans upsampled to 28 px);
-# - controls: `random` pruning, and `shuffled_snip` (SNIP's per-layer densities, shuffled positions).
+# - controls: `random` pruning, and `shuffled_snip` (SNIP's per-layer densities, shuffled positions
+#   {cite}`frankle2021missing`).
 #
 # SNIP scores with BatchNorm in *eval* mode by default: at initialisation the running statistics are
 # the identity, so every image is scored alone and the score does not depend on which images share

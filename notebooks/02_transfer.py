@@ -63,7 +63,7 @@
 # someone runs it with them. The two offline chapters use a source the project pretrains itself on
 # real data: MNIST digits 0–4, adapted to the digits 5–9 (new classes, same domain), and all of
 # MNIST, adapted to the UCI handwritten digits scikit-learn ships (same classes, a new domain: 8×8
-# scans upsampled). They run on two shared CPU cores, so their grids are cut: ResNet-18 only,
+# scans upsampled). They run on two shared CPU cores, so their grids are cut: ResNet-18 {cite}`he2016resnet` only,
 # 32-pixel images, five seeds, the last block pruned (the linear probe and full fine-tuning run
 # dense, for reference), three sparsities, and for MNIST a fixed sample of its test split.
 #

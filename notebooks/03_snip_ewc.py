@@ -16,14 +16,14 @@
 # %% [markdown]
 # # Experiment 3: can SNIP saliency replace the Fisher in EWC?
 #
-# **Question.** Elastic weight consolidation (Kirkpatrick et al. 2017) protects what earlier tasks
+# **Question.** Elastic weight consolidation {cite}`kirkpatrick2017ewc` protects what earlier tasks
 # learned by penalising changes to the parameters they depend on,
 # $\lambda \sum_i F_i (\theta_i - \theta_i^*)^2$, with $F$ the diagonal Fisher information.
 # SNIP-EWC keeps the penalty and replaces $F$ with SNIP's saliency $|\partial L/\partial\theta \cdot
 # \theta|$ (per sample, averaged like the Fisher). Does that forget less, and is it the *choice of
 # parameters* that matters, or just any penalty?
 #
-# **Benchmarks.** Three ways of learning tasks in sequence (van de Ven & Tolias 2019):
+# **Benchmarks.** Three ways of learning tasks in sequence {cite}`vandeven2019scenarios`:
 # - **Split, task-incremental**: the classes cut into tasks (Split-MNIST: 0/1, 2/3, ...), one head
 #   per task, the task id given at test time;
 # - **Split, class-incremental**: the same tasks, one head over every class seen so far, no task id;

@@ -16,7 +16,7 @@
 # %% [markdown]
 # # Experiment 4: does SNIP pick better weights for PackNet?
 #
-# **Question.** PackNet (Mallya & Lazebnik 2018) gives every task its own slice of one network.
+# **Question.** PackNet {cite}`mallya2018packnet` gives every task its own slice of one network.
 # After a task is trained, it keeps the largest-magnitude fraction of its free weights and freezes
 # them, releases the rest to later tasks, and retrains briefly. SNIP-PackNet keeps the weights with
 # the largest SNIP saliency $|\partial L/\partial\theta\cdot\theta|$ on the task's data instead. Does

@@ -16,7 +16,7 @@
 # %% [markdown]
 # # SNOW: can a small network that subscribes to a frozen source's channels match fine-tuning, for a fraction of the cost?
 #
-# **Question.** SNOW (Yoo, Kang & Cho, ICLR 2020) keeps a pretrained *source* network frozen and
+# **Question.** SNOW {cite}`yoo2020snow` keeps a pretrained *source* network frozen and
 # trains a small *delta* network beside it. After each of the source's stages, a channel-pooling
 # layer picks $M$ of its $N$ channels and hands them, scaled by a learned weight, to the delta. The
 # paper's claims are about efficiency: training and inference faster than fine-tuning at similar

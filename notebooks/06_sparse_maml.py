@@ -16,8 +16,8 @@
 # %% [markdown]
 # # Learning where to learn: MAML, ANIL, BOIL, Sparse-MAML and a SNIP-masked MAML
 #
-# **Question.** MAML learns an initialisation from which a few gradient steps on five images solve a
-# new task. Sparse-MAML (von Oswald et al., NeurIPS 2021) also learns *which* parameters those steps
+# **Question.** MAML {cite}`finn2017maml` learns an initialisation from which a few gradient steps on five images solve a
+# new task. Sparse-MAML {cite}`vonoswald2021where` also learns *which* parameters those steps
 # may move: one score $m$ per parameter, and the inner loop updates a parameter only where $m > 0$.
 # The paper finds that structured, layer-wise sparsity emerges and that accuracy improves. This
 # project asks whether SNIP, which ranks weights by connection sensitivity $|\nabla L \odot \theta|$,
