@@ -370,6 +370,12 @@ def placeholder(chapter: Chapter, out: pathlib.Path, reason: str) -> None:
         f"**This chapter has not been executed**: {reason}\n\nIt holds no numbers. To run it, provide the "
         f"data (see the README's Data section) and run `bash scripts/run_book.sh --only {chapter.name}` "
         f"({chapter.cost})."))
+    # Without outputs, the result sections would be headings over nothing: the page keeps what the
+    # chapter asks and how (the text before its first code cell) under the banner.
+    nb = nbformat.read(target, as_version=4)
+    first_code = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), len(nb.cells))
+    nb.cells = nb.cells[:first_code]
+    nbformat.write(nb, target)
 
 
 # --- running ---------------------------------------------------------------------------------------

@@ -120,6 +120,16 @@ def test_refreshing_a_placeholder_changes_no_byte(tmp_path):
     assert b"has not been executed" in first
 
 
+def test_an_unexecuted_page_is_its_question_under_the_banner_without_empty_result_sections(tmp_path):
+    chapter = run_book.CHAPTERS_BY_NAME["01_few_shot_cifar100"]
+    run_book.placeholder(chapter, tmp_path, "it needs CIFAR-100")
+    cells = nbformat.read(tmp_path / f"{chapter.name}.ipynb", as_version=4).cells
+    assert cells[0].source.startswith(f"# {chapter.title}") and "banner" in cells[1].metadata.tags
+    assert not [c for c in cells if c.cell_type == "code"]
+    text = "\n".join(c.source for c in cells)
+    assert "**Question.**" in text and "## Accuracy by k" not in text  # the question, no headings over nothing
+
+
 # --- choosing chapters, and every mistake stopping run_book before anything runs --------------------
 
 def test_the_chapters_are_in_the_books_order_with_costs_that_add_up():
