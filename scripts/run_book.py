@@ -98,6 +98,10 @@ class Chapter:
 
 
 CPU = "CPU, 2 cores"
+# Measured 2026-12-04 with two workers while helpers' tests shared the machine (load 1 to 20): upper bounds.
+LOADED_CPU = "CPU, 2 cores, shared"
+# Chapter 02 was last timed before it chose its learning rate on validation (more runs now).
+BEFORE_LR_SEARCH = "CPU, 1 core of 2, shared, before the validation lr search"
 SHARED_CPU = "CPU, 1 core of 2 (shared)"
 QUICK_CPU = "CPU, 2 cores (niced, shared)"
 
@@ -117,14 +121,14 @@ SNOW_QUICK = dict(ks=[10], focus_k=10, seeds=2, epochs=4, eval_every=2, source_e
 # In the book's order (book/_toc.yml; a test checks it).
 CHAPTERS = [
     Chapter("00_snip_mnist", "00_snip_mnist", "SNIP on MNIST: does the paper's Table 1 reproduce?",
-            dict(), cost=Cost(40, CPU),
+            dict(), cost=Cost(32, LOADED_CPU),
             quick=dict(sparsities=[0.98], sparsities_lenet5=[0.99], seeds=2, seeds_lenet5=2, ablation_seeds=2,
                        epochs=1, long_epochs=2, epochs_lenet5=1, speed_iterations=10, workers=1),
             quick_cost=Cost(None, QUICK_CPU)),
     # MNIST is the real data the project's own machines have: a grid sized for a CPU.
     Chapter("01_few_shot_mnist", "01_few_shot", "Experiment 1 on MNIST: does SNIP help few-shot learning from scratch?",
             dict(dataset="mnist", models=["simple_convnet"], sparsities=[0.9, 0.95], seeds=5, eval_every=10),
-            cost=Cost(75, SHARED_CPU),
+            cost=Cost(18, LOADED_CPU),
             quick=dict(ks=[1, 5], sparsities=[0.9], methods=["snip", "random"], seeds=2, epochs=5, eval_every=5), quick_cost=Cost(None, QUICK_CPU)),
     Chapter("01_few_shot_cifar100", "01_few_shot",
             "Experiment 1 on CIFAR-100: does SNIP help few-shot learning from scratch?",
@@ -135,11 +139,11 @@ CHAPTERS = [
     Chapter("02_transfer_mnist5to9", "02_transfer",
             "Experiment 2 on MNIST: does SNIP help fine-tuning to new classes (digits 0-4 to 5-9)?",
             dict(source="mnist:0-4", target="mnist:5-9", source_epochs=3, test_per_class=200, **TRANSFER_CPU),
-            cost=Cost(35, SHARED_CPU), quick=TRANSFER_QUICK, quick_cost=Cost(None, QUICK_CPU)),
+            cost=Cost(35, BEFORE_LR_SEARCH), quick=TRANSFER_QUICK, quick_cost=Cost(None, QUICK_CPU)),
     Chapter("02_transfer_mnist_to_uci", "02_transfer",
             "Experiment 2 across domains: does SNIP help fine-tuning from MNIST to the UCI digits?",
             dict(source="mnist", target="uci_digits", source_epochs=2, **TRANSFER_CPU),
-            cost=Cost(50, SHARED_CPU), quick=TRANSFER_QUICK, quick_cost=Cost(None, QUICK_CPU)),
+            cost=Cost(50, BEFORE_LR_SEARCH), quick=TRANSFER_QUICK, quick_cost=Cost(None, QUICK_CPU)),
     Chapter("02_transfer_cifar100", "02_transfer",
             "Experiment 2: does SNIP help fine-tuning ImageNet's ResNet-18 to CIFAR-100?",
             dict(source="imagenet", target="cifar100"), on_demand=True),
@@ -147,7 +151,7 @@ CHAPTERS = [
     Chapter("03_snip_ewc_mnist", "03_snip_ewc", "Experiment 3 on MNIST: can SNIP saliency replace the Fisher in EWC?",
             dict(dataset="mnist", model="lenet300_100", seeds=5, search_seeds=2, epochs=3, permuted_epochs=1,
                  importance_examples=512, probe_examples=1000, lambdas=[0.001, 0.01, 0.1, 1, 10],
-                 lambda_extensions=2), cost=Cost(105, SHARED_CPU),
+                 lambda_extensions=2), cost=Cost(50, LOADED_CPU),
             quick=dict(CONTINUAL_QUICK, lambdas=[0.1, 10], lambda_extensions=0), quick_cost=Cost(None, QUICK_CPU)),
     Chapter("03_snip_ewc_cifar100", "03_snip_ewc",
             "Experiment 3 on Split CIFAR-100: can SNIP saliency replace the Fisher in EWC?",
@@ -156,7 +160,7 @@ CHAPTERS = [
             "Experiment 4 on MNIST: does SNIP pick better weights for PackNet?",
             dict(dataset="mnist", model="lenet300_100", seeds=5, search_seeds=2, epochs=4, permuted_epochs=2,
                  retrain_epochs=1, importance_examples=512, probe_examples=1000, keeps=[None, 0.25, 0.5]),
-            cost=Cost(50, SHARED_CPU),
+            cost=Cost(33, LOADED_CPU),
             quick=dict(CONTINUAL_QUICK, epochs=2, permuted_epochs=2, keeps=[None, 0.5]), quick_cost=Cost(None, QUICK_CPU)),
     Chapter("04_snip_packnet_cifar100", "04_snip_packnet",
             "Experiment 4 on Split CIFAR-100: does SNIP pick better weights for PackNet?",
@@ -168,13 +172,13 @@ CHAPTERS = [
             dict(source="mnist:0-4", target="mnist:5-9", models=["resnet18"], image_size=32, source_epochs=3,
                  ks=[10, None], focus_k=10, seeds=5, epochs=60, full_epochs=1, eval_every=20, test_per_class=200,
                  lrs={"snow": 0.1, "ft": 0.05, "fe": 0.1, "fo": 0.5}),
-            cost=Cost(25, SHARED_CPU), quick=SNOW_QUICK, quick_cost=Cost(None, QUICK_CPU)),
+            cost=Cost(20, LOADED_CPU), quick=SNOW_QUICK, quick_cost=Cost(None, QUICK_CPU)),
     Chapter("05_snow_uci_digits", "05_snow",
             "SNOW on the UCI digits from a ResNet-18 pretrained on MNIST: channel pooling against fine-tuning",
             dict(source="mnist", target="uci_digits", models=["resnet18"], image_size=32, source_epochs=2,
                  ks=[5, None], focus_k=5, seeds=5, epochs=60, full_epochs=20, eval_every=20,
                  lrs={"snow": 0.2, "ft": 0.05, "fe": 0.05, "fo": 0.1}),
-            cost=Cost(25, SHARED_CPU), quick=dict(SNOW_QUICK, ks=[5], focus_k=5), quick_cost=Cost(None, QUICK_CPU)),
+            cost=Cost(18, LOADED_CPU), quick=dict(SNOW_QUICK, ks=[5], focus_k=5), quick_cost=Cost(None, QUICK_CPU)),
     Chapter("05_snow_imagenet_cifar100", "05_snow",
             "SNOW on CIFAR-100 from ImageNet ResNet-50 and ResNet-18: channel pooling against fine-tuning",
             dict(source="imagenet", target="cifar100"), on_demand=True),
@@ -183,7 +187,7 @@ CHAPTERS = [
             "Learning where to learn on MNIST rotations: MAML, ANIL, BOIL, Sparse-MAML and SNIP-MAML",
             dict(dataset="mnist_rotations", filters=16, inner_steps=1, eval_inner_steps=3, inner_lr=0.4,
                  iterations=400, val_episodes=50, seeds=5, progress=False),
-            cost=Cost(30, SHARED_CPU),
+            cost=Cost(26, LOADED_CPU),
             quick=dict(iterations=20, eval_every=10, val_episodes=10, test_episodes=100, seeds=2),
             quick_cost=Cost(None, QUICK_CPU)),
 ]
