@@ -194,11 +194,18 @@ def forest_svg(found) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    import textwrap
+
     groups = list(dict.fromkeys(r["number"] for r in rows))
-    heights = [sum(r["number"] == g for r in rows) + 1.2 for g in groups]
+    heights = [sum(r["number"] == g for r in rows) for g in groups]
     plt.rcParams.update({"svg.hashsalt": "snipnb", "font.size": 11})
-    fig, axes = plt.subplots(len(groups), 1, figsize=(9, 0.38 * sum(heights) + 0.6),
-                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    # Room for each panel's rows, its chapter heading and its x axis: in inches, so a panel of two
+    # contrasts is as legible as one of ten.
+    height = 0.34 * sum(heights) + 1.5 * len(groups) + 0.2
+    fig, axes = plt.subplots(len(groups), 1, figsize=(11, height), gridspec_kw={"height_ratios": heights},
+                             squeeze=False)
+    fig.subplots_adjust(left=0.5, right=0.97, top=1 - 0.55 / height, bottom=0.55 / height,
+                        hspace=1.6 * len(groups) / sum(heights))
     for ax, group in zip(axes[:, 0], groups):
         mine = [r for r in rows if r["number"] == group]
         for y, r in enumerate(reversed(mine)):
@@ -211,11 +218,13 @@ def forest_svg(found) -> str | None:
             if r.get("published") is not None:
                 ax.plot(r["published"], y, "D", mfc="none", color="C3", ms=7)
         ax.axvline(0, color="0.4", lw=0.8)
-        ax.set_yticks(range(len(mine)), [r["contrast"] for r in reversed(mine)])
+        ax.set_yticks(range(len(mine)), [textwrap.fill(r["contrast"], 58) for r in reversed(mine)], fontsize=10)
         ax.set_ylim(-0.7, len(mine) - 0.3)
-        ax.set_title(f"{mine[0]['label']}: {mine[0]['title']}", loc="left", fontsize=11)
+        # The chapter's heading spans the figure from its left edge, above the panel's labels.
+        ax.annotate(textwrap.shorten(f"{mine[0]['label']}: {mine[0]['title']}", 120), xy=(0.01, 1),
+                    xycoords=("figure fraction", "axes fraction"), xytext=(0, 6), textcoords="offset points",
+                    ha="left", va="bottom", fontsize=11, fontweight="bold")
         ax.set_xlabel(f"{mine[0]['metric']} ({mine[0]['unit']})", fontsize=10)
-    fig.tight_layout()
     out = io.StringIO()
     fig.savefig(out, format="svg", metadata={"Date": None})
     plt.close(fig)
