@@ -105,10 +105,10 @@ from IPython.display import Markdown, display
 
 from snipnb import checks, data, devices, plots, provenance, published, stats, table1
 from snipnb.cluster import cluster_executor
-from snipnb.contrasts import Contrast, check_contrasts, evaluate_contrasts
+from snipnb.contrasts import Contrast, check_contrasts
 from snipnb.notebook import check_parameters
 from snipnb.pruning import mask_overlap
-from snipnb.report import Findings, table
+from snipnb.report import answer, table
 from snipnb.sweep import config_id, run_sweep
 from snipnb.train import default_device
 
@@ -300,22 +300,17 @@ display(table(measured, digits=1))
 # These are the chapter's findings; every table and verdict after this one is exploratory.
 
 # %% tags=["hide-input", "findings"]
-needed = {config_id(r) for r in declared_runs}
-if PRIMARY and needed <= set(results.id):
-    tested = evaluate_contrasts(results[results.id.isin(needed)], PRIMARY)
+def answer_lead(tested):
     against_paper = tested[tested.kind == "equivalence"]
     shown = int((against_paper.decision == "equivalent within ±margin").sum())
-    display(Findings(tested, setting=f"{dataset}, {' and '.join(models)}: test error (%) at the {checkpoint} checkpoint",
-                     title="Answer",
-                     lead=(f"Our SNIP − dense is shown within ±{MARGIN} points of the paper's in **{shown} of "
-                           f"{len(against_paper)}** Table 1 cells. " if len(against_paper) else "")
-                          + f"The {len(tested)} declared contrasts, in test error points at the {checkpoint} "
-                            f"checkpoint (positive: more error than the baseline):"))
-elif PRIMARY:
-    display(Markdown(f"**No findings yet**: {len(needed - set(results.id))} of the {len(needed)} runs the declared "
-                     f"contrasts need have no results (shard {shard}); rerun without `shard` once all have."))
-else:
-    display(Markdown("**No declared contrast in this run** (see above): nothing below is a tested finding."))
+    return ((f"Our SNIP − dense is shown within ±{MARGIN} points of the paper's in **{shown} of "
+             f"{len(against_paper)}** Table 1 cells. " if len(against_paper) else "")
+            + f"The {len(tested)} declared contrasts, in test error points at the {checkpoint} checkpoint "
+              f"(positive: more error than the baseline):")
+
+
+display(answer(results, PRIMARY, needed={config_id(r) for r in declared_runs}, lead=answer_lead,
+               setting=f"{dataset}, {' and '.join(models)}: test error (%) at the {checkpoint} checkpoint"))
 
 # %% [markdown]
 # ## Table 1: ours beside the paper's

@@ -92,9 +92,9 @@ from IPython.display import Markdown, display
 
 from snipnb import checks, data, devices, fewshot, plots, provenance, stats
 from snipnb.cluster import cluster_executor
-from snipnb.contrasts import Contrast, check_contrasts, evaluate_contrasts
+from snipnb.contrasts import Contrast, check_contrasts
 from snipnb.notebook import check_parameters, pick
-from snipnb.report import Findings, table
+from snipnb.report import answer, table
 from snipnb.sweep import config_id, run_sweep
 from snipnb.train import default_device
 
@@ -193,17 +193,10 @@ display(Markdown(f"{len(results) + len(bn_results)} runs have results, {hours:.2
 # Every table and verdict after this one is exploratory.
 
 # %% tags=["hide-input", "findings"]
-needed = {config_id(r) for r in declared_runs}
-if PRIMARY and needed <= set(results.id):
-    tested = evaluate_contrasts(results[results.id.isin(needed)], PRIMARY)
-    display(Findings(tested, setting=f"{dataset}, {', '.join(models)}: final test accuracy (%)", title="Answer",
-                     lead=f"{len(tested)} declared contrasts in final test accuracy on `{dataset}` (points; positive: "
-                          f"the first is more accurate), {seeds} seeds, each seed's differences averaged over {over}:"))
-elif PRIMARY:
-    display(Markdown(f"**No findings yet**: {len(needed - set(results.id))} of the {len(needed)} runs the declared "
-                     f"contrasts need have no results (shard {shard}); rerun without `shard` once all have."))
-else:
-    display(Markdown("**No declared contrast in this run** (see above): nothing below is a tested finding."))
+display(answer(results, PRIMARY, needed={config_id(r) for r in declared_runs},
+               setting=f"{dataset}, {', '.join(models)}: final test accuracy (%)",
+               lead=f"{len(PRIMARY)} declared contrasts in final test accuracy on `{dataset}` (points; positive: "
+                    f"the first is more accurate), {seeds} seeds, each seed's differences averaged over {over}:"))
 
 # %% [markdown]
 # ## Accuracy by k

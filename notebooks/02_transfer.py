@@ -147,10 +147,10 @@ from IPython.display import Markdown, display
 
 from snipnb import data, devices, plots, pretrained, provenance, stats, transfer
 from snipnb.cluster import cluster_executor
-from snipnb.contrasts import Contrast, check_contrasts, evaluate_contrasts
+from snipnb.contrasts import Contrast, check_contrasts
 from snipnb.notebook import check_parameters, pick
-from snipnb.report import Findings, table
-from snipnb.sweep import run_sweep
+from snipnb.report import answer, table
+from snipnb.sweep import config_id, run_sweep
 from snipnb.train import default_device
 
 check_parameters()
@@ -287,14 +287,11 @@ print(f"{len(results)} of {len(runs)} runs have results; {results.seconds.sum() 
 # Every table and verdict after this one is exploratory.
 
 # %% tags=["hide-input", "findings"]
-if PRIMARY:
-    display(Findings(evaluate_contrasts(results, PRIMARY), title="Answer",
-                     setting=f"{source} → {target}, {', '.join(models)}: final test accuracy (%)",
-                     lead=f"{len(PRIMARY)} declared contrasts in final test accuracy at sparsity {focus_sparsity:.0%} "
-                          f"fine-tuning `{focus_blocks}` (points; positive: SNIP more accurate), {seeds} seeds, each "
-                          f"seed's differences averaged over k = {ks}:"))
-else:
-    display(Markdown("**No declared contrast in this run** (see above): nothing below is a tested finding."))
+display(answer(results, PRIMARY, needed={config_id(r) for r in runs},
+               setting=f"{source} → {target}, {', '.join(models)}: final test accuracy (%)",
+               lead=f"{len(PRIMARY)} declared contrasts in final test accuracy at sparsity {focus_sparsity:.0%} "
+                    f"fine-tuning `{focus_blocks}` (points; positive: SNIP more accurate), {seeds} seeds, each "
+                    f"seed's differences averaged over k = {ks}:"))
 
 # %% [markdown]
 # ## Accuracy by k (%)

@@ -146,9 +146,9 @@ from IPython.display import Markdown, display
 
 from snipnb import checks, data, devices, pretrained, provenance, snow, snowrun, stats
 from snipnb.cluster import cluster_executor
-from snipnb.contrasts import Contrast, check_contrasts, evaluate_contrasts
+from snipnb.contrasts import Contrast, check_contrasts
 from snipnb.notebook import check_parameters, pick
-from snipnb.report import Findings, table
+from snipnb.report import answer, table
 from snipnb.sweep import run_sweep
 from snipnb.train import default_device
 
@@ -294,13 +294,9 @@ display(Markdown(f"{len(results)} runs and {len(serving)} serving measurements h
 # Every table and verdict after this one is exploratory.
 
 # %% tags=["hide-input", "findings"]
-if PRIMARY:
-    display(Findings(evaluate_contrasts(main, PRIMARY), title="Answer",
-                     setting=f"{source} → {target}, {', '.join(models)}: final test accuracy (%)",
-                     lead=f"{len(PRIMARY)} declared contrasts in final test accuracy at k = {k_label(focus_k)} (points; "
-                          f"positive: the first more accurate), {seeds} seeds:"))
-else:
-    display(Markdown("**No declared contrast in this run** (see above): nothing below is a tested finding."))
+display(answer(main, PRIMARY, setting=f"{source} → {target}, {', '.join(models)}: final test accuracy (%)",
+               lead=f"{len(PRIMARY)} declared contrasts in final test accuracy at k = {k_label(focus_k)} (points; "
+                    f"positive: the first more accurate), {seeds} seeds:"))
 
 # %% [markdown]
 # ## Accuracy

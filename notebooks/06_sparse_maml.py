@@ -120,9 +120,9 @@ from IPython.display import Markdown, display
 
 from snipnb import devices, metarun, provenance, published, stats
 from snipnb.cluster import cluster_executor
-from snipnb.contrasts import Contrast, check_contrasts, evaluate_contrasts
+from snipnb.contrasts import Contrast, check_contrasts
 from snipnb.notebook import check_parameters
-from snipnb.report import Findings
+from snipnb.report import answer
 from snipnb.report import table as styled
 from snipnb.sweep import run_sweep
 from snipnb.train import default_device
@@ -190,13 +190,9 @@ print(f"{len(results)} of {len(runs)} runs have results; {results.seconds.sum() 
 # Every table and verdict after this one is exploratory.
 
 # %% tags=["hide-input", "findings"]
-if PRIMARY:
-    display(Findings(evaluate_contrasts(results, PRIMARY), title="Answer",
-                     setting=f"{dataset}, {model}, {n_way}-way {k_shot}-shot: test accuracy (%)",
-                     lead=f"{len(PRIMARY)} declared contrasts in test accuracy (points; positive: the first method "
-                          f"more accurate), {seeds} seeds:"))
-else:
-    display(Markdown("**No declared contrast in this run** (see above): nothing below is a tested finding."))
+display(answer(results, PRIMARY, setting=f"{dataset}, {model}, {n_way}-way {k_shot}-shot: test accuracy (%)",
+               lead=f"{len(PRIMARY)} declared contrasts in test accuracy (points; positive: the first method "
+                    f"more accurate), {seeds} seeds:"))
 
 # %% [markdown]
 # ## Test accuracy (%)

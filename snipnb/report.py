@@ -50,6 +50,30 @@ class Findings:
                 FINDINGS_MIME: {"setting": self.setting, "unit": self.unit, "contrasts": self.rows}}
 
 
+def answer(results: pd.DataFrame, contrasts, *, setting: str, lead="", needed=None, unit: str = "points"):
+    """A chapter's Answer cell: its declared `contrasts` tested together on `results` (Holm's
+    correction, `contrasts.evaluate_contrasts`), shown as `Findings` titled "Answer". `lead` is the
+    sentence above them, or a function of the tested rows that writes it. `needed`: the ids of the
+    runs the contrasts read (`sweep.config_id`); while some have no results (one shard's run), the
+    cell says how many are missing rather than testing part of the seeds, and only those runs are
+    tested once all are there. With no declared contrast, it says nothing below is a tested finding."""
+    from IPython.display import Markdown
+
+    from .contrasts import evaluate_contrasts
+
+    if not contrasts:
+        return Markdown("**No declared contrast in this run** (see above): nothing below is a tested finding.")
+    if needed is not None:
+        needed = set(needed)
+        missing = needed - set(results.id)
+        if missing:
+            return Markdown(f"**No findings yet**: {len(missing)} of the {len(needed)} runs the declared contrasts "
+                            f"need have no results (a shard's run?); run again without `shard` once all have.")
+        results = results[results.id.isin(needed)]
+    tested = evaluate_contrasts(results, contrasts)
+    return Findings(tested, setting, unit=unit, lead=lead(tested) if callable(lead) else lead, title="Answer")
+
+
 def _plain(value):
     """A JSON-ready scalar: numpy numbers as Python ones, NaN as None."""
     if value is None:

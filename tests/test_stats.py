@@ -330,3 +330,23 @@ def test_findings_with_a_title_are_one_block_quote_headed_by_it():
     assert lines[0] == "> **Answer.** One contrast:" and lines[1] == ">"
     assert lines[2].startswith("> - SNIP − dense: +1.83 points") and len(lines) == 3
     assert Findings(tested, "MNIST").markdown.startswith("- SNIP − dense")  # no title: the plain list
+
+
+def test_a_chapters_answer_tests_its_declared_contrasts_only_once_all_their_runs_are_in():
+    from snipnb.report import Findings, answer
+
+    rows = [dict(id=f"{m}{s}", seed=s, method=m, acc=a) for s, (d, v) in enumerate([(50, 52), (51, 52.5), (49, 51)])
+            for m, a in (("dense", d), ("snip", v))]
+    results = pd.DataFrame(rows)
+    declared = [Contrast("SNIP − dense", "acc", {"method": "snip"}, {"method": "dense"})]
+    # One shard's results: two of the six runs missing, so no test on a part of the seeds.
+    partial = answer(results.iloc[:4], declared, setting="MNIST", needed=set(results.id))
+    assert "No findings yet" in partial.data and "2 of the 6 runs" in partial.data
+    # All runs in: tested on the needed runs only (a run outside them, here a wild seed, is not read).
+    extra = pd.DataFrame([dict(id="snip9", seed=9, method="snip", acc=0.0), dict(id="dense9", seed=9, method="dense",
+                                                                                 acc=99.0)])
+    box = answer(pd.concat([results, extra]), declared, setting="MNIST", needed=set(results.id),
+                 lead=lambda tested: f"{len(tested)} contrast on {int(tested.n.iloc[0])} seeds:")
+    assert isinstance(box, Findings) and box.rows[0]["n"] == 3 and box.rows[0]["diff"] == pytest.approx(11 / 6)
+    assert box.markdown.startswith("> **Answer.** 1 contrast on 3 seeds:")
+    assert "nothing below is a tested finding" in answer(results, [], setting="MNIST").data
