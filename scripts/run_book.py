@@ -81,6 +81,9 @@ class Cost:
 def duration(minutes: float) -> str:
     if minutes < 1:
         return f"{round(minutes * 60)} s"
+    if minutes < 5:  # a quick run: seconds matter
+        whole, seconds = divmod(round(minutes * 60), 60)
+        return f"{whole} min {seconds} s" if seconds else f"{whole} min"
     hours, rest = divmod(round(minutes), 60)
     return f"{hours} h {rest} min" if hours and rest else f"{hours} h" if hours else f"{rest} min"
 
@@ -104,6 +107,8 @@ LOADED_CPU = "CPU, 2 cores, shared"
 BEFORE_LR_SEARCH = "CPU, 1 core of 2, shared, before the validation lr search"
 SHARED_CPU = "CPU, 1 core of 2 (shared)"
 QUICK_CPU = "CPU, 2 cores (niced, shared)"
+# `--quick --only CHAPTER --out DIR` on real MNIST / UCI digits, nothing else running (2026-12-04).
+QUICK_IDLE = "CPU, 2 cores, idle"
 
 # The learning rate is chosen on a validation split held out of the target's training images (issue 20):
 # the 0.05 of earlier runs came from a pilot read on test accuracy.
@@ -124,12 +129,12 @@ CHAPTERS = [
             dict(), cost=Cost(32, LOADED_CPU),
             quick=dict(sparsities=[0.98], sparsities_lenet5=[0.99], seeds=2, seeds_lenet5=2, ablation_seeds=2,
                        epochs=1, long_epochs=2, epochs_lenet5=1, speed_iterations=10, workers=1),
-            quick_cost=Cost(None, QUICK_CPU)),
+            quick_cost=Cost(117 / 60, QUICK_IDLE)),
     # MNIST is the real data the project's own machines have: a grid sized for a CPU.
     Chapter("01_few_shot_mnist", "01_few_shot", "Experiment 1 on MNIST: does SNIP help few-shot learning from scratch?",
             dict(dataset="mnist", models=["simple_convnet"], sparsities=[0.9, 0.95], seeds=5, eval_every=10),
             cost=Cost(18, LOADED_CPU),
-            quick=dict(ks=[1, 5], sparsities=[0.9], methods=["snip", "random"], seeds=2, epochs=5, eval_every=5), quick_cost=Cost(None, QUICK_CPU)),
+            quick=dict(ks=[1, 5], sparsities=[0.9], methods=["snip", "random"], seeds=2, epochs=5, eval_every=5), quick_cost=Cost(27 / 60, QUICK_IDLE)),
     Chapter("01_few_shot_cifar100", "01_few_shot",
             "Experiment 1 on CIFAR-100: does SNIP help few-shot learning from scratch?",
             dict(dataset="cifar100"), on_demand=True),
@@ -161,7 +166,7 @@ CHAPTERS = [
             dict(dataset="mnist", model="lenet300_100", seeds=5, search_seeds=2, epochs=4, permuted_epochs=2,
                  retrain_epochs=1, importance_examples=512, probe_examples=1000, keeps=[None, 0.25, 0.5]),
             cost=Cost(33, LOADED_CPU),
-            quick=dict(CONTINUAL_QUICK, epochs=2, permuted_epochs=2, keeps=[None, 0.5]), quick_cost=Cost(None, QUICK_CPU)),
+            quick=dict(CONTINUAL_QUICK, epochs=2, permuted_epochs=2, keeps=[None, 0.5]), quick_cost=Cost(136 / 60, QUICK_IDLE)),
     Chapter("04_snip_packnet_cifar100", "04_snip_packnet",
             "Experiment 4 on Split CIFAR-100: does SNIP pick better weights for PackNet?",
             dict(dataset="cifar100"), on_demand=True),
@@ -189,7 +194,7 @@ CHAPTERS = [
                  iterations=400, val_episodes=50, seeds=5, progress=False),
             cost=Cost(26, LOADED_CPU),
             quick=dict(iterations=20, eval_every=10, val_episodes=10, test_episodes=100, seeds=2),
-            quick_cost=Cost(None, QUICK_CPU)),
+            quick_cost=Cost(56 / 60, QUICK_IDLE)),
 ]
 CHAPTERS_BY_NAME = {chapter.name: chapter for chapter in CHAPTERS}
 

@@ -427,3 +427,9 @@ def test_the_docs_example_commands_take_declared_parameters_and_offline_data(doc
         settings = {**run_book.declared(run_book.notebook_of(chapter)), **parameters}
         wanted = {settings.get(name) for name in ("dataset", "source", "target")}
         assert not wanted & ONLINE_DATA, f"{doc}: {line} needs {wanted & ONLINE_DATA}, which is not offline"
+
+
+def test_durations_read_in_the_unit_that_matters():
+    assert run_book.duration(27 / 60) == "27 s"
+    assert run_book.duration(117 / 60) == "1 min 57 s" and run_book.duration(2) == "2 min"
+    assert run_book.duration(32) == "32 min" and run_book.duration(150) == "2 h 30 min" and run_book.duration(120) == "2 h"
