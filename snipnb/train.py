@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from . import devices
 from .devices import default_device  # noqa: F401  (its home was here; kept importable from train)
+from .frozen import TensorLoader
 from .loader import DeviceLoader
 
 SCHEDULES = ("cosine", "constant", "step")
@@ -68,7 +69,7 @@ class History:
 
 
 def _loader(data, batch_size, device, channels_last, train, augment, seed):
-    if isinstance(data, DeviceLoader):
+    if isinstance(data, (DeviceLoader, TensorLoader)):
         return data
     return DeviceLoader(data, batch_size, shuffle=train, augment=augment and train, device=device,
                         channels_last=channels_last, seed=seed)

@@ -25,13 +25,15 @@ import math
 
 import pandas as pd
 import torch
+from torch import nn
 
-from . import data, pretrained
+from . import data, devices, frozen, pretrained
 from .experiment import METHODS as PRUNING_METHODS
 from .experiment import DATA_FREE_METHODS, masks_for_method, method_scores, scoring
+from .frozen import TensorLoader
 from .loader import DeviceLoader
 from .pruning import apply_masks, scores
-from .train import default_device, fit
+from .train import default_device, fit, resolve_device
 
 METHODS = (*PRUNING_METHODS, "scratch")
 TRAIN_BLOCKS = tuple(pretrained.TRAIN_BLOCKS)
@@ -238,10 +240,15 @@ def fine_tune(run: TransferRun, device=None):
     """
     device = torch.device(device) if device is not None else default_device()
     subset, val, test = target_splits(run)
-    model, masks, _, weight_scores = _prepare(run, subset, device)
-    history = fit(model, subset, test, run.epochs, lr=run.lr, batch_size=run.batch_size,
-                  weight_decay=run.weight_decay, augment=run.augment, device=device, eval_every=run.eval_every,
-                  val=val, seed=run.seed, progress=False)
+    model, masks, trained, weight_scores = _prepare(run, subset, device)
+    recipe = dict(lr=run.lr, batch_size=run.batch_size, weight_decay=run.weight_decay, device=device,
+                  eval_every=run.eval_every, seed=run.seed, progress=False)
+    if not runs_frozen_stages_once(run):
+        history = fit(model, subset, test, run.epochs, augment=run.augment, val=val, **recipe)
+    else:
+        with frozen.cut(model, trained) as prefix:
+            train_outputs, test_outputs, val_outputs = _frozen_outputs(run, prefix, subset, val, test, device)
+            history = fit(model, train_outputs, test_outputs, run.epochs, val=val_outputs, **recipe)
     masks = masks or {}
     pruned = sum(m.numel() - int(m.sum()) for m in masks.values())
     scored = sum(m.numel() for m in masks.values())
@@ -255,6 +262,39 @@ def fine_tune(run: TransferRun, device=None):
                "collapsed": sum(int(not m.any()) for m in masks.values()),
                "zero_score_fraction": zero_fraction(weight_scores) if ranks_by_snip else math.nan}
     return results, model
+
+
+def runs_frozen_stages_once(run: TransferRun) -> bool:
+    """Whether `fine_tune` trains `run`'s blocks on the frozen stages' stored outputs: unless every
+    stage trains, or augmentation shows the stages new crops every epoch."""
+    return run.train_blocks != "all" and not run.augment
+
+
+# The frozen stages' outputs on a target's test and validation sets, kept across the runs of a
+# process that share a source, a target and trained blocks: a sweep worker tests hundreds of them.
+_KEPT_OUTPUTS: dict = {}
+
+
+def _frozen_outputs(run: TransferRun, prefix: nn.Module, subset, val, test, device):
+    """(train, test, val) loaders of the frozen stages' outputs (`snipnb.frozen`) for a run that
+    trains only its last blocks: the k-shot subset's in the order `fit` would have drawn the
+    images, the test and validation sets' as `evaluate` would have fed them to the trained blocks."""
+    _, amp, channels_last = resolve_device(device, None, None)
+    eval_amp = devices.autocast_enabled(device, None, "evaluation")
+    eval_batch = devices.eval_batch_size(device)
+    shared = (run.source, run.model, run.image_size, run.stem, run.source_epochs, run.source_seed, run.target,
+              run.val_per_class, run.test_per_class, run.train_blocks, str(device), eval_amp, channels_last)
+    if shared not in _KEPT_OUTPUTS:
+        if len(_KEPT_OUTPUTS) >= 2:
+            _KEPT_OUTPUTS.pop(next(iter(_KEPT_OUTPUTS)))
+        _KEPT_OUTPUTS[shared] = tuple(
+            None if split is None else TensorLoader(frozen.features(prefix, split, eval_batch, device=device, amp=eval_amp,
+                                                                    channels_last=channels_last), split.labels,
+                                                    eval_batch)
+            for split in (test, val))
+    train = frozen.features(prefix, subset, eval_batch, device=device, amp=amp, channels_last=channels_last)
+    test_loader, val_loader = _KEPT_OUTPUTS[shared]
+    return TensorLoader(train, subset.labels, run.batch_size, shuffle=True, seed=run.seed), test_loader, val_loader
 
 
 def run_transfer(run: TransferRun, device=None) -> dict:

@@ -264,7 +264,7 @@ def test_a_run_reports_the_test_accuracy_at_the_epoch_validation_chose(monkeypat
         return History(test_acc=[0.5, 0.9, 0.6], val_acc=[0.7, 0.2, 0.8], test_epochs=[1, 2, 3])
 
     monkeypatch.setattr(transfer, "fit", fake_fit)
-    results = transfer.run_transfer(tiny(val_per_class=10), device="cpu")
+    results = transfer.run_transfer(tiny(val_per_class=10, train_blocks="all"), device="cpu")
     subset, val, test = transfer.target_splits(tiny(val_per_class=10))
     assert torch.equal(given["val"].images, val.images) and torch.equal(given["test"].images, test.images)
     assert results["best_acc"] == 90 and results["final_acc"] == 60  # the best test is chosen on test
@@ -309,3 +309,38 @@ def test_the_learning_rate_search_is_blind_to_the_test_split(monkeypatch):
     pd.testing.assert_frame_equal(transfer.select_lr(blind)[1], transfer.select_lr(honest)[1])
     with pytest.raises(ValueError, match="needs val_per_class"):
         transfer.lr_grid([0.1], "synthetic:0-4", "synthetic:5-9", ["resnet18"], [2], ["head"], seeds=1, image_size=32)
+
+
+@pytest.mark.parametrize("train_blocks", ["head", "last_block", "last_two_blocks"])
+def test_a_run_that_trains_its_last_blocks_gets_the_numbers_of_the_whole_network(train_blocks, monkeypatch):
+    # (a small lr: at larger ones these 1-epoch synthetic sources blow up, through the whole network too)
+    run = tiny(method="snip", sparsity=0.5, train_blocks=train_blocks, val_per_class=10, epochs=2, k=5, lr=0.002)
+    assert transfer.runs_frozen_stages_once(run)
+    once, once_model = transfer.fine_tune(run, device="cpu")
+    monkeypatch.setattr(transfer, "runs_frozen_stages_once", lambda run: False)
+    every_step, every_step_model = transfer.fine_tune(run, device="cpu")
+    for key in ("final_acc", "best_acc", "val_acc", "best_val_acc", "test_at_best_val", "density", "trained_weights",
+                "zero_score_fraction"):
+        assert once[key] == pytest.approx(every_step[key], abs=1e-9), key
+    # The stages are back in the returned model, and the two trained the same weights.
+    assert not isinstance(once_model.body.layer1, nn.Identity)
+    reference = every_step_model.state_dict()
+    for key, value in once_model.state_dict().items():
+        assert torch.allclose(value.float(), reference[key].float(), atol=1e-4), key
+        assert not value.float().isnan().any(), key
+    _, _, test = transfer.target_splits(run)
+    x = test.images[:16].float() / 255
+    assert torch.allclose(once_model.eval()(x), every_step_model.eval()(x), atol=1e-4)
+
+
+def test_the_frozen_stages_see_a_test_set_once_per_process(monkeypatch):
+    calls = []
+    real = transfer.frozen.features
+    monkeypatch.setattr(transfer.frozen, "features", lambda prefix, data, *a, **kw: calls.append(len(data))
+                        or real(prefix, data, *a, **kw))
+    monkeypatch.setattr(transfer, "_KEPT_OUTPUTS", {})
+    for seed in (0, 1):
+        transfer.run_transfer(tiny(train_blocks="last_block", seed=seed, test_per_class=20), device="cpu")
+    assert calls == [100, 10, 10]  # the test sample once, then each seed's own 2-shot subset
+    transfer.run_transfer(tiny(train_blocks="all", seed=2, test_per_class=20), device="cpu")
+    assert len(calls) == 3  # a run training every stage runs the whole network
