@@ -147,8 +147,8 @@ CHAPTERS = [
             cost=Cost(35, BEFORE_LR_SEARCH), quick=TRANSFER_QUICK, quick_cost=Cost(None, QUICK_CPU)),
     Chapter("02_transfer_mnist_to_uci", "02_transfer",
             "Experiment 2 across domains: does SNIP help fine-tuning from MNIST to the UCI digits?",
-            # One epoch of MNIST's 60,000 images: as many steps as the 5-9 pair's source takes on digits
-            # 0-4 in two; through the CIFAR stem each pretraining epoch costs about 20 minutes on 2 cores.
+            # One epoch of MNIST's 60,000 images (two thirds of the images the 5-9 pair's source sees in
+            # three epochs of digits 0-4): through the CIFAR stem an epoch costs about 20 minutes on 2 cores.
             dict(source="mnist", target="uci_digits", source_epochs=1, **TRANSFER_CPU),
             cost=Cost(50, BEFORE_LR_SEARCH), quick=TRANSFER_QUICK, quick_cost=Cost(None, QUICK_CPU)),
     Chapter("02_transfer_cifar100", "02_transfer",
