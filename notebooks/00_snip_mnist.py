@@ -98,7 +98,6 @@ if os.environ.get("SNIPNB_SMOKE"):
 import functools
 import math
 
-import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib import ticker
 from IPython.display import Markdown, display
@@ -363,9 +362,9 @@ display(table(paired_table, digits=1, caption=f"Test error minus dense, points, 
 # of magnitude); the dashed line is our dense network, the crosses and dotted line the paper's.
 
 # %% tags=["hide-input"]
-fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 3.8), squeeze=False)
+fig, axes = plots.panels(len(models), height=3.4)
 styles = {"snip": dict(marker="o", ls="-"), "random": dict(marker="s", ls="--"), "shuffled_snip": dict(marker="^", ls=":")}
-for ax, name in zip(axes[0], models):
+for ax, name in zip(axes, models):
     part = summary[summary.model == name]
     for meth in methods:
         rows = part[part.method == meth].sort_values("sparsity")
@@ -387,8 +386,7 @@ for ax, name in zip(axes[0], models):
     ax.set_xlabel("sparsity")
     ax.set_ylabel(f"test error (%), {checkpoint} checkpoint")
     ax.set_title(name)
-    ax.legend(fontsize="small")
-fig.tight_layout()
+plots.shared_legend(fig, axes)
 
 # %% [markdown]
 # ## Which difference matters? Ablations on LeNet-300-100
@@ -480,13 +478,13 @@ if ablation_runs:
 # layer at the global density; SNIP moves the budget between layers, and shuffled SNIP copies SNIP's budget.
 
 # %% tags=["hide-input"]
-fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 3.8), squeeze=False)
-for ax, name in zip(axes[0], models):
+fig, axes = plots.panels(len(models), height=3.4)
+for ax, name in zip(axes, models):
     top = max(setup[name]["sparsities"])
     masks = {meth: table1.masks_for(table1.Table1Run(model=name, method=meth, sparsity=top, dataset=dataset))
              for meth in methods}
     plots.density_bars(masks, ax=ax, title=f"{name} at sparsity {top:.0%}")
-fig.tight_layout()
+plots.shared_legend(fig, axes)
 collapsed = main[main.collapsed > 0].groupby(["model", "method", "sparsity"]).size()
 display(Markdown("Runs with a layer pruned away entirely: " + (
     ", ".join(f"{m} {meth} at {sp:.0%} ({n} seeds)" for (m, meth, sp), n in collapsed.items()) or "none") + "."))
@@ -503,7 +501,7 @@ if "lenet300_100" in models:
     first_layer = {f"{meth} @ {sp:.0%}": table1.masks_for(table1.Table1Run(method=meth, sparsity=sp, dataset=dataset))
                    for sp in sparsities for meth in methods}
     plots.image_grid({label: plots.kept_inputs(m["body.1.weight"], (1, 28, 28)) for label, m in first_layer.items()},
-                     title="LeNet-300-100: kept connections per input pixel")
+                     title="LeNet-300-100: kept connections per input pixel", ncols=len(methods))
     saliency_settings = {"ours": {}, "random batch": dict(saliency_balanced=False),
                          f"{large_saliency_batch:,} images": dict(saliency_images=large_saliency_batch),
                          "variance scaling": dict(init="variance_scaling"),
@@ -511,7 +509,7 @@ if "lenet300_100" in models:
     snip_masks = {label: table1.masks_for(table1.Table1Run(method="snip", sparsity=top, dataset=dataset, **fields))
                   for label, fields in saliency_settings.items()}
     plots.image_grid({label: plots.kept_inputs(m["body.1.weight"], (1, 28, 28)) for label, m in snip_masks.items()},
-                     title=f"LeNet-300-100: SNIP at {top:.0%} under each saliency setting")
+                     title=f"LeNet-300-100: SNIP at {top:.0%} under each saliency setting", ncols=3)
     display(Markdown(f"Jaccard overlap of SNIP's kept weights at {top:.0%} (seed 0) with ours (1 is the same "
                      "weights): " + ", ".join(f"{label} {mask_overlap(snip_masks['ours'], m):.2f}"
                                               for label, m in snip_masks.items() if label != "ours") +

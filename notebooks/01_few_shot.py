@@ -216,27 +216,27 @@ for metric, label in (("final_acc", "final"), ("best_acc", "best over the tested
 # %% tags=["hide-input"]
 summary = {metric: stats.summarize(results, ["model", "k", "method", "sparsity"], metric)
            for metric in ("final_acc", "best_acc")}
-fig, axes = plt.subplots(len(models), 2, figsize=(12, 3.6 * len(models)), squeeze=False)
-for row, model in zip(axes, models):
+fig, axes = plots.panels(2 * len(models), height=3.2)
+for row, model in zip(zip(axes[::2], axes[1::2]), models):
     for ax, (metric, s) in zip(row, summary.items()):
         s = s[(s.model == model) & ((s.method == "dense") | (s.sparsity == focus_sparsity))]
         plots.errorbars(s, x="k", hue="method", ax=ax, ylabel=f"{metric} (%)", logx=True)
-        ax.set_title(f"{model}: {metric.replace('_', ' ')} at sparsity {focus_sparsity}")
-fig.tight_layout()
+        ax.set_title(f"{model}: {metric.replace('_', ' ')} at sparsity {focus_sparsity}", fontsize="medium")
+plots.shared_legend(fig, axes)
 
 # %% [markdown]
 # ## Accuracy by sparsity
 # At the focus $k$; the dashed line is the dense network.
 
 # %% tags=["hide-input"]
-fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.6), squeeze=False)
-for ax, model in zip(axes[0], models):
+fig, axes = plots.panels(len(models), height=3.4, width=min(plots.PAGE_WIDTH, 4.5 * len(models)))
+for ax, model in zip(axes, models):
     s = summary["final_acc"]
     s = s[(s.model == model) & (s.k == focus_k)]
     plots.errorbars(s[s.method != "dense"], x="sparsity", hue="method", ax=ax, ylabel="final accuracy (%)")
     ax.axhline(s[s.method == "dense"]["mean"].mean(), color="k", ls="--", lw=1)
-    ax.set_title(f"{model}, k = {focus_k}")
-fig.tight_layout()
+    ax.set_title(f"{model}, k = {focus_k}", fontsize="medium")
+plots.shared_legend(fig, axes)
 
 # %% [markdown]
 # ## Paired differences from dense
@@ -272,10 +272,10 @@ criteria = [m for m in methods if m != "shuffled_snip"]
 masks = {m: fewshot.masks_for(fewshot.FewShotRun(model=models[0], k=focus_k, seed=0, method=m, source=source,
                                                  sparsity=focus_sparsity, bn_mode=bn_mode, **settings))
          for m in criteria}
-fig, (left, right) = plt.subplots(1, 2, figsize=(15, 4.5), gridspec_kw=dict(width_ratios=[2.2, 1]))
-plots.density_bars(masks, ax=left, title=f"{models[0]}: kept weights per layer at sparsity {focus_sparsity}")
-plots.overlap_matrix(masks, ax=right)
-fig.tight_layout()
+fig = plt.figure(figsize=(plots.PAGE_WIDTH, 7.5), layout="constrained")
+top, bottom = (part.subplots() for part in fig.subfigures(2, 1, height_ratios=[1, 1.2]))  # each lays out alone
+plots.density_bars(masks, ax=top, title=f"{models[0]}: kept weights per layer at sparsity {focus_sparsity}")
+plots.overlap_matrix(masks, ax=bottom)
 
 # %% [markdown]
 # ## BatchNorm while scoring: eval or train statistics?

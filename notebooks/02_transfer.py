@@ -321,14 +321,14 @@ for metric, s in summary.items():
     display(shown.pivot(index=["model", "k"], columns="run", values="mean ± std")[columns])
 
 # %% tags=["hide-input"]
-fig, axes = plt.subplots(len(models), len(summary), figsize=(6.5 * len(summary), 4 * len(models)), squeeze=False)
-for row, model in zip(axes, models):
+fig, axes = plots.panels(len(summary) * len(models), ncols=len(summary), height=3.2)
+for row, model in zip([axes[i:i + len(summary)] for i in range(0, len(axes), len(summary))], models):
     for ax, (metric, s) in zip(row, summary.items()):
         fine_tuned = (s.train_blocks == focus_blocks) & ((s.method == "dense") | (s.sparsity == focus_sparsity))
         plots.errorbars(s[(s.model == model) & ((s.method == "scratch") | fine_tuned)], x="k", hue="method", ax=ax,
                         ylabel=f"{metric} (%)", logx=True)
-        ax.set_title(f"{model}, {focus_blocks}: {metric} at sparsity {focus_sparsity}")
-fig.tight_layout()
+        ax.set_title(f"{model}, {focus_blocks}:\n{metric} at sparsity {focus_sparsity}", fontsize="medium")
+plots.shared_legend(fig, axes)
 
 # %% [markdown]
 # ## Where pruning pretrained weights breaks
@@ -337,15 +337,14 @@ fig.tight_layout()
 
 # %% tags=["hide-input"]
 s = summary["final_acc"]
-fig, axes = plt.subplots(len(models), len(train_blocks), figsize=(4.6 * len(train_blocks), 3.8 * len(models)),
-                         squeeze=False)
-for row, model in zip(axes, models):
+fig, axes = plots.panels(len(train_blocks) * len(models), height=3.2)
+for row, model in zip([axes[i:i + len(train_blocks)] for i in range(0, len(axes), len(train_blocks))], models):
     for ax, blocks in zip(row, train_blocks):
         part = s[(s.model == model) & (s.k == focus_k) & (s.train_blocks == blocks)]
         plots.errorbars(part[part.method != "dense"], x="sparsity", hue="method", ax=ax, ylabel="final_acc (%)")
         ax.axhline(part[part.method == "dense"]["mean"].mean(), color="k", ls="--", lw=1)
-        ax.set_title(f"{model}, {blocks}, k = {focus_k}")
-fig.tight_layout()
+        ax.set_title(f"{model}, {blocks}, k = {focus_k}", fontsize="medium")
+plots.shared_legend(fig, axes)
 
 # %% [markdown]
 # ## Can SNIP choose?
@@ -389,10 +388,10 @@ focus_runs = {m: transfer.TransferRun(source=source, target=target, model=models
 adaptation_set, _ = transfer.target_data(focus_runs[criteria[0]])
 masks = {m: transfer.prepare(run, adaptation_set)[1] for m, run in focus_runs.items()}
 display(Markdown(f"`{models[0]}`, k = {focus_k}, seed 0, {focus_sparsity:.0%} of `{focus_blocks}` pruned."))
-fig, (left, right) = plt.subplots(1, 2, figsize=(15, 4.5), gridspec_kw=dict(width_ratios=[2.2, 1]))
-plots.density_bars(masks, ax=left, title=f"{models[0]}, {focus_blocks}: kept weights per layer at {focus_sparsity}")
-plots.overlap_matrix(masks, ax=right)
-fig.tight_layout()
+fig = plt.figure(figsize=(plots.PAGE_WIDTH, 7.5), layout="constrained")
+top, bottom = (part.subplots() for part in fig.subfigures(2, 1, height_ratios=[1, 1.2]))  # each lays out alone
+plots.density_bars(masks, ax=top, title=f"{models[0]}, {focus_blocks}: kept weights per layer at {focus_sparsity}")
+plots.overlap_matrix(masks, ax=bottom)
 pruned = results[~results.method.isin(["dense", "scratch"])]
 display(pruned.pivot_table(index=["model", "train_blocks", "method"], columns="sparsity", values="collapsed",
                            aggfunc="mean").round(2))

@@ -273,11 +273,11 @@ for name in benchmarks:
     searches[name], chosen[name] = search_lambda(name)
 search = pd.concat([df.assign(benchmark=name) for name, df in searches.items()], ignore_index=True)
 
-fig, axes = plt.subplots(1, len(benchmarks), figsize=(5.2 * len(benchmarks), 3.8), squeeze=False)
-for ax, name in zip(axes[0], benchmarks):
+fig, axes = plots.panels(len(benchmarks), height=3.2)
+for ax, name in zip(axes, benchmarks):
     summary = stats.summarize(searches[name], ["strategy", "ewc_lambda"], "avg_acc").rename(columns={"ewc_lambda": "λ"})
     plots.search_curves(summary, "λ", chosen[name], ax=ax, title=BENCHMARKS[name][2])
-fig.tight_layout()
+plots.shared_legend(fig, axes)
 plt.show()
 
 

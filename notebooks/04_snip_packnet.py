@@ -307,15 +307,15 @@ display(table(continual_report.comparison_table(comparisons, PAIRS, titles),
 
 # %% tags=["hide-input"]
 first = benchmarks[0]
-fig, axes = plt.subplots(1, len(VARIANTS), figsize=(5.2 * len(VARIANTS), 3.8), squeeze=False)
-for ax, s in zip(axes[0], VARIANTS):
+fig, axes = plots.panels(len(VARIANTS), height=3.0)
+for ax, s in zip(axes, VARIANTS):
     usage = results[(results.benchmark == first) & (results.strategy == s) & (results.seed == 0)].usage.iloc[0]
     plots.capacity_bars(usage, ax=ax, title=f"{s} (kept per task: {chosen[(first, s)]})")
     ax.set_xticks(range(len(usage)), [f"layer {i + 1}" for i in range(len(usage))], rotation=0)
-    handles, names = ax.get_legend_handles_labels()  # tasks counted from 1, as in the curves above
-    ax.legend(handles, [f"task {int(n.split()[1]) + 1}" if n.startswith("task") else n for n in names],
-              fontsize="small", ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.12))
-fig.tight_layout()
+    for bars in ax.containers:  # tasks counted from 1, as in the curves above
+        name = bars.get_label()
+        bars.set_label(f"task {int(name.split()[1]) + 1}" if name.startswith("task") else name)
+plots.shared_legend(fig, axes, ncol=6)
 plt.show()
 
 # %% [markdown]

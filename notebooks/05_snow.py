@@ -144,7 +144,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from snipnb import checks, data, devices, pretrained, provenance, snow, snowrun, stats
+from snipnb import checks, data, devices, plots, pretrained, provenance, snow, snowrun, stats
 from snipnb.cluster import cluster_executor
 from snipnb.contrasts import Contrast, check_contrasts
 from snipnb.notebook import check_parameters, pick
@@ -350,9 +350,9 @@ shown[["trained parameters", "parameters used"]] = shown[["trained parameters", 
 display(table(shown, digits=2))
 
 # %% tags=["hide-input"]
-fig, axes = plt.subplots(len(models), 2, figsize=(12, 4 * len(models)), squeeze=False)
+fig, axes = plots.panels(2 * len(models), height=3.2)
 markers = dict(zip(["SNOW", "SNOW·SNIP", "SNOW·random", "FT", "FE", "FO"], "o^vsDP"))
-for row, model in zip(axes, models):
+for row, model in zip(zip(axes[::2], axes[1::2]), models):
     for ax, (x, label) in zip(row, [("trainable_params", "trained parameters"),
                                     ("train_images_per_s", "training images/s")]):
         part = main[main.model == model]
@@ -365,9 +365,8 @@ for row, model in zip(axes, models):
         ax.set_xscale("log")
         ax.set_xlabel(f"{label} (log scale)")
         ax.set_ylabel("final test accuracy (%)")
-        ax.set_title(f"{model}: accuracy against {label}")
-    row[1].legend(fontsize="small", ncol=2, bbox_to_anchor=(1.02, 1), loc="upper left")
-fig.tight_layout()
+        ax.set_title(f"{model}: accuracy against {label}", fontsize="medium")
+plots.shared_legend(fig, axes)
 
 # %% [markdown]
 # ## Serving $T$ tasks at once
@@ -385,9 +384,9 @@ long = pd.concat([serving[["model", "tasks"]].assign(way=way.upper() if way != "
 display(table(long.pivot_table(index=["model", "tasks"], columns="way", values=["images_per_s", "params", "gflops"])
               .rename(columns={"images_per_s": "images/s", "params": "parameters (millions)",
                                "gflops": "GFLOPs/image"}), digits=2))
-fig, axes = plt.subplots(len(models), 2, figsize=(12, 3.8 * len(models)), squeeze=False)
+fig, axes = plots.panels(2 * len(models), height=3.2)
 styles = dict(zip(["SNOW", "FT", "FE", "FO"], [("o", "-"), ("s", "--"), ("D", ":"), ("P", "-.")]))
-for row, model in zip(axes, models):
+for row, model in zip(zip(axes[::2], axes[1::2]), models):
     part = long[long.model == model]
     for ax, (column, label) in zip(row, [("images_per_s", "images/s answered for every task"),
                                          ("params", "parameters held (millions)")]):
@@ -398,9 +397,8 @@ for row, model in zip(axes, models):
         ax.set_xlabel("tasks served at once, T")
         ax.set_ylabel(label)
         ax.set_yscale("log")
-        ax.set_title(f"{model}: {label}")
-    row[0].legend()
-fig.tight_layout()
+        ax.set_title(f"{model}: {label}", fontsize="medium")
+plots.shared_legend(fig, axes, ncol=4)
 
 # %% [markdown]
 # ## Which channels: learned, SNIP-chosen or random?
@@ -453,23 +451,19 @@ CURVES = {"overlap_curve": ("does training take what evaluation takes?", "traini
           "slot_kept_curve": ("do the delta's input slots keep their channel?", "slots kept from the step before"),
           "settled_curve": ("has the evaluation selection settled?", "final selection already chosen")}
 if SETTINGS:
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    fig, axes = plots.panels(len(CURVES), height=3.0)
     for (name, part), ls, color in zip(SETTINGS.items(), ["-", "--"], ["C0", "C3"]):
         steps = np.array(part.curve_steps.iloc[0], dtype=float)  # the same for every seed of a setting
         for ax, (column, (title, label)) in zip(axes, CURVES.items()):
             curve = np.nanmean(np.array(part[column].tolist(), dtype=float), axis=0)  # window x tap
             ax.plot(steps, curve, ls=ls, color=color, lw=0.8, alpha=0.45)
             ax.plot(steps, np.nanmean(curve, axis=1), ls=ls, color=color, lw=2.5, label=name)
-            ax.set_title(title, fontsize=12)
-            ax.set_xlabel("training step", fontsize=11)
-            ax.set_ylabel(label, fontsize=11)
+            ax.set_title(title, fontsize="medium")
+            ax.set_xlabel("training step")
+            ax.set_ylabel(label)
             ax.set_ylim(-0.02, 1.02)
-            ax.tick_params(labelsize=10)
-    fig.suptitle(f"{models[0]}, k = {k_label(focus_k)}: how the learned selection settles (thick: mean over taps)",
-                 fontsize=12)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(SETTINGS), fontsize=11,
-               frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.suptitle(f"{models[0]}, k = {k_label(focus_k)}: how the learned selection settles\n(thick: mean over taps)")
+    plots.shared_legend(fig, axes)
     plt.show()
 SETTLING = {"train_eval_overlap": "training ∩ evaluation, all steps", "train_eval_overlap_last":
             "training ∩ evaluation, last stretch", "slot_kept": "slots kept per step", "w_moved": "mean |w − 1|"}
@@ -513,7 +507,7 @@ for field in defaults:
             stats.verdict(d.iloc[0]) if len(d) else "—")
         rows.append(row)
 display(table(pd.DataFrame(rows)))
-fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+fig, axes = plots.panels(len(ablated), height=3.0)
 for ax, (field, part) in zip(axes, ablated.items()):
     s = part.groupby(field)["final_acc"].agg(["mean", "std"])
     positions = np.arange(len(s))
@@ -523,8 +517,7 @@ for ax, (field, part) in zip(axes, ablated.items()):
         ax.axvline(list(s.index).index(defaults[field]), color="grey", ls=":", lw=1)
     ax.set_xlabel({"m": "M per tap", "sigma": "σ", "width_divisor": "width divisor"}[field])
     ax.set_ylabel("final test accuracy (%)")
-    ax.set_title(f"{models[0]}, k = {k_label(focus_k)}: {field}")
-fig.tight_layout()
+    ax.set_title(f"{models[0]}, k = {k_label(focus_k)}: {field}", fontsize="medium")
 
 # %% [markdown]
 # ## Which source channels each pooling layer uses
@@ -539,8 +532,8 @@ train_images, _ = snowrun.target_data(figure_run)
 snip_scores = snow.snip_channel_scores(figure_model, snowrun.saliency_batches(
     figure_run, train_images, next(figure_model.parameters()).device), seed=figure_run.seed)
 taps = ["stem"] + [f"stage {j}" for j in range(1, len(figure_model.delta.pools))]
-fig, axes = plt.subplots(len(taps), 1, figsize=(12, 1.9 * len(taps)), squeeze=False)
-for ax, tap, pool, scores, chosen in zip(axes[:, 0], taps, figure_model.delta.pools, snip_scores,
+fig, axes = plots.panels(len(taps), ncols=1, height=1.7)
+for ax, tap, pool, scores, chosen in zip(axes, taps, figure_model.delta.pools, snip_scores,
                                          snow.selection(figure_model)):
     w = pool.weight.detach().cpu().numpy()
     picked = chosen.numpy()
@@ -552,9 +545,8 @@ for ax, tap, pool, scores, chosen in zip(axes[:, 0], taps, figure_model.delta.po
     ax.set_title(f"{tap}: N = {pool.channels}, M = {pool.m}; {shared} of the {pool.m} selected are also SNIP's",
                  fontsize="small")
     ax.set_ylabel("w")
-axes[-1, 0].set_xlabel("source channel")
-axes[0, 0].legend(fontsize="small", ncol=3, loc="lower right")
-fig.tight_layout()
+axes[-1].set_xlabel("source channel")
+plots.shared_legend(fig, axes)
 
 # %% [markdown]
 # ## Exploratory findings

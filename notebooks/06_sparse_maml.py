@@ -113,12 +113,11 @@ if os.environ.get("SNIPNB_SMOKE"):
 # %% tags=["remove-input"]
 import functools
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from snipnb import devices, metarun, provenance, published, stats
+from snipnb import devices, metarun, plots, provenance, published, stats
 from snipnb.cluster import cluster_executor
 from snipnb.contrasts import Contrast, check_contrasts
 from snipnb.notebook import check_parameters
@@ -246,15 +245,14 @@ if len(paired):
 
 # %% tags=["hide-input"]
 val_curves = metarun.history_table(results, "val_acc")
-fig, ax = plt.subplots(figsize=(8, 4))
+fig, (ax,) = plots.panels(1, height=3.4)
 for method, part in val_curves.groupby("method", sort=False):
     curve = part.groupby("iteration")["value"].agg(["mean", "std"])
     ax.errorbar(curve.index, curve["mean"], yerr=curve["std"].fillna(0), marker="o", ms=3, capsize=2, label=method)
 ax.set_xlabel("meta-iteration")
 ax.set_ylabel("meta-val accuracy (%)")
 ax.axhline(100 / n_way, color="grey", ls=":", lw=1)
-ax.legend(fontsize="small", ncol=2)
-fig.tight_layout()
+plots.shared_legend(fig, [ax])
 
 # %% [markdown]
 # ## Where Sparse-MAML learns to learn
@@ -266,8 +264,8 @@ fig.tight_layout()
 scored = [m for m in ("sparse_maml", "sparse_relu_maml") if m in methods]
 density = metarun.history_table(results[results.method.isin(scored)], "density") if scored else pd.DataFrame()
 if len(density):
-    fig, axes = plt.subplots(1, len(scored), figsize=(6.5 * len(scored), 3.8), squeeze=False)
-    for ax, method in zip(axes[0], scored):
+    fig, axes = plots.panels(len(scored), height=3.2)
+    for ax, method in zip(axes, scored):
         part = density[density.method == method]
         for layer, rows in part.groupby("layer", sort=False):
             curve = rows.groupby("iteration")["value"].agg(["mean", "std"])
@@ -276,9 +274,8 @@ if len(density):
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("meta-iteration")
         ax.set_ylabel("fraction of weights with m > 0")
-        ax.set_title(method)
-        ax.legend(fontsize="small")
-    fig.tight_layout()
+        ax.set_title(method, fontsize="medium")
+    plots.shared_legend(fig, axes)
 
 # %% [markdown]
 # ## Does SNIP pick the weights Sparse-MAML learns to adapt?
@@ -294,11 +291,11 @@ if len(sparse_rows):
     bars = pd.DataFrame({"Sparse-MAML (m > 0)": [sparse_rows[f"density:{n}"].mean() for n in layers],
                          "SNIP, same density": [sparse_rows[f"snip_density:{n}"].mean() for n in layers]},
                         index=[n.removeprefix("body.").removesuffix(".weight") for n in layers])
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, (ax,) = plots.panels(1, height=3.2)
     bars.plot.bar(ax=ax, rot=0)
     ax.set_ylabel("fraction of the layer adapted")
     ax.set_ylim(0, 1.05)
-    fig.tight_layout()
+    plots.shared_legend(fig, [ax], ncol=2)
     display(sparse_rows[["seed", "density", "snip_jaccard", "chance_jaccard"]].round(3).set_index("seed"))
 
 # %% [markdown]

@@ -198,6 +198,7 @@ def forest_svg(found) -> str | None:
 
     groups = list(dict.fromkeys(r["number"] for r in rows))
     heights = [sum(r["number"] == g for r in rows) for g in groups]
+    # 11 in of SVG is about 1060 px, shown at the text column's ~750: 11 pt text is about 10 px on the page.
     plt.rcParams.update({"svg.hashsalt": "snipnb", "font.size": 11})
     # Room for each panel's rows, its chapter heading and its x axis: in inches, so a panel of two
     # contrasts is as legible as one of ten.
@@ -218,13 +219,13 @@ def forest_svg(found) -> str | None:
             if r.get("published") is not None:
                 ax.plot(r["published"], y, "D", mfc="none", color="C3", ms=7)
         ax.axvline(0, color="0.4", lw=0.8)
-        ax.set_yticks(range(len(mine)), [textwrap.fill(r["contrast"], 58) for r in reversed(mine)], fontsize=10)
+        ax.set_yticks(range(len(mine)), [textwrap.fill(r["contrast"], 58) for r in reversed(mine)], fontsize=11)
         ax.set_ylim(-0.7, len(mine) - 0.3)
         # The chapter's heading spans the figure from its left edge, above the panel's labels.
         ax.annotate(textwrap.shorten(f"{mine[0]['label']}: {mine[0]['title']}", 120), xy=(0.01, 1),
                     xycoords=("figure fraction", "axes fraction"), xytext=(0, 6), textcoords="offset points",
                     ha="left", va="bottom", fontsize=11, fontweight="bold")
-        ax.set_xlabel(f"{mine[0]['metric']} ({mine[0]['unit']})", fontsize=10)
+        ax.set_xlabel(f"{mine[0]['metric']} ({mine[0]['unit']})", fontsize=11)
     out = io.StringIO()
     fig.savefig(out, format="svg", metadata={"Date": None})
     plt.close(fig)

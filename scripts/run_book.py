@@ -394,6 +394,10 @@ def placeholder(chapter: Chapter, out: pathlib.Path, reason: str) -> None:
 # The kernel runs on this machine: Unix sockets (IPC) instead of TCP on localhost, which ipykernel
 # warns about at every start ("Kernel is running over TCP without encryption"). Windows has no IPC.
 KERNEL_CONFIG = Config({"KernelManager": {"transport": "tcp" if os.name == "nt" else "ipc"}})
+# The kernel draws its figures into the page only with the inline backend. ipykernel picks it only when
+# MPLBACKEND is unset, and the tests export MPLBACKEND=Agg: a kernel that inherits that draws every
+# figure into nothing, and the page silently has no figures.
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 
 @contextlib.contextmanager
@@ -486,7 +490,8 @@ def run(chapter: Chapter, out: pathlib.Path, parameters: dict, log_output: bool,
         progress = Progress(chapter.name, manifest)
         progress.start()
         try:
-            with environment(**{MANIFEST_ENV: str(manifest)}, **({REPLAY_ENV: "1"} if replay else {})):
+            with environment(**{MANIFEST_ENV: str(manifest), "MPLBACKEND": INLINE_BACKEND},
+                             **({REPLAY_ENV: "1"} if replay else {})):
                 papermill.execute_notebook(str(notebook_of(chapter)), str(executed), parameters=parameters,
                                            cwd=str(ROOT), log_output=log_output, progress_bar=not log_output,
                                            config=KERNEL_CONFIG)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from . import plots, stats
@@ -143,16 +142,15 @@ def comparison_table(comparisons: pd.DataFrame, pairs: list[tuple[str, str]], ti
 def seen_accuracy_figure(results: pd.DataFrame, titles: dict[str, str], strategies: list[str]):
     """One panel per benchmark: the average accuracy on the tasks seen so far of every strategy but
     joint training (seed means, `plots.seen_accuracy_curves`), joint training's final accuracy dotted."""
-    fig, axes = plt.subplots(1, len(titles), figsize=(5.2 * len(titles), 3.8), squeeze=False)
-    for ax, (name, title) in zip(axes[0], titles.items()):
+    fig, axes = plots.panels(len(titles), height=3.2)
+    for ax, (name, title) in zip(axes, titles.items()):
         part = results[results.benchmark == name]
         plots.seen_accuracy_curves({s: mean_matrix(part, s) for s in strategies if s != "joint"}, ax=ax,
                                    title=f"{title}: tasks seen so far")
         joint = part[part.strategy == "joint"].avg_acc
         if len(joint):
             ax.axhline(joint.mean(), color="k", lw=1, ls=":", label="joint")
-        ax.legend(fontsize="x-small")
-    fig.tight_layout()
+    plots.shared_legend(fig, axes)
     return fig
 
 

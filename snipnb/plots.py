@@ -10,7 +10,49 @@ import torch
 from .pruning import SparsityReport, mask_overlap
 
 
-def _axis(ax, figsize=(7, 3.5)):
+# The book's text column is about 750 px wide and the inline backend draws at 100 dpi, so a figure wider
+# than PAGE_WIDTH inches is shrunk to fit, and its text with it. At page width matplotlib's 10 pt text is
+# 14 px on the page and "small" (legends, annotations) 11.6 px; the figures use nothing smaller.
+PAGE_WIDTH = 7.5
+
+
+def panels(n: int, ncols: int = 2, height: float = 3.0, width: float = PAGE_WIDTH, **kwargs):
+    """A figure `width` inches wide with `n` panels in rows of at most `ncols` (one very wide row would be
+    shrunk on the page); returns (fig, axes), axes a flat list of the `n` panels. Its layout is
+    constrained, so `shared_legend` can put a legend outside the panels."""
+    if n < 1 or ncols < 1:
+        raise ValueError(f"n and ncols must be at least 1, got n={n}, ncols={ncols}")
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height * nrows), squeeze=False, layout="constrained",
+                             **kwargs)
+    axes = list(axes.flat)
+    for ax in axes[n:]:
+        ax.remove()
+    return fig, axes[:n]
+
+
+def shared_legend(fig, axes, ncol: int | None = None, **kwargs):
+    """One legend for panels that share their lines, below them, where it covers no data (each panel's
+    own legend is removed). The figure's layout must be constrained (as `panels` makes it)."""
+    handles, labels = {}, []
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = handle
+                labels.append(label)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    return fig.legend([handles[label] for label in labels], labels, loc="outside lower center",
+                      ncol=ncol or min(len(labels), 3), fontsize="small", frameon=False, **kwargs)
+
+
+def legend_beside(ax, **kwargs):
+    """The axis's legend outside it, on the right, where it covers no data."""
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False, **kwargs)
+
+
+def _axis(ax, figsize=(PAGE_WIDTH - 2, 3.5)):  # room at page width for a legend beside it
     if ax is None:
         _, ax = plt.subplots(figsize=figsize)
     return ax
@@ -36,8 +78,8 @@ def density_bars(masks: dict, ax=None, title: str = "Kept weights per layer"):
     ax.set_xticks(x, [layer.removesuffix(".weight") for layer in layers], rotation=45, ha="right")
     ax.set_ylabel("density (kept / total)")
     ax.set_yscale("log")
-    ax.set_title(title)
-    ax.legend(fontsize="small")
+    ax.set_title(title, fontsize="medium")
+    legend_beside(ax)
     return ax
 
 
@@ -49,17 +91,18 @@ def kept_inputs(mask: torch.Tensor, image_shape: tuple[int, int, int]) -> np.nda
     return mask.sum(0).view(image_shape).sum(0).cpu().numpy()
 
 
-def image_grid(images: dict[str, np.ndarray], cmap: str = "viridis", title: str | None = None):
-    """Side-by-side images with one colour bar each (e.g. kept-connection maps per method)."""
-    fig, axes = plt.subplots(1, len(images), figsize=(3 * len(images), 3), squeeze=False)
-    for ax, (label, image) in zip(axes[0], images.items()):
+def image_grid(images: dict[str, np.ndarray], cmap: str = "viridis", title: str | None = None,
+               ncols: int = 4):
+    """Images in rows of `ncols` at page width, one colour bar each (e.g. kept-connection maps per method)."""
+    ncols = min(ncols, len(images))
+    fig, axes = panels(len(images), ncols=ncols, height=0.8 * PAGE_WIDTH / ncols)
+    for ax, (label, image) in zip(axes, images.items()):
         shown = ax.imshow(image, cmap=cmap)
         ax.set_title(label, fontsize="small")
         ax.axis("off")
         fig.colorbar(shown, ax=ax, fraction=0.046)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -74,7 +117,7 @@ def errorbars(summary: pd.DataFrame, x: str, hue: str, y: str = "mean", err: str
         ax.set_xscale("log")
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel or y)
-    ax.legend(fontsize="small")
+    legend_beside(ax)
     return ax
 
 
@@ -102,7 +145,7 @@ def accuracy_matrix(R, ax=None, title: str = "", vmax: float = 100.0):
     shown = ax.imshow(R, vmin=0, vmax=vmax, cmap="viridis")
     for i in range(R.shape[0]):
         for j in range(R.shape[1]):
-            ax.text(j, i, f"{R[i, j]:.0f}", ha="center", va="center", fontsize="x-small",
+            ax.text(j, i, f"{R[i, j]:.0f}", ha="center", va="center", fontsize="small",
                     color="white" if R[i, j] < 0.6 * vmax else "black")
     ax.set_xlabel("task tested")
     ax.set_ylabel("after training task")
@@ -121,8 +164,8 @@ def task_curves(matrices: dict, ax=None, title: str = "Accuracy on each task ove
             ax.plot(stages, R[j:, j], color=color, marker="o", ms=3, label=label if j == 0 else None)
     ax.set_xlabel("after training task")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
-    ax.legend(fontsize="small")
+    ax.set_title(title, fontsize="medium")
+    legend_beside(ax)
     return ax
 
 
@@ -140,8 +183,8 @@ def capacity_bars(usage: dict[str, list[float]], ax=None, title: str = "Share of
     ax.set_xticks(range(len(layers)), [n.removeprefix("body.").removesuffix(".weight") for n in layers],
                   rotation=45, ha="right")
     ax.set_ylabel("share of the layer's weights")
-    ax.set_title(title)
-    ax.legend(fontsize="small", ncol=2)
+    ax.set_title(title, fontsize="medium")
+    legend_beside(ax)
     return ax
 
 
@@ -161,8 +204,8 @@ def seen_accuracy_curves(matrices: dict, ax=None, title: str = "Average accuracy
     ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     ax.set_xlabel("after training task")
     ax.set_ylabel("average accuracy (%)")
-    ax.set_title(title)
-    ax.legend(fontsize="small")
+    ax.set_title(title, fontsize="medium")
+    legend_beside(ax)
     return ax
 
 
@@ -184,5 +227,5 @@ def search_curves(summary: pd.DataFrame, x: str, chosen: dict, ax=None, hue: str
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize="medium")
-    ax.legend(fontsize="small")
+    legend_beside(ax)
     return ax

@@ -136,6 +136,8 @@ def records(path) -> list[tuple[str, dict]]:
     fixed = set(FIRST) | set(RECORD_FIELDS) | set(LAST)
     out = []
     for line, row in enumerate(frame.to_dict("records"), start=2):  # line 1 is the header
+        # An id JSON would read as a number ("19810e3754318423") is written quoted, as any such cell.
+        row.update({c: _value(row[c]) for c in RECORD_FIELDS[:2]})
         where = f"{path}, line {line} (id {row['id']})"
         names = json.loads(row["config_fields"])
         empty = [n for n in names if row.get(n, "") == ""]

@@ -44,6 +44,7 @@ def test_list_prints_every_chapter(capsys):
 def test_a_chapter_runs_into_another_folder_and_leaves_the_book_alone(tmp_path, monkeypatch):
     monkeypatch.setenv("SNIPNB_SMOKE", "1")
     monkeypatch.setenv("SNIPNB_OFFLINE", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")  # as scripts/test.sh exports: the kernel must draw inline regardless
     monkeypatch.setattr(run_book, "small_book", lambda out, title, intro: None)
     book = {p: p.stat().st_mtime for p in run_book.BOOK_CHAPTERS.glob("*.ipynb")}
     assert run_book.main(["--only", "01_few_shot_mnist", "--out", str(tmp_path), "-p", "seeds", "1"]) == 0
@@ -53,6 +54,7 @@ def test_a_chapter_runs_into_another_folder_and_leaves_the_book_alone(tmp_path, 
     assert injected and "remove-cell" in injected[0].metadata.tags  # papermill's cell stays off the page
     assert nb.cells[0].source.startswith("# Experiment 1 on MNIST")  # the chapter's own title
     assert not any(o.get("name") == "stderr" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert {p: p.stat().st_mtime for p in run_book.BOOK_CHAPTERS.glob("*.ipynb")} == book
 
 

@@ -71,6 +71,21 @@ def test_a_table_rebuilds_every_record_byte_for_byte(chapter, tmp_path):
     assert again.read_bytes() == table.read_bytes()
 
 
+def test_an_id_that_json_reads_as_a_number_rebuilds(tmp_path, monkeypatch):
+    # A hex id of digits and one "e" ("19810e3754318423") is a number to JSON, so its cell is quoted.
+    from snipnb import sweep
+
+    hex_id = sweep.config_id
+    monkeypatch.setattr(sweep, "config_id", lambda config: f"{int(hex_id(config), 16) % 10 ** 6:06d}e{config.seed}")
+    results, manifest = tmp_path / "results", tmp_path / "manifest.jsonl"
+    monkeypatch.setenv(MANIFEST_ENV, str(manifest))
+    run_sweep(toy, [ToyRun(seed=s) for s in range(2)], results, progress=False)
+    table = tmp_path / "chapter.csv.gz"
+    runs.write_table(table, runs.table_of(manifest, results))
+    runs.rebuild(table, tmp_path / "rebuilt")
+    assert files(tmp_path / "rebuilt") == files(results) and len(files(results)) == 2
+
+
 def test_pandas_reads_a_table_as_a_tidy_frame(chapter, tmp_path):
     results, manifest = chapter
     table = tmp_path / "chapter.csv.gz"
