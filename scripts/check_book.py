@@ -3,7 +3,8 @@
 - Math renders offline: every page with math loads MathJax from the site itself, and that file is
   there; no `$$` or `\\[` is left in the text outside the math MathJax typesets.
 - Headings never show an unfilled variable (a `name` in code font, as "k = `focus_k`" did).
-- Every chapter that was not executed says so in a banner, and every executed one has outputs.
+- Every chapter that was not executed says so in a banner, and every executed one has outputs, and
+  figures if its code draws any.
 - An executed chapter whose notebook's code has changed since says so in a banner (run_book adds it).
 - An executed chapter that names its run table links it, and the table is there, with the runs and
   the code the page was made from (`scripts/run_book.py --from-tables` re-renders the page from it).
@@ -51,6 +52,17 @@ def problems_of_page(page: pathlib.Path, site: pathlib.Path) -> list[str]:
     return found
 
 
+def draws(nb) -> bool:
+    """Whether a notebook's code makes figures (through matplotlib or snipnb's plots)."""
+    return any(re.search(r"\bplt\.|\bplots\.", c.source) for c in nb.cells if c.cell_type == "code")
+
+
+def figures(nb) -> int:
+    """How many figures a notebook's outputs hold."""
+    return sum(1 for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+               if {"image/png", "image/svg+xml"} & set(o.get("data", {})))
+
+
 def chapter_problems(site: pathlib.Path) -> list[str]:
     found = []
     for notebook in sorted((ROOT / "book" / "experiments").glob("*.ipynb")):
@@ -63,6 +75,9 @@ def chapter_problems(site: pathlib.Path) -> list[str]:
         has_banner = BANNER in page.read_text(encoding="utf-8")
         if not executed and not has_banner:
             found.append(f"{page.name}: not executed and no banner saying so")
+        if executed and draws(nb) and not figures(nb):
+            found.append(f"{notebook.name}: executed, its code draws figures, and it shows none (a kernel "
+                         f"whose matplotlib backend was Agg draws into nothing)")
         chapter = run_book.CHAPTERS_BY_NAME.get(notebook.stem)
         if chapter is None:
             found.append(f"{notebook.name}: no chapter of that name in scripts/run_book.py")

@@ -435,3 +435,16 @@ def test_durations_read_in_the_unit_that_matters():
     assert run_book.duration(27 / 60) == "27 s"
     assert run_book.duration(117 / 60) == "1 min 57 s" and run_book.duration(2) == "2 min"
     assert run_book.duration(32) == "32 min" and run_book.duration(150) == "2 h 30 min" and run_book.duration(120) == "2 h"
+
+
+def test_the_book_check_knows_a_chapter_that_draws_but_shows_no_figure():
+    spec = importlib.util.spec_from_file_location("check_book", ROOT / "scripts" / "check_book.py")
+    check_book = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_book)
+    drawing = nbformat.v4.new_code_cell("fig = plots.panels(2)\nplt.show()")
+    drawing.outputs = [nbformat.v4.new_output("display_data", data={"text/plain": "<Figure size 750x300>"})]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"), drawing])
+    assert check_book.draws(nb) and check_book.figures(nb) == 0  # what an Agg kernel leaves
+    drawing.outputs.append(nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo="}))
+    assert check_book.figures(nb) == 1
+    assert not check_book.draws(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(explot.x)")]))
