@@ -226,6 +226,27 @@ def early_losses(runs: list[Table1Run], iterations: int, device=None) -> list[fl
     return [h.train_loss[0] for h in _train_briefly(list(runs), iterations, device)[1]]
 
 
+# A mean training loss of this or more over the first iterations is a run that diverged: chance is ln 10 = 2.3.
+DIVERGED_LOSS = 10.0
+
+
+def stability(model: str, settings: list[dict], seeds: int = 3, iterations: int = 100, device=None,
+              **fields) -> pd.DataFrame:
+    """The check that a learning rate is stable: dense `model` trained for its first `iterations` steps
+    from `seeds` initialisations under each of `settings` (dicts of `Table1Run` fields, such as lr and
+    momentum); `fields` are the other fields, shared (dataset, ...). One row per setting: its fields,
+    each seed's mean training loss (`seed 0`, ...; NaN or inf where training diverged) and `diverged`,
+    how many seeds have a loss that is not finite or at least `DIVERGED_LOSS`."""
+    checks.integer("seeds", seeds, 1)
+    rows = []
+    for setting in settings:
+        runs = [Table1Run(model=model, seed=seed, **{**fields, **setting}) for seed in range(seeds)]
+        losses = early_losses(runs, iterations, device)
+        rows.append(dict(model=model, **setting, **{f"seed {seed}": loss for seed, loss in enumerate(losses)},
+                         diverged=sum(not math.isfinite(loss) or loss >= DIVERGED_LOSS for loss in losses)))
+    return pd.DataFrame(rows)
+
+
 def ablations(long_epochs: int | None = None, large_batch: int = 1000) -> dict[str, dict]:
     """Each difference from the official code, as the `Table1Run` fields it changes from our default
     recipe; with `long_epochs`, also the length of training. `large_batch`: the larger saliency batch."""
