@@ -19,6 +19,7 @@ the adaptation set cannot move the loss through, among which SNIP's ranking is a
 from __future__ import annotations
 
 import copy
+import hashlib
 import dataclasses
 import functools
 import math
@@ -271,8 +272,17 @@ def runs_frozen_stages_once(run: TransferRun) -> bool:
 
 
 # The frozen stages' outputs on a target's test and validation sets, kept across the runs of a
-# process that share a source, a target and trained blocks: a sweep worker tests hundreds of them.
+# process that share the stages and the images: a sweep worker tests hundreds of runs on them.
 _KEPT_OUTPUTS: dict = {}
+
+
+def _fingerprint(*tensors: torch.Tensor) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for tensor in tensors:
+        flat = tensor.detach().cpu().contiguous().view(-1)
+        digest.update(str((flat.dtype, tuple(tensor.shape))).encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _frozen_outputs(run: TransferRun, prefix: nn.Module, subset, val, test, device):
@@ -282,8 +292,9 @@ def _frozen_outputs(run: TransferRun, prefix: nn.Module, subset, val, test, devi
     _, amp, channels_last = resolve_device(device, None, None)
     eval_amp = devices.autocast_enabled(device, None, "evaluation")
     eval_batch = devices.eval_batch_size(device)
-    shared = (run.source, run.model, run.image_size, run.stem, run.source_epochs, run.source_seed, run.target,
-              run.val_per_class, run.test_per_class, run.train_blocks, str(device), eval_amp, channels_last)
+    # Keyed by content, not by the run's settings: the same stages' weights on the same images.
+    shared = (_fingerprint(*prefix.state_dict().values()), _fingerprint(test.images, test.labels),
+              None if val is None else _fingerprint(val.images, val.labels), str(device), eval_amp, channels_last)
     if shared not in _KEPT_OUTPUTS:
         if len(_KEPT_OUTPUTS) >= 2:
             _KEPT_OUTPUTS.pop(next(iter(_KEPT_OUTPUTS)))
