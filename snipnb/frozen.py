@@ -22,7 +22,7 @@ import contextlib
 import torch
 from torch import nn
 
-from .loader import DeviceLoader
+from .loader import DeviceLoader, batch_indices
 
 
 def prefix_names(model: nn.Module, trained: list[str]) -> list[str]:
@@ -88,11 +88,5 @@ class TensorLoader:
         return -(-len(self.labels) // self.batch_size)
 
     def __iter__(self):
-        n = len(self.labels)
-        if self.shuffle:
-            order = torch.randperm(n, device=self.device, generator=self.generator)
-        else:
-            order = torch.arange(n, device=self.device)
-        for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size]
+        for idx in batch_indices(len(self.labels), self.batch_size, shuffle=self.shuffle, generator=self.generator):
             yield self.features[idx].contiguous(memory_format=self.memory_format), self.labels[idx]

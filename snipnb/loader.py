@@ -11,6 +11,17 @@ from __future__ import annotations
 import torch
 
 
+def batch_indices(n: int, batch_size: int, *, shuffle: bool, generator: torch.Generator, drop_last: bool = False):
+    """One epoch's batches of indices into `n` examples, on `generator`'s device: in order, or in a
+    fresh permutation drawn from `generator` (so a seeded generator repeats the epochs' orders).
+    Every loader that promises `DeviceLoader`'s batch order draws it here."""
+    device = generator.device
+    order = torch.randperm(n, device=device, generator=generator) if shuffle else torch.arange(n, device=device)
+    batches = n // batch_size if drop_last else -(-n // batch_size)
+    for start in range(0, batches * batch_size, batch_size):
+        yield order[start : start + batch_size]
+
+
 class DeviceLoader:
     """Iterate over (images, labels) batches of an `ImageData` held on `device`.
 
@@ -55,13 +66,8 @@ class DeviceLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
-        n = len(self.labels)
-        if self.shuffle:
-            order = torch.randperm(n, device=self.device, generator=self.generator)
-        else:
-            order = torch.arange(n, device=self.device)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            idx = order[start : start + self.batch_size]
+        for idx in batch_indices(len(self.labels), self.batch_size, shuffle=self.shuffle, generator=self.generator,
+                                 drop_last=self.drop_last):
             images = self.images[idx]
             if self.augment:
                 images = self._crop_and_flip(images)

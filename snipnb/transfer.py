@@ -19,9 +19,9 @@ the adaptation set cannot move the loss through, among which SNIP's ranking is a
 from __future__ import annotations
 
 import copy
-import hashlib
 import dataclasses
 import functools
+import hashlib
 import math
 
 import pandas as pd
