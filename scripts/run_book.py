@@ -100,12 +100,10 @@ class Chapter:
     quick_cost: Cost | None = None
 
 
-CPU = "CPU, 2 cores"
 # Measured 2026-12-04 with two workers while helpers' tests shared the machine (load 1 to 20): upper bounds.
 LOADED_CPU = "CPU, 2 cores, shared"
-# Chapter 02 was last timed before it chose its learning rate on validation (more runs now).
+# Chapter 02's UCI pair was last timed before it chose its learning rate on validation (more runs now).
 BEFORE_LR_SEARCH = "CPU, 1 core of 2, shared, before the validation lr search"
-SHARED_CPU = "CPU, 1 core of 2 (shared)"
 QUICK_CPU = "CPU, 2 cores (niced, shared)"
 # `--quick --only CHAPTER --out DIR` on real MNIST / UCI digits, nothing else running (2026-12-04).
 QUICK_IDLE = "CPU, 2 cores, idle"
@@ -146,7 +144,8 @@ CHAPTERS = [
     Chapter("02_transfer_mnist5to9", "02_transfer",
             "Experiment 2 on MNIST: does SNIP help fine-tuning to new classes (digits 0-4 to 5-9)?",
             dict(source="mnist:0-4", target="mnist:5-9", source_epochs=3, test_per_class=200, **TRANSFER_CPU),
-            cost=Cost(35, BEFORE_LR_SEARCH), quick=TRANSFER_QUICK, quick_cost=Cost(None, QUICK_CPU)),
+            # 86 minutes of runs and 34 pretraining the CIFAR-stem source once (2026-12-04, helpers and CI beside it).
+            cost=Cost(86 + 34, LOADED_CPU), quick=TRANSFER_QUICK, quick_cost=Cost(None, QUICK_CPU)),
     Chapter("02_transfer_mnist_to_uci", "02_transfer",
             "Experiment 2 across domains: does SNIP help fine-tuning from MNIST to the UCI digits?",
             # One epoch of MNIST's 60,000 images (two thirds of the images the 5-9 pair's source sees in
