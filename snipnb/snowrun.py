@@ -112,9 +112,10 @@ class SnowRun:
     ImageNet weights have; 'cifar': 3x3 stride 1, so that at 32 px the last stage still sees a 4 x 4
     map, see `snipnb.pretrained.build`). `saliency_images`: how many training images SNIP scores
     the channels on (the first of the training set, in the seed's few-shot order).
-    `timing_batch`: the batch the cost is measured on. `val_per_class`: hold this many images per class of the target's training split
-    out as a validation set (the same for every run, drawn before the training images), for
-    choosing settings without the test split; None: no validation set.
+    `timing_batch`: the batch the cost is measured on. `val_per_class`: hold this many images per
+    class of the target's training split out as a validation set (the same for every run, drawn
+    before the training images), for choosing settings without the test split; None: no
+    validation set.
     """
 
     source: str = "imagenet"
@@ -313,8 +314,8 @@ def train_model(run: SnowRun, model: nn.Module, train, test=None, *, val=None,
         for call in calls:
             call()
 
-    (train, test, val), takes_them = _frozen_part_once(run, model, train, val, test, device)
     try:
+        (train, test, val), takes_them = _frozen_part_once(run, model, train, val, test, device)
         with takes_them():
             history = fit(model, train, test, run.epochs, lr=run.lr, batch_size=run.batch_size,
                           weight_decay=run.weight_decay, augment=run.augment, device=device,
