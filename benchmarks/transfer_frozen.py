@@ -33,7 +33,7 @@ def cell(args) -> list[TransferRun]:
 
 
 def timed(runs, once: bool) -> tuple[float, list[float]]:
-    transfer._KEPT_OUTPUTS.clear()
+    transfer.frozen._KEPT_OUTPUTS.clear()
     real = transfer.runs_frozen_stages_once
     transfer.runs_frozen_stages_once = (lambda run: real(run)) if once else (lambda run: False)
     try:

@@ -102,10 +102,9 @@ class Chapter:
 
 # Measured 2026-12-04 with two workers while helpers' tests shared the machine (load 1 to 20): upper bounds.
 LOADED_CPU = "CPU, 2 cores, shared"
-# Chapter 02's UCI pair was last timed before it chose its learning rate on validation (more runs now).
-BEFORE_LR_SEARCH = "CPU, 1 core of 2, shared, before the validation lr search"
 QUICK_CPU = "CPU, 2 cores (niced, shared)"
-# `--quick --only CHAPTER --out DIR` on real MNIST / UCI digits, nothing else running (2026-12-04).
+# `--quick --only CHAPTER --out DIR` on real MNIST / UCI digits from an empty checkpoint cache (a source
+# pretrained in the run), nothing else running (2026-12-04).
 QUICK_IDLE = "CPU, 2 cores, idle"
 
 # The learning rate is chosen on a validation split held out of the target's training images (issue 20):
@@ -145,13 +144,14 @@ CHAPTERS = [
             "Experiment 2 on MNIST: does SNIP help fine-tuning to new classes (digits 0-4 to 5-9)?",
             dict(source="mnist:0-4", target="mnist:5-9", source_epochs=3, test_per_class=200, **TRANSFER_CPU),
             # 86 minutes of runs and 34 pretraining the CIFAR-stem source once (2026-12-04, helpers and CI beside it).
-            cost=Cost(86 + 34, LOADED_CPU), quick=TRANSFER_QUICK, quick_cost=Cost(None, QUICK_CPU)),
+            cost=Cost(86 + 34, LOADED_CPU), quick=TRANSFER_QUICK, quick_cost=Cost(63 / 60, QUICK_IDLE)),
     Chapter("02_transfer_mnist_to_uci", "02_transfer",
             "Experiment 2 across domains: does SNIP help fine-tuning from MNIST to the UCI digits?",
             # One epoch of MNIST's 60,000 images (two thirds of the images the 5-9 pair's source sees in
             # three epochs of digits 0-4): through the CIFAR stem an epoch costs about 20 minutes on 2 cores.
             dict(source="mnist", target="uci_digits", source_epochs=1, **TRANSFER_CPU),
-            cost=Cost(50, BEFORE_LR_SEARCH), quick=TRANSFER_QUICK, quick_cost=Cost(None, QUICK_CPU)),
+            # 2 h 28 min with its source pretrained in the run (2026-12-05, a helper's tests and CI beside it).
+            cost=Cost(148, LOADED_CPU), quick=TRANSFER_QUICK, quick_cost=Cost(104 / 60, QUICK_IDLE)),
     Chapter("02_transfer_cifar100", "02_transfer",
             "Experiment 2: does SNIP help fine-tuning ImageNet's ResNet-18 to CIFAR-100?",
             dict(source="imagenet", target="cifar100"), on_demand=True),
@@ -160,7 +160,7 @@ CHAPTERS = [
             dict(dataset="mnist", model="lenet300_100", seeds=5, search_seeds=2, epochs=3, permuted_epochs=1,
                  importance_examples=512, probe_examples=1000, lambdas=[0.001, 0.01, 0.1, 1, 10],
                  lambda_extensions=2), cost=Cost(50, LOADED_CPU),
-            quick=dict(CONTINUAL_QUICK, lambdas=[1.0], lambda_extensions=0), quick_cost=Cost(None, QUICK_CPU)),
+            quick=dict(CONTINUAL_QUICK, lambdas=[1.0], lambda_extensions=0, lambda_refine=False), quick_cost=Cost(None, QUICK_CPU)),
     Chapter("03_snip_ewc_cifar100", "03_snip_ewc",
             "Experiment 3 on Split CIFAR-100: can SNIP saliency replace the Fisher in EWC?",
             dict(dataset="cifar100"), on_demand=True),
@@ -180,13 +180,13 @@ CHAPTERS = [
             dict(source="mnist:0-4", target="mnist:5-9", models=["resnet18"], image_size=32, source_epochs=3,
                  ks=[10, None], focus_k=10, seeds=5, epochs=60, full_epochs=1, eval_every=20, test_per_class=200,
                  lrs={"snow": 0.1, "ft": 0.05, "fe": 0.1, "fo": 0.5}),
-            cost=Cost(20, LOADED_CPU), quick=SNOW_QUICK, quick_cost=Cost(None, QUICK_CPU)),
+            cost=Cost(20, LOADED_CPU), quick=SNOW_QUICK, quick_cost=Cost(71 / 60, QUICK_IDLE)),
     Chapter("05_snow_uci_digits", "05_snow",
             "SNOW on the UCI digits from a ResNet-18 pretrained on MNIST: channel pooling against fine-tuning",
             dict(source="mnist", target="uci_digits", models=["resnet18"], image_size=32, source_epochs=2,
                  ks=[5, None], focus_k=5, seeds=5, epochs=60, full_epochs=20, eval_every=20,
                  lrs={"snow": 0.2, "ft": 0.05, "fe": 0.05, "fo": 0.1}),
-            cost=Cost(18, LOADED_CPU), quick=dict(SNOW_QUICK, ks=[5], focus_k=5), quick_cost=Cost(None, QUICK_CPU)),
+            cost=Cost(18, LOADED_CPU), quick=dict(SNOW_QUICK, ks=[5], focus_k=5), quick_cost=Cost(111 / 60, QUICK_IDLE)),
     Chapter("05_snow_imagenet_cifar100", "05_snow",
             "SNOW on CIFAR-100 from ImageNet ResNet-50 and ResNet-18: channel pooling against fine-tuning",
             dict(source="imagenet", target="cifar100"), on_demand=True),

@@ -214,16 +214,21 @@ def freeze(model: Backbone, train_blocks: str, bn_stats: str = "batch") -> list[
     (`bn_stats="source"`: only its scale and shift train), which a batch of a few images, or a
     1 x 1 feature map, cannot estimate.
     """
-    if train_blocks not in TRAIN_BLOCKS:
-        raise ValueError(f"train_blocks must be one of {tuple(TRAIN_BLOCKS)}, got {train_blocks!r}")
+    trained = trained_blocks(train_blocks)
     _check_choice("bn_stats", bn_stats, BN_STATS)
-    count = TRAIN_BLOCKS[train_blocks]
-    frozen, trained = BLOCKS[:-count], BLOCKS[-count:]
+    frozen = BLOCKS[:-len(trained)]
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.startswith(tuple(f"{block}." for block in trained)))
     model.eval_blocks = BLOCKS if bn_stats == "source" else frozen
     model.train(model.training)
     return list(trained)
+
+
+def trained_blocks(train_blocks: str) -> list[str]:
+    """The names (`BLOCKS`) of the blocks `train_blocks` trains (`TRAIN_BLOCKS`), in order."""
+    if train_blocks not in TRAIN_BLOCKS:
+        raise ValueError(f"train_blocks must be one of {tuple(TRAIN_BLOCKS)}, got {train_blocks!r}")
+    return list(BLOCKS[-TRAIN_BLOCKS[train_blocks]:])
 
 
 def trainable_weights(model: nn.Module) -> list[str]:

@@ -16,9 +16,11 @@ under `torch.no_grad()`: its weights and BatchNorm statistics stay bit for bit w
 
 What is supported as a source (`split_source`): torchvision's ResNets with basic or bottleneck
 blocks (ResNet-18/34/50/101/152, the ImageNet stem), the project's pretrained backbones
-(`snipnb.pretrained`: `body.input`, `body.stem`, `body.layer1..4`), and the project's small CIFAR
-ResNets (`snipnb.models` `resnet18`, `resnet20`: a 3x3 stem and residual blocks grouped into stages
-where the width or stride changes). Anything else is refused with a ValueError.
+(`snipnb.pretrained`: `body.input`, `body.stem`, `body.layer1..4`, the ImageNet or the CIFAR stem;
+the delta's stem has the source's kernel, stride and max-pool, so its maps match the source's at
+every tap), and the project's small CIFAR ResNets (`snipnb.models` `resnet18`, `resnet20`: a 3x3
+stem and residual blocks grouped into stages where the width or stride changes). Anything else is
+refused with a ValueError.
 
 `SnowTasks` serves several target tasks from one source: one source forward pass, then one delta per
 task, which is SNOW's lifelong-learning claim.
@@ -26,6 +28,7 @@ task, which is SNOW's lifelong-learning claim.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -229,6 +232,28 @@ class SourceStages(nn.Module):
             h = stage(h)
             features.append(h)
         return x, features
+
+
+class StoredStages(nn.Module):
+    """Stands in for `SourceStages` when the source's outputs were computed beforehand: it takes them
+    as one flat tuple (prepared image, s0, ..., sS), as `snipnb.frozen.features` stores what a
+    `SourceStages` returns, and hands them on as `SourceStages` would have: (prepared image, [s0..sS])."""
+
+    def forward(self, stored: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return stored[0], list(stored[1:])
+
+
+@contextlib.contextmanager
+def stored_source(model: Snow | SnowTasks):
+    """Within the block, `model.source` is a `StoredStages`: `model` takes the source's stored
+    outputs (`snipnb.frozen.features` of its `SourceStages`) in place of images. The block is given
+    the source, which is put back on the way out, also after an error."""
+    source = model.source
+    model.source = StoredStages()
+    try:
+        yield source
+    finally:
+        model.source = source
 
 
 SUPPORTED = ("a torchvision ResNet with basic or bottleneck blocks (resnet18/34/50/101/152)",

@@ -13,6 +13,11 @@ target's classes with one training recipe (`snipnb.train.fit`):
           head trained
     fo    the final linear layer only (a new head on frozen features, a linear probe)
 
+Every run but FT trains on images it does not augment behind a frozen part (SNOW's whole source,
+FE's first stages, FO's whole body): what that part computes is computed once per run for the
+training images and once per process for the test and validation images (`snipnb.frozen`), and
+the rest trains on it, with the numbers of the whole network up to floating-point rounding.
+
 Besides test accuracy, a run measures what it cost on the device it ran on, after training and on
 a copy of the trained network: training and inference images per second on `timing_batch` images,
 FLOPs per image (`torch.utils.flop_counter`), the memory a training step holds (parameters,
@@ -22,18 +27,20 @@ tensor, which is the same on every device) and, on CUDA, the peak memory the all
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
 import math
 import time
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import checks, data, pretrained, snow
+from . import checks, data, frozen, pretrained, snow
 from .loader import DeviceLoader
 from .train import default_device, fit, make_optimizer, resolve_device
 
@@ -60,16 +67,21 @@ def _check_split(argument: str, spec: str) -> None:
         raise ValueError(f"{argument}={spec!r} is not valid: {error}") from None
 
 
-def _check_source(source: str, model: str) -> None:
+def _check_source(source: str, model: str, image_size: int, stem: str) -> None:
     if source != "imagenet":
         _check_split("source", source)
     checks.one_of("model", model, pretrained.ARCHITECTURES)
+    checks.one_of("stem", stem, pretrained.STEMS)
+    if source == "imagenet" and stem != "imagenet":
+        raise ValueError(f"stem={stem!r} needs a source the project pretrains: ImageNet weights have the imagenet stem")
+    pretrained.check_image_size(model, image_size, stem)
 
 
 @functools.lru_cache(maxsize=None)
-def architecture_layout(model: str) -> snow.Layout:
-    """The layout of the ImageNet-architecture `model` (no weights needed), to check SNOW's settings."""
-    return snow.split_source(pretrained.build(model, 10, image_size=pretrained.MIN_IMAGE_SIZE))[1]
+def architecture_layout(model: str, stem: str = "imagenet") -> snow.Layout:
+    """The layout of the ImageNet-architecture `model` with `stem` (no weights needed), to check
+    SNOW's settings."""
+    return snow.split_source(pretrained.build(model, 10, image_size=pretrained.MIN_IMAGE_SIZES[stem], stem=stem))[1]
 
 
 def _as_m(m):
@@ -95,11 +107,15 @@ class SnowRun:
     decay of w, on the run's schedule (None: the run's `lr`, `weight_decay`). `SEED_SETTING` is
     the seed's SNOW as the project first ran it. `bn_stats` is the baselines' BatchNorm in the
     trained blocks (`snipnb.pretrained.freeze`); SNOW's delta always normalises with its own batch
-    statistics. `saliency_images`: how many training images SNIP scores the channels on (the first
-    of the training set, in the seed's few-shot order). `timing_batch`: the batch the cost is
-    measured on. `val_per_class`: hold this many images per class of the target's training split
-    out as a validation set (the same for every run, drawn before the training images), for
-    choosing settings without the test split; None: no validation set.
+    statistics. `image_size` is the size the source runs at (a self-pretrained source was
+    pretrained at it) and `stem` its stem ('imagenet': 7x7 stride 2 and a max-pool, the only one
+    ImageNet weights have; 'cifar': 3x3 stride 1, so that at 32 px the last stage still sees a 4 x 4
+    map, see `snipnb.pretrained.build`). `saliency_images`: how many training images SNIP scores
+    the channels on (the first of the training set, in the seed's few-shot order).
+    `timing_batch`: the batch the cost is measured on. `val_per_class`: hold this many images per
+    class of the target's training split out as a validation set (the same for every run, drawn
+    before the training images), for choosing settings without the test split; None: no
+    validation set.
     """
 
     source: str = "imagenet"
@@ -122,6 +138,7 @@ class SnowRun:
     weight_decay: float = 5e-4
     augment: bool = False
     image_size: int = 224
+    stem: str = "imagenet"  # the source's stem: "imagenet" or "cifar" (a self-pretrained source only)
     bn_stats: str = "batch"
     eval_every: int = 1
     test_per_class: int | None = None
@@ -133,7 +150,7 @@ class SnowRun:
 
     def __post_init__(self):
         object.__setattr__(self, "m", _as_m(self.m))
-        _check_source(self.source, self.model)
+        _check_source(self.source, self.model, self.image_size, self.stem)
         _check_split("target", self.target)
         checks.one_of("method", self.method, METHODS)
         checks.one_of("selection", self.selection, snow.SELECTIONS)
@@ -146,8 +163,7 @@ class SnowRun:
         if self.val_per_class is not None:
             checks.integer("val_per_class", self.val_per_class, 1)
         checks.one_of("bn_stats", self.bn_stats, pretrained.BN_STATS)
-        pretrained.check_image_size(self.model, self.image_size)
-        layout = architecture_layout(self.model)
+        layout = architecture_layout(self.model, self.stem)
         snow.check_divisor(layout, self.width_divisor)
         snow.pooled_channels(layout, self.m, self.width_divisor)  # M in 1..N at every tap
         checks.number("sigma", self.sigma, 0)
@@ -172,14 +188,15 @@ class SnowRun:
 
 
 @functools.lru_cache(maxsize=2)
-def _source(source: str, model: str, image_size: int, epochs: int, seed: int) -> pretrained.Backbone:
+def _source(source: str, model: str, image_size: int, epochs: int, seed: int, stem: str) -> pretrained.Backbone:
     # Read once per process: a sweep worker runs many configs from the same source.
-    return pretrained.load_source(source, model, image_size, epochs=epochs, seed=seed)
+    return pretrained.load_source(source, model, image_size, epochs=epochs, seed=seed, stem=stem)
 
 
 def source_backbone(run) -> pretrained.Backbone:
     """A fresh copy of the pretrained source of `run` (a `SnowRun` or `ServingRun`), head included."""
-    return copy.deepcopy(_source(run.source, run.model, run.image_size, run.source_epochs, run.source_seed))
+    return copy.deepcopy(_source(run.source, run.model, run.image_size, run.source_epochs, run.source_seed,
+                                 run.stem))
 
 
 def target_data(run: SnowRun) -> tuple[data.ImageData, data.ImageData]:
@@ -275,6 +292,9 @@ def train_model(run: SnowRun, model: nn.Module, train, test=None, *, val=None,
     For SNOW, the pooling weights w get their own learning rate and weight decay (`w_lr`,
     `w_weight_decay`; `pooling_optimizer`), and with a learned selection the noise follows
     `sigma_schedule`, set before every step, and a `SelectionLog` records how the selection settles.
+    Where the run allows it (`stores_frozen_outputs`), what the model's frozen part computes is
+    computed once and the rest trains and is tested on it: the same steps on the same numbers, up
+    to floating-point rounding.
     """
     device = torch.device(device) if device is not None else default_device()
     steps = steps_of(run, train)
@@ -295,12 +315,47 @@ def train_model(run: SnowRun, model: nn.Module, train, test=None, *, val=None,
             call()
 
     try:
-        history = fit(model, train, test, run.epochs, lr=run.lr, batch_size=run.batch_size,
-                      weight_decay=run.weight_decay, augment=run.augment, device=device, eval_every=run.eval_every,
-                      val=val, after_step=after_step if calls else None, seed=run.seed, progress=False, **RECIPE)
+        (train, test, val), takes_them = _frozen_part_once(run, model, train, val, test, device)
+        with takes_them():
+            history = fit(model, train, test, run.epochs, lr=run.lr, batch_size=run.batch_size,
+                          weight_decay=run.weight_decay, augment=run.augment, device=device,
+                          eval_every=run.eval_every, val=val, after_step=after_step if calls else None, seed=run.seed,
+                          progress=False, **RECIPE)
     finally:
         release()
     return history, log
+
+
+def stores_frozen_outputs(run: SnowRun) -> bool:
+    """Whether `train_model` trains `run` on the stored outputs of its model's frozen part
+    (`snipnb.frozen.stored_outputs`): SNOW's whole source, FE's stem and first three stages, FO's
+    whole body; never FT, which freezes nothing, nor a run whose augmentation shows the frozen part
+    new crops every epoch. A split whose outputs would take more than
+    `frozen.STORED_BYTES_PER_SPLIT` still sends the run through the whole network."""
+    return run.method != "ft" and not run.augment
+
+
+# SNOW's source outputs on a target's test and validation sets, kept across the runs of a process
+# (`frozen.stored_outputs`); apart from the baselines' (in `frozen`'s own store), which are other
+# modules' outputs: a worker running SNOW, FE and FO in turn keeps all three.
+_KEPT_SOURCE_OUTPUTS: OrderedDict = OrderedDict()
+
+
+def _frozen_part_once(run: SnowRun, model: nn.Module, train, val, test, device):
+    """((train, test, val) as `fit` is to take them, a function giving the context within which
+    `model` takes them): the frozen part's stored outputs and the swap that makes the model start
+    after that part (`snow.stored_source`, `frozen.cut`), or the images and nothing to swap."""
+    whole_network = ((train, test, val), contextlib.nullcontext)
+    if not stores_frozen_outputs(run):
+        return whole_network
+    if run.method == "snow":
+        prefix, swap, kept = model.source, functools.partial(snow.stored_source, model), _KEPT_SOURCE_OUTPUTS
+    else:
+        trained = pretrained.trained_blocks(TRAIN_BLOCKS[run.method])
+        prefix, swap, kept = frozen.frozen_prefix(model, trained), functools.partial(frozen.cut, model, trained), None
+    stored = frozen.stored_outputs(prefix, train, val, test, device, batch_size=run.batch_size, seed=run.seed,
+                                   kept=kept)
+    return whole_network if stored is None else (stored, swap)
 
 
 def _noise_schedule(run: SnowRun, model: snow.Snow, steps: int):
@@ -611,6 +666,7 @@ class ServingRun:
     source: str = "imagenet"
     model: str = "resnet50"
     image_size: int = 224
+    stem: str = "imagenet"  # the source's stem, as `SnowRun.stem`
     tasks: int = 1
     num_classes: int = 100
     m: int | tuple | None = None
@@ -622,9 +678,8 @@ class ServingRun:
 
     def __post_init__(self):
         object.__setattr__(self, "m", _as_m(self.m))
-        _check_source(self.source, self.model)
-        pretrained.check_image_size(self.model, self.image_size)
-        layout = architecture_layout(self.model)
+        _check_source(self.source, self.model, self.image_size, self.stem)
+        layout = architecture_layout(self.model, self.stem)
         snow.check_divisor(layout, self.width_divisor)
         snow.pooled_channels(layout, self.m, self.width_divisor)
         for argument in ("tasks", "num_classes", "batch", "repeats", "source_epochs"):

@@ -21,20 +21,17 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import hashlib
 import math
 
 import pandas as pd
 import torch
-from torch import nn
 
-from . import data, devices, frozen, pretrained
+from . import data, frozen, pretrained
 from .experiment import METHODS as PRUNING_METHODS
 from .experiment import DATA_FREE_METHODS, masks_for_method, method_scores, scoring
-from .frozen import TensorLoader
 from .loader import DeviceLoader
 from .pruning import apply_masks, scores
-from .train import default_device, fit, resolve_device
+from .train import default_device, fit
 
 METHODS = (*PRUNING_METHODS, "scratch")
 TRAIN_BLOCKS = tuple(pretrained.TRAIN_BLOCKS)
@@ -244,11 +241,15 @@ def fine_tune(run: TransferRun, device=None):
     model, masks, trained, weight_scores = _prepare(run, subset, device)
     recipe = dict(lr=run.lr, batch_size=run.batch_size, weight_decay=run.weight_decay, device=device,
                   eval_every=run.eval_every, seed=run.seed, progress=False)
-    if not runs_frozen_stages_once(run):
+    stored = None
+    if runs_frozen_stages_once(run):
+        stored = frozen.stored_outputs(frozen.frozen_prefix(model, trained), subset, val, test, device,
+                                       batch_size=run.batch_size, seed=run.seed)
+    if stored is None:
         history = fit(model, subset, test, run.epochs, augment=run.augment, val=val, **recipe)
     else:
-        with frozen.cut(model, trained) as prefix:
-            train_outputs, test_outputs, val_outputs = _frozen_outputs(run, prefix, subset, val, test, device)
+        train_outputs, test_outputs, val_outputs = stored
+        with frozen.cut(model, trained):
             history = fit(model, train_outputs, test_outputs, run.epochs, val=val_outputs, **recipe)
     masks = masks or {}
     pruned = sum(m.numel() - int(m.sum()) for m in masks.values())
@@ -266,46 +267,10 @@ def fine_tune(run: TransferRun, device=None):
 
 
 def runs_frozen_stages_once(run: TransferRun) -> bool:
-    """Whether `fine_tune` trains `run`'s blocks on the frozen stages' stored outputs: unless every
-    stage trains, or augmentation shows the stages new crops every epoch."""
+    """Whether `fine_tune` trains `run`'s blocks on the frozen stages' stored outputs
+    (`snipnb.frozen.stored_outputs`): unless every stage trains, or augmentation shows the stages
+    new crops every epoch (or a split's outputs would exceed `frozen.STORED_BYTES_PER_SPLIT`)."""
     return run.train_blocks != "all" and not run.augment
-
-
-# The frozen stages' outputs on a target's test and validation sets, kept across the runs of a
-# process that share the stages and the images: a sweep worker tests hundreds of runs on them.
-_KEPT_OUTPUTS: dict = {}
-
-
-def _fingerprint(*tensors: torch.Tensor) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for tensor in tensors:
-        flat = tensor.detach().cpu().contiguous().view(-1)
-        digest.update(str((flat.dtype, tuple(tensor.shape))).encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _frozen_outputs(run: TransferRun, prefix: nn.Module, subset, val, test, device):
-    """(train, test, val) loaders of the frozen stages' outputs (`snipnb.frozen`) for a run that
-    trains only its last blocks: the k-shot subset's in the order `fit` would have drawn the
-    images, the test and validation sets' as `evaluate` would have fed them to the trained blocks."""
-    _, amp, channels_last = resolve_device(device, None, None)
-    eval_amp = devices.autocast_enabled(device, None, "evaluation")
-    eval_batch = devices.eval_batch_size(device)
-    # Keyed by content, not by the run's settings: the same stages' weights on the same images.
-    shared = (_fingerprint(*prefix.state_dict().values()), _fingerprint(test.images, test.labels),
-              None if val is None else _fingerprint(val.images, val.labels), str(device), eval_amp, channels_last)
-    if shared not in _KEPT_OUTPUTS:
-        if len(_KEPT_OUTPUTS) >= 2:
-            _KEPT_OUTPUTS.pop(next(iter(_KEPT_OUTPUTS)))
-        _KEPT_OUTPUTS[shared] = tuple(
-            None if split is None else TensorLoader(frozen.features(prefix, split, eval_batch, device=device, amp=eval_amp,
-                                                                    channels_last=channels_last), split.labels,
-                                                    eval_batch)
-            for split in (test, val))
-    train = frozen.features(prefix, subset, eval_batch, device=device, amp=amp, channels_last=channels_last)
-    test_loader, val_loader = _KEPT_OUTPUTS[shared]
-    return TensorLoader(train, subset.labels, run.batch_size, shuffle=True, seed=run.seed), test_loader, val_loader
 
 
 def run_transfer(run: TransferRun, device=None) -> dict:

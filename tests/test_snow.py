@@ -418,7 +418,8 @@ def test_a_run_on_the_whole_target_split_leaves_the_source_bit_identical(synthet
     assert len(train) == 500  # every synthetic training image of classes 5-9
     _, model = snowrun.train_run(run, "cpu")
     # The run trained a copy of the cached source; the cache itself is what the source was before.
-    original = snowrun._source(run.source, run.model, run.image_size, run.source_epochs, run.source_seed).body
+    original = snowrun._source(run.source, run.model, run.image_size, run.source_epochs, run.source_seed,
+                               run.stem).body
     for stage, name in zip(model.source.stages, ["stem", "layer1", "layer2", "layer3", "layer4"]):
         before, after = getattr(original, name).state_dict(), stage.state_dict()
         assert before.keys() == after.keys()
