@@ -75,6 +75,7 @@ lr = 0.001
 weight_decay = 0.0
 lambdas = [0.01, 0.1, 1, 10, 100, 1000, 10000]  # coarse λ grid (decades); importances have mean 1
 lambda_extensions = 2  # decades added, at most, where the best λ sits at the coarse grid's edge
+lambda_refine = True  # then half-decades either side of the best λ
 online = False  # one running importance instead of one penalty term per task
 fisher_labels = "empirical"  # or "sampled" (the true Fisher)
 importance_examples = 1024  # training images per task the importance is computed on
@@ -128,6 +129,7 @@ for name, value in dict(seeds=seeds, search_seeds=search_seeds, epochs=epochs, p
                         n_tasks=n_tasks, permuted_tasks=permuted_tasks).items():
     checks.integer(name, value, 1)
 checks.integer("lambda_extensions", lambda_extensions, 0)
+checks.one_of("lambda_refine", lambda_refine, (True, False))
 if seeds < 2:
     raise ValueError(f"seeds must be at least 2: the declared contrasts pair runs on seeds, and a paired test needs "
                      f"two; got seeds={seeds}")
@@ -185,7 +187,7 @@ display(Markdown(
     f"importance from {importance_examples} training images per task; forward-transfer probe on "
     f"{probe_examples} images per task. λ searched on validation over {search_seeds} seed{'s' * (search_seeds > 1)} "
     f"from the coarse grid "
-    f"{', '.join(f'{lam:g}' for lam in lambdas)}; reported runs on the test set over {seeds} seeds. "
+    f"{', '.join(f'{lam:g}' for lam in lambdas)}{', then half-decades around the best' if lambda_refine else ''}; reported runs on the test set over {seeds} seeds. "
     f"Code: {provenance.describe(device)}."))
 
 # %% [markdown]
@@ -241,8 +243,8 @@ def validation_means(found):
 
 
 def search_lambda(name):
-    """Coarse decades, extended while the best λ sits at an edge, then half-decades around the best.
-    Returns every validation run and the chosen λ per variant."""
+    """Coarse decades, extended while the best λ sits at an edge, then (`lambda_refine`) half-decades
+    around the best. Returns every validation run and the chosen λ per variant."""
     tried = {s: sorted(rounded(lam) for lam in lambdas) for s in VARIANTS}
 
     def run():
@@ -260,11 +262,12 @@ def search_lambda(name):
             tried[s] = sorted(tried[s] + [lam])
         found = run()
     means = validation_means(found)
-    for s in VARIANTS:
-        best = means[s].idxmax()
-        tried[s] = sorted(set(tried[s]) | {rounded(best * 10 ** step) for step in (-0.5, 0.5)})
-    found = run()
-    means = validation_means(found)
+    if lambda_refine:
+        for s in VARIANTS:
+            best = means[s].idxmax()
+            tried[s] = sorted(set(tried[s]) | {rounded(best * 10 ** step) for step in (-0.5, 0.5)})
+        found = run()
+        means = validation_means(found)
     return found, {s: float(means[s].idxmax()) for s in VARIANTS}
 
 

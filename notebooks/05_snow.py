@@ -98,6 +98,7 @@ batch_size = 64
 lrs = {"snow": 0.1, "ft": 0.01, "fe": 0.01, "fo": 0.1}  # the learning rate of each method
 weight_decay = 5e-4
 image_size = 224  # the size the networks run at; a self-pretrained source is pretrained at it
+stem = "imagenet"  # the source's stem: "imagenet" (7x7 stride 2, max-pool) or "cifar" (3x3 stride 1; self-pretrained)
 source_epochs = 5  # pretraining epochs of a self-pretrained source (ignored for imagenet)
 bn_stats = "batch"  # BatchNorm of the baselines' trained blocks: each "batch"'s statistics, or the "source"'s
 augment = None  # crop-and-flip augmentation; None: the target's default (on for CIFAR)
@@ -165,7 +166,7 @@ device = device or str(default_device())
 workers = workers or devices.default_workers(device)
 target_classes = pretrained.load_split(target, True).num_classes  # a missing dataset fails here
 augment = data.recipe_defaults(pretrained.parse_split(target)[0])["augment"] if augment is None else augment
-common = dict(batch_size=batch_size, weight_decay=weight_decay, augment=augment, image_size=image_size,
+common = dict(batch_size=batch_size, weight_decay=weight_decay, augment=augment, image_size=image_size, stem=stem,
               bn_stats=bn_stats, eval_every=eval_every, test_per_class=test_per_class, timing_batch=timing_batch,
               source_epochs=source_epochs, val_per_class=val_per_class)
 learning = dict(sigma=sigma, sigma_schedule=sigma_schedule, slot_order=slot_order, w_lr=w_lr,
@@ -181,10 +182,11 @@ seed_setting_runs = ([dataclasses.replace(seed_setting, seed=s) for s in range(s
                      if compare_seed_setting and seed_setting != base else [])
 all_runs = list(dict.fromkeys(runs + [dataclasses.replace(base, seed=s) for s in range(seeds)] + ablation_runs
                               + seed_setting_runs))
-serving_runs = [snowrun.ServingRun(source=source, model=model, image_size=image_size, tasks=t,
+serving_runs = [snowrun.ServingRun(source=source, model=model, image_size=image_size, stem=stem, tasks=t,
                                    num_classes=target_classes, m=m, width_divisor=width_divisor, batch=timing_batch,
                                    source_epochs=source_epochs)
                 for model in models for t in serving_tasks]
+side = pretrained.last_stage_size(image_size, stem)
 
 
 def k_label(k):
@@ -193,8 +195,9 @@ def k_label(k):
 
 display(Markdown(
     f"**This run:** source `{source}` → target `{target}` ({target_classes} classes); models {', '.join(models)} at "
-    f"{image_size} px; k ∈ {{{', '.join(k_label(k) for k in ks)}}} images per class; {seeds} seeds; "
-    f"{len(runs)} runs of {len(methods)} methods (SNOW with channels {', '.join(selections)}), "
+    f"{image_size} px through the {stem} stem (the last stage sees {side}×{side}); k ∈ "
+    f"{{{', '.join(k_label(k) for k in ks)}}} images per class; {seeds} seeds; {len(runs)} runs of {len(methods)} "
+    f"methods (SNOW with channels {', '.join(selections)}), "
     f"{len(all_runs) - len(runs)} more for the ablations at k = {k_label(focus_k)}; {epochs} epochs for few-shot "
     f"runs, {full_epochs or epochs} on the whole split, batch {batch_size}, learning rates {rates}; SNOW with "
     f"M = {'N/' + str(width_divisor) if m is None else m}, width divisor {width_divisor}, σ = {sigma} "
@@ -235,7 +238,7 @@ else:
 # %% tags=["hide-input"]
 sources = []
 for model in models:
-    backbone = pretrained.load_source(source, model, image_size, epochs=source_epochs, device=run_device)
+    backbone = pretrained.load_source(source, model, image_size, epochs=source_epochs, stem=stem, device=run_device)
     meta = backbone.meta
     if source == "imagenet":
         sources.append({"model": model, "weights": meta["weights"], "trained on": "ImageNet-1k",

@@ -160,7 +160,7 @@ CHAPTERS = [
             dict(dataset="mnist", model="lenet300_100", seeds=5, search_seeds=2, epochs=3, permuted_epochs=1,
                  importance_examples=512, probe_examples=1000, lambdas=[0.001, 0.01, 0.1, 1, 10],
                  lambda_extensions=2), cost=Cost(50, LOADED_CPU),
-            quick=dict(CONTINUAL_QUICK, lambdas=[1.0], lambda_extensions=0), quick_cost=Cost(None, QUICK_CPU)),
+            quick=dict(CONTINUAL_QUICK, lambdas=[1.0], lambda_extensions=0, lambda_refine=False), quick_cost=Cost(None, QUICK_CPU)),
     Chapter("03_snip_ewc_cifar100", "03_snip_ewc",
             "Experiment 3 on Split CIFAR-100: can SNIP saliency replace the Fisher in EWC?",
             dict(dataset="cifar100"), on_demand=True),
