@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 import torch
 
+import interleaved
 from snipnb import frozen, snowrun
 from snipnb.provenance import device_name
 from snipnb.snowrun import SnowRun
@@ -38,7 +38,7 @@ def timed(runs, stored: bool) -> tuple[float, list[float]]:
     snowrun._KEPT_SOURCE_OUTPUTS.clear()
     frozen._KEPT_OUTPUTS.clear()
     real = snowrun.stores_frozen_outputs
-    snowrun.stores_frozen_outputs = (lambda run: real(run)) if stored else (lambda run: False)
+    snowrun.stores_frozen_outputs = real if stored else (lambda run: False)
     try:
         start = time.perf_counter()
         accuracies = [snowrun.run_snow(run, device="cpu")["final_acc"] for run in runs]
@@ -66,20 +66,8 @@ def main():
           f"{args.source} -> {args.target}, CIFAR stem at 32 px, k={args.k}, {args.epochs} epochs, test every "
           f"{args.eval_every} on {args.test_per_class} per class, {len(runs)} runs per repeat "
           f"({args.seeds} SNOW, 1 FE); load average {os.getloadavg()[0]:.1f}")
-    seconds = {True: [], False: []}
-    accuracies = {}
-    for _ in range(args.repeats):
-        for stored in (False, True):  # interleaved
-            per_run, accuracies[stored] = timed(runs, stored)
-            seconds[stored].append(per_run)
-            print(f"  {'stored outputs' if stored else 'whole network'}: {per_run:.2f} s per run "
-                  f"(load average {os.getloadavg()[0]:.1f})", flush=True)
-    print("| variant | s per run (min) | s per run (median) |\n|---|---|---|")
-    for stored, label in ((False, "whole network every step"), (True, "frozen part's outputs stored")):
-        print(f"| {label} | {min(seconds[stored]):.2f} | {statistics.median(seconds[stored]):.2f} |")
-    print(f"speed-up (median): {statistics.median(seconds[False]) / statistics.median(seconds[True]):.2f}x; "
-          f"final accuracies {accuracies[False]} vs {accuracies[True]}; load average {os.getloadavg()[0]:.1f}")
-
+    interleaved.compare(lambda stored: timed(runs, stored), args.repeats,
+                        {False: "whole network every step", True: "frozen part's outputs stored"})
 
 if __name__ == "__main__":
     main()

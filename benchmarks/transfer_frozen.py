@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 import torch
 
+import interleaved
 from snipnb import transfer
 from snipnb.provenance import device_name
 from snipnb.transfer import TransferRun
@@ -35,7 +35,7 @@ def cell(args) -> list[TransferRun]:
 def timed(runs, once: bool) -> tuple[float, list[float]]:
     transfer.frozen._KEPT_OUTPUTS.clear()
     real = transfer.runs_frozen_stages_once
-    transfer.runs_frozen_stages_once = (lambda run: real(run)) if once else (lambda run: False)
+    transfer.runs_frozen_stages_once = real if once else (lambda run: False)
     try:
         start = time.perf_counter()
         accuracies = [transfer.run_transfer(run, device="cpu")["final_acc"] for run in runs]
@@ -58,17 +58,8 @@ def main():
     print(f"device: {device_name('cpu')}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{args.source} -> {args.target}, k={args.k}, {args.epochs} epochs, {len(runs)} runs per repeat; "
           f"load average {os.getloadavg()[0]:.1f}")
-    seconds = {True: [], False: []}
-    accuracies = {}
-    for _ in range(args.repeats):
-        for once in (False, True):  # interleaved
-            per_run, accuracies[once] = timed(runs, once)
-            seconds[once].append(per_run)
-    for once, label in ((False, "whole network every step"), (True, "frozen stages once")):
-        print(f"| {label} | {min(seconds[once]):.2f} s | {statistics.median(seconds[once]):.2f} s |")
-    print(f"speed-up (median): {statistics.median(seconds[False]) / statistics.median(seconds[True]):.2f}x; "
-          f"final accuracies {accuracies[False]} vs {accuracies[True]}; load average {os.getloadavg()[0]:.1f}")
-
+    interleaved.compare(lambda once: timed(runs, once), args.repeats,
+                        {False: "whole network every step", True: "frozen stages once"})
 
 if __name__ == "__main__":
     main()
