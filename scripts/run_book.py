@@ -102,9 +102,8 @@ class Chapter:
 
 # Measured 2026-12-04 with two workers while helpers' tests shared the machine (load 1 to 20): upper bounds.
 LOADED_CPU = "CPU, 2 cores, shared"
-QUICK_CPU = "CPU, 2 cores (niced, shared)"
 # `--quick --only CHAPTER --out DIR` on real MNIST / UCI digits from an empty checkpoint cache (a source
-# pretrained in the run), nothing else running (2026-12-04).
+# pretrained in the run), nothing else running (2026-12-04; chapter 03 on 2026-12-05).
 QUICK_IDLE = "CPU, 2 cores, idle"
 
 # The learning rate is chosen on a validation split held out of the target's training images (issue 20):
@@ -160,7 +159,7 @@ CHAPTERS = [
             dict(dataset="mnist", model="lenet300_100", seeds=5, search_seeds=2, epochs=3, permuted_epochs=1,
                  importance_examples=512, probe_examples=1000, lambdas=[0.001, 0.01, 0.1, 1, 10],
                  lambda_extensions=2), cost=Cost(50, LOADED_CPU),
-            quick=dict(CONTINUAL_QUICK, lambdas=[1.0], lambda_extensions=0, lambda_refine=False), quick_cost=Cost(None, QUICK_CPU)),
+            quick=dict(CONTINUAL_QUICK, lambdas=[1.0], lambda_extensions=0, lambda_refine=False), quick_cost=Cost(116 / 60, QUICK_IDLE)),
     Chapter("03_snip_ewc_cifar100", "03_snip_ewc",
             "Experiment 3 on Split CIFAR-100: can SNIP saliency replace the Fisher in EWC?",
             dict(dataset="cifar100"), on_demand=True),
