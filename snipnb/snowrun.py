@@ -35,6 +35,7 @@ import math
 import time
 from collections import OrderedDict
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -636,6 +637,45 @@ def ablation(base: SnowRun, seeds: int, **values) -> list[SnowRun]:
                 continue
             runs += [dataclasses.replace(base, seed=seed, **{field: value}) for seed in range(seeds)]
     return runs
+
+
+def lr_grid(candidates: dict, source: str, target: str, models, k, seeds: int, **settings) -> list[SnowRun]:
+    """Every method in `candidates` (a dict: method -> learning rates) at each of its rates, at one
+    `k`, for (model, seed) with `seeds` seeds: the runs `select_lrs` chooses each method's learning
+    rate from. SNOW runs with its learned selection. `settings` are `grid`'s and must hold
+    `val_per_class`: the choice is made on a validation set, never on the test split."""
+    if not candidates:
+        raise ValueError("candidates must map at least one method to its learning rates, got {}")
+    for method, rates in candidates.items():
+        checks.one_of("method", method, METHODS)
+        if not rates or any(not isinstance(lr, (int, float)) or not lr > 0 for lr in rates):
+            raise ValueError(f"the learning rates of {method!r} must be a non-empty list of numbers > 0, got {rates!r}")
+    if settings.get("val_per_class") is None:
+        raise ValueError("lr_grid needs val_per_class: the learning rates are chosen on validation images held out "
+                         "of the training split, never on the test split")
+    settings.pop("selections", None)
+    return [run for method, rates in candidates.items() for lr in sorted(set(rates))
+            for run in grid(source, target, models, [k], [method], seeds, lrs={method: lr}, selections=("learned",),
+                            **settings)]
+
+
+def select_lrs(results: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
+    """({method: the learning rate with its highest mean validation accuracy after the last epoch},
+    the table it was read from) over the runs of `lr_grid` (`results`: one row per run, as
+    `run_sweep` returns them). The table holds the mean `val_acc` per method and learning rate, and
+    how many runs each mean is over. Only the validation accuracy is read; on a tie the smaller
+    rate wins."""
+    view = results[["method", "lr", "model", "seed", "val_acc"]]  # no test column is looked at
+    if view.val_acc.isna().any():
+        raise ValueError("select_lrs needs runs with a validation set (val_per_class); some have no val_acc")
+    table = view.groupby(["method", "lr"]).val_acc.agg(["mean", "count"]).rename(
+        columns={"mean": "val_acc", "count": "runs"})
+    if table.groupby("method").runs.nunique().max() != 1:
+        raise ValueError(f"select_lrs compares a method's learning rates over the same runs, but they have "
+                         f"{table.runs.to_dict()} runs each")
+    chosen = {method: float(rates.droplevel("method").val_acc.idxmax())
+              for method, rates in table.groupby("method", sort=False)}
+    return chosen, table
 
 
 def check_ks(target: str, ks) -> None:

@@ -4,6 +4,7 @@ import copy
 import io
 from collections import OrderedDict
 
+import pandas as pd
 import pytest
 import torch
 import torchvision
@@ -538,6 +539,38 @@ def test_the_grid_and_the_ablation_carry_how_w_learns_to_snow_runs_only(syntheti
     runs = snowrun.ablation(chapter, 1, w_lr=[0.5], sigma_schedule=["constant"], slot_order=["sorted"])
     assert [(r.w_lr, r.sigma_schedule, r.slot_order) for r in runs] == [
         (0.5, "cosine", "stable"), (2.0, "constant", "stable"), (2.0, "cosine", "sorted")]
+
+
+def test_the_learning_rate_search_runs_each_method_at_its_own_rates_on_validation(synthetic_source):
+    settings = dict(image_size=32, source_epochs=1, epochs=3, val_per_class=5, m=4, sigma=0.05)
+    runs = snowrun.lr_grid({"snow": [0.2, 0.05], "fo": [0.5]}, "synthetic:0-4", "synthetic:5-9", ["resnet18"], 2, 2,
+                           selections=["snip"], **settings)
+    assert sorted((r.method, r.lr, r.seed) for r in runs) == [
+        ("fo", 0.5, 0), ("fo", 0.5, 1), ("snow", 0.05, 0), ("snow", 0.05, 1), ("snow", 0.2, 0), ("snow", 0.2, 1)]
+    assert all(r.k == 2 and r.val_per_class == 5 and r.epochs == 3 for r in runs)
+    # SNOW's own settings reach its runs, and the search is of its learned selection whatever the grid's are.
+    assert all((r.selection, r.m, r.sigma) == ("learned", 4, 0.05) for r in runs if r.method == "snow")
+    with pytest.raises(ValueError, match="needs val_per_class"):
+        snowrun.lr_grid({"snow": [0.1]}, "synthetic:0-4", "synthetic:5-9", ["resnet18"], 2, 1, image_size=32)
+    with pytest.raises(ValueError, match="method"):
+        snowrun.lr_grid({"sgd": [0.1]}, "synthetic:0-4", "synthetic:5-9", ["resnet18"], 2, 1, **settings)
+    with pytest.raises(ValueError, match="non-empty list"):
+        snowrun.lr_grid({"ft": []}, "synthetic:0-4", "synthetic:5-9", ["resnet18"], 2, 1, **settings)
+
+
+def test_select_lrs_reads_each_methods_validation_accuracy_and_never_the_test_accuracy():
+    # Test accuracy says the larger rate for both methods; validation says the smaller for SNOW, the larger for FO.
+    results = pd.DataFrame(dict(method=["snow"] * 4 + ["fo"] * 4, lr=[0.05, 0.05, 0.2, 0.2, 0.1, 0.1, 0.5, 0.5],
+                                model="resnet18", seed=[0, 1] * 4,
+                                val_acc=[70.0, 80.0, 60.0, 70.0, 40.0, 50.0, 45.0, 45.0],
+                                final_acc=[10.0, 10.0, 90.0, 90.0] * 2, test_at_best_val=[10.0, 10.0, 90.0, 90.0] * 2))
+    chosen, table = snowrun.select_lrs(results)
+    assert chosen == {"snow": 0.05, "fo": 0.1}  # FO's two rates tie at 45: the smaller wins
+    assert table.loc[("snow", 0.2), "val_acc"] == 65 and table.loc[("fo", 0.5), "runs"] == 2
+    with pytest.raises(ValueError, match="validation set"):
+        snowrun.select_lrs(results.assign(val_acc=float("nan")))
+    with pytest.raises(ValueError, match="same runs"):
+        snowrun.select_lrs(results.iloc[:3])
 
 
 def test_an_ablation_changes_one_setting_at_a_time():
