@@ -184,15 +184,17 @@ CHAPTERS = [
     # Through the CIFAR stem the last stage sees 4x4 (issue 20), from the sources chapter 02 pretrains (the
     # same checkpoints); each method's learning rate chosen on validation. Few-shot only: the whole split
     # through this stem costs about 2 h per pair on 2 cores (a pilot: 30 ms per training image for FT).
+    # 33 and 30 minutes, the searches included, from the sources already cached by chapter 02 (2026-12-05,
+    # with small test runs beside them at lower priority); --quick timed idle from an empty cache.
     Chapter("05_snow_mnist5to9", "05_snow",
             "SNOW on MNIST digits 5–9 from a ResNet-18 pretrained on digits 0–4: channel pooling against fine-tuning",
             dict(source="mnist:0-4", target="mnist:5-9", source_epochs=3, ks=[10], focus_k=10, test_per_class=200,
                  **SNOW_CPU),
-            cost=Cost(30, PILOT_CPU), quick=SNOW_QUICK, quick_cost=Cost(71 / 60, QUICK_IDLE)),
+            cost=Cost(33, LOADED_CPU), quick=SNOW_QUICK, quick_cost=Cost(77 / 60, QUICK_IDLE)),
     Chapter("05_snow_uci_digits", "05_snow",
             "SNOW on the UCI digits from a ResNet-18 pretrained on MNIST: channel pooling against fine-tuning",
             dict(source="mnist", target="uci_digits", source_epochs=1, ks=[5], focus_k=5, **SNOW_CPU),
-            cost=Cost(30, PILOT_CPU), quick=dict(SNOW_QUICK, ks=[5], focus_k=5), quick_cost=Cost(111 / 60, QUICK_IDLE)),
+            cost=Cost(30, LOADED_CPU), quick=dict(SNOW_QUICK, ks=[5], focus_k=5), quick_cost=Cost(127 / 60, QUICK_IDLE)),
     Chapter("05_snow_imagenet_cifar100", "05_snow",
             "SNOW on CIFAR-100 from ImageNet ResNet-50 and ResNet-18: channel pooling against fine-tuning",
             dict(source="imagenet", target="cifar100"), on_demand=True),
