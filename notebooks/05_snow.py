@@ -290,6 +290,8 @@ if search:
     chosen, lr_table = snowrun.select_lrs(searched)
     lrs = {**lrs, **chosen}
     runs, base, all_runs = make_runs(lrs)
+    rates = ", ".join(f"{method.upper()} {lr:g}" + (f" (chosen among {lr_candidates[method]})"
+                                                     if method in lr_candidates else "") for method, lr in lrs.items())
     lr_table = lr_table.reset_index().assign(method=lambda t: t.method.str.upper())
     display(table(lr_table.round(2), caption="Mean validation accuracy (%) of each candidate learning rate"))
     display(Markdown("**Chosen:** " + ", ".join(f"{method.upper()} {lr:g}" for method, lr in chosen.items())
@@ -662,8 +664,9 @@ display(Markdown("\n".join(findings)))
 # ## Limits
 
 # %% tags=["remove-input"]
-tuning = (f"learning rates {rates}: chosen at k = {k_label(focus_k)} on {lr_seeds} seed{'s' * (lr_seeds > 1)}, on {val_per_class} images "
-          f"per class held out of the training split, and used for every k and seed" if lr_candidates else
+tuning = (f"learning rates {rates}; those chosen were chosen at k = {k_label(focus_k)} on {lr_seeds} "
+          f"seed{'s' * (lr_seeds > 1)}, on {val_per_class} images per class held out of the training split, and are "
+          f"used for every k and seed" if lr_candidates else
           f"one learning rate per method ({rates}), the same for every k and seed, not tuned on a validation split"
           + ("; the offline chapters' rates come from a one-seed pilot on the same pairs, read on their test splits, "
              "so they are not independent of them" if source != "imagenet" else ""))
