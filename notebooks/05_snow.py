@@ -468,8 +468,10 @@ for baseline, others in (("learned", ["snip", "random"]), ("random", ["snip"])):
     diffs = stats.paired_difference(part, "final_acc", baseline={"selection": baseline}, variant=["selection"],
                                     pair_on=["seed"], group=["model", "shots"])
     for _, row in diffs.iterrows():
-        channel_rows.append((row.model, row.shots, f"{SELECTION_NAMES[row.selection]} − {SELECTION_NAMES[baseline]}",
-                             stats.verdict(row)))
+        what = f"{SELECTION_NAMES[row.selection]} − {SELECTION_NAMES[baseline]}"
+        declared = f"{row.model}, k = {row.shots}: {what}" in {c.name for c in PRIMARY}
+        channel_rows.append((row.model, row.shots, what, stats.verdict(row) + (
+            " (uncorrected: a declared contrast, tested with Holm's correction in the Answer)" if declared else "")))
 display(Markdown("\n".join(f"- {model}, k = {k}: {what}: {verdict}." for model, k, what, verdict in channel_rows)
                  if channel_rows else "Only one selection rule was run."))
 learned = snow_main[snow_main.selection == "learned"]
