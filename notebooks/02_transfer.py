@@ -122,6 +122,9 @@ test_per_class = None  # test on a fixed class-balanced sample of this many per 
 focus_sparsity = None  # the sparsity of the accuracy-vs-k plots and the verdicts; None: 0.9, or the nearest in sparsities
 focus_blocks = None  # the trained blocks of the plots and the verdicts; None: last_block if trained, else the first
 focus_k = None  # the k of the accuracy-vs-sparsity plot; None: 5, or the nearest in ks
+curve_epochs = []  # the budget check: dense and SNIP at the focus trained for each of these epochs (epochs among them); []: none
+curve_every = 3  # ... tested every this many epochs
+curve_seeds = 3  # ... on this many seeds
 progress = True  # progress bars (the book's chapters are executed without them)
 
 # %% tags=["remove-cell"]
@@ -135,6 +138,7 @@ if os.environ.get("SNIPNB_SMOKE"):
     ks, sparsities, methods, train_blocks, reference_blocks = [1, 2], [0.9], ["snip", "random"], ["last_block"], []
     focus_k, test_per_class, results_dir = 2, 10, tempfile.mkdtemp()
     val_per_class, lr_candidates, lr_seeds = 5, [0.01, 0.05], 1
+    curve_epochs, curve_every, curve_seeds = [1, 2], 1, 2
     os.environ["SNIPNB_CHECKPOINTS"] = tempfile.mkdtemp()  # the smoke source is not cached for later
 
 # %% tags=["remove-input"]
@@ -163,6 +167,9 @@ focus_blocks = pick("focus_blocks", focus_blocks, train_blocks, preferred="last_
 focus_sparsity = pick("focus_sparsity", focus_sparsity, sparsities, preferred=0.9)
 focus_k = pick("focus_k", focus_k, ks, preferred=5)
 stem = stem or ("imagenet" if source == "imagenet" else "cifar")
+if curve_epochs and epochs not in curve_epochs:
+    raise ValueError(f"curve_epochs={curve_epochs} must hold epochs={epochs}: the budget check compares the grid's "
+                     f"budget with the others")
 if lr_candidates and val_per_class is None:
     raise ValueError(f"lr_candidates={lr_candidates} needs val_per_class: the learning rate is chosen on validation "
                      f"images held out of the training split, never on the test split")
@@ -443,6 +450,53 @@ display(Markdown(f"Fine-tuning `{focus_blocks}`, methods at sparsity {focus_spar
 display(spread.round(2).unstack("method"))
 
 # %% [markdown]
+# ## Is the budget long enough?
+# With `curve_epochs`: dense fine-tuning and SNIP at the focus sparsity, fine-tuning the focus
+# blocks at every $k$, trained again on `curve_seeds` seeds for each budget in `curve_epochs` (the
+# grid's among them), each with its own cosine schedule, and tested every `curve_every` epochs. A
+# cosine schedule flattens every curve at its end by construction, so the curves show the shape and
+# the table answers the question: what a longer budget changes in the final accuracy, and in SNIP −
+# dense, paired on seeds after averaging over $k$ within a seed (exploratory).
+
+# %% tags=["hide-input"]
+if curve_epochs:
+    focus_runs_all = [r for r in runs if r.model == models[0] and r.train_blocks == focus_blocks and
+                      (r.method == "dense" or (r.method == "snip" and r.sparsity == focus_sparsity))]
+    budget = sweep(transfer.curve_runs(focus_runs_all, curve_epochs, curve_every, curve_seeds))
+    budget["run"] = budget.method.map({"dense": "dense", "snip": f"SNIP {focus_sparsity:.0%}"})
+    long = transfer.curves(budget)
+    mean_curves = long.groupby(["k", "run", "epochs", "epoch"]).acc.mean().reset_index()
+    fig, axes = plots.panels(len(ks), ncols=min(len(ks), 3), height=2.6)
+    for ax, k in zip(axes, ks):
+        for (name, length), part in mean_curves[mean_curves.k == k].groupby(["run", "epochs"]):
+            ax.plot(part.epoch, part.acc, marker=".", linestyle="-" if length == max(curve_epochs) else "--",
+                    color="C0" if name == "dense" else "C1", label=f"{name}, {length} epochs")
+        ax.axvline(epochs, color="0.6", linewidth=0.8)
+        ax.set_title(f"k = {k}", fontsize="medium")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy (%)")
+    for ax in axes[len(ks):]:
+        ax.set_visible(False)
+    plots.shared_legend(fig, axes[:len(ks)])
+    fig.suptitle(f"Mean test accuracy over {curve_seeds} seeds ({models[0]}, {focus_blocks}; grey: the grid's "
+                 f"{epochs} epochs)", fontsize="medium")
+    plt.show()
+    per_seed = stats.seed_means(budget, "final_acc", ["seed"], average_over=["k"], by=["run", "epochs"])
+    gains = stats.paired_difference(per_seed, "final_acc", baseline={"epochs": epochs}, variant=["epochs"],
+                                    pair_on=["seed"], group=["run"])
+    gains = gains.assign(reading=[stats.verdict(row, exploratory=True) for _, row in gains.iterrows()])
+    display(table(gains[["run", "epochs", "reading"]].rename(columns={"epochs": "budget (epochs)"}),
+                  caption=f"Final accuracy at each budget minus at {epochs} epochs (points, mean over k within a seed)"))
+    gaps = stats.paired_difference(per_seed, "final_acc", baseline={"run": "dense"}, variant=["run"], pair_on=["seed"],
+                                   group=["epochs"])
+    if len(gaps):
+        gaps = gaps.assign(reading=[stats.verdict(row, exploratory=True) for _, row in gaps.iterrows()])
+        display(table(gaps[["epochs", "run", "reading"]].rename(columns={"epochs": "budget (epochs)"}),
+                      caption="SNIP − dense final accuracy at each budget (points, mean over k within a seed)"))
+else:
+    display(Markdown("No budget check in this run (`curve_epochs` is empty): the grid's budget is not shown to suffice."))
+
+# %% [markdown]
 # ## Verdicts on the hypotheses
 # The write-up's hypotheses read from this run's paired differences in **final** accuracy: exploratory
 # and uncorrected (the tested answer is above). Computed from this run, so a rerun with other
@@ -529,7 +583,8 @@ display(breaks.unstack("train_blocks").reindex(columns=train_blocks).map(lambda 
 # - **Best accuracy flatters.** It is the best of the tests during training, chosen on the test
 #   set; the verdicts use the final accuracy, and with a validation set `test_at_best_val` is the
 #   test accuracy at the epoch validation picks. The offline chapters test every 15 of 30 epochs,
-#   so their best is the better of two tests, and the fall from best to final is a coarse measure.
+#   so their best is the better of two tests, and the fall from best to final is a coarse measure;
+#   "Is the budget long enough?" tests a few of their runs at every few epochs.
 # - **Few seeds.** With 3 to 5 seeds an interval is wide; "not detected at this power" means just
 #   that, and the seed-to-seed standard deviations are descriptive.
 # - **Offline sources are small.** A ResNet-18 pretrained for a few epochs on MNIST digits is a far

@@ -10,11 +10,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-NAMES = ("resnet18", "resnet20", "vgg11", "wrn16_2", "simple_convnet", "lenet300_100", "lenet5_caffe")
+NAMES = ("resnet18", "resnet20", "vgg11", "wrn16_2", "simple_convnet", "lenet300_100", "lenet5_caffe", "mlp400", "mlp1000")
 
-# The input each model is built for unless told otherwise: the SNIP paper's LeNets are MNIST
-# networks (so their parameter counts match the paper's), the rest CIFAR networks.
-DEFAULT_INPUT = {name: (1, 28) if name.startswith("lenet") else (3, 32) for name in NAMES}
+# The input each model is built for unless told otherwise: the SNIP paper's LeNets and the continual-
+# learning MLPs are MNIST networks (so their parameter counts match the papers'), the rest CIFAR networks.
+DEFAULT_INPUT = {name: (1, 28) if name.startswith(("lenet", "mlp")) else (3, 32) for name in NAMES}
 
 # Smallest square input each model accepts. Two floor-mode max-pool stacks
 # shrink the image to nothing below these; everything else pools adaptively.
@@ -166,6 +166,15 @@ def _lenet5_caffe(c: int, s: int) -> tuple[nn.Module, int]:
     return nn.Sequential(*convs, *fc), 500
 
 
+def _mlp(units: int):
+    """Two hidden layers of `units` ReLU units: van de Ven et al.'s continual-learning MLP (their
+    `fc_layers=3` counts the output layer), 400 units for Split MNIST and 1000 for Permuted MNIST."""
+    def build(c: int, s: int) -> tuple[nn.Module, int]:
+        return nn.Sequential(nn.Flatten(), nn.Linear(c * s * s, units), nn.ReLU(), nn.Linear(units, units),
+                             nn.ReLU()), units
+    return build
+
+
 _BUILDERS = {
     "resnet18": _resnet18,
     "resnet20": _resnet20,
@@ -174,6 +183,8 @@ _BUILDERS = {
     "simple_convnet": _simple_convnet,
     "lenet300_100": _lenet300_100,
     "lenet5_caffe": _lenet5_caffe,
+    "mlp400": _mlp(400),
+    "mlp1000": _mlp(1000),
 }
 assert tuple(_BUILDERS) == NAMES
 
@@ -220,7 +231,7 @@ def _check_positive(arg: str, value) -> None:
 def build(name: str, num_classes: int, in_channels: int | None = None, image_size: int | None = None,
           seed: int | None = None, init: str = "default") -> nn.Module:
     """Build model `name` for `in_channels` x `image_size`^2 inputs (default: `DEFAULT_INPUT[name]`,
-    1 x 28 x 28 for the LeNets, 3 x 32 x 32 for the rest).
+    1 x 28 x 28 for the LeNets and the MLPs, 3 x 32 x 32 for the rest).
 
     `init="default"`: Glorot normal with zero biases for the LeNets (the SNIP paper's "variance
     scaling"), He for the CNNs' convolutions. `init="variance_scaling"`: TensorFlow 1.x's default

@@ -26,7 +26,7 @@ import math
 import pandas as pd
 import torch
 
-from . import data, frozen, pretrained
+from . import checks, data, frozen, pretrained
 from .experiment import METHODS as PRUNING_METHODS
 from .experiment import DATA_FREE_METHODS, masks_for_method, method_scores, scoring
 from .loader import DeviceLoader
@@ -234,7 +234,9 @@ def fine_tune(run: TransferRun, device=None):
     `trained_weights`, how many parameters the optimiser updates (pruned ones excluded);
     `collapsed`, the number of trained layers pruned away entirely; `zero_score_fraction`, for a
     method that ranks by a SNIP saliency (`snip`, `snip_pseudo_labels`, `shuffled_snip`), the share
-    of the trained weights whose score was exactly 0 (`zero_fraction`), NaN for the other methods.
+    of the trained weights whose score was exactly 0 (`zero_fraction`), NaN for the other methods;
+    the learning curves: `test_epochs`, the epochs tested after (every `eval_every` and the last),
+    `test_curve` and `val_curve` (empty without a validation set), the accuracies (%) there.
     """
     device = torch.device(device) if device is not None else default_device()
     subset, val, test = target_splits(run)
@@ -262,7 +264,9 @@ def fine_tune(run: TransferRun, device=None):
                "density": 1 - pruned / scored if masks else 1.0,
                "trained_weights": sum(p.numel() for p in model.parameters() if p.requires_grad) - pruned,
                "collapsed": sum(int(not m.any()) for m in masks.values()),
-               "zero_score_fraction": zero_fraction(weight_scores) if ranks_by_snip else math.nan}
+               "zero_score_fraction": zero_fraction(weight_scores) if ranks_by_snip else math.nan,
+               "test_epochs": list(history.test_epochs), "test_curve": [100 * a for a in history.test_acc],
+               "val_curve": [100 * a for a in history.val_acc]}
     return results, model
 
 
@@ -316,6 +320,34 @@ def grid(source: str, target: str, models, ks, sparsities, methods, train_blocks
                     runs.append(TransferRun(**{**common, **lr, "method": "scratch", "train_blocks": "all",
                                                "bn_stats": "batch"}))
     return runs
+
+
+def curve_runs(runs, epochs, eval_every: int, seeds: int) -> list[TransferRun]:
+    """`runs` of the first `seeds` seeds, once for each number of `epochs` (each its own schedule,
+    the cosine decay stretched over it), tested every `eval_every` epochs: the learning curves
+    that show whether a grid's budget has flattened (`curves` reads them)."""
+    checks.integer("eval_every", eval_every, 1)
+    checks.integer("seeds", seeds, 1)
+    if not runs or not epochs:
+        raise ValueError(f"curve_runs needs runs and a list of epochs, got {len(runs)} runs and epochs={epochs!r}")
+    for count in epochs:
+        checks.integer("epochs", count, 1)
+    return list(dict.fromkeys(dataclasses.replace(run, epochs=count, eval_every=eval_every)
+                              for count in epochs for run in runs if run.seed < seeds))
+
+
+def curves(results: pd.DataFrame, which: str = "test") -> pd.DataFrame:
+    """One row per run and tested epoch of `results` (`fine_tune`'s, one row per run): the run's
+    columns, `epoch`, and `acc`, its `which` ('test' or 'val') accuracy (%) after that epoch."""
+    checks.one_of("which", which, ("test", "val"))
+    curve = f"{which}_curve"
+    missing = [c for c in ("test_epochs", curve) if c not in results.columns]
+    if missing:
+        raise ValueError(f"curves needs the runs' {missing}: runs recorded before fine_tune kept its curves lack them")
+    if (results[curve].map(len) != results.test_epochs.map(len)).any():
+        raise ValueError(f"some runs have no {which} accuracy at every tested epoch (val_per_class unset?)")
+    long = results.drop(columns=[c for c in ("test_curve", "val_curve") if c != curve]).explode(["test_epochs", curve])
+    return long.rename(columns={"test_epochs": "epoch", curve: "acc"}).astype({"epoch": int, "acc": float})
 
 
 def lr_grid(lrs, source: str, target: str, models, ks, train_blocks, seeds: int, **settings) -> list[TransferRun]:

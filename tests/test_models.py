@@ -45,11 +45,13 @@ CNN_COUNTS_3x32_100 = {
     "wrn16_2": 703_284,
     "simple_convnet": 119_588,
 }
-LENET_COUNTS_1x28_10 = {"lenet300_100": 266_610, "lenet5_caffe": 431_080}
+# mlp400 (1x28x28, 10): 784*400+400 + 400*400+400 + 400*10+10 = 314,000 + 160,400 + 4,010.
+# mlp1000 (1x28x28, 10): 784*1000+1000 + 1000*1000+1000 + 1000*10+10 = 785,000 + 1,001,000 + 10,010.
+MNIST_COUNTS_1x28_10 = {"lenet300_100": 266_610, "lenet5_caffe": 431_080, "mlp400": 478_410, "mlp1000": 1_796_010}
 
 
 def test_names_cover_all_pins():
-    assert set(NAMES) == set(CNN_COUNTS_3x32_100) | set(LENET_COUNTS_1x28_10)
+    assert set(NAMES) == set(CNN_COUNTS_3x32_100) | set(MNIST_COUNTS_1x28_10)
 
 
 @pytest.mark.parametrize("name", sorted(CNN_COUNTS_3x32_100))
@@ -57,16 +59,16 @@ def test_cnn_param_counts(name):
     assert n_params(build(name, 100, 3, 32)) == CNN_COUNTS_3x32_100[name]
 
 
-@pytest.mark.parametrize("name", sorted(LENET_COUNTS_1x28_10))
-def test_lenet_param_counts(name):
-    assert n_params(build(name, 10, 1, 28)) == LENET_COUNTS_1x28_10[name]
+@pytest.mark.parametrize("name", sorted(MNIST_COUNTS_1x28_10))
+def test_mnist_network_param_counts(name):
+    assert n_params(build(name, 10, 1, 28)) == MNIST_COUNTS_1x28_10[name]
 
 
-@pytest.mark.parametrize("name", sorted(LENET_COUNTS_1x28_10))
-def test_lenets_default_to_the_papers_mnist_input(name):
-    # The SNIP paper's LeNets are 28 x 28 MNIST networks: no extra arguments for its counts.
-    assert n_params(build(name, 10)) == LENET_COUNTS_1x28_10[name]
-    assert n_params(build(name, 10, in_channels=1)) == LENET_COUNTS_1x28_10[name]
+@pytest.mark.parametrize("name", sorted(MNIST_COUNTS_1x28_10))
+def test_mnist_networks_default_to_the_papers_mnist_input(name):
+    # The SNIP paper's LeNets and van de Ven's MLPs are 28 x 28 MNIST networks: no extra arguments for their counts.
+    assert n_params(build(name, 10)) == MNIST_COUNTS_1x28_10[name]
+    assert n_params(build(name, 10, in_channels=1)) == MNIST_COUNTS_1x28_10[name]
 
 
 def test_counts_at_ten_classes_match_published_figures():

@@ -96,7 +96,8 @@ def test_scratch_trains_the_same_architecture_from_a_random_start():
 def test_a_run_reports_accuracy_density_and_what_it_trained():
     results = transfer.run_transfer(tiny(method="magnitude", sparsity=0.5, train_blocks="head"), device="cpu")
     assert set(results) == {"final_acc", "best_acc", "density", "trained_weights", "collapsed", "val_acc",
-                            "best_val_acc", "test_at_best_val", "zero_score_fraction"}
+                            "best_val_acc", "test_at_best_val", "zero_score_fraction", "test_epochs", "test_curve",
+                            "val_curve"}
     assert 0 <= results["final_acc"] <= results["best_acc"] <= 100
     # no validation set, no validation numbers; magnitude ranks by no SNIP saliency
     assert all(math.isnan(results[k]) for k in ("val_acc", "best_val_acc", "test_at_best_val",
@@ -346,3 +347,32 @@ def test_the_frozen_stages_see_a_test_set_once_per_process(monkeypatch):
     assert calls == [100, 10, 10]  # the test sample once, then each seed's own 2-shot subset
     transfer.run_transfer(tiny(train_blocks="all", seed=2, test_per_class=20), device="cpu")
     assert len(calls) == 3  # a run training every stage runs the whole network
+
+
+def test_a_run_records_its_learning_curves_and_curves_lays_them_out_one_row_per_epoch():
+    run = tiny(epochs=3, eval_every=2, val_per_class=5, lr=0.002)
+    results, _ = transfer.fine_tune(run, device="cpu")
+    assert results["test_epochs"] == [2, 3]  # every eval_every, and the last
+    assert results["test_curve"][-1] == results["final_acc"] and results["val_curve"][-1] == results["val_acc"]
+    assert max(results["test_curve"]) == results["best_acc"]
+    table = pd.DataFrame([{"seed": 0, **results}, {"seed": 1, **results, "test_curve": [10.0, 20.0]}])
+    long = transfer.curves(table)
+    assert list(zip(long.seed, long.epoch, long.acc)) == [
+        (0, 2, results["test_curve"][0]), (0, 3, results["test_curve"][1]), (1, 2, 10.0), (1, 3, 20.0)]
+    assert transfer.curves(table, "val").acc.tolist() == results["val_curve"] * 2
+    with pytest.raises(ValueError, match="no val accuracy"):
+        transfer.curves(table.assign(val_curve=[[], []]), "val")
+    with pytest.raises(ValueError, match="recorded before"):
+        transfer.curves(table.drop(columns=["test_curve"]))
+
+
+def test_curve_runs_trains_the_first_seeds_once_per_budget_and_tests_them_often():
+    runs = [tiny(seed=s, method=m, sparsity=0.9 if m == "snip" else 0.0) for s in range(4) for m in ("dense", "snip")]
+    longer = transfer.curve_runs(runs + runs[:2], [1, 4], eval_every=2, seeds=2)
+    assert sorted((r.epochs, r.seed, r.method) for r in longer) == sorted(
+        (e, s, m) for e in (1, 4) for s in (0, 1) for m in ("dense", "snip"))  # the repeated runs once
+    assert {r.eval_every for r in longer} == {2}
+    with pytest.raises(ValueError, match="epochs"):
+        transfer.curve_runs(runs, [], eval_every=2, seeds=2)
+    with pytest.raises(ValueError, match="eval_every"):
+        transfer.curve_runs(runs, [4], eval_every=0, seeds=2)
