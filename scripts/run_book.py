@@ -105,8 +105,6 @@ LOADED_CPU = "CPU, 2 cores, shared"
 # `--quick --only CHAPTER --out DIR` on real MNIST / UCI digits from an empty checkpoint cache (a source
 # pretrained in the run), nothing else running (2026-12-04; chapter 03 on 2026-12-05).
 QUICK_IDLE = "CPU, 2 cores, idle"
-# Estimated from single runs timed in a pilot, before the chapter ran this way.
-PILOT_CPU = "CPU, 2 cores (estimated from a pilot)"
 
 # The learning rate is chosen on a validation split held out of the target's training images (issue 20):
 # the 0.05 of earlier runs came from a pilot read on test accuracy. The budget check (issue 20) trains
