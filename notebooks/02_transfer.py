@@ -478,7 +478,7 @@ if curve_epochs:
     for ax in axes[len(ks):]:
         ax.set_visible(False)
     plots.shared_legend(fig, axes[:len(ks)])
-    fig.suptitle(f"Mean test accuracy over {curve_seeds} seeds ({models[0]}, {focus_blocks}; grey: the grid's "
+    fig.suptitle(f"Mean test accuracy over {curve_seeds} seeds ({models[0]}, `{focus_blocks}`; grey: the grid's "
                  f"{epochs} epochs)", fontsize="medium")
     plt.show()
     per_seed = stats.seed_means(budget, "final_acc", ["seed"], average_over=["k"], by=["run", "epochs"])
