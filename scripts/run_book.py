@@ -136,9 +136,10 @@ CHAPTERS = [
             quick_cost=Cost(117 / 60, QUICK_IDLE)),
     # MNIST is the real data the project's own machines have: a grid sized for a CPU.
     Chapter("01_few_shot_mnist", "01_few_shot", "Experiment 1 on MNIST: does SNIP help few-shot learning from scratch?",
-            # 10 seeds (issue 20): at 5 its declared contrasts could detect only about ±5 to ±12 points.
+            # 10 seeds (issue 20): at 5 its declared contrasts could detect only about ±5 to ±12 points. 52.6 min
+            # (2026-12-05) with chapter 02's budget check beside it, its 2 workers on the same 2 cores.
             dict(dataset="mnist", models=["simple_convnet"], sparsities=[0.9, 0.95], seeds=10, eval_every=10),
-            cost=Cost(36, LOADED_CPU),
+            cost=Cost(53, LOADED_CPU),
             quick=dict(ks=[1, 5], sparsities=[0.9], methods=["snip", "random"], seeds=2, epochs=5, eval_every=5), quick_cost=Cost(27 / 60, QUICK_IDLE)),
     Chapter("01_few_shot_cifar100", "01_few_shot",
             "Experiment 1 on CIFAR-100: does SNIP help few-shot learning from scratch?",
