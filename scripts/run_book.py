@@ -159,8 +159,8 @@ CHAPTERS = [
             # three epochs of digits 0-4): through the CIFAR stem an epoch costs about 20 minutes on 2 cores.
             dict(source="mnist", target="uci_digits", source_epochs=1, **TRANSFER_CPU),
             # 2 h 28 min with its source pretrained in the run (2026-12-05, a helper's tests and CI beside it),
-            # without the budget check, which had half of its 60 runs after 17 minutes beside chapter 01 (about 35 more).
-            cost=Cost(148 + 35, LOADED_CPU), quick=TRANSFER_QUICK, quick_cost=Cost(104 / 60, QUICK_IDLE)),
+            # and 33 for the budget check's 60 runs (2026-12-05: 17 minutes beside chapter 01, then 16 alone).
+            cost=Cost(148 + 33, LOADED_CPU), quick=TRANSFER_QUICK, quick_cost=Cost(104 / 60, QUICK_IDLE)),
     Chapter("02_transfer_cifar100", "02_transfer",
             "Experiment 2: does SNIP help fine-tuning ImageNet's ResNet-18 to CIFAR-100?",
             dict(source="imagenet", target="cifar100"), on_demand=True),
