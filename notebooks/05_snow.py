@@ -197,8 +197,8 @@ def make_runs(lrs):
 
 runs, base, all_runs = make_runs(lrs)
 search = (snowrun.lr_grid(lr_candidates, source, target, models, focus_k, lr_seeds,
-                          **{**common, "epochs": (full_epochs or epochs) if focus_k is None else epochs},
-                          m=m, width_divisor=width_divisor, **learning) if lr_candidates else [])
+                          **common, epochs=base.epochs, m=m, width_divisor=width_divisor, **learning)
+          if lr_candidates else [])
 rates = (", ".join(f"{method.upper()} {lr:g}" for method, lr in lrs.items() if method not in lr_candidates)
          + "".join(f", {method.upper()} chosen on validation among {candidates}"
                    for method, candidates in lr_candidates.items())).strip(", ")
