@@ -114,6 +114,7 @@ batch_size = 32
 lr = 0.01  # every fine-tuning run, unless lr_candidates chooses it
 lr_candidates = []  # choose the fine-tuning lr among these on validation (needs val_per_class); []: use lr
 lr_seeds = 2  # seeds of that choice
+lr_extensions = 2  # while the chosen lr is the largest or smallest tried, try one grid step further out, at most this often
 val_per_class = None  # training images per class held out for validation, apart from every k-shot subset; None: none
 scratch_lr = 0.05  # training from scratch: Experiment 1's learning rate
 bn_stats = "source"  # BatchNorm of the trained blocks: "source" statistics, or each "batch"'s
@@ -149,7 +150,7 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from snipnb import data, devices, plots, pretrained, provenance, stats, transfer
+from snipnb import checks, data, devices, plots, pretrained, provenance, stats, transfer, tuning
 from snipnb.cluster import cluster_executor
 from snipnb.contrasts import Contrast, check_contrasts
 from snipnb.notebook import check_parameters, pick
@@ -170,6 +171,7 @@ stem = stem or ("imagenet" if source == "imagenet" else "cifar")
 if curve_epochs and epochs not in curve_epochs:
     raise ValueError(f"curve_epochs={curve_epochs} must hold epochs={epochs}: the budget check compares the grid's "
                      f"budget with the others")
+checks.integer("lr_extensions", lr_extensions, 0)
 if lr_candidates and val_per_class is None:
     raise ValueError(f"lr_candidates={lr_candidates} needs val_per_class: the learning rate is chosen on validation "
                      f"images held out of the training split, never on the test split")
@@ -258,25 +260,36 @@ display(pd.DataFrame(sources))
 # ## The learning rate
 # With `lr_candidates`: dense fine-tuning of every pruned block setting at every $k$, on `lr_seeds`
 # seeds, at each candidate; the mean validation accuracy after the last epoch (%) picks the rate
-# every fine-tuning run below uses. No test accuracy is read.
+# every fine-tuning run below uses. A rate chosen at the largest or smallest candidate is only a
+# bound, so the grid then gains the next rate one step further out and the choice is made again (at
+# most `lr_extensions` times). No test accuracy is read.
 
 # %% tags=["hide-input"]
 sweep = functools.partial(run_sweep, functools.partial(transfer.run_transfer, device=device),
                           folder=f"{results_dir}/{source.replace(':', '_')}_to_{target.replace(':', '_')}",
                           workers=workers, shard=shard, progress=progress, executor=executor, reuse=reuse,
                           device=functools.partial(provenance.device_name, device))
-if lr_candidates:
-    search = transfer.lr_grid(lr_candidates, source, target, models, ks, train_blocks, lr_seeds, **settings)
+tried = sorted(set(lr_candidates))
+for extension in range(lr_extensions + 1 if lr_candidates else 0):
+    search = transfer.lr_grid(tried, source, target, models, ks, train_blocks, lr_seeds, **settings)
     searched = sweep(search)
     if len(searched) < len(search):
         raise RuntimeError(f"the learning-rate search has {len(searched)} of its {len(search)} runs (shard {shard} "
                            f"ran its slice): run every shard, then run again to choose the rate and go on")
     lr, lr_table = transfer.select_lr(searched)
+    further = tuning.past_edge(tried, lr)
+    if further is None or extension == lr_extensions:
+        break
+    tried = sorted(tried + [further])
+lr_at_edge = bool(lr_candidates) and tuning.at_edge(tried, lr)
+if lr_candidates:
     settings["lr"] = lr
     runs = make_grid(**settings)
     display(lr_table.round(2))
-    display(Markdown(f"**Chosen learning rate: {lr}**, the highest mean validation accuracy over "
-                     f"{len(search) // len(set(lr_candidates))} runs per candidate."))
+    display(Markdown(f"**Chosen learning rate: {lr}** among {tried}, the highest mean validation accuracy over "
+                     f"{len(search) // len(tried)} runs per candidate."
+                     + (f" It is still the edge of the grid after {lr_extensions} extension"
+                        f"{'s' * (lr_extensions != 1)}: the best rate may lie further out." if lr_at_edge else "")))
 else:
     display(Markdown(f"The learning rate {lr} was given (`lr`), not chosen here."))
 
@@ -579,7 +592,8 @@ display(breaks.unstack("train_blocks").reindex(columns=train_blocks).map(lambda 
 #   whether this run chose it on its validation set (on dense fine-tuning, so the baseline gets
 #   the tuned rate and the pruned networks share it) or was given it. A given rate was chosen
 #   outside this notebook: the offline chapters' first rate came from a pilot read on a test split,
-#   which is why the choice on validation exists.
+#   which is why the choice on validation exists. A rate chosen at the edge of its grid, even after
+#   the grid was widened, is a bound, and "The learning rate" says so.
 # - **Best accuracy flatters.** It is the best of the tests during training, chosen on the test
 #   set; the verdicts use the final accuracy, and with a validation set `test_at_best_val` is the
 #   test accuracy at the epoch validation picks. The offline chapters test every 15 of 30 epochs,

@@ -99,6 +99,7 @@ batch_size = 64
 lrs = {"snow": 0.1, "ft": 0.01, "fe": 0.01, "fo": 0.1}  # the learning rate of each method
 lr_candidates = {}  # method -> rates: choose its rate among them on validation (needs val_per_class); {}: lrs as given
 lr_seeds = 2  # seeds of the learning-rate search (at focus_k)
+lr_extensions = 2  # while a chosen rate is a grid's largest or smallest, try one step further out, at most this often
 weight_decay = 5e-4
 image_size = 224  # the size the networks run at; a self-pretrained source is pretrained at it
 stem = "imagenet"  # the source's stem: "imagenet" (7x7 stride 2, max-pool) or "cifar" (3x3 stride 1; self-pretrained)
@@ -149,7 +150,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from snipnb import checks, data, devices, plots, pretrained, provenance, snow, snowrun, stats
+from snipnb import checks, data, devices, plots, pretrained, provenance, snow, snowrun, stats, tuning
 from snipnb.cluster import cluster_executor
 from snipnb.contrasts import Contrast, check_contrasts
 from snipnb.notebook import check_parameters, pick
@@ -162,6 +163,7 @@ if lr_candidates and val_per_class is None:
     raise ValueError(f"lr_candidates={lr_candidates} needs val_per_class: the learning rates are chosen on validation "
                      f"images held out of the training split, never on the test split")
 checks.integer("lr_seeds", lr_seeds, 1)
+checks.integer("lr_extensions", lr_extensions, 0)
 checks.integer("seeds", seeds, 1)
 checks.integer("epochs", epochs, 1)
 focus_k = pick("focus_k", focus_k, ks)
@@ -196,9 +198,15 @@ def make_runs(lrs):
 
 
 runs, base, all_runs = make_runs(lrs)
-search = (snowrun.lr_grid(lr_candidates, source, target, models, focus_k, lr_seeds,
-                          **common, epochs=base.epochs, m=m, width_divisor=width_divisor, **learning)
-          if lr_candidates else [])
+
+
+def search_runs(tried):
+    """The learning-rate search's runs over the candidates `tried` (method -> rates)."""
+    return snowrun.lr_grid(tried, source, target, models, focus_k, lr_seeds, **common, epochs=base.epochs, m=m,
+                           width_divisor=width_divisor, **learning)
+
+
+search = search_runs(lr_candidates) if lr_candidates else []
 rates = (", ".join(f"{method.upper()} {lr:g}" for method, lr in lrs.items() if method not in lr_candidates)
          + "".join(f", {method.upper()} chosen on validation among {candidates}"
                    for method, candidates in lr_candidates.items())).strip(", ")
@@ -276,11 +284,15 @@ display(table(pd.DataFrame(sources)))
 # on `lr_seeds` seeds (SNOW with its learned selection, at the chapter's setting); the highest mean
 # accuracy on the validation images held out of the training split (`val_per_class`, after the last
 # epoch) picks the rate every run of that method uses below, SNOW·SNIP, SNOW·random, the
-# seed's setting and the ablations included. No test accuracy is read.
+# seed's setting and the ablations included. A rate chosen at the largest or smallest candidate is
+# only a bound, so the grid then gains the next rate one step further out and the choice is made
+# again (at most `lr_extensions` times). No test accuracy is read.
 
 # %% tags=["hide-input"]
 folder = f"{results_dir}/{source.replace(':', '_')}_to_{target.replace(':', '_')}"
-if search:
+tried = {method: sorted(rates) for method, rates in lr_candidates.items()}
+for extension in range(lr_extensions + 1 if search else 0):
+    search = search_runs(tried)
     searched = run_sweep(functools.partial(snowrun.run_snow, device=run_device), search, f"{folder}/lr_search",
                          workers=workers, shard=shard, executor=executor, progress=False, reuse=reuse,
                          device=functools.partial(provenance.device_name, run_device))
@@ -288,15 +300,27 @@ if search:
         raise RuntimeError(f"the learning-rate search has {len(searched)} of its {len(search)} runs (shard {shard} "
                            f"ran its slice): run every shard, then run again to choose the rates and go on")
     chosen, lr_table = snowrun.select_lrs(searched)
+    further = {method: tuning.past_edge(tried[method], lr) for method, lr in chosen.items()}
+    further = {method: lr for method, lr in further.items() if lr is not None}
+    if not further or extension == lr_extensions:
+        break
+    tried = {method: sorted(rates + [further[method]]) if method in further else rates
+             for method, rates in tried.items()}
+if search:
     lrs = {**lrs, **chosen}
     runs, base, all_runs = make_runs(lrs)
-    rates = ", ".join(f"{method.upper()} {lr:g}" + (f" (chosen among {lr_candidates[method]})"
-                                                     if method in lr_candidates else "") for method, lr in lrs.items())
+    rates = ", ".join(f"{method.upper()} {lr:g}" + (f" (chosen among {tried[method]})" if method in tried else "")
+                      for method, lr in lrs.items())
+    edges = [method.upper() for method, lr in chosen.items() if tuning.at_edge(tried[method], lr)]
     lr_table = lr_table.reset_index().assign(method=lambda t: t.method.str.upper())
     display(table(lr_table.round(2), caption="Mean validation accuracy (%) of each candidate learning rate"))
     display(Markdown("**Chosen:** " + ", ".join(f"{method.upper()} {lr:g}" for method, lr in chosen.items())
-                     + f" ({lr_seeds} seed{'s' * (lr_seeds > 1)} per candidate, k = {k_label(focus_k)})."))
+                     + f" ({lr_seeds} seed{'s' * (lr_seeds > 1)} per candidate, k = {k_label(focus_k)})."
+                     + (f" {', '.join(edges)} still chose the edge of {'its' if len(edges) == 1 else 'their'} grid "
+                        f"after {lr_extensions} extension{'s' * (lr_extensions != 1)}: the best rate may lie further "
+                        f"out." if edges else "")))
 else:
+    edges = []
     display(Markdown(f"The learning rates ({rates}) were given (`lrs`), not chosen here."))
 
 # %% [markdown]
@@ -666,14 +690,17 @@ display(Markdown("\n".join(findings)))
 # ## Limits
 
 # %% tags=["remove-input"]
-tuning = (f"learning rates {rates}; those chosen were chosen at k = {k_label(focus_k)} on {lr_seeds} "
-          f"seed{'s' * (lr_seeds > 1)}, on {val_per_class} images per class held out of the training split, and are "
-          f"used for every k and seed" if lr_candidates else
-          f"one learning rate per method ({rates}), the same for every k and seed, not tuned on a validation split"
-          + ("; the offline chapters' rates come from a one-seed pilot on the same pairs, read on their test splits, "
-             "so they are not independent of them" if source != "imagenet" else ""))
+tuning_note = (f"learning rates {rates}; those chosen were chosen at k = {k_label(focus_k)} on {lr_seeds} "
+               f"seed{'s' * (lr_seeds > 1)}, on {val_per_class} images per class held out of the training split, "
+               f"and are used for every k and seed"
+               + (f"; {', '.join(edges)} chose the edge of a grid widened {lr_extensions} times, so "
+                  f"{'its rate is' if len(edges) == 1 else 'their rates are'} a bound, not an optimum" if edges else "")
+               if lr_candidates else
+               f"one learning rate per method ({rates}), the same for every k and seed, not tuned on a validation split"
+               + ("; the offline chapters' rates come from a one-seed pilot on the same pairs, read on their test "
+                  "splits, so they are not independent of them" if source != "imagenet" else ""))
 limits = [f"- Source `{source}`, target `{target}`; {seeds} seeds; {epochs} epochs for few-shot runs"
-          + (f" and {full_epochs or epochs} on the whole training split" if None in ks else "") + f"; {tuning}.",
+          + (f" and {full_epochs or epochs} on the whole training split" if None in ks else "") + f"; {tuning_note}.",
           f"- The ablations run at one k ({k_label(focus_k)}) and one model ({models[0]}), one setting at a time; "
           f"interactions between M, σ and the width divisor are not measured.",
           "- Images per second are measured inside each run, on a copy of the trained network, with a batch of "

@@ -116,14 +116,14 @@ TRANSFER_CPU = dict(image_size=32, train_blocks=["last_block"], reference_blocks
 # takes about 10 minutes on 2 cores (the page's smoke banner says its numbers are a smoke run's).
 TRANSFER_QUICK = dict(source_epochs=1, stem="imagenet", ks=[1, 5], sparsities=[0.9], methods=["snip", "random"], seeds=2, epochs=4,
                       eval_every=2, test_per_class=50, reference_blocks=["head"], lr_candidates=[0.01, 0.1], lr_seeds=1,
-                      workers=1, curve_epochs=[])
+                      lr_extensions=0, workers=1, curve_epochs=[])
 SNOW_CPU = dict(models=["resnet18"], image_size=32, stem="cifar", seeds=5, epochs=60, eval_every=20, val_per_class=10,
                 lr_candidates={"snow": [0.05, 0.1, 0.2], "ft": [0.01, 0.05, 0.1], "fe": [0.05, 0.1, 0.2],
                                "fo": [0.1, 0.3, 1.0]}, lr_seeds=2)
 CONTINUAL_QUICK = dict(seeds=2, search_seeds=1, epochs=1, permuted_epochs=1, permuted_tasks=3,
                        importance_examples=128, probe_examples=200)
 # Like TRANSFER_QUICK, through the ImageNet stem, whose source pretrains in seconds; the search on SNOW's rate only.
-SNOW_QUICK = dict(stem="imagenet", lr_candidates={"snow": [0.05, 0.2]}, lr_seeds=1,
+SNOW_QUICK = dict(stem="imagenet", lr_candidates={"snow": [0.05, 0.2]}, lr_seeds=1, lr_extensions=0,
                   ks=[10], focus_k=10, seeds=2, epochs=4, eval_every=2, source_epochs=1, test_per_class=50,
                   ablate_m=[4], ablate_sigma=[0.0], ablate_width_divisor=[16], serving_tasks=[1, 2], timing_batch=16)
 

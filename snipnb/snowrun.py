@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import checks, data, frozen, pretrained, snow
+from . import checks, data, frozen, pretrained, snow, tuning
 from .loader import DeviceLoader
 from .train import default_device, fit, make_optimizer, resolve_device
 
@@ -673,7 +673,7 @@ def select_lrs(results: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
     if table.groupby("method").runs.nunique().max() != 1:
         raise ValueError(f"select_lrs compares a method's learning rates over the same runs, but they have "
                          f"{table.runs.to_dict()} runs each")
-    chosen = {method: float(rates.droplevel("method").val_acc.idxmax())
+    chosen = {method: tuning.best(rates.droplevel("method").val_acc)
               for method, rates in table.groupby("method", sort=False)}
     return chosen, table
 

@@ -26,7 +26,7 @@ import math
 import pandas as pd
 import torch
 
-from . import checks, data, frozen, pretrained
+from . import checks, data, frozen, pretrained, tuning
 from .experiment import METHODS as PRUNING_METHODS
 from .experiment import DATA_FREE_METHODS, masks_for_method, method_scores, scoring
 from .loader import DeviceLoader
@@ -378,4 +378,4 @@ def select_lr(results: pd.DataFrame) -> tuple[float, pd.DataFrame]:
     table = view.pivot_table(index="lr", columns=["model", "train_blocks", "k"], values="val_acc", aggfunc="mean")
     table.columns = [f"{model} {blocks}, k = {k}" for model, blocks, k in table.columns]
     table["all"] = view.groupby("lr").val_acc.mean()
-    return float(table["all"].idxmax()), table
+    return tuning.best(table["all"]), table
