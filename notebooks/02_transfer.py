@@ -269,27 +269,28 @@ sweep = functools.partial(run_sweep, functools.partial(transfer.run_transfer, de
                           folder=f"{results_dir}/{source.replace(':', '_')}_to_{target.replace(':', '_')}",
                           workers=workers, shard=shard, progress=progress, executor=executor, reuse=reuse,
                           device=functools.partial(provenance.device_name, device))
-tried = sorted(set(lr_candidates))
-for extension in range(lr_extensions + 1 if lr_candidates else 0):
-    search = transfer.lr_grid(tried, source, target, models, ks, train_blocks, lr_seeds, **settings)
+
+
+def choose(tried):
+    """The fine-tuning rate among `tried["lr"]`, on validation; runs already recorded are reused."""
+    search = transfer.lr_grid(tried["lr"], source, target, models, ks, train_blocks, lr_seeds, **settings)
     searched = sweep(search)
     if len(searched) < len(search):
         raise RuntimeError(f"the learning-rate search has {len(searched)} of its {len(search)} runs (shard {shard} "
                            f"ran its slice): run every shard, then run again to choose the rate and go on")
     lr, lr_table = transfer.select_lr(searched)
-    further = tuning.past_edge(tried, lr)
-    if further is None or extension == lr_extensions:
-        break
-    tried = sorted(tried + [further])
-lr_at_edge = bool(lr_candidates) and tuning.at_edge(tried, lr)
+    return {"lr": lr}, (lr_table, len(search) // len(tried["lr"]))
+
+
 if lr_candidates:
-    settings["lr"] = lr
+    chosen, (lr_table, runs_each), tried, edges = tuning.widen({"lr": lr_candidates}, choose, lr_extensions)
+    settings["lr"] = lr = chosen["lr"]
     runs = make_grid(**settings)
     display(lr_table.round(2))
-    display(Markdown(f"**Chosen learning rate: {lr}** among {tried}, the highest mean validation accuracy over "
-                     f"{len(search) // len(tried)} runs per candidate."
+    display(Markdown(f"**Chosen learning rate: {lr}** among {tried['lr']}, the highest mean validation accuracy over "
+                     f"{runs_each} runs per candidate."
                      + (f" It is still the edge of the grid after {lr_extensions} extension"
-                        f"{'s' * (lr_extensions != 1)}: the best rate may lie further out." if lr_at_edge else "")))
+                        f"{'s' * (lr_extensions != 1)}: the best rate may lie further out." if edges else "")))
 else:
     display(Markdown(f"The learning rate {lr} was given (`lr`), not chosen here."))
 

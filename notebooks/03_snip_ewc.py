@@ -74,7 +74,7 @@ optimizer = "adam"
 lr = 0.001
 weight_decay = 0.0
 lambdas = [0.01, 0.1, 1, 10, 100, 1000, 10000]  # coarse λ grid (decades); importances have mean 1
-lambda_extensions = 2  # decades added, at most, where the best λ sits at the coarse grid's edge
+lambda_extensions = 2  # grid steps added, at most, while the best λ sits at an edge (a decade on a decade grid)
 lambda_refine = True  # then half-decades either side of the best λ
 online = False  # one running importance instead of one penalty term per task
 fisher_labels = "empirical"  # or "sampled" (the true Fisher)
@@ -108,7 +108,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from snipnb import checks, continual_report, data, devices, plots, provenance, published, report, stats
+from snipnb import checks, continual_report, data, devices, plots, provenance, published, report, stats, tuning
 from snipnb.cluster import cluster_executor
 from snipnb.continual import EWC_STRATEGIES
 from snipnb.contrasts import check_contrasts, evaluate_contrasts
@@ -243,32 +243,22 @@ def validation_means(found):
 
 
 def search_lambda(name):
-    """Coarse decades, extended while the best λ sits at an edge, then (`lambda_refine`) half-decades
-    around the best. Returns every validation run and the chosen λ per variant."""
-    tried = {s: sorted(rounded(lam) for lam in lambdas) for s in VARIANTS}
+    """Coarse decades, widened while the best λ sits at an edge (`tuning.widen`), then
+    (`lambda_refine`) half-decades around the best. Returns every validation run and the chosen λ
+    per variant."""
 
-    def run():
-        return sweep([search_run(name, s, lam, seed) for s in VARIANTS for lam in tried[s]
-                      for seed in range(search_seeds)], desc=f"λ search, {name}")
-
-    found = run()
-    for _ in range(lambda_extensions):
+    def choose(tried):
+        found = sweep([search_run(name, s, lam, seed) for s in VARIANTS for lam in tried[s]
+                       for seed in range(search_seeds)], desc=f"λ search, {name}")
         means = validation_means(found)
-        edge = {s: rounded(tried[s][0] / 10 if means[s].idxmax() == tried[s][0] else tried[s][-1] * 10)
-                for s in VARIANTS if means[s].idxmax() in (tried[s][0], tried[s][-1])}
-        if not edge:
-            break
-        for s, lam in edge.items():
-            tried[s] = sorted(tried[s] + [lam])
-        found = run()
-    means = validation_means(found)
+        return {s: tuning.best(means[s]) for s in VARIANTS}, found
+
+    start = sorted(rounded(lam) for lam in lambdas)
+    best, found, tried, _ = tuning.widen({s: start for s in VARIANTS}, choose, lambda_extensions)
     if lambda_refine:
-        for s in VARIANTS:
-            best = means[s].idxmax()
-            tried[s] = sorted(set(tried[s]) | {rounded(best * 10 ** step) for step in (-0.5, 0.5)})
-        found = run()
-        means = validation_means(found)
-    return found, {s: float(means[s].idxmax()) for s in VARIANTS}
+        best, found = choose({s: sorted(set(tried[s]) | {rounded(best[s] * 10 ** step) for step in (-0.5, 0.5)})
+                              for s in VARIANTS})
+    return found, best
 
 
 searches, chosen = {}, {}

@@ -206,7 +206,8 @@ def search_runs(tried):
                            width_divisor=width_divisor, **learning)
 
 
-search = search_runs(lr_candidates) if lr_candidates else []
+if lr_candidates:
+    search_runs(lr_candidates)  # a bad candidate stops the notebook here, before any run
 rates = (", ".join(f"{method.upper()} {lr:g}" for method, lr in lrs.items() if method not in lr_candidates)
          + "".join(f", {method.upper()} chosen on validation among {candidates}"
                    for method, candidates in lr_candidates.items())).strip(", ")
@@ -290,8 +291,10 @@ display(table(pd.DataFrame(sources)))
 
 # %% tags=["hide-input"]
 folder = f"{results_dir}/{source.replace(':', '_')}_to_{target.replace(':', '_')}"
-tried = {method: sorted(rates) for method, rates in lr_candidates.items()}
-for extension in range(lr_extensions + 1 if search else 0):
+
+
+def choose(tried):
+    """Each method's rate among `tried`, on validation; runs already recorded are reused."""
     search = search_runs(tried)
     searched = run_sweep(functools.partial(snowrun.run_snow, device=run_device), search, f"{folder}/lr_search",
                          workers=workers, shard=shard, executor=executor, progress=False, reuse=reuse,
@@ -299,19 +302,17 @@ for extension in range(lr_extensions + 1 if search else 0):
     if len(searched) < len(search):
         raise RuntimeError(f"the learning-rate search has {len(searched)} of its {len(search)} runs (shard {shard} "
                            f"ran its slice): run every shard, then run again to choose the rates and go on")
-    chosen, lr_table = snowrun.select_lrs(searched)
-    further = {method: tuning.past_edge(tried[method], lr) for method, lr in chosen.items()}
-    further = {method: lr for method, lr in further.items() if lr is not None}
-    if not further or extension == lr_extensions:
-        break
-    tried = {method: sorted(rates + [further[method]]) if method in further else rates
-             for method, rates in tried.items()}
-if search:
+    return snowrun.select_lrs(searched)
+
+
+edges = []
+if lr_candidates:
+    chosen, lr_table, tried, edges = tuning.widen(lr_candidates, choose, lr_extensions)
+    edges = [method.upper() for method in edges]
     lrs = {**lrs, **chosen}
     runs, base, all_runs = make_runs(lrs)
     rates = ", ".join(f"{method.upper()} {lr:g}" + (f" (chosen among {tried[method]})" if method in tried else "")
                       for method, lr in lrs.items())
-    edges = [method.upper() for method, lr in chosen.items() if tuning.at_edge(tried[method], lr)]
     lr_table = lr_table.reset_index().assign(method=lambda t: t.method.str.upper())
     display(table(lr_table.round(2), caption="Mean validation accuracy (%) of each candidate learning rate"))
     display(Markdown("**Chosen:** " + ", ".join(f"{method.upper()} {lr:g}" for method, lr in chosen.items())
@@ -320,7 +321,6 @@ if search:
                         f"after {lr_extensions} extension{'s' * (lr_extensions != 1)}: the best rate may lie further "
                         f"out." if edges else "")))
 else:
-    edges = []
     display(Markdown(f"The learning rates ({rates}) were given (`lrs`), not chosen here."))
 
 # %% [markdown]

@@ -166,7 +166,7 @@ CHAPTERS = [
             dict(source="imagenet", target="cifar100"), on_demand=True),
     # Split-MNIST with an MLP, as van de Ven et al. run it; Split CIFAR-100 with ResNet-18 as the write-up.
     Chapter("03_snip_ewc_mnist", "03_snip_ewc", "Experiment 3 on MNIST: can SNIP saliency replace the Fisher in EWC?",
-            dict(dataset="mnist", model="lenet300_100", seeds=5, search_seeds=2, epochs=3, permuted_epochs=1,
+            dict(dataset="mnist", model="lenet300_100", seeds=10, search_seeds=2, epochs=3, permuted_epochs=1,
                  importance_examples=512, probe_examples=1000, lambdas=[0.001, 0.01, 0.1, 1, 10],
                  lambda_extensions=2), cost=Cost(50, LOADED_CPU),
             quick=dict(CONTINUAL_QUICK, lambdas=[1.0], lambda_extensions=0, lambda_refine=False), quick_cost=Cost(116 / 60, QUICK_IDLE)),
@@ -184,7 +184,7 @@ CHAPTERS = [
             dict(dataset="cifar100"), on_demand=True),
     Chapter("04_snip_packnet_mnist", "04_snip_packnet",
             "Experiment 4 on MNIST: does SNIP pick better weights for PackNet?",
-            dict(dataset="mnist", model="lenet300_100", seeds=5, search_seeds=2, epochs=4, permuted_epochs=2,
+            dict(dataset="mnist", model="lenet300_100", seeds=10, search_seeds=2, epochs=4, permuted_epochs=2,
                  retrain_epochs=1, importance_examples=512, probe_examples=1000, keeps=[None, 0.25, 0.5]),
             cost=Cost(33, LOADED_CPU),
             quick=dict(CONTINUAL_QUICK, epochs=2, permuted_epochs=2, keeps=[None, 0.5]), quick_cost=Cost(136 / 60, QUICK_IDLE)),

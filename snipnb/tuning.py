@@ -38,6 +38,25 @@ def past_edge(tried, chosen: float) -> float | None:
     return _two_digits(chosen * rates[0] / rates[1])
 
 
+def widen(tried: dict, choose, extensions: int):
+    """Choose each key's rate among `tried` (key -> candidate rates), widening a grid while its
+    choice sits at an edge: `choose(tried)` runs the candidates (records already made are reused by
+    the caller's sweep) and returns ({key: chosen rate}, anything else the caller wants back). A key
+    whose choice is the largest or smallest of its candidates gains `past_edge`'s rate and all are
+    chosen again, at most `extensions` times. Returns (chosen, the other return value of the last
+    `choose`, the candidates finally tried, the keys whose choice is still at an edge)."""
+    if not isinstance(extensions, int) or extensions < 0:
+        raise ValueError(f"extensions must be an integer >= 0, got {extensions!r}")
+    tried = {key: sorted(set(float(lr) for lr in rates)) for key, rates in tried.items()}
+    for extension in range(extensions + 1):
+        chosen, extra = choose(tried)
+        further = {key: past_edge(tried[key], lr) for key, lr in chosen.items()}
+        further = {key: lr for key, lr in further.items() if lr is not None}
+        if not further or extension == extensions:
+            return chosen, extra, tried, sorted(further)
+        tried = {key: sorted(rates + [further[key]]) if key in further else rates for key, rates in tried.items()}
+
+
 def at_edge(tried, chosen: float) -> bool:
     """Whether `chosen` is the largest or smallest of several `tried` rates."""
     return past_edge(tried, chosen) is not None

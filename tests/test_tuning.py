@@ -1,3 +1,5 @@
+import math
+
 import pandas as pd
 import pytest
 
@@ -24,3 +26,24 @@ def test_past_edge_steps_one_grid_step_beyond_the_edge_the_choice_sits_at():
     assert tuning.at_edge([0.05, 0.1, 0.2], 0.05) and not tuning.at_edge([0.05, 0.1, 0.2], 0.1)
     with pytest.raises(ValueError, match="not among"):
         tuning.past_edge([0.05, 0.1], 0.3)
+
+
+def test_widen_steps_outwards_until_the_choice_is_bracketed_and_reruns_nothing_it_has():
+    peak = {"snow": 0.4, "fo": 0.01}  # validation accuracy falls away from each key's peak
+    asked = []
+
+    def choose(tried):
+        asked.append({key: list(rates) for key, rates in tried.items()})
+        chosen = {key: min(rates, key=lambda lr: (abs(math.log(lr / peak[key])), lr)) for key, rates in tried.items()}
+        return chosen, len(asked)
+
+    chosen, calls, tried, edges = tuning.widen({"snow": [0.05, 0.1, 0.2], "fo": [0.1, 0.3, 1.0]}, choose, 2)
+    assert chosen == {"snow": 0.4, "fo": 0.011} and calls == 3
+    assert tried == {"snow": [0.05, 0.1, 0.2, 0.4, 0.8], "fo": [0.011, 0.033, 0.1, 0.3, 1.0]}
+    assert edges == ["fo"]  # 0.011 is still the smallest tried after two extensions: a bound, said so
+    assert asked[1] == {"snow": [0.05, 0.1, 0.2, 0.4], "fo": [0.033, 0.1, 0.3, 1.0]}
+    # No extensions: one choice, and the edge is reported, not hidden.
+    chosen, _, tried, edges = tuning.widen({"snow": [0.05, 0.2]}, choose, 0)
+    assert chosen == {"snow": 0.2} and tried == {"snow": [0.05, 0.2]} and edges == ["snow"]
+    with pytest.raises(ValueError, match="extensions"):
+        tuning.widen({"snow": [0.1, 0.2]}, choose, -1)
