@@ -168,7 +168,9 @@ CHAPTERS = [
     Chapter("03_snip_ewc_mnist", "03_snip_ewc", "Experiment 3 on MNIST: can SNIP saliency replace the Fisher in EWC?",
             dict(dataset="mnist", model="lenet300_100", seeds=10, search_seeds=2, epochs=3, permuted_epochs=1,
                  importance_examples=512, probe_examples=1000, lambdas=[0.001, 0.01, 0.1, 1, 10],
-                 lambda_extensions=2), cost=Cost(50, LOADED_CPU),
+                 lambda_extensions=2),
+            # 50 min for 5 seeds (shared machine), then 11.3 min idle for the 5 added seeds' 90 runs (2026-12-05).
+            cost=Cost(50 + 11, LOADED_CPU),
             quick=dict(CONTINUAL_QUICK, lambdas=[1.0], lambda_extensions=0, lambda_refine=False), quick_cost=Cost(116 / 60, QUICK_IDLE)),
     # Permuted MNIST at the protocol of van de Ven et al.'s code (snipnb.published.VAN_DE_VEN_PROTOCOL, issue 20):
     # 10 tasks, Adam at lr 1e-4, batch 128, an MLP of two 1000-unit layers, 12 epochs of the 54,000 training
@@ -186,7 +188,8 @@ CHAPTERS = [
             "Experiment 4 on MNIST: does SNIP pick better weights for PackNet?",
             dict(dataset="mnist", model="lenet300_100", seeds=10, search_seeds=2, epochs=4, permuted_epochs=2,
                  retrain_epochs=1, importance_examples=512, probe_examples=1000, keeps=[None, 0.25, 0.5]),
-            cost=Cost(33, LOADED_CPU),
+            # 33 min for 5 seeds (shared machine), then 11.6 min idle for the 5 added seeds' 50 runs (2026-12-05).
+            cost=Cost(33 + 12, LOADED_CPU),
             quick=dict(CONTINUAL_QUICK, epochs=2, permuted_epochs=2, keeps=[None, 0.5]), quick_cost=Cost(136 / 60, QUICK_IDLE)),
     Chapter("04_snip_packnet_cifar100", "04_snip_packnet",
             "Experiment 4 on Split CIFAR-100: does SNIP pick better weights for PackNet?",
