@@ -160,3 +160,52 @@ def seed_means(df: pd.DataFrame, value: str, pair_on, average_over=(), by=()) ->
                          f"name the column that tells them apart in by or average_over")
     out = df.groupby(keys, sort=True)[value].agg(["mean", "count"]).reset_index()
     return out.rename(columns={"mean": value, "count": "cells"})
+
+
+# Budgets: has a learning curve flattened?
+
+def late_gain(curves: pd.DataFrame, by, *, step: str = "iteration", value: str = "value", pair_on: str = "seed",
+              fraction: float = 0.3, level: float = 0.95) -> pd.DataFrame:
+    """How much each group's curves still rose over the last `fraction` of their budget.
+
+    `curves` is long: one row per (`by`, `pair_on`, `step`) with the curve's `value` there (e.g.
+    `metarun.history_table`'s meta-validation accuracy at each checkpoint). Per curve, the gain is
+    `value` at its last step minus `value` at the latest step at or before (1 − `fraction`) × that last
+    step; per group of `by`, the mean gain over `pair_on` with its t interval. Columns: by, `start`
+    and `end` (the two steps), `gain`, `ci_low`, `ci_high`, `n`, and `reading`: "still rising" or
+    "falling" where the interval excludes 0, else "no change detected at this power" (with few seeds a
+    curve that is still rising slowly can read so: the interval says how slowly).
+
+    A budget is part of a result: a method compared while its curve still rises is compared early in
+    training, and a ranking of methods at that point may not hold at convergence.
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    if not 0 < fraction < 1:
+        raise ValueError(f"late_gain: fraction must be in (0, 1), got {fraction!r}")
+    missing = [c for c in [*by, pair_on, step, value] if c not in curves.columns]
+    if missing:
+        raise ValueError(f"late_gain: no column {missing}; the table has {list(curves.columns)}")
+    rows = []
+    for key, group in curves.groupby(by, sort=False):
+        gains, spans = [], set()
+        for _, curve in group.groupby(pair_on):
+            curve = curve.sort_values(step)
+            steps = curve[step].to_numpy()
+            if len(steps) != len(set(steps)):
+                raise ValueError(f"late_gain: a curve of {dict(zip(by, np.atleast_1d(key)))} repeats a {step}; "
+                                 f"name the column that tells its rows apart in by")
+            end = steps[-1]
+            earlier = steps[steps <= (1 - fraction) * end]
+            if len(steps) < 2 or not len(earlier):
+                raise ValueError(f"late_gain: a curve of {dict(zip(by, np.atleast_1d(key)))} has no {step} at or "
+                                 f"before {(1 - fraction) * end:g}; it needs at least two points")
+            start = earlier[-1]
+            values = curve.set_index(step)[value]
+            gains.append(float(values[end] - values[start]))
+            spans.add((start, end))
+        mean, low, high = t_interval(gains, level)
+        reading = ("still rising" if low > 0 else "falling" if high < 0 else
+                   "no change detected at this power" if len(gains) > 1 else "one curve, no interval")
+        rows.append(dict(zip(by, np.atleast_1d(key)), start=min(s for s, _ in spans), end=max(e for _, e in spans), gain=mean, ci_low=low, ci_high=high,
+                         n=len(gains), reading=reading))
+    return pd.DataFrame(rows)

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
+from snipnb import stats
 from snipnb.contrasts import Contrast, check_contrasts, describe_contrast, evaluate_contrasts
 from snipnb.stats import holm, paired_difference, seed_means, summarize, t_interval
 
@@ -350,3 +351,37 @@ def test_a_chapters_answer_tests_its_declared_contrasts_only_once_all_their_runs
     assert isinstance(box, Findings) and box.rows[0]["n"] == 3 and box.rows[0]["diff"] == pytest.approx(11 / 6)
     assert box.markdown.startswith("> **Answer.** 1 contrast on 3 seeds:")
     assert "nothing below is a tested finding" in answer(results, [], setting="MNIST").data
+
+
+def _curves(slopes: dict, seeds=3, steps=(0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000), noise=0.0):
+    rng = np.random.default_rng(0)
+    return pd.DataFrame([dict(method=m, seed=s, iteration=i, value=50 + slope * i + noise * rng.standard_normal())
+                         for m, slope in slopes.items() for s in range(seeds) for i in steps])
+
+
+def test_late_gain_is_the_rise_over_the_last_part_of_each_curve():
+    gains = stats.late_gain(_curves({"rising": 0.01, "flat": 0.0, "falling": -0.02}, noise=0.1), "method")
+    by_method = gains.set_index("method")
+    # from iteration 700 to 1000: 300 steps at the slope, up to the noise
+    assert by_method.loc["rising", "gain"] == pytest.approx(3.0, abs=0.3)
+    assert by_method.loc["falling", "gain"] == pytest.approx(-6.0, abs=0.3)
+    assert list(by_method.reading) == ["still rising", "no change detected at this power", "falling"]
+    assert (by_method.start == 700).all() and (by_method.end == 1000).all() and (by_method.n == 3).all()
+
+
+def test_late_gain_takes_the_latest_step_before_the_cut():
+    # checkpoints every 300: with fraction 0.3 of 900 the cut is 630, so the gain runs from 600
+    gains = stats.late_gain(_curves({"a": 0.01}, steps=(0, 300, 600, 900)), "method")
+    assert (gains.start[0], gains.end[0]) == (600, 900)
+    assert gains.gain[0] == pytest.approx(3.0)
+
+
+def test_late_gain_refuses_what_it_cannot_measure():
+    with pytest.raises(ValueError, match="fraction"):
+        stats.late_gain(_curves({"a": 0.0}), "method", fraction=1.0)
+    with pytest.raises(ValueError, match="at least two points"):
+        stats.late_gain(_curves({"a": 0.0}, steps=(100,)), "method")
+    with pytest.raises(ValueError, match="repeats"):
+        stats.late_gain(pd.concat([_curves({"a": 0.0}), _curves({"a": 0.0})]), "method")
+    with pytest.raises(ValueError, match="no column"):
+        stats.late_gain(_curves({"a": 0.0}), "model")
