@@ -180,7 +180,8 @@ else:
 results = run_sweep(functools.partial(metarun.run_meta, device=device), runs, f"{results_dir}/{dataset}",
                     workers=workers, shard=shard, progress=progress, executor=executor, reuse=reuse,
                     device=functools.partial(provenance.device_name, device))
-print(f"{len(results)} of {len(runs)} runs have results; {results.seconds.sum() / 3600:.2f} GPU/CPU hours in all")
+display(Markdown(f"{len(results)} of {len(runs)} runs have results; {results.seconds.sum() / 3600:.2f} device-hours in "
+                 f"all. Code of the records: {', '.join(sorted(set(results.code)))}."))
 
 # %% [markdown]
 # ## Answer
@@ -260,7 +261,8 @@ plots.shared_legend(fig, [ax])
 
 # %% tags=["hide-input"]
 late = stats.late_gain(val_curves, "method", fraction=0.3)
-display(styled(late.set_index("method").rename(columns={"start": "from it.", "end": "to it.", "gain": "gain (points)"}),
+display(styled(late.set_index("method").rename(columns={"start": "from it.", "end": "to it.", "gain": "gain (points)",
+                                                      "ci_low": "95% CI low", "ci_high": "95% CI high", "n": "seeds"}),
                caption="meta-validation gain over the last 30% of meta-training"))
 
 # %% [markdown]
