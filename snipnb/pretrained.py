@@ -30,6 +30,7 @@ its BatchNorm statistics bit for bit (frozen blocks stay in eval mode whatever `
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -44,7 +45,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from . import __version__, data
+from . import __version__, data, frozen
 from .data import _offline, _socket_timeout
 from .models import Net
 from .masks import named_weights
@@ -494,3 +495,27 @@ def load_source(source: str, model: str = "resnet18", image_size: int | None = N
                     device=device, progress=progress)
     settings = pretrain_settings(model, name, classes, epochs, seed, image_size=image_size, stem=stem)
     return load_checkpoint(path, **settings)[0]
+
+
+def source_key(run) -> tuple:
+    """The settings that name a run's pretrained source (a `TransferRun`, `SnowRun` or `ServingRun`),
+    in the order `cached_source` and `source_fingerprint` take them."""
+    return run.source, run.model, run.image_size, run.source_epochs, run.source_seed, run.stem
+
+
+@functools.lru_cache(maxsize=2)
+def cached_source(source: str, model: str, image_size: int | None, epochs: int, seed: int, stem: str) -> Backbone:
+    """`load_source`, read once per process: a sweep worker runs many configs from the same source.
+    Shared, so a caller copies it before changing it."""
+    return load_source(source, model, image_size, epochs=epochs, seed=seed, stem=stem)
+
+
+@functools.lru_cache(maxsize=2)
+def source_fingerprint(source: str, model: str, image_size: int | None, epochs: int, seed: int, stem: str) -> str:
+    """16 hex digits over `cached_source`'s weights and buffers: which source a run started from.
+
+    The settings name a source, not its bits: a source pretrained again (on another thread count,
+    machine or library version) differs in its last bits, and few-shot fine-tuning can turn that
+    into points of accuracy. A record that carries this says whether a re-run started where it did."""
+    state = cached_source(source, model, image_size, epochs, seed, stem).state_dict()
+    return frozen.fingerprint(*state.values())[:16]

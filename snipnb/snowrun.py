@@ -188,16 +188,9 @@ class SnowRun:
 # ------------------------------------------------------------------------------------------- data
 
 
-@functools.lru_cache(maxsize=2)
-def _source(source: str, model: str, image_size: int, epochs: int, seed: int, stem: str) -> pretrained.Backbone:
-    # Read once per process: a sweep worker runs many configs from the same source.
-    return pretrained.load_source(source, model, image_size, epochs=epochs, seed=seed, stem=stem)
-
-
 def source_backbone(run) -> pretrained.Backbone:
     """A fresh copy of the pretrained source of `run` (a `SnowRun` or `ServingRun`), head included."""
-    return copy.deepcopy(_source(run.source, run.model, run.image_size, run.source_epochs, run.source_seed,
-                                 run.stem))
+    return copy.deepcopy(pretrained.cached_source(*pretrained.source_key(run)))
 
 
 def target_data(run: SnowRun) -> tuple[data.ImageData, data.ImageData]:
@@ -269,7 +262,8 @@ def train_run(run: SnowRun, device=None) -> tuple[dict, nn.Module]:
     results = {"final_acc": 100 * history.final_acc, "best_acc": 100 * history.best_acc,
                "train_seconds": history.seconds,
                "trainable_params": snow.parameter_count(model, trainable=True),
-               "total_params": snow.parameter_count(model)}
+               "total_params": snow.parameter_count(model),
+               "source_weights": pretrained.source_fingerprint(*pretrained.source_key(run))}
     if val is not None:
         results.update(val_acc=100 * history.val_acc[-1], test_at_best_val=100 * history.test_at_best_val)
     results.update(cost(model, _timing_images(run, train), device))
@@ -418,6 +412,7 @@ def run_snow(run: SnowRun, device=None) -> dict:
     validation accuracy after the last epoch, and `test_at_best_val`, the test accuracy at the
     tested epoch with the best validation accuracy. For SNOW, which channels it subscribed to
     (`selection_summary`), and for a learned selection how it settled over training (`settling`).
+    `source_weights`: which source's weights the run started from (`pretrained.source_fingerprint`).
     """
     return train_run(run, device)[0]
 

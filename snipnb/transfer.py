@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import math
 
 import pandas as pd
@@ -115,14 +114,7 @@ def _valid_split(argument: str, spec: str) -> None:
 
 def source_backbone(run: TransferRun) -> pretrained.Backbone:
     """A fresh copy of the pretrained source of `run`, head included."""
-    return copy.deepcopy(_source(run.source, run.model, run.image_size, run.source_epochs, run.source_seed,
-                                 run.stem))
-
-
-@functools.lru_cache(maxsize=2)
-def _source(source: str, model: str, image_size: int, epochs: int, seed: int, stem: str) -> pretrained.Backbone:
-    # Read once per process: a sweep worker runs many configs from the same source.
-    return pretrained.load_source(source, model, image_size, epochs=epochs, seed=seed, stem=stem)
+    return copy.deepcopy(pretrained.cached_source(*pretrained.source_key(run)))
 
 
 def target_splits(run: TransferRun) -> tuple[data.ImageData, data.ImageData | None, data.ImageData]:
@@ -236,7 +228,8 @@ def fine_tune(run: TransferRun, device=None):
     method that ranks by a SNIP saliency (`snip`, `snip_pseudo_labels`, `shuffled_snip`), the share
     of the trained weights whose score was exactly 0 (`zero_fraction`), NaN for the other methods;
     the learning curves: `test_epochs`, the epochs tested after (every `eval_every` and the last),
-    `test_curve` and `val_curve` (empty without a validation set), the accuracies (%) there.
+    `test_curve` and `val_curve` (empty without a validation set), the accuracies (%) there;
+    `source_weights`, which source's weights the run started from (`pretrained.source_fingerprint`).
     """
     device = torch.device(device) if device is not None else default_device()
     subset, val, test = target_splits(run)
@@ -266,7 +259,8 @@ def fine_tune(run: TransferRun, device=None):
                "collapsed": sum(int(not m.any()) for m in masks.values()),
                "zero_score_fraction": zero_fraction(weight_scores) if ranks_by_snip else math.nan,
                "test_epochs": list(history.test_epochs), "test_curve": [100 * a for a in history.test_acc],
-               "val_curve": [100 * a for a in history.val_acc]}
+               "val_curve": [100 * a for a in history.val_acc],
+               "source_weights": pretrained.source_fingerprint(*pretrained.source_key(run))}
     return results, model
 
 

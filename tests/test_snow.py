@@ -368,7 +368,7 @@ def test_an_unsupported_source_is_refused_with_what_is_supported(make):
 
 # ------------------------------------------------------------------------------- runs (snowrun)
 
-from snipnb import snowrun  # noqa: E402
+from snipnb import pretrained, snowrun  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -419,8 +419,7 @@ def test_a_run_on_the_whole_target_split_leaves_the_source_bit_identical(synthet
     assert len(train) == 500  # every synthetic training image of classes 5-9
     _, model = snowrun.train_run(run, "cpu")
     # The run trained a copy of the cached source; the cache itself is what the source was before.
-    original = snowrun._source(run.source, run.model, run.image_size, run.source_epochs, run.source_seed,
-                               run.stem).body
+    original = pretrained.cached_source(*pretrained.source_key(run)).body
     for stage, name in zip(model.source.stages, ["stem", "layer1", "layer2", "layer3", "layer4"]):
         before, after = getattr(original, name).state_dict(), stage.state_dict()
         assert before.keys() == after.keys()

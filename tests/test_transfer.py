@@ -97,7 +97,7 @@ def test_a_run_reports_accuracy_density_and_what_it_trained():
     results = transfer.run_transfer(tiny(method="magnitude", sparsity=0.5, train_blocks="head"), device="cpu")
     assert set(results) == {"final_acc", "best_acc", "density", "trained_weights", "collapsed", "val_acc",
                             "best_val_acc", "test_at_best_val", "zero_score_fraction", "test_epochs", "test_curve",
-                            "val_curve"}
+                            "val_curve", "source_weights"}
     assert 0 <= results["final_acc"] <= results["best_acc"] <= 100
     # no validation set, no validation numbers; magnitude ranks by no SNIP saliency
     assert all(math.isnan(results[k]) for k in ("val_acc", "best_val_acc", "test_at_best_val",
@@ -111,6 +111,30 @@ def test_a_run_repeats_exactly_on_the_cpu():
     first, second = transfer.run_transfer(run, device="cpu"), transfer.run_transfer(run, device="cpu")
     # NaN (no validation split here) is the one value unequal to itself: compare as pandas does.
     assert pd.Series(first).equals(pd.Series(second))
+
+
+def test_a_run_names_the_weights_of_its_source_not_only_its_settings(tmp_path, monkeypatch):
+    run = tiny(train_blocks="head")
+    recorded = transfer.run_transfer(run, device="cpu")["source_weights"]
+    source = pretrained.cached_source(*pretrained.source_key(run))
+    assert recorded == pretrained.source_fingerprint(*pretrained.source_key(run))
+    # the same settings pretrained again into another cache, with one weight's last bit different:
+    # what a re-run on another thread count or machine can start from. The record tells them apart.
+    monkeypatch.setenv("SNIPNB_CHECKPOINTS", str(tmp_path))
+    pretrained.cached_source.cache_clear()
+    pretrained.source_fingerprint.cache_clear()
+    try:
+        again = pretrained.cached_source(*pretrained.source_key(run))
+        assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), source.state_dict().values()))
+        assert transfer.run_transfer(run, device="cpu")["source_weights"] == recorded
+        with torch.no_grad():
+            weight = again.head.weight.view(-1)
+            weight[0] = torch.nextafter(weight[0], torch.tensor(math.inf))
+        pretrained.source_fingerprint.cache_clear()
+        assert transfer.run_transfer(run, device="cpu")["source_weights"] != recorded
+    finally:
+        pretrained.cached_source.cache_clear()
+        pretrained.source_fingerprint.cache_clear()
 
 
 def test_the_few_shot_subsets_are_nested_and_seeded():
