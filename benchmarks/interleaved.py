@@ -1,11 +1,25 @@
 """Two variants of the same runs timed in turn, repeat after repeat, so a change in the machine's
-load falls on both: the shared loop of the benchmarks that compare a frozen part's stored outputs
-with the whole network (`transfer_frozen.py`, `snow_stored.py`)."""
+load falls on both: the shared loop of the benchmarks that swap one piece of a run for another
+(`transfer_frozen.py`, `snow_stored.py`, `transfer_bf16.py`)."""
 
 from __future__ import annotations
 
 import os
 import statistics
+import time
+
+
+def timed(final_acc, runs, swap, stores=()) -> tuple[float, list[float]]:
+    """(seconds per run, final accuracies) of `final_acc(run)` over `runs` in a row, with `swap` (a
+    context manager that puts the variant in place) entered around them. Each of `stores` (a
+    per-process cache of outputs) is emptied first, so every variant pays for filling it, as a sweep
+    worker's first run does."""
+    for store in stores:
+        store.clear()
+    with swap:
+        start = time.perf_counter()
+        accuracies = [final_acc(run) for run in runs]
+        return (time.perf_counter() - start) / len(runs), accuracies
 
 
 def compare(timed, repeats: int, labels: dict[bool, str]) -> None:

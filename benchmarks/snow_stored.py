@@ -15,8 +15,9 @@ median over the repeats), the speed-up, and whether the two gave the same accura
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import time
+from unittest import mock
 
 import torch
 
@@ -35,16 +36,9 @@ def cell(args) -> list[SnowRun]:
 
 
 def timed(runs, stored: bool) -> tuple[float, list[float]]:
-    snowrun._KEPT_SOURCE_OUTPUTS.clear()
-    frozen._KEPT_OUTPUTS.clear()
-    real = snowrun.stores_frozen_outputs
-    snowrun.stores_frozen_outputs = real if stored else (lambda run: False)
-    try:
-        start = time.perf_counter()
-        accuracies = [snowrun.run_snow(run, device="cpu")["final_acc"] for run in runs]
-        return (time.perf_counter() - start) / len(runs), accuracies
-    finally:
-        snowrun.stores_frozen_outputs = real
+    swap = contextlib.nullcontext() if stored else mock.patch.object(snowrun, "stores_frozen_outputs", lambda run: False)
+    return interleaved.timed(lambda run: snowrun.run_snow(run, device="cpu")["final_acc"], runs, swap,
+                             [snowrun._KEPT_SOURCE_OUTPUTS, frozen._KEPT_OUTPUTS])
 
 
 def main():

@@ -15,51 +15,23 @@ identical, and how far they move is what a chapter adopting it would have to bou
 from __future__ import annotations
 
 import argparse
-import functools
-import os
-import time
-
-import torch
 
 import interleaved
-from snipnb import train, transfer
-from snipnb.provenance import device_name
-from snipnb.transfer import TransferRun
-
-
-def cell(args) -> list[TransferRun]:
-    common = dict(source=args.source, target=args.target, image_size=32, stem="cifar", source_epochs=args.source_epochs,
-                  k=args.k, epochs=args.epochs, eval_every=15, test_per_class=200, val_per_class=10, lr=args.lr,
-                  train_blocks="last_block")
-    return [TransferRun(**common)] + [TransferRun(**common, method=m, sparsity=0.9) for m in ("snip", "random")]
+import transfer_cell
+from snipnb import transfer
 
 
 def timed(runs, bf16: bool) -> tuple[float, list[float]]:
-    transfer.frozen._KEPT_OUTPUTS.clear()
-    transfer.fit = functools.partial(train.fit, amp=bf16)
-    try:
-        start = time.perf_counter()
-        accuracies = [round(transfer.run_transfer(run, device="cpu")["final_acc"], 1) for run in runs]
-        return (time.perf_counter() - start) / len(runs), accuracies
-    finally:
-        transfer.fit = train.fit
+    return interleaved.timed(lambda run: round(transfer_cell.final_acc(run), 1), runs,
+                             transfer_cell.training_precision(bf16), [transfer.frozen._KEPT_OUTPUTS])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--source", default="mnist:0-4")
-    parser.add_argument("--target", default="mnist:5-9")
-    parser.add_argument("--source-epochs", type=int, default=3)
-    parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--repeats", type=int, default=2)
+    transfer_cell.add_arguments(parser, k=20, repeats=2)
     args = parser.parse_args()
-    runs = cell(args)
-    transfer.source_backbone(runs[0])  # pretrained or read from the cache before any timing
-    print(f"device: {device_name('cpu')}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"{args.source} -> {args.target}, k={args.k}, {args.epochs} epochs, {len(runs)} runs per repeat; "
-          f"load average {os.getloadavg()[0]:.1f}")
+    runs = transfer_cell.cell(args)
+    transfer_cell.prepare(args, runs)
     interleaved.compare(lambda bf16: timed(runs, bf16), args.repeats, {False: "fp32 training", True: "bf16 training"})
 
 

@@ -25,15 +25,14 @@ what a re-run of the chapter moves, not used as the fp32 side.
 from __future__ import annotations
 
 import argparse
-import functools
-import json
-import math
 import pathlib
 import time
 
 import pandas as pd
 
-from snipnb import train, transfer
+import transfer_cell
+from snipnb import runs as run_tables
+from snipnb import transfer
 from snipnb.contrasts import Contrast, describe_contrast, evaluate_contrasts
 from snipnb.provenance import code_version, device_name
 from snipnb.transfer import TransferRun
@@ -59,43 +58,34 @@ def published_runs(table: pathlib.Path = TABLE) -> pd.DataFrame:
     return chosen
 
 
-def config(row: pd.Series) -> TransferRun:
-    """The `TransferRun` a published record was made from."""
-    fields = json.loads(row["config_fields"])
-    values = {f: (None if isinstance(row[f], float) and math.isnan(row[f]) else row[f]) for f in fields}
-    for f in ("k", "seed", "epochs", "batch_size", "image_size", "eval_every", "source_epochs", "source_seed",
-              "test_per_class", "val_per_class"):
-        if values.get(f) is not None:
-            values[f] = int(values[f])
-    return TransferRun(**values)
+def published_configs(table: pathlib.Path = TABLE) -> dict[str, TransferRun]:
+    """Every published record's `TransferRun` by id, rebuilt as `snipnb.runs.records` reads a run table."""
+    return {record["id"]: TransferRun(**record["config"]) for _, record in run_tables.records(table)}
 
 
-def run(run: TransferRun, bf16: bool) -> tuple[float, float]:
-    """(final accuracy, seconds) of `run` with its training step in bf16 autocast or in fp32."""
-    transfer.fit = functools.partial(train.fit, amp=bf16)
-    try:
+def run(config: TransferRun, bf16: bool) -> tuple[float, float]:
+    """(final accuracy, seconds) of one run with its training step in bf16 autocast or in fp32."""
+    with transfer_cell.training_precision(bf16):
         start = time.perf_counter()
-        accuracy = transfer.run_transfer(run, device="cpu")["final_acc"]
+        accuracy = transfer_cell.final_acc(config)
         return accuracy, time.perf_counter() - start
-    finally:
-        transfer.fit = train.fit
 
 
 def execute(args) -> None:
     index, count = (int(part) for part in args.shard.split("/"))
-    published = published_runs()
+    published, configs = published_runs(), published_configs()
     mine = published.iloc[index::count]
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"shard{index}of{count}.csv"
     done = set(pd.read_csv(path).id) if path.exists() else set()
-    transfer.source_backbone(config(mine.iloc[0]))  # pretrained or read from the cache before any run
+    transfer.source_backbone(configs[mine.id.iloc[0]])  # pretrained or read from the cache before any run
     print(f"{device_name('cpu')}; code {code_version()}; {len(mine)} runs, {len(done)} already done", flush=True)
     for i, (_, row) in enumerate(mine.iterrows()):
         for bf16 in ([True, False] if i % 2 == 0 else [False, True]):  # neither precision always runs first
             precision = "bf16" if bf16 else "fp32"
             if f"{row.id}:{precision}" in done:
                 continue
-            accuracy, seconds = run(config(row), bf16)
+            accuracy, seconds = run(configs[row.id], bf16)
             record = dict(id=f"{row.id}:{precision}", published_id=row.id, precision=precision, method=row.method,
                           k=row.k, seed=row.seed, final_acc=accuracy, published_acc=row.final_acc, seconds=seconds,
                           **{f"code_{key}": value for key, value in code_version().items()})

@@ -14,52 +14,28 @@ speed-up, and whether the two gave the same accuracies.
 from __future__ import annotations
 
 import argparse
-import os
-import time
-
-import torch
+import contextlib
+from unittest import mock
 
 import interleaved
+import transfer_cell
 from snipnb import transfer
-from snipnb.provenance import device_name
-from snipnb.transfer import TransferRun
-
-
-def cell(args) -> list[TransferRun]:
-    common = dict(source=args.source, target=args.target, image_size=32, stem="cifar", source_epochs=args.source_epochs,
-                  k=args.k, epochs=args.epochs, eval_every=15, test_per_class=200, val_per_class=10, lr=0.05,
-                  train_blocks="last_block")
-    return [TransferRun(**common)] + [TransferRun(**common, method=m, sparsity=0.9) for m in ("snip", "random")]
 
 
 def timed(runs, once: bool) -> tuple[float, list[float]]:
-    transfer.frozen._KEPT_OUTPUTS.clear()
-    real = transfer.runs_frozen_stages_once
-    transfer.runs_frozen_stages_once = real if once else (lambda run: False)
-    try:
-        start = time.perf_counter()
-        accuracies = [transfer.run_transfer(run, device="cpu")["final_acc"] for run in runs]
-        return (time.perf_counter() - start) / len(runs), accuracies
-    finally:
-        transfer.runs_frozen_stages_once = real
+    swap = contextlib.nullcontext() if once else mock.patch.object(transfer, "runs_frozen_stages_once", lambda run: False)
+    return interleaved.timed(transfer_cell.final_acc, runs, swap, [transfer.frozen._KEPT_OUTPUTS])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--source", default="mnist:0-4")
-    parser.add_argument("--target", default="mnist:5-9")
-    parser.add_argument("--source-epochs", type=int, default=3)
-    parser.add_argument("--k", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=3)
+    transfer_cell.add_arguments(parser, k=5, repeats=3)
     args = parser.parse_args()
-    runs = cell(args)
-    transfer.source_backbone(runs[0])  # pretrained or read from the cache before any timing
-    print(f"device: {device_name('cpu')}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"{args.source} -> {args.target}, k={args.k}, {args.epochs} epochs, {len(runs)} runs per repeat; "
-          f"load average {os.getloadavg()[0]:.1f}")
+    runs = transfer_cell.cell(args)
+    transfer_cell.prepare(args, runs)
     interleaved.compare(lambda once: timed(runs, once), args.repeats,
                         {False: "whole network every step", True: "frozen stages once"})
+
 
 if __name__ == "__main__":
     main()
