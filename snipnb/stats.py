@@ -172,7 +172,7 @@ def late_gain(curves: pd.DataFrame, by, *, step: str = "iteration", value: str =
     `metarun.history_table`'s meta-validation accuracy at each checkpoint). Per curve, the gain is
     `value` at its last step minus `value` at the latest step at or before (1 − `fraction`) × that last
     step; per group of `by`, the mean gain over `pair_on` with its t interval. Columns: by, `start`
-    and `end` (the two steps), `gain`, `ci_low`, `ci_high`, `n`, and `reading`: "still rising" or
+    and `end` (the two steps; the earliest start and latest end where curves differ), `gain`, `ci_low`, `ci_high`, `n`, and `reading`: "still rising" or
     "falling" where the interval excludes 0, else "no change detected at this power" (with few seeds a
     curve that is still rising slowly can read so: the interval says how slowly).
 
@@ -187,25 +187,24 @@ def late_gain(curves: pd.DataFrame, by, *, step: str = "iteration", value: str =
         raise ValueError(f"late_gain: no column {missing}; the table has {list(curves.columns)}")
     rows = []
     for key, group in curves.groupby(by, sort=False):
-        gains, spans = [], set()
+        cell = dict(zip(by, np.atleast_1d(key)))
+        gains, starts, ends = [], [], []
         for _, curve in group.groupby(pair_on):
-            curve = curve.sort_values(step)
-            steps = curve[step].to_numpy()
-            if len(steps) != len(set(steps)):
-                raise ValueError(f"late_gain: a curve of {dict(zip(by, np.atleast_1d(key)))} repeats a {step}; "
-                                 f"name the column that tells its rows apart in by")
-            end = steps[-1]
-            earlier = steps[steps <= (1 - fraction) * end]
-            if len(steps) < 2 or not len(earlier):
-                raise ValueError(f"late_gain: a curve of {dict(zip(by, np.atleast_1d(key)))} has no {step} at or "
-                                 f"before {(1 - fraction) * end:g}; it needs at least two points")
-            start = earlier[-1]
-            values = curve.set_index(step)[value]
-            gains.append(float(values[end] - values[start]))
-            spans.add((start, end))
+            values = curve.set_index(step)[value].sort_index()
+            if not values.index.is_unique:
+                raise ValueError(f"late_gain: a curve of {cell} repeats a {step}; name the column that tells its "
+                                 f"rows apart in by")
+            end = values.index[-1]
+            earlier = values.index[values.index <= (1 - fraction) * end]
+            if len(values) < 2 or not len(earlier):
+                raise ValueError(f"late_gain: a curve of {cell} has no {step} at or before {(1 - fraction) * end:g}; "
+                                 f"it needs at least two points")
+            gains.append(float(values[end] - values[earlier[-1]]))
+            starts.append(earlier[-1])
+            ends.append(end)
         mean, low, high = t_interval(gains, level)
         reading = ("still rising" if low > 0 else "falling" if high < 0 else
                    "no change detected at this power" if len(gains) > 1 else "one curve, no interval")
-        rows.append(dict(zip(by, np.atleast_1d(key)), start=min(s for s, _ in spans), end=max(e for _, e in spans), gain=mean, ci_low=low, ci_high=high,
-                         n=len(gains), reading=reading))
+        rows.append(dict(cell, start=min(starts), end=max(ends), gain=mean, ci_low=low, ci_high=high, n=len(gains),
+                         reading=reading))
     return pd.DataFrame(rows)
