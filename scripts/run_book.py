@@ -216,8 +216,8 @@ CHAPTERS = [
     Chapter("06_sparse_maml_mnist", "06_sparse_maml",
             "Learning where to learn on MNIST rotations: MAML, ANIL, BOIL, Sparse-MAML and SNIP-MAML",
             dict(dataset="mnist_rotations", filters=16, inner_steps=1, eval_inner_steps=3, inner_lr=0.4,
-                 iterations=1000, val_episodes=50, seeds=5, progress=False),
-            cost=Cost(60, LOADED_CPU),
+                 iterations=3000, val_episodes=50, seeds=5, progress=False),
+            cost=Cost(135, QUICK_IDLE),
             quick=dict(iterations=20, eval_every=10, val_episodes=10, test_episodes=100, seeds=2),
             quick_cost=Cost(56 / 60, QUICK_IDLE)),
 ]
