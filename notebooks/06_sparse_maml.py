@@ -374,8 +374,8 @@ at_end = int((results.best_iteration == iterations).sum())
 rising = list(late.method[late.reading == "still rising"])
 display(Markdown(
     ("- Cut here: " + "; ".join(cuts) + ". " if cuts else "- This run follows that protocol's sizes. ") +
-    "A CPU shared by several developers ran the book's chapter, so it had to finish in about an hour; the "
-    f"fewer filters and iterations are what made that possible. In {at_end} of {len(results)} runs the "
+    "The book's chapter runs on a 2-core CPU (`scripts/run_book.sh --list` gives its measured cost); the "
+    f"fewer filters and iterations are what make it affordable there. In {at_end} of {len(results)} runs the "
     "checkpoint meta-validation chose is the last one. "
     + (f"Meta-validation accuracy was still rising over the last 30% of meta-training for {', '.join(rising)} "
        "(the table under the curves): those methods are under-trained, and their ranking may change with "

@@ -217,7 +217,8 @@ CHAPTERS = [
             "Learning where to learn on MNIST rotations: MAML, ANIL, BOIL, Sparse-MAML and SNIP-MAML",
             dict(dataset="mnist_rotations", filters=16, inner_steps=1, eval_inner_steps=3, inner_lr=0.4,
                  iterations=3000, val_episodes=50, seeds=5, progress=False),
-            cost=Cost(135, QUICK_IDLE),
+            # 2 h 15 min at 3,000 meta-iterations (2026-12-05, small test runs beside it at the lowest priority).
+            cost=Cost(135, LOADED_CPU),
             quick=dict(iterations=20, eval_every=10, val_episodes=10, test_episodes=100, seeds=2),
             quick_cost=Cost(56 / 60, QUICK_IDLE)),
 ]
