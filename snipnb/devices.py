@@ -18,12 +18,16 @@ bf16 evaluation, whose effect on accuracy was measured and is stated where it is
   bf16_accuracy.py). Asked for on a device without it, a warning says fp32 is used instead.
 - **One single-threaded worker per core on the CPU** (`default_workers`): a small run keeps one core
   busy; two threads of one run wait on each other.
+- **A fixed thread count where bits must repeat** (`cpu_threads`): a CPU run is bit-reproducible for a
+  given number of threads, not across them (a convolution's reductions are split by thread). Pretrained
+  sources are made at `pretrained.PRETRAIN_THREADS` whatever the caller runs at.
 - **Stacks on the GPU only** (`default_stack`): on the CPU a vmapped stack of runs is slower per run
   than `train.fit` one run at a time (grouped convolutions, batched matrix products).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
@@ -146,3 +150,16 @@ def default_workers(device) -> int:
     """Sweep processes to run at once on `device`: one single-threaded worker per core on the CPU;
     one on a GPU, whose runs a stack already fills (the GPU benchmark is still to be measured)."""
     return cpu_cores() if torch.device(device).type == "cpu" else 1
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int):
+    """torch's intra-op thread count set to `threads` inside the block and restored after it."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
