@@ -513,6 +513,23 @@ def load_source(source: str, model: str = "resnet18", image_size: int | None = N
     return load_checkpoint(path, **settings)[0]
 
 
+def check_source_per_seed(source: str, settings: dict) -> None:
+    """A grid that gives seed s a source pretrained from seed s needs a source the project pretrains,
+    and no `source_seed` of its own in `settings` (which would say: one source for every run)."""
+    if source == "imagenet":
+        raise ValueError("source_per_seed=True needs a source the project pretrains ('mnist:0-4', ...): "
+                         "torchvision's ImageNet weights are one source")
+    if "source_seed" in settings:
+        raise ValueError(f"source_per_seed=True gives each seed its own source, but source_seed="
+                         f"{settings['source_seed']!r} names one for every run: give one or the other")
+
+
+def at_seed(run, seed: int, source_per_seed: bool = False):
+    """`run` (a `TransferRun` or `SnowRun`) at another `seed`; with `source_per_seed`, from the source
+    pretrained from that seed too, as the grids' `source_per_seed` pairs them."""
+    return dataclasses.replace(run, seed=seed, **({"source_seed": seed} if source_per_seed else {}))
+
+
 def source_key(run) -> tuple:
     """The settings that name a run's pretrained source (a `TransferRun`, `SnowRun` or `ServingRun`),
     in the order `cached_source` and `source_fingerprint` take them."""
