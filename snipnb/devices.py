@@ -35,6 +35,8 @@ import warnings
 
 import torch
 
+from . import checks
+
 # Test images per batch, per device type: measured fastest on a 2-core AMD EPYC (benchmarks/RESULTS.md).
 # Devices not listed (CUDA, MPS: not measured here) keep the earlier default.
 EVAL_BATCH_SIZE = {"cpu": 256}
@@ -94,8 +96,8 @@ def bf16_native(device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
-        return any(check is not None and check() for check in checks)
+        probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+        return any(check is not None and check() for check in probes)
     return False
 
 
@@ -155,8 +157,7 @@ def default_workers(device) -> int:
 @contextlib.contextmanager
 def cpu_threads(threads: int):
     """torch's intra-op thread count set to `threads` inside the block and restored after it."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    checks.integer("threads", threads, 1)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from . import __version__, data, devices, frozen, provenance
+from . import __version__, checks, data, devices, frozen, provenance
 from .data import _offline, _socket_timeout
 from .models import Net
 from .masks import named_weights
@@ -434,8 +434,7 @@ def pretrain_settings(model: str, dataset: str, classes=None, epochs: int = 5, s
     check_image_size(model, image_size, stem)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    checks.integer("threads", threads, 1)
     spec = dataset if classes is None else f"{dataset}:{','.join(str(int(c)) for c in classes)}"
     name, picked = parse_split(spec)
     return {"model": model, "stem": stem, "dataset": name, "classes": None if picked is None else list(picked),

@@ -94,6 +94,6 @@ def test_cpu_threads_sets_the_count_inside_and_gives_the_callers_back_even_after
             raise RuntimeError("inside")
     assert torch.get_num_threads() == before
     for bad in (0, 1.5, True):
-        with pytest.raises(ValueError, match="threads must be a positive int"):
+        with pytest.raises(ValueError, match="threads must be"):
             with devices.cpu_threads(bad):
                 pass

@@ -359,7 +359,7 @@ def test_splits_renumber_their_classes_in_order():
     (lambda: pretrained.load_split("synthetic:9-10", True), "names class 10"),
     (lambda: pretrained.load_source("omniglot", "resnet18"), "source='omniglot'"),
     (lambda: pretrained.pretrain("resnet18", "synthetic", epochs=0), "epochs must be a positive int"),
-    (lambda: pretrained.pretrain("resnet18", "synthetic", threads=0), "threads must be a positive int, got 0"),
+    (lambda: pretrained.pretrain("resnet18", "synthetic", threads=0), "threads must be >= 1, got 0"),
 ])
 def test_bad_input_is_a_clear_error_naming_the_value(call, message):
     with pytest.raises(ValueError, match=message):
