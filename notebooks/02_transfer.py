@@ -102,6 +102,7 @@ epochs = 30
 image_size = 128  # the size the backbone runs at; a self-pretrained source is pretrained at it
 stem = None  # "imagenet" (7x7 stride 2, max-pool) or "cifar" (3x3 stride 1); None: imagenet for imagenet, else cifar
 source_epochs = 5  # pretraining epochs of a self-pretrained source (ignored for imagenet)
+source_per_seed = False  # seed s fine-tunes a source pretrained from seed s; False: every run the one from seed 0
 data_root = None  # None: $SNIPNB_DATA, else ~/.cache/snipnb/data
 device = None  # None: CUDA, else MPS, else CPU
 workers = None  # runs at once, in separate processes; None: one per CPU core, one on a GPU (snipnb.devices)
@@ -138,7 +139,7 @@ if os.environ.get("SNIPNB_SMOKE"):
     source, target, image_size, source_epochs, seeds, epochs = "synthetic:0-4", "synthetic:5-9", 32, 1, 2, 1
     ks, sparsities, methods, train_blocks, reference_blocks = [1, 2], [0.9], ["snip", "random"], ["last_block"], []
     focus_k, test_per_class, results_dir = 2, 10, tempfile.mkdtemp()
-    val_per_class, lr_candidates, lr_seeds = 5, [0.01, 0.05], 1
+    val_per_class, lr_candidates, lr_seeds, source_per_seed = 5, [0.01, 0.05], 1, True
     curve_epochs, curve_every, curve_seeds = [1, 2], 1, 2
     os.environ["SNIPNB_CHECKPOINTS"] = tempfile.mkdtemp()  # the smoke source is not cached for later
 
@@ -179,11 +180,14 @@ settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, bn_stats=bn_stats, 
                 test_per_class=test_per_class, val_per_class=val_per_class, image_size=image_size, stem=stem,
                 source_epochs=source_epochs, augment=data.recipe_defaults(pretrained.parse_split(target)[0])["augment"])
 make_grid = functools.partial(transfer.grid, source, target, models, ks, sparsities, methods, train_blocks, seeds,
-                              reference_blocks=reference_blocks, scratch_lr=scratch_lr)
+                              reference_blocks=reference_blocks, scratch_lr=scratch_lr, source_per_seed=source_per_seed)
 runs = make_grid(**settings)
 blocks_trained = train_blocks + reference_blocks
 side = pretrained.last_stage_size(image_size, stem)
-display(Markdown(f"**This run:** source `{source}` → target `{target}`, {len(runs)} runs ({len(models)} model{'s' * (len(models) > 1)} × "
+one_source = source == "imagenet" or not source_per_seed
+display(Markdown(f"**This run:** source `{source}` "
+                 + ("(one source for every run)" if one_source else "(one source per seed, pretrained from that seed)")
+                 + f" → target `{target}`, {len(runs)} runs ({len(models)} model{'s' * (len(models) > 1)} × "
                  f"{len(ks)} k × {seeds} seeds × (dense on {blocks_trained} + {len(methods)} methods × "
                  f"{len(sparsities)} sparsities on {train_blocks} + scratch)), {epochs} epochs each, "
                  + (f"learning rate chosen on validation among {lr_candidates} (below)" if lr_candidates
@@ -237,20 +241,21 @@ else:
 
 # %% [markdown]
 # ## The source
-# Pretrained once, before the sweep (a self-pretrained source is cached on disk by its settings).
-# Its own test accuracy says how good the features are that the target starts from.
+# Pretrained before the sweep (a self-pretrained source is cached on disk by its settings): once, or
+# once per seed with `source_per_seed`. Its own test accuracy says how good the features are that
+# the target starts from.
 
 # %% tags=["hide-input"]
 sources = []
-for model in models:
-    backbone = pretrained.load_source(source, model, image_size, epochs=source_epochs, stem=stem, device=device,
-                                      progress=progress)
+for model, source_seed in sorted({(run.model, run.source_seed) for run in runs if run.method != "scratch"}):
+    backbone = pretrained.load_source(source, model, image_size, epochs=source_epochs, seed=source_seed, stem=stem,
+                                      device=device, progress=progress)
     meta = backbone.meta
     if source == "imagenet":
         sources.append(dict(model=model, weights=meta["weights"], trained_on="ImageNet-1k",
                             **{"top-1 (%)": meta["imagenet_top1"], "as measured by": "torchvision's weights meta"}))
     else:
-        sources.append(dict(model=model, stem=meta["stem"], trained_on=source, epochs=meta["epochs"],
+        sources.append(dict(model=model, stem=meta["stem"], trained_on=source, seed=meta["seed"], epochs=meta["epochs"],
                             image_size=meta["image_size"],
                             **{"test accuracy (%)": round(meta["test_acc"], 2), "as measured by": "this project"}))
     del backbone
@@ -273,7 +278,8 @@ sweep = functools.partial(run_sweep, functools.partial(transfer.run_transfer, de
 
 def choose(tried):
     """The fine-tuning rate among `tried["lr"]`, on validation; runs already recorded are reused."""
-    search = transfer.lr_grid(tried["lr"], source, target, models, ks, train_blocks, lr_seeds, **settings)
+    search = transfer.lr_grid(tried["lr"], source, target, models, ks, train_blocks, lr_seeds,
+                              source_per_seed=source_per_seed, **settings)
     searched = sweep(search)
     if len(searched) < len(search):
         raise RuntimeError(f"the learning-rate search has {len(searched)} of its {len(search)} runs (shard {shard} "
@@ -602,6 +608,13 @@ display(breaks.unstack("train_blocks").reindex(columns=train_blocks).map(lambda 
 #   "Is the budget long enough?" tests a few of their runs at every few epochs.
 # - **Few seeds.** With 3 to 5 seeds an interval is wide; "not detected at this power" means just
 #   that, and the seed-to-seed standard deviations are descriptive.
+# - **One source, unless `source_per_seed`.** Without it every run fine-tunes one source, pretrained
+#   once from seed 0: the seeds vary the few-shot subsets, the new head and the order of the data,
+#   not the source, so the intervals leave out how far another pretraining of the same recipe would
+#   move them. That is not small: the 5–9 source pretrained again on another thread count moved this
+#   chapter's single runs by several points (benchmarks/RESULTS.md, "Would bf16 training change
+#   chapter 02's findings?"). `-p source_per_seed True` pretrains one source per seed, so the seeds
+#   measure both; "This run" says which this page used.
 # - **Offline sources are small.** A ResNet-18 pretrained for a few epochs on MNIST digits is a far
 #   narrower source than ImageNet, and MNIST is easy enough that training from scratch on 20 images
 #   per class is already a strong baseline. The offline chapters test the protocol on real data;

@@ -104,6 +104,7 @@ weight_decay = 5e-4
 image_size = 224  # the size the networks run at; a self-pretrained source is pretrained at it
 stem = "imagenet"  # the source's stem: "imagenet" (7x7 stride 2, max-pool) or "cifar" (3x3 stride 1; self-pretrained)
 source_epochs = 5  # pretraining epochs of a self-pretrained source (ignored for imagenet)
+source_per_seed = False  # seed s starts from a source pretrained from seed s; False: every run from the one of seed 0
 bn_stats = "batch"  # BatchNorm of the baselines' trained blocks: each "batch"'s statistics, or the "source"'s
 augment = None  # crop-and-flip augmentation; None: the target's default (on for CIFAR)
 eval_every = 5  # test every this many epochs and after the last; the best accuracy is the best of those
@@ -137,7 +138,7 @@ if os.environ.get("SNIPNB_SMOKE"):
     source, target, models, image_size, source_epochs = "synthetic:0-4", "synthetic:5-9", ["resnet18"], 32, 1
     ks, seeds, epochs, eval_every, test_per_class = [2], 2, 2, 1, 10
     ablate_m, ablate_sigma, ablate_width_divisor, serving_tasks, timing_batch = [4], [0.0], [16], [1, 2], 8
-    val_per_class, lr_candidates, lr_seeds = 2, {"fo": [0.05, 0.1]}, 1
+    val_per_class, lr_candidates, lr_seeds, source_per_seed = 2, {"fo": [0.05, 0.1]}, 1, True
     results_dir = tempfile.mkdtemp()
     os.environ["SNIPNB_CHECKPOINTS"] = tempfile.mkdtemp()  # the smoke source is not cached for later
 
@@ -185,15 +186,18 @@ learning = dict(sigma=sigma, sigma_schedule=sigma_schedule, slot_order=slot_orde
 def make_runs(lrs):
     """(the grid, SNOW's run at the focus k that the ablations vary, every run) at learning rates `lrs`."""
     runs = snowrun.grid(source, target, models, ks, methods, seeds, lrs=lrs, selections=selections, epochs=epochs,
-                        full_epochs=full_epochs, m=m, width_divisor=width_divisor, **learning, **common)
+                        full_epochs=full_epochs, m=m, width_divisor=width_divisor, source_per_seed=source_per_seed,
+                        **learning, **common)
     base = snowrun.SnowRun(source=source, target=target, model=models[0], method="snow", k=focus_k, m=m,
                            width_divisor=width_divisor, lr=lrs.get("snow", snowrun.SnowRun.lr),
                            epochs=(full_epochs or epochs) if focus_k is None else epochs, **learning, **common)
-    ablation_runs = snowrun.ablation(base, seeds, m=ablate_m, sigma=ablate_sigma, width_divisor=ablate_width_divisor)
+    ablation_runs = snowrun.ablation(base, seeds, m=ablate_m, sigma=ablate_sigma, width_divisor=ablate_width_divisor,
+                                     source_per_seed=source_per_seed)
     seed_setting = dataclasses.replace(base, **snowrun.SEED_SETTING)
-    seed_setting_runs = ([dataclasses.replace(seed_setting, seed=s) for s in range(seeds)]
+    at_seed = functools.partial(pretrained.at_seed, source_per_seed=source_per_seed)
+    seed_setting_runs = ([at_seed(seed_setting, s) for s in range(seeds)]
                          if compare_seed_setting and seed_setting != base else [])
-    return runs, base, list(dict.fromkeys(runs + [dataclasses.replace(base, seed=s) for s in range(seeds)]
+    return runs, base, list(dict.fromkeys(runs + [at_seed(base, s) for s in range(seeds)]
                                           + ablation_runs + seed_setting_runs))
 
 
@@ -203,7 +207,7 @@ runs, base, all_runs = make_runs(lrs)
 def search_runs(tried):
     """The learning-rate search's runs over the candidates `tried` (method -> rates)."""
     return snowrun.lr_grid(tried, source, target, models, focus_k, lr_seeds, **common, epochs=base.epochs, m=m,
-                           width_divisor=width_divisor, **learning)
+                           width_divisor=width_divisor, source_per_seed=source_per_seed, **learning)
 
 
 if lr_candidates:
@@ -224,7 +228,9 @@ def k_label(k):
 
 
 display(Markdown(
-    f"**This run:** source `{source}` → target `{target}` ({target_classes} classes); models {', '.join(models)} at "
+    f"**This run:** source `{source}` "
+    f"({'one source per seed, pretrained from that seed' if source_per_seed else 'one source for every run'}) "
+    f"→ target `{target}` ({target_classes} classes); models {', '.join(models)} at "
     f"{image_size} px through the {stem} stem (the last stage sees {side}×{side}); k ∈ "
     f"{{{', '.join(k_label(k) for k in ks)}}} images per class; {seeds} seeds; {len(runs)} runs of {len(methods)} "
     f"methods (SNOW with channels {', '.join(selections)}), "
@@ -262,19 +268,22 @@ else:
 
 # %% [markdown]
 # ## The source
-# Pretrained once, before the sweep (a self-pretrained source is cached on disk by its settings).
-# Its own test accuracy says how good the features are that every method starts from.
+# Pretrained before the sweep (a self-pretrained source is cached on disk by its settings): once, or
+# once per seed with `source_per_seed`. Its own test accuracy says how good the features are that
+# every method starts from.
 
 # %% tags=["hide-input"]
 sources = []
-for model in models:
-    backbone = pretrained.load_source(source, model, image_size, epochs=source_epochs, stem=stem, device=run_device)
+for model, source_seed in sorted({(run.model, run.source_seed) for run in all_runs}):
+    backbone = pretrained.load_source(source, model, image_size, epochs=source_epochs, seed=source_seed, stem=stem,
+                                      device=run_device)
     meta = backbone.meta
     if source == "imagenet":
         sources.append({"model": model, "weights": meta["weights"], "trained on": "ImageNet-1k",
                         "top-1 (%)": meta["imagenet_top1"], "as measured by": "torchvision's weights meta"})
     else:
-        sources.append({"model": model, "trained on": source, "epochs": meta["epochs"], "image size": meta["image_size"],
+        sources.append({"model": model, "trained on": source, "seed": meta["seed"], "epochs": meta["epochs"],
+                        "image size": meta["image_size"],
                         "test accuracy (%)": meta["test_acc"], "as measured by": "this project"})
     del backbone
 display(table(pd.DataFrame(sources)))
@@ -717,4 +726,11 @@ if source != "imagenet":
     limits.append(f"- The source is a ResNet the project pretrained on `{source}`, a much smaller and simpler source "
                   "than ImageNet; the paper's claims are about ImageNet sources, which the ImageNet → CIFAR-100 "
                   "chapter tests when run.")
+    if not source_per_seed:
+        limits.append("- Every run starts from one source, pretrained once from seed 0: the seeds vary the few-shot "
+                      "subsets, the new head and the order of the data, not the source, so the intervals leave out "
+                      "how far another pretraining of the same recipe would move them; for chapter 02's runs from the "
+                      "same 5–9 source, that was several points per run (benchmarks/RESULTS.md, \"Would bf16 "
+                      "training change chapter 02's findings?\"). `-p source_per_seed True` pretrains one source per "
+                      "seed.")
 display(Markdown("\n".join(limits)))

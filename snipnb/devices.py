@@ -18,18 +18,24 @@ bf16 evaluation, whose effect on accuracy was measured and is stated where it is
   bf16_accuracy.py). Asked for on a device without it, a warning says fp32 is used instead.
 - **One single-threaded worker per core on the CPU** (`default_workers`): a small run keeps one core
   busy; two threads of one run wait on each other.
+- **A fixed thread count where bits must repeat** (`cpu_threads`): a CPU run is bit-reproducible for a
+  given number of threads, not across them (a convolution's reductions are split by thread). Pretrained
+  sources are made at `pretrained.PRETRAIN_THREADS` whatever the caller runs at.
 - **Stacks on the GPU only** (`default_stack`): on the CPU a vmapped stack of runs is slower per run
   than `train.fit` one run at a time (grouped convolutions, batched matrix products).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
 import warnings
 
 import torch
+
+from . import checks
 
 # Test images per batch, per device type: measured fastest on a 2-core AMD EPYC (benchmarks/RESULTS.md).
 # Devices not listed (CUDA, MPS: not measured here) keep the earlier default.
@@ -90,8 +96,8 @@ def bf16_native(device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
-        return any(check is not None and check() for check in checks)
+        probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+        return any(check is not None and check() for check in probes)
     return False
 
 
@@ -146,3 +152,15 @@ def default_workers(device) -> int:
     """Sweep processes to run at once on `device`: one single-threaded worker per core on the CPU;
     one on a GPU, whose runs a stack already fills (the GPU benchmark is still to be measured)."""
     return cpu_cores() if torch.device(device).type == "cpu" else 1
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int):
+    """torch's intra-op thread count set to `threads` inside the block and restored after it."""
+    checks.integer("threads", threads, 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from . import __version__, data, frozen
+from . import __version__, checks, data, devices, frozen, provenance
 from .data import _offline, _socket_timeout
 from .models import Net
 from .masks import named_weights
@@ -67,6 +67,12 @@ MIN_IMAGE_SIZE = MIN_IMAGE_SIZES["imagenet"]
 IMAGENET_WEIGHTS = {"resnet18": torchvision.models.ResNet18_Weights,
                     "resnet50": torchvision.models.ResNet50_Weights}
 DOWNLOAD_TIMEOUT_S = 30.0
+# The CPU threads a source is pretrained with, whatever the caller runs at. On the CPU, training is
+# bit-reproducible for a given thread count but not across counts, and few-shot fine-tuning turns a
+# source's last bits into points of accuracy (benchmarks/RESULTS.md): a sweep worker (1 thread) and a
+# notebook's kernel (2 threads on the report's machine) would otherwise make two different sources
+# under one name. 2 is what chapters 02 and 05 were pretrained at. On a GPU it changes nothing.
+PRETRAIN_THREADS = 2
 
 
 def _check_choice(argument: str, value, allowed) -> None:
@@ -360,7 +366,7 @@ def save_checkpoint(model: Backbone, meta: dict, path) -> pathlib.Path:
 # What a checkpoint's metadata must match when asked for: every setting `pretrain` is keyed by,
 # and the input shape the weights take.
 CHECKED = ("model", "stem", "dataset", "classes", "epochs", "seed", "image_size", "in_channels", "lr",
-           "batch_size", "weight_decay", "augment")
+           "batch_size", "weight_decay", "augment", "threads")
 
 
 def load_checkpoint(path, **expected) -> tuple[Backbone, dict]:
@@ -421,35 +427,39 @@ def _check_state(expected: dict, found: dict, what: str) -> None:
 
 def pretrain_settings(model: str, dataset: str, classes=None, epochs: int = 5, seed: int = 0, *, image_size: int = 32,
                       lr: float = 0.1, batch_size: int = 128, weight_decay: float = 5e-4,
-                      stem: str = "imagenet") -> dict:
-    """The settings a pretrained source is keyed and checked by (its checkpoint's name and metadata)."""
+                      stem: str = "imagenet", threads: int = PRETRAIN_THREADS) -> dict:
+    """The settings a pretrained source is keyed and checked by (its checkpoint's name and metadata).
+    `threads` is among them: on the CPU another thread count makes other weights."""
     _check_choice("model", model, ARCHITECTURES)
     check_image_size(model, image_size, stem)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    checks.integer("threads", threads, 1)
     spec = dataset if classes is None else f"{dataset}:{','.join(str(int(c)) for c in classes)}"
     name, picked = parse_split(spec)
     return {"model": model, "stem": stem, "dataset": name, "classes": None if picked is None else list(picked),
             "epochs": epochs, "seed": seed, "image_size": image_size, "lr": lr, "batch_size": batch_size,
-            "weight_decay": weight_decay, "augment": data.recipe_defaults(name)["augment"]}
+            "weight_decay": weight_decay, "augment": data.recipe_defaults(name)["augment"], "threads": threads}
 
 
 def pretrain(model: str, dataset: str, classes=None, epochs: int = 5, seed: int = 0, *, image_size: int = 32,
              lr: float = 0.1, batch_size: int = 128, weight_decay: float = 5e-4, stem: str = "imagenet",
-             cache_dir=None, device=None, progress: bool = True) -> pathlib.Path:
+             threads: int = PRETRAIN_THREADS, cache_dir=None, device=None, progress: bool = True) -> pathlib.Path:
     """Train `model` with `stem` (`build`) from scratch on `classes` of `dataset` (all if None) and
     return its checkpoint.
 
     The checkpoint is cached in `checkpoint_dir(cache_dir)` under a name made from every setting,
     so a second call with the same settings returns at once. It holds the weights and metadata:
     the settings, the input shape, the normalisation, the test accuracy on those classes, the
-    library and torch versions. Training is `snipnb.train.fit` with its defaults (crop-and-flip
-    augmentation for CIFAR only).
+    library and torch versions, and the device it was made on. Training is `snipnb.train.fit` with its
+    defaults (crop-and-flip augmentation for CIFAR only), on `threads` CPU threads whatever the caller
+    runs at (`PRETRAIN_THREADS`), so the same settings make the same bits on any thread count; another
+    CPU's instruction set (`cpu_capability` in the metadata) or a GPU may still differ in the last bits.
     """
     from .train import fit  # the training floor, needed only to pretrain
 
     settings = pretrain_settings(model, dataset, classes, epochs, seed, image_size=image_size, lr=lr,
-                                 batch_size=batch_size, weight_decay=weight_decay, stem=stem)
+                                 batch_size=batch_size, weight_decay=weight_decay, stem=stem, threads=threads)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     path = checkpoint_dir(cache_dir) / f"{model}-{settings['dataset']}-{key}.pt"
     if path.is_file():
@@ -460,14 +470,19 @@ def pretrain(model: str, dataset: str, classes=None, epochs: int = 5, seed: int 
     spec = name if picked is None else f"{name}:{','.join(map(str, picked))}"
     train, test = load_split(spec, True), load_split(spec, False)
     in_channels = train.images.shape[1]
-    backbone = build(model, train.num_classes, in_channels, image_size, train.mean, train.std, seed=seed, stem=stem)
-    history = fit(backbone, unit_range(train), unit_range(test), epochs, lr=lr, batch_size=batch_size,
-                  weight_decay=weight_decay, augment=augment, device=device, eval_every=epochs, seed=seed,
-                  progress=progress, desc=f"pretrain {model} ({stem} stem) on {spec}")
+    device = torch.device(device) if device is not None else devices.default_device()
+    with devices.cpu_threads(threads):
+        backbone = build(model, train.num_classes, in_channels, image_size, train.mean, train.std, seed=seed,
+                         stem=stem)
+        history = fit(backbone, unit_range(train), unit_range(test), epochs, lr=lr, batch_size=batch_size,
+                      weight_decay=weight_decay, augment=augment, device=device, eval_every=epochs, seed=seed,
+                      progress=progress, desc=f"pretrain {model} ({stem} stem) on {spec}")
+        made_on = provenance.device_name(device)
     meta = {**settings, "in_channels": in_channels, "num_classes": train.num_classes,
             "mean": list(train.mean), "std": list(train.std), "test_acc": 100 * history.final_acc,
             "train_loss": history.train_loss[-1], "seconds": history.seconds, "snipnb_version": __version__,
-            "torch_version": str(torch.__version__), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "torch_version": str(torch.__version__), "device": made_on,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return save_checkpoint(backbone, meta, path)
 
 
@@ -495,6 +510,23 @@ def load_source(source: str, model: str = "resnet18", image_size: int | None = N
                     device=device, progress=progress)
     settings = pretrain_settings(model, name, classes, epochs, seed, image_size=image_size, stem=stem)
     return load_checkpoint(path, **settings)[0]
+
+
+def check_source_per_seed(source: str, settings: dict) -> None:
+    """A grid that gives seed s a source pretrained from seed s needs a source the project pretrains,
+    and no `source_seed` of its own in `settings` (which would say: one source for every run)."""
+    if source == "imagenet":
+        raise ValueError("source_per_seed=True needs a source the project pretrains ('mnist:0-4', ...): "
+                         "torchvision's ImageNet weights are one source")
+    if "source_seed" in settings:
+        raise ValueError(f"source_per_seed=True gives each seed its own source, but source_seed="
+                         f"{settings['source_seed']!r} names one for every run: give one or the other")
+
+
+def at_seed(run, seed: int, source_per_seed: bool = False):
+    """`run` (a `TransferRun` or `SnowRun`) at another `seed`; with `source_per_seed`, from the source
+    pretrained from that seed too, as the grids' `source_per_seed` pairs them."""
+    return dataclasses.replace(run, seed=seed, **({"source_seed": seed} if source_per_seed else {}))
 
 
 def source_key(run) -> tuple:

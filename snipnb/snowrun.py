@@ -581,12 +581,14 @@ def settling(log: snow.SelectionLog) -> dict:
 
 
 def grid(source: str, target: str, models, ks, methods, seeds: int, *, lrs: dict | None = None,
-         selections=("learned",), full_epochs: int | None = None, **settings) -> list[SnowRun]:
+         selections=("learned",), full_epochs: int | None = None, source_per_seed: bool = False,
+         **settings) -> list[SnowRun]:
     """Every (model, k, seed) once per method, SNOW once per selection rule. `k=None` trains on the
     whole training split, for `full_epochs` epochs if given (a few-shot set needs more epochs than a
     full split for as many steps). `lrs` maps a method to its learning rate (default: `settings["lr"]`
     or SnowRun's). `settings` are the other `SnowRun` fields, shared by all runs; SNOW's own
-    (`SNOW_FIELDS`: `m`, `sigma`, `w_lr`, ...) go to SNOW runs only.
+    (`SNOW_FIELDS`: `m`, `sigma`, `w_lr`, ...) go to SNOW runs only. With `source_per_seed`, seed s
+    starts from a source pretrained from seed s (`source_seed`); otherwise every run from one source.
 
     Every k is checked against the target's smallest class here, before anything runs.
     """
@@ -601,6 +603,8 @@ def grid(source: str, target: str, models, ks, methods, seeds: int, *, lrs: dict
     if full_epochs is not None:
         checks.integer("full_epochs", full_epochs, 1)
     check_ks(target, ks)
+    if source_per_seed:
+        pretrained.check_source_per_seed(source, settings)
     snow_settings = {f: settings.pop(f) for f in SNOW_FIELDS if f in settings}
     runs = []
     for model in models:
@@ -608,7 +612,7 @@ def grid(source: str, target: str, models, ks, methods, seeds: int, *, lrs: dict
             for seed in range(seeds):
                 for method in methods:
                     common = dict(source=source, target=target, model=model, k=k, seed=seed, method=method,
-                                  **settings)
+                                  **settings, **({"source_seed": seed} if source_per_seed else {}))
                     if k is None and full_epochs is not None:
                         common["epochs"] = full_epochs
                     if method in lrs:
@@ -620,9 +624,10 @@ def grid(source: str, target: str, models, ks, methods, seeds: int, *, lrs: dict
     return runs
 
 
-def ablation(base: SnowRun, seeds: int, **values) -> list[SnowRun]:
+def ablation(base: SnowRun, seeds: int, *, source_per_seed: bool = False, **values) -> list[SnowRun]:
     """SNOW's `base` run with one setting changed at a time, for every seed: `ablation(base, 3,
-    m=[4, 16], sigma=[0, 0.5])` varies M, then σ. The base itself is not repeated."""
+    m=[4, 16], sigma=[0, 0.5])` varies M, then σ. The base itself is not repeated. With
+    `source_per_seed`, seed s starts from a source pretrained from seed s, as in `grid`."""
     runs = []
     for field, options in values.items():
         if field not in SNOW_FIELDS:
@@ -630,7 +635,8 @@ def ablation(base: SnowRun, seeds: int, **values) -> list[SnowRun]:
         for value in options:
             if _as_m(value) == getattr(base, field):
                 continue
-            runs += [dataclasses.replace(base, seed=seed, **{field: value}) for seed in range(seeds)]
+            runs += [pretrained.at_seed(dataclasses.replace(base, **{field: value}), seed, source_per_seed)
+                     for seed in range(seeds)]
     return runs
 
 

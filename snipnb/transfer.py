@@ -277,12 +277,15 @@ def run_transfer(run: TransferRun, device=None) -> dict:
 
 
 def grid(source: str, target: str, models, ks, sparsities, methods, train_blocks, seeds: int, *,
-         reference_blocks=(), scratch: bool = True, scratch_lr: float | None = None, **settings) -> list[TransferRun]:
+         reference_blocks=(), scratch: bool = True, scratch_lr: float | None = None, source_per_seed: bool = False,
+         **settings) -> list[TransferRun]:
     """Every (model, k, seed): dense fine-tuning and each pruning method and sparsity, for every
     `train_blocks`; dense fine-tuning alone for every `reference_blocks` (e.g. the linear probe, as
     a reference); with `scratch`, the same network trained from scratch (all blocks, batch
     statistics, at `scratch_lr` if given). `settings` are the other `TransferRun` fields, shared by
-    all runs.
+    all runs. With `source_per_seed`, seed s fine-tunes a source pretrained from seed s
+    (`source_seed`), so that variation over seeds includes the source's; otherwise every run starts
+    from one source.
 
     Every k is checked against the target's smallest class (less its validation images) here,
     before anything runs.
@@ -293,6 +296,8 @@ def grid(source: str, target: str, models, ks, sparsities, methods, train_blocks
     both = set(train_blocks) & set(reference_blocks)
     if both:
         raise ValueError(f"reference_blocks repeats train_blocks {sorted(both)}: each setting is in one list")
+    if source_per_seed:
+        pretrained.check_source_per_seed(source, settings)
     train = pretrained.load_split(target, True)
     _, pool = _validation_split(train, settings.get("val_per_class"))
     for k in ks:
@@ -303,7 +308,8 @@ def grid(source: str, target: str, models, ks, sparsities, methods, train_blocks
     for model in models:
         for k in ks:
             for seed in range(seeds):
-                common = dict(source=source, target=target, model=model, k=k, seed=seed, **settings)
+                common = dict(source=source, target=target, model=model, k=k, seed=seed, **settings,
+                              **({"source_seed": seed} if source_per_seed else {}))
                 for blocks in train_blocks:
                     runs.append(TransferRun(**common, train_blocks=blocks))
                     runs += [TransferRun(**common, train_blocks=blocks, method=method, sparsity=sparsity)

@@ -83,3 +83,17 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
                                 env={**env, "SNIPNB_MALLOC": "system"}, check=True).stdout.split()[-1])
     # One 256-image batch of simple_convnet's first activation alone is 50 MB: ~12,000 pages.
     assert system > 10_000 and kept < system / 20, (kept, system)
+
+
+def test_cpu_threads_sets_the_count_inside_and_gives_the_callers_back_even_after_an_error():
+    before = torch.get_num_threads()
+    inside = 1 if before != 1 else 2
+    with pytest.raises(RuntimeError, match="inside"):
+        with devices.cpu_threads(inside):
+            assert torch.get_num_threads() == inside
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="threads must be"):
+            with devices.cpu_threads(bad):
+                pass

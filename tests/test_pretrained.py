@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from snipnb import pretrained, snow
+from snipnb import devices, pretrained, snow
 from snipnb.data import ImageData
 from snipnb.train import fit
 
@@ -168,6 +168,8 @@ def test_pretrain_saves_weights_with_metadata_loadable_weights_only(checkpoint):
     shape = (meta["epochs"], meta["seed"], meta["image_size"], meta["in_channels"], meta["num_classes"])
     assert shape == (1, 0, 32, 3, 2)
     assert 0 <= meta["test_acc"] <= 100 and meta["snipnb_version"] and meta["torch_version"]
+    assert meta["threads"] == pretrained.PRETRAIN_THREADS and meta["device"].startswith("cpu")
+    assert meta["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     net, loaded_meta = pretrained.load_checkpoint(checkpoint, model="resnet18", image_size=32)
     assert loaded_meta == meta
     for key, value in blob["state_dict"].items():
@@ -212,6 +214,21 @@ def test_a_checkpoint_whose_weights_do_not_fit_its_architecture_is_refused(check
         pretrained.load_checkpoint(tmp_path / "foreign.pt")
     with pytest.raises(FileNotFoundError, match="nothing.pt"):
         pretrained.load_checkpoint(tmp_path / "nothing.pt")
+
+
+def test_a_source_has_the_same_bits_whatever_thread_count_the_caller_runs_at(checkpoint, tmp_path):
+    # On the CPU another thread count gives other weights (a sweep worker runs 1 thread, a notebook's
+    # kernel 2): pretraining pins its own, so the same settings make the same source from either.
+    caller = 1 if torch.get_num_threads() != 1 else 3
+    with devices.cpu_threads(caller):
+        again = pretrained.pretrain("resnet18", "synthetic", classes=[0, 1], epochs=1, seed=0, cache_dir=tmp_path,
+                                    device="cpu", progress=False)
+        assert torch.get_num_threads() == caller  # given back to the caller
+    first, second = torch.load(checkpoint)["state_dict"], torch.load(again)["state_dict"]
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    # another thread count is another source, cached under another name
+    settings = dict(model="resnet18", dataset="synthetic", classes=[0, 1], epochs=1, seed=0)
+    assert pretrained.pretrain_settings(**settings, threads=1) != pretrained.pretrain_settings(**settings)
 
 
 def test_a_pretraining_killed_while_saving_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
@@ -342,6 +359,7 @@ def test_splits_renumber_their_classes_in_order():
     (lambda: pretrained.load_split("synthetic:9-10", True), "names class 10"),
     (lambda: pretrained.load_source("omniglot", "resnet18"), "source='omniglot'"),
     (lambda: pretrained.pretrain("resnet18", "synthetic", epochs=0), "epochs must be a positive int"),
+    (lambda: pretrained.pretrain("resnet18", "synthetic", threads=0), "threads must be >= 1, got 0"),
 ])
 def test_bad_input_is_a_clear_error_naming_the_value(call, message):
     with pytest.raises(ValueError, match=message):

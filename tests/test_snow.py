@@ -580,6 +580,22 @@ def test_an_ablation_changes_one_setting_at_a_time():
     assert [r.seed for r in runs] == [0, 1] * 3
     with pytest.raises(ValueError, match="ablation varies"):
         snowrun.ablation(base, 1, lr=[0.1])
+    assert {r.source_seed for r in runs} == {0}  # one source unless asked otherwise
+    paired = snowrun.ablation(base, 3, sigma=[0.0], source_per_seed=True)
+    assert [(r.seed, r.source_seed) for r in paired] == [(0, 0), (1, 1), (2, 2)]
+
+
+def test_a_grid_with_a_source_per_seed_pairs_each_seed_with_its_own_source():
+    runs = snowrun.grid("synthetic:0-4", "synthetic:5-9", ["resnet18"], [2], ["snow", "ft"], 3, image_size=32,
+                        source_per_seed=True)
+    assert len(runs) == 6 and all(r.source_seed == r.seed for r in runs)
+    search = snowrun.lr_grid({"ft": [0.01]}, "synthetic:0-4", "synthetic:5-9", ["resnet18"], 2, 2, image_size=32,
+                             val_per_class=2, source_per_seed=True)
+    assert [(r.seed, r.source_seed) for r in search] == [(0, 0), (1, 1)]
+    assert pretrained.at_seed(runs[0], 2, source_per_seed=True).source_seed == 2
+    assert pretrained.at_seed(runs[0], 2).source_seed == runs[0].source_seed
+    with pytest.raises(ValueError, match="ImageNet weights are one source"):
+        snowrun.grid("imagenet", "synthetic:5-9", ["resnet18"], [2], ["ft"], 1, source_per_seed=True)
 
 
 @pytest.mark.parametrize("kwargs, message", [

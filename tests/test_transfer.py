@@ -2,6 +2,7 @@
 the synthetic classes 5-9. Nothing is downloaded and no real dataset is read."""
 
 import dataclasses
+import functools
 import math
 from collections import OrderedDict
 
@@ -169,6 +170,24 @@ def test_grid_pairs_every_method_with_dense_and_scratch_on_the_same_seeds():
     assert len(scratch) == 4 and all(r.lr == 0.1 and r.train_blocks == "all" and r.bn_stats == "batch"
                                      for r in scratch)
     assert {r.lr for r in runs if r.method != "scratch"} == {TransferRun.lr}
+
+
+def test_a_grid_with_a_source_per_seed_pairs_each_seed_with_its_own_source_everywhere():
+    grid = functools.partial(transfer.grid, "synthetic:0-4", "synthetic:5-9", ["resnet18"], [1, 2], [0.5], ["snip"],
+                             ["last_block"], 3, image_size=32)
+    assert {r.source_seed for r in grid()} == {0}  # by default one source
+    runs = grid(source_per_seed=True)
+    assert len(runs) == len(grid()) and all(r.source_seed == r.seed for r in runs)
+    search = transfer.lr_grid([0.01, 0.1], "synthetic:0-4", "synthetic:5-9", ["resnet18"], [1], ["last_block"], 2,
+                              image_size=32, val_per_class=5, source_per_seed=True)
+    assert {(r.seed, r.source_seed) for r in search} == {(0, 0), (1, 1)}
+    curve = transfer.curve_runs(runs, [1, 2], 1, 2)
+    assert curve and all(r.source_seed == r.seed for r in curve)
+    with pytest.raises(ValueError, match="ImageNet weights are one source"):
+        transfer.grid("imagenet", "synthetic:5-9", ["resnet18"], [1], [0.5], ["snip"], ["head"], 1, image_size=32,
+                      source_per_seed=True)
+    with pytest.raises(ValueError, match="source_seed=3 names one for every run"):
+        grid(source_per_seed=True, source_seed=3)
 
 
 @pytest.mark.parametrize("kwargs, message", [
