@@ -184,9 +184,8 @@ make_grid = functools.partial(transfer.grid, source, target, models, ks, sparsit
 runs = make_grid(**settings)
 blocks_trained = train_blocks + reference_blocks
 side = pretrained.last_stage_size(image_size, stem)
-one_source = source == "imagenet" or not source_per_seed
 display(Markdown(f"**This run:** source `{source}` "
-                 + ("(one source for every run)" if one_source else "(one source per seed, pretrained from that seed)")
+                 + ("(one source per seed, pretrained from that seed)" if source_per_seed else "(one source for every run)")
                  + f" → target `{target}`, {len(runs)} runs ({len(models)} model{'s' * (len(models) > 1)} × "
                  f"{len(ks)} k × {seeds} seeds × (dense on {blocks_trained} + {len(methods)} methods × "
                  f"{len(sparsities)} sparsities on {train_blocks} + scratch)), {epochs} epochs each, "

@@ -477,7 +477,7 @@ def pretrain(model: str, dataset: str, classes=None, epochs: int = 5, seed: int 
         history = fit(backbone, unit_range(train), unit_range(test), epochs, lr=lr, batch_size=batch_size,
                       weight_decay=weight_decay, augment=augment, device=device, eval_every=epochs, seed=seed,
                       progress=progress, desc=f"pretrain {model} ({stem} stem) on {spec}")
-        made_on = provenance.device_name(device)
+        made_on = provenance.device_name(device)  # inside, so it names the pinned thread count
     meta = {**settings, "in_channels": in_channels, "num_classes": train.num_classes,
             "mean": list(train.mean), "std": list(train.std), "test_acc": 100 * history.final_acc,
             "train_loss": history.train_loss[-1], "seconds": history.seconds, "snipnb_version": __version__,
@@ -523,10 +523,16 @@ def check_source_per_seed(source: str, settings: dict) -> None:
                          f"{settings['source_seed']!r} names one for every run: give one or the other")
 
 
+def seed_fields(seed: int, source_per_seed: bool = False) -> dict:
+    """The fields of a `TransferRun` or `SnowRun` that `seed` sets: `seed`, and with `source_per_seed`
+    its source's `source_seed` too (seed s fine-tunes the source pretrained from seed s)."""
+    return {"seed": seed, **({"source_seed": seed} if source_per_seed else {})}
+
+
 def at_seed(run, seed: int, source_per_seed: bool = False):
-    """`run` (a `TransferRun` or `SnowRun`) at another `seed`; with `source_per_seed`, from the source
-    pretrained from that seed too, as the grids' `source_per_seed` pairs them."""
-    return dataclasses.replace(run, seed=seed, **({"source_seed": seed} if source_per_seed else {}))
+    """`run` (a `TransferRun` or `SnowRun`) at another `seed`, paired with its source as the grids pair
+    them (`seed_fields`)."""
+    return dataclasses.replace(run, **seed_fields(seed, source_per_seed))
 
 
 def source_key(run) -> tuple:

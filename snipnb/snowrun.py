@@ -611,8 +611,8 @@ def grid(source: str, target: str, models, ks, methods, seeds: int, *, lrs: dict
         for k in ks:
             for seed in range(seeds):
                 for method in methods:
-                    common = dict(source=source, target=target, model=model, k=k, seed=seed, method=method,
-                                  **settings, **({"source_seed": seed} if source_per_seed else {}))
+                    common = dict(source=source, target=target, model=model, k=k, method=method, **settings,
+                                  **pretrained.seed_fields(seed, source_per_seed))
                     if k is None and full_epochs is not None:
                         common["epochs"] = full_epochs
                     if method in lrs:

@@ -172,9 +172,10 @@ def late_gain(curves: pd.DataFrame, by, *, step: str = "iteration", value: str =
     `metarun.history_table`'s meta-validation accuracy at each checkpoint). Per curve, the gain is
     `value` at its last step minus `value` at the latest step at or before (1 − `fraction`) × that last
     step; per group of `by`, the mean gain over `pair_on` with its t interval. Columns: by, `start`
-    and `end` (the two steps; the earliest start and latest end where curves differ), `gain`, `ci_low`, `ci_high`, `n`, and `reading`: "still rising" or
-    "falling" where the interval excludes 0, else "no change detected at this power" (with few seeds a
-    curve that is still rising slowly can read so: the interval says how slowly).
+    and `end` (the two steps; the earliest start and latest end where curves differ), `gain`,
+    `ci_low`, `ci_high`, `n`, and `reading`: "still rising" or "falling" where the interval excludes
+    0, else "no change detected at this power" (with few seeds a curve that is still rising slowly
+    can read so: the interval says how slowly).
 
     A budget is part of a result: a method compared while its curve still rises is compared early in
     training, and a ranking of methods at that point may not hold at convergence.

@@ -308,8 +308,8 @@ def grid(source: str, target: str, models, ks, sparsities, methods, train_blocks
     for model in models:
         for k in ks:
             for seed in range(seeds):
-                common = dict(source=source, target=target, model=model, k=k, seed=seed, **settings,
-                              **({"source_seed": seed} if source_per_seed else {}))
+                common = dict(source=source, target=target, model=model, k=k, **settings,
+                              **pretrained.seed_fields(seed, source_per_seed))
                 for blocks in train_blocks:
                     runs.append(TransferRun(**common, train_blocks=blocks))
                     runs += [TransferRun(**common, train_blocks=blocks, method=method, sparsity=sparsity)
