@@ -150,6 +150,13 @@ def test_list_has_a_header_aligned_columns_the_books_order_and_a_total(capsys):
     total = sum(c.cost.minutes for c in run_book.CHAPTERS if not c.on_demand)
     assert any(line.startswith(f"{len(run_book.select(run_book.CHAPTERS, [], False, False))} default chapters: "
                                f"≈ {run_book.duration(total)}") for line in lines)
+    estimated = [c.name for c in run_book.CHAPTERS if not c.on_demand and c.cost.estimated_from]
+    assert all(any(name in line for line in lines if "default chapters" in line) for name in estimated)
+
+
+def test_an_estimated_cost_says_so_and_from_what():
+    assert str(run_book.Cost(90, "CPU")) == "≈ 1 h 30 min on CPU"
+    assert str(run_book.Cost(90, "CPU", estimated_from="its parts")) == "about 1 h 30 min on CPU, estimated from its parts"
 
 
 def test_only_takes_globs_and_a_pattern_never_picks_an_on_demand_chapter():
