@@ -49,8 +49,9 @@
 #
 # **Validation.** With `val_per_class`, a fixed, class-balanced set of the target's *training*
 # images is held out before any $k$-shot subset is drawn: one set for every seed, $k$ and method,
-# disjoint from every subset. With `lr_candidates`, the fine-tuning learning rate is chosen on it
-# (dense fine-tuning of the pruned blocks, `lr_seeds` seeds, the highest mean validation accuracy
+# disjoint from every subset. With `lr_candidates`, each baseline's learning rate is chosen on it
+# (dense fine-tuning of the pruned blocks, whose rate the pruning methods share; each reference
+# block setting; training from scratch: `lr_seeds` seeds, the highest mean validation accuracy
 # after the last epoch), and every run also reports the test accuracy at the epoch the validation
 # set picks (`test_at_best_val`), an honest counterpart of the best test accuracy. The test split
 # only ever gives the numbers reported. A validation set larger than the training set is a luxury
@@ -113,11 +114,11 @@ results_dir = "results/02_transfer"
 reuse = "same_code"  # or "any": also keep records made by other library code (the chapter names their code)
 batch_size = 32
 lr = 0.01  # every fine-tuning run, unless lr_candidates chooses it
-lr_candidates = []  # choose the fine-tuning lr among these on validation (needs val_per_class); []: use lr
+lr_candidates = []  # choose each baseline's lr among these on validation (needs val_per_class); []: lr and scratch_lr
 lr_seeds = 2  # seeds of that choice
 lr_extensions = 2  # while the chosen lr is the largest or smallest tried, try one grid step further out, at most this often
 val_per_class = None  # training images per class held out for validation, apart from every k-shot subset; None: none
-scratch_lr = 0.05  # training from scratch: Experiment 1's learning rate
+scratch_lr = 0.05  # training from scratch, unless lr_candidates chooses it: Experiment 1's learning rate
 bn_stats = "source"  # BatchNorm of the trained blocks: "source" statistics, or each "batch"'s
 eval_every = 1  # test every this many epochs; the best accuracy is the best of those tests
 test_per_class = None  # test on a fixed class-balanced sample of this many per class; None: all the test split
@@ -189,9 +190,9 @@ display(Markdown(f"**This run:** source `{source}` "
                  + f" → target `{target}`, {len(runs)} runs ({len(models)} model{'s' * (len(models) > 1)} × "
                  f"{len(ks)} k × {seeds} seeds × (dense on {blocks_trained} + {len(methods)} methods × "
                  f"{len(sparsities)} sparsities on {train_blocks} + scratch)), {epochs} epochs each, "
-                 + (f"learning rate chosen on validation among {lr_candidates} (below)" if lr_candidates
-                    else f"learning rate {lr}") + f" (scratch {scratch_lr}), "
-                 f"images at {image_size} px through the {stem} stem (the last stage sees {side}×{side}), tested on "
+                 + (f"each baseline's learning rate chosen on validation among {lr_candidates} (below), "
+                    if lr_candidates else f"learning rate {lr} (scratch {scratch_lr}), ")
+                 + f"images at {image_size} px through the {stem} stem (the last stage sees {side}×{side}), tested on "
                  f"{'the whole test split' if test_per_class is None else f'{test_per_class} test images per class'}"
                  + ("" if val_per_class is None else
                     f", validated on {val_per_class} training images per class held out of every k-shot subset")
@@ -261,12 +262,14 @@ for model, source_seed in sorted({(run.model, run.source_seed) for run in runs i
 display(pd.DataFrame(sources))
 
 # %% [markdown]
-# ## The learning rate
-# With `lr_candidates`: dense fine-tuning of every pruned block setting at every $k$, on `lr_seeds`
-# seeds, at each candidate; the mean validation accuracy after the last epoch (%) picks the rate
-# every fine-tuning run below uses. A rate chosen at the largest or smallest candidate is only a
-# bound, so the grid then gains the next rate one step further out and the choice is made again (at
-# most `lr_extensions` times). No test accuracy is read.
+# ## The learning rates
+# With `lr_candidates`, each baseline gets its own rate: dense fine-tuning of the pruned blocks
+# (every pruning method on those blocks shares its rate, so the pruned networks get the dense
+# baseline's tuned rate), each reference block setting, and training from scratch, each run at every
+# $k$ on `lr_seeds` seeds at each candidate; the mean validation accuracy after the last epoch (%)
+# picks the rate. A rate chosen at the largest or smallest candidate is only a bound, so its grid
+# then gains the next rate one step further out and the choice is made again (at most
+# `lr_extensions` times). No test accuracy is read.
 
 # %% tags=["hide-input"]
 sweep = functools.partial(run_sweep, functools.partial(transfer.run_transfer, device=device),
@@ -276,28 +279,37 @@ sweep = functools.partial(run_sweep, functools.partial(transfer.run_transfer, de
 
 
 def choose(tried):
-    """The fine-tuning rate among `tried["lr"]`, on validation; runs already recorded are reused."""
-    search = transfer.lr_grid(tried["lr"], source, target, models, ks, train_blocks, lr_seeds,
-                              source_per_seed=source_per_seed, **settings)
-    searched = sweep(search)
-    if len(searched) < len(search):
-        raise RuntimeError(f"the learning-rate search has {len(searched)} of its {len(search)} runs (shard {shard} "
-                           f"ran its slice): run every shard, then run again to choose the rate and go on")
-    lr, lr_table = transfer.select_lr(searched)
-    return {"lr": lr}, (lr_table, len(search) // len(tried["lr"]))
+    """Each baseline's rate among `tried[key]`, on validation; runs already recorded are reused."""
+    searches = transfer.baseline_lr_grids(tried, source, target, models, ks, train_blocks, reference_blocks, lr_seeds,
+                                          source_per_seed=source_per_seed, **settings)
+    wanted = [run for search in searches.values() for run in search]
+    searched = sweep(wanted)
+    if len(searched) < len(wanted):
+        raise RuntimeError(f"the learning-rate search has {len(searched)} of its {len(wanted)} runs (shard {shard} "
+                           f"ran its slice): run every shard, then run again to choose the rates and go on")
+    picks = {key: transfer.select_lr(part) for key, part in transfer.searched_by(searches, searched).items()}
+    return ({key: lr for key, (lr, _) in picks.items()},
+            {key: (table, len(searches[key]) // len(tried[key])) for key, (_, table) in picks.items()})
 
 
+BASELINE_NAMES = {transfer.PRUNED: f"Dense fine-tuning of {', '.join(f'`{b}`' for b in train_blocks)} (the pruned runs "
+                                   f"there share its rate)",
+                  **{b: f"Dense fine-tuning of `{b}`" for b in reference_blocks}, "scratch": "Training from scratch"}
 if lr_candidates:
-    chosen, (lr_table, runs_each), tried, edges = tuning.widen({"lr": lr_candidates}, choose, lr_extensions)
-    settings["lr"] = lr = chosen["lr"]
-    runs = make_grid(**settings)
-    display(lr_table.round(2))
-    display(Markdown(f"**Chosen learning rate: {lr}** among {tried['lr']}, the highest mean validation accuracy over "
-                     f"{runs_each} runs per candidate."
-                     + (f" It is still the edge of the grid after {lr_extensions} extension"
-                        f"{'s' * (lr_extensions != 1)}: the best rate may lie further out." if edges else "")))
+    keys = [transfer.PRUNED, *reference_blocks, "scratch"]
+    chosen, lr_tables, tried, edges = tuning.widen({key: lr_candidates for key in keys}, choose, lr_extensions)
+    settings["lr"] = lr = chosen[transfer.PRUNED]
+    scratch_lr, reference_lrs = chosen["scratch"], {b: chosen[b] for b in reference_blocks}
+    runs = make_grid(**settings, scratch_lr=scratch_lr, reference_lrs=reference_lrs)
+    for key in keys:
+        lr_table, runs_each = lr_tables[key]
+        display(Markdown(f"**{BASELINE_NAMES[key]}: {chosen[key]}** among {tried[key]}, the highest "
+                         f"mean validation accuracy over {runs_each} runs per candidate."
+                         + (" Still the edge of its grid after the extensions: its best rate may lie further out."
+                            if key in edges else "")))
+        display(lr_table.round(2))
 else:
-    display(Markdown(f"The learning rate {lr} was given (`lr`), not chosen here."))
+    display(Markdown(f"The learning rate {lr} (scratch {scratch_lr}) was given (`lr`, `scratch_lr`), not chosen here."))
 
 # %% [markdown]
 # ## Run
@@ -593,18 +605,19 @@ display(breaks.unstack("train_blocks").reindex(columns=train_blocks).map(lambda 
 
 # %% [markdown]
 # ## Limits
-# - **One recipe.** Every fine-tuning run uses one learning rate, and training from scratch its
-#   own (`scratch_lr`); neither is tuned per method or per $k$. "The learning rate" above says
-#   whether this run chose it on its validation set (on dense fine-tuning, so the baseline gets
-#   the tuned rate and the pruned networks share it) or was given it. A given rate was chosen
-#   outside this notebook: the offline chapters' first rate came from a pilot read on a test split,
-#   which is why the choice on validation exists. A rate chosen at the edge of its grid, even after
-#   the grid was widened, is a bound, and "The learning rate" says so.
+# - **One recipe.** The pruning methods share dense fine-tuning's rate on the same blocks; each
+#   reference block setting and training from scratch have their own. No rate is tuned per method
+#   or per $k$. "The learning rates" above says whether this run chose them on its validation set or
+#   was given them. A given rate was chosen outside this notebook: the offline chapters' first rate
+#   came from a pilot read on a test split, which is why the choice on validation exists; and
+#   before each baseline had its own, fine-tuning every block of the 5–9 pair's source at the last
+#   block's rate collapsed to chance. A rate chosen at the edge of its grid, even after the grid was
+#   widened, is a bound, and "The learning rates" says so.
 # - **Best accuracy flatters.** It is the best of the tests during training, chosen on the test
 #   set; the verdicts use the final accuracy, and with a validation set `test_at_best_val` is the
-#   test accuracy at the epoch validation picks. The offline chapters test every 15 of 30 epochs,
-#   so their best is the better of two tests, and the fall from best to final is a coarse measure;
-#   "Is the budget long enough?" tests a few of their runs at every few epochs.
+#   test accuracy at the epoch validation picks. The offline chapters test every 15 epochs (two or
+#   four tests a run), so the fall from best to final is a coarse measure; "Is the budget long
+#   enough?" tests a few of their runs at every few epochs.
 # - **Few seeds.** With 3 to 5 seeds an interval is wide; "not detected at this power" means just
 #   that, and the seed-to-seed standard deviations are descriptive.
 # - **One source, unless `source_per_seed`.** Without it every run fine-tunes one source, pretrained

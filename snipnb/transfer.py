@@ -278,14 +278,14 @@ def run_transfer(run: TransferRun, device=None) -> dict:
 
 def grid(source: str, target: str, models, ks, sparsities, methods, train_blocks, seeds: int, *,
          reference_blocks=(), scratch: bool = True, scratch_lr: float | None = None, source_per_seed: bool = False,
-         **settings) -> list[TransferRun]:
+         reference_lrs: dict | None = None, **settings) -> list[TransferRun]:
     """Every (model, k, seed): dense fine-tuning and each pruning method and sparsity, for every
     `train_blocks`; dense fine-tuning alone for every `reference_blocks` (e.g. the linear probe, as
-    a reference); with `scratch`, the same network trained from scratch (all blocks, batch
-    statistics, at `scratch_lr` if given). `settings` are the other `TransferRun` fields, shared by
-    all runs. With `source_per_seed`, seed s fine-tunes a source pretrained from seed s
-    (`source_seed`), so that variation over seeds includes the source's; otherwise every run starts
-    from one source.
+    a reference), at `reference_lrs[blocks]` where given; with `scratch`, the same network trained
+    from scratch (all blocks, batch statistics, at `scratch_lr` if given). `settings` are the other
+    `TransferRun` fields, shared by all runs (`lr` among them). With `source_per_seed`, seed s
+    fine-tunes a source pretrained from seed s (`source_seed`), so that variation over seeds
+    includes the source's; otherwise every run starts from one source.
 
     Every k is checked against the target's smallest class (less its validation images) here,
     before anything runs.
@@ -296,6 +296,10 @@ def grid(source: str, target: str, models, ks, sparsities, methods, train_blocks
     both = set(train_blocks) & set(reference_blocks)
     if both:
         raise ValueError(f"reference_blocks repeats train_blocks {sorted(both)}: each setting is in one list")
+    reference_lrs = dict(reference_lrs or {})
+    strays = sorted(set(reference_lrs) - set(reference_blocks))
+    if strays:
+        raise ValueError(f"reference_lrs names {strays}, which are not among reference_blocks {list(reference_blocks)}")
     if source_per_seed:
         pretrained.check_source_per_seed(source, settings)
     train = pretrained.load_split(target, True)
@@ -314,7 +318,8 @@ def grid(source: str, target: str, models, ks, sparsities, methods, train_blocks
                     runs.append(TransferRun(**common, train_blocks=blocks))
                     runs += [TransferRun(**common, train_blocks=blocks, method=method, sparsity=sparsity)
                              for method in methods if method != "dense" for sparsity in sparsities]
-                runs += [TransferRun(**common, train_blocks=blocks) for blocks in reference_blocks]
+                runs += [TransferRun(**{**common, **({"lr": reference_lrs[blocks]} if blocks in reference_lrs else {})},
+                                     train_blocks=blocks) for blocks in reference_blocks]
                 if scratch:
                     lr = {} if scratch_lr is None else {"lr": scratch_lr}
                     runs.append(TransferRun(**{**common, **lr, "method": "scratch", "train_blocks": "all",
@@ -350,17 +355,52 @@ def curves(results: pd.DataFrame, which: str = "test") -> pd.DataFrame:
     return long.rename(columns={"test_epochs": "epoch", curve: "acc"}).astype({"epoch": int, "acc": float})
 
 
-def lr_grid(lrs, source: str, target: str, models, ks, train_blocks, seeds: int, **settings) -> list[TransferRun]:
-    """Dense fine-tuning of every `train_blocks`, (model, k, seed) at every learning rate in `lrs`:
-    the runs `select_lr` chooses the fine-tuning learning rate from. `settings` are `grid`'s, and
-    must hold `val_per_class`: the choice is made on a validation set, never on the test split."""
+def lr_grid(lrs, source: str, target: str, models, ks, train_blocks, seeds: int, *, scratch: bool = False,
+            **settings) -> list[TransferRun]:
+    """Dense fine-tuning of every `train_blocks` (and with `scratch`, training from scratch), (model,
+    k, seed) at every learning rate in `lrs`: the runs `select_lr` chooses a learning rate from.
+    `settings` are `grid`'s, and must hold `val_per_class`: the choice is made on a validation set,
+    never on the test split."""
     if not lrs or any(not lr > 0 for lr in lrs):
         raise ValueError(f"lrs must be a non-empty list of learning rates > 0, got {lrs!r}")
     if settings.get("val_per_class") is None:
         raise ValueError("lr_grid needs val_per_class: the learning rate is chosen on validation images held out "
                          "of the training split, never on the test split")
-    runs = grid(source, target, models, ks, [], [], train_blocks, seeds, scratch=False, **settings)
+    runs = grid(source, target, models, ks, [], [], train_blocks, seeds, scratch=scratch, **settings)
     return [dataclasses.replace(run, lr=lr) for lr in sorted(set(lrs)) for run in runs]
+
+
+PRUNED = "pruned"  # the key of `baseline_lr_grids` for the rate shared by every run on `train_blocks`
+
+
+def baseline_lr_grids(tried: dict, source: str, target: str, models, ks, train_blocks, reference_blocks, seeds: int,
+                      *, scratch: bool = True, **settings) -> dict[str, list[TransferRun]]:
+    """The searches that give each baseline its own learning rate, one `lr_grid` per key of the dict
+    returned, at the rates `tried[key]` lists: `PRUNED`, dense fine-tuning of `train_blocks`, whose
+    rate every pruning method on those blocks shares (so the pruned networks get the dense
+    baseline's tuned rate); each of `reference_blocks` by its name; and with `scratch`, 'scratch'.
+    A reference fine-tuned at another setting's rate can sit far from its own best: fine-tuning
+    every block of a pretrained ResNet-18 at the last block's rate collapsed to chance."""
+    keys = [PRUNED, *reference_blocks, *(["scratch"] if scratch else [])]
+    missing = [key for key in keys if key not in tried]
+    if missing:
+        raise ValueError(f"tried has no rates for {missing}: give a list of candidate rates for each of {keys}")
+    searches = {PRUNED: dict(train_blocks=train_blocks), **{b: dict(train_blocks=[b]) for b in reference_blocks},
+                **({"scratch": dict(train_blocks=[], scratch=True)} if scratch else {})}
+    return {key: lr_grid(tried[key], source, target, models, ks, seeds=seeds, **search, **settings)
+            for key, search in searches.items()}
+
+
+def searched_by(searches: dict[str, list[TransferRun]], results: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """`results` of the runs of every search in `searches` (`baseline_lr_grids`'), split back into
+    those searches by each run's method and trained blocks (one row per run, as `run_sweep` returns)."""
+    parts = {}
+    for key, runs in searches.items():
+        kinds = {(run.method, run.train_blocks) for run in runs}
+        parts[key] = results[[(m, b) in kinds for m, b in zip(results.method, results.train_blocks)]]
+        if len(parts[key]) != len(runs):
+            raise ValueError(f"the {key!r} search has {len(parts[key])} of its {len(runs)} runs in results")
+    return parts
 
 
 def select_lr(results: pd.DataFrame) -> tuple[float, pd.DataFrame]:

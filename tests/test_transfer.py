@@ -331,6 +331,40 @@ def test_select_lr_reads_the_validation_accuracy_and_never_the_test_accuracy():
         transfer.select_lr(results.iloc[:3])
 
 
+def test_each_baseline_is_searched_at_its_own_rates_and_runs_at_the_rate_chosen_for_it():
+    lrs = {transfer.PRUNED: [0.01, 0.05], "all": [0.001, 0.01], "head": [0.1], "scratch": [0.05, 0.2]}
+    searches = transfer.baseline_lr_grids(lrs, "synthetic:0-4", "synthetic:5-9", ["resnet18"], [1, 2],
+                                          ["last_block"], ["head", "all"], 2, image_size=32, val_per_class=5)
+    kinds = {key: {(r.method, r.train_blocks, r.lr) for r in runs} for key, runs in searches.items()}
+    assert kinds == {transfer.PRUNED: {("dense", "last_block", 0.01), ("dense", "last_block", 0.05)},
+                     "all": {("dense", "all", 0.001), ("dense", "all", 0.01)}, "head": {("dense", "head", 0.1)},
+                     "scratch": {("scratch", "all", 0.05), ("scratch", "all", 0.2)}}
+    assert all(len(runs) == len(lrs[key]) * 2 * 2 for key, runs in searches.items())  # every (k, seed) at each rate
+    # The sweep's results, one table, split back: the dense 'all' runs and scratch's (also on 'all') apart.
+    everything = [r for runs in searches.values() for r in runs]
+    results = pd.DataFrame([{**vars(r), "val_acc": 100 * r.lr} for r in everything]).sample(frac=1, random_state=0)
+    parts = transfer.searched_by(searches, results)
+    assert {key: len(part) for key, part in parts.items()} == {key: len(runs) for key, runs in searches.items()}
+    assert {key: transfer.select_lr(part)[0] for key, part in parts.items()} == {
+        transfer.PRUNED: 0.05, "all": 0.01, "head": 0.1, "scratch": 0.2}
+    with pytest.raises(ValueError, match=r"the 'scratch' search has 3 of its 8 runs"):
+        transfer.searched_by(searches, results[results.method != "scratch"].pipe(
+            lambda r: pd.concat([r, results[results.method == "scratch"].iloc[:3]])))
+    with pytest.raises(ValueError, match=r"tried has no rates for \['scratch'\]"):
+        transfer.baseline_lr_grids({k: v for k, v in lrs.items() if k != "scratch"}, "synthetic:0-4", "synthetic:5-9",
+                                   ["resnet18"], [1], ["last_block"], ["head", "all"], 1, image_size=32, val_per_class=5)
+    # The grid runs each reference at its own rate, scratch at its own, everything else at the shared one.
+    runs = transfer.grid("synthetic:0-4", "synthetic:5-9", ["resnet18"], [1], [0.9], ["snip"], ["last_block"], 1,
+                         reference_blocks=["head", "all"], scratch_lr=0.2, reference_lrs={"all": 0.001},
+                         lr=0.05, image_size=32)
+    assert {(r.method, r.train_blocks, r.lr) for r in runs} == {
+        ("dense", "last_block", 0.05), ("snip", "last_block", 0.05), ("dense", "head", 0.05),
+        ("dense", "all", 0.001), ("scratch", "all", 0.2)}
+    with pytest.raises(ValueError, match=r"reference_lrs names \['layer4'\], which are not among reference_blocks"):
+        transfer.grid("synthetic:0-4", "synthetic:5-9", ["resnet18"], [1], [0.9], ["snip"], ["last_block"], 1,
+                      reference_blocks=["all"], reference_lrs={"layer4": 0.1}, image_size=32)
+
+
 def test_the_learning_rate_search_is_blind_to_the_test_split(monkeypatch):
     settings = dict(image_size=32, source_epochs=1, epochs=1, batch_size=8, val_per_class=10)
     runs = transfer.lr_grid([0.5, 0.01], "synthetic:0-4", "synthetic:5-9", ["resnet18"], [2], ["head"], seeds=1,
