@@ -160,8 +160,9 @@ CHAPTERS = [
             dict(source="mnist:0-4", target="mnist:5-9", source_epochs=3, test_per_class=200, **TRANSFER_CPU),
             # With one source: 86 minutes of runs, 34 pretraining the CIFAR-stem source (2026-12-04, helpers and CI
             # beside it), 30 for the budget check's 60 runs (2026-12-05, chapter 01 beside it). Per seed: five sources
-            # at 24 minutes each (3 epochs at the pinned 2 threads, 2026-12-05).
-            cost=Cost(86 + 5 * 24 + 30, LOADED_CPU, estimated_from="the one-source run's parts"),
+            # at 24 minutes each (3 epochs at the pinned 2 threads, 2026-12-05). Each baseline's own rate: 30 runs
+            # each of fine-tuning every block and of scratch, about a minute each on one of two workers.
+            cost=Cost(86 + 5 * 24 + 30 + 30, LOADED_CPU, estimated_from="the one-source run's parts"),
             quick=TRANSFER_QUICK, quick_cost=Cost(63 / 60, QUICK_IDLE)),
     Chapter("02_transfer_mnist_to_uci", "02_transfer",
             "Experiment 2 across domains: does SNIP help fine-tuning from MNIST to the UCI digits?",
@@ -173,8 +174,10 @@ CHAPTERS = [
                                                                             "curve_epochs": [60, 120]}),
             # At 30 epochs with one source: 2 h 28 min, 33 of them pretraining it (2026-12-05, a helper's tests and CI
             # beside it), and 33 for the budget check's runs. At 60 a run costs 1.5 times as much (the check's 60-epoch
-            # runs against the grid's); the check's runs twice; five sources at about 25 minutes each.
-            cost=Cost(1.5 * (148 - 33) + 2 * 33 + 5 * 25, LOADED_CPU, estimated_from="the 30-epoch one-source run's parts"),
+            # runs against the grid's); the check's runs twice; five sources at about 25 minutes each; each baseline's
+            # own rate, 30 runs each of fine-tuning every block and of scratch, about 2 min 15 s each on one of two workers.
+            cost=Cost(1.5 * (148 - 33) + 2 * 33 + 5 * 25 + 68, LOADED_CPU,
+                      estimated_from="the 30-epoch one-source run's parts"),
             quick=TRANSFER_QUICK, quick_cost=Cost(104 / 60, QUICK_IDLE)),
     Chapter("02_transfer_cifar100", "02_transfer",
             "Experiment 2: does SNIP help fine-tuning ImageNet's ResNet-18 to CIFAR-100?",
