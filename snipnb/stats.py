@@ -188,7 +188,7 @@ def late_gain(curves: pd.DataFrame, by, *, step: str = "iteration", value: str =
         raise ValueError(f"late_gain: no column {missing}; the table has {list(curves.columns)}")
     rows = []
     for key, group in curves.groupby(by, sort=False):
-        cell = dict(zip(by, np.atleast_1d(key)))
+        cell = dict(zip(by, key if isinstance(key, tuple) else (key,)))  # each column keeps its type
         gains, starts, ends = [], [], []
         for _, curve in group.groupby(pair_on):
             values = curve.set_index(step)[value].sort_index()

@@ -157,7 +157,8 @@ def _recipe(run: Table1Run, device) -> dict:
 def _result(model, history, steps: int) -> dict:
     """Test error (%) at three checkpoint choices, from the test and validation accuracies of every
     checkpoint: the last one; the one with the best validation accuracy; and the best test accuracy
-    over the checkpoints of the last `OFFICIAL_WINDOW` iterations, as the official test.py reports."""
+    over the checkpoints of the last `OFFICIAL_WINDOW` iterations, as the official test.py reports.
+    With them the learning curves: validation and test error (%) at every checkpoint's iteration."""
     iterations = [epoch * steps for epoch in history.test_epochs]
     window = [acc for it, acc in zip(iterations, history.test_acc) if it > iterations[-1] - OFFICIAL_WINDOW]
     best_val = max(range(len(history.val_acc)), key=history.val_acc.__getitem__)  # the first, on ties
@@ -165,7 +166,35 @@ def _result(model, history, steps: int) -> dict:
     return dict(final_error=100 * (1 - history.final_acc), best_val_error=100 * (1 - history.test_at_best_val),
                 best_test_error=100 * (1 - max(window)), val_error=100 * (1 - history.val_acc[best_val]),
                 best_val_iteration=iterations[best_val], iterations=iterations[-1], checkpoints=len(iterations),
-                density=report.density, collapsed=len(report.collapsed))
+                density=report.density, collapsed=len(report.collapsed), curve_iterations=iterations,
+                val_error_curve=[100 * (1 - acc) for acc in history.val_acc],
+                test_error_curve=[100 * (1 - acc) for acc in history.test_acc])
+
+
+def curves(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per run and checkpoint of `results` (one row per run, as `run_sweep` returns them):
+    the run's columns, `iteration`, and its `checkpoint_val_error` and `checkpoint_test_error` (%)
+    there (a run's own `val_error` is its best checkpoint's)."""
+    columns = ["curve_iterations", "val_error_curve", "test_error_curve"]
+    missing = [c for c in columns if c not in results.columns]
+    if missing:
+        raise ValueError(f"curves needs the runs' {missing}: runs recorded before table1 kept its curves lack them")
+    names = ["iteration", "checkpoint_val_error", "checkpoint_test_error"]
+    long = results.explode(columns).rename(columns=dict(zip(columns, names)))
+    return long.astype(dict(zip(names, (int, float, float))))
+
+
+def last_stretch(iterations: int, steps: int, eval_every: int = 1, step_every: int = PAPER_STEP_EVERY) -> float:
+    """The share of a run of `iterations` (checkpoints every `eval_every` epochs of `steps`) that lies
+    from its first checkpoint after its last learning-rate decay to its end: the stretch at the final
+    rate, where a curve that still falls had more to learn (`stats.late_gain`'s `fraction`). 0.3 for a
+    run that never decays, or whose last decay leaves it fewer than two checkpoints."""
+    every = steps * eval_every
+    decays = range(step_every, iterations, step_every)
+    if not decays:
+        return 0.3
+    after = (decays[-1] // every + 1) * every  # a checkpoint at the decay's own iteration precedes it
+    return 1 - after / iterations if after < iterations else 0.3
 
 
 # Result columns per checkpoint choice, for tables and paired comparisons.

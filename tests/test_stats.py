@@ -376,6 +376,12 @@ def test_late_gain_takes_the_latest_step_before_the_cut():
     assert gains.gain[0] == pytest.approx(3.0)
 
 
+def test_late_gain_keeps_the_type_of_every_column_it_groups_by():
+    curves = _curves({"a": 0.01, "b": 0.0}).assign(epochs=lambda d: d.method.map({"a": 8, "b": 50}))
+    gains = stats.late_gain(curves, ["method", "epochs"])
+    assert list(gains.epochs) == [8, 50] and gains.epochs.dtype.kind == "i"  # not the strings '8' and '50'
+
+
 def test_late_gain_refuses_what_it_cannot_measure():
     with pytest.raises(ValueError, match="fraction"):
         stats.late_gain(_curves({"a": 0.0}), "method", fraction=1.0)

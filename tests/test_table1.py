@@ -8,8 +8,8 @@ import torch
 from snipnb import data
 from snipnb.sweep import config_id
 from snipnb.table1 import (OFFICIAL_WINDOW, Table1Run, _result, ablation_grid, ablation_view, ablations, build,
-                           data_of, early_losses, gaps, grid, masks_for, measure_speed, run_table1_stack, split_validation,
-                           stability, stack_key)
+                           curves, data_of, early_losses, gaps, grid, last_stretch, masks_for, measure_speed,
+                           run_table1_stack, split_validation, stability, stack_key)
 from snipnb.train import History
 
 
@@ -28,6 +28,28 @@ def test_a_stack_reports_every_checkpoint_choice_and_the_density_it_trained():
         # A run shorter than the official window: its best test error is the best of all checkpoints.
         assert 0 <= result["best_test_error"] <= min(result["final_error"], result["best_val_error"]) <= 100
         assert result["best_val_iteration"] in (9, 18)
+        assert result["curve_iterations"] == [9, 18] and result["test_error_curve"][-1] == result["final_error"]
+        best = result["curve_iterations"].index(result["best_val_iteration"])
+        assert result["val_error_curve"][best] == min(result["val_error_curve"]) == result["val_error"]
+
+
+def test_curves_lay_out_each_run_one_row_per_checkpoint():
+    runs = [tiny(), tiny(method="snip", sparsity=0.9)]
+    results = pd.DataFrame([{**vars(run), **result} for run, result in zip(runs, run_table1_stack(runs, "cpu"))])
+    long = curves(results)
+    assert len(long) == 4 and list(long.iteration) == [9, 18, 9, 18]
+    last = long[long.iteration == 18].set_index("method")
+    assert list(last.checkpoint_test_error) == list(results.set_index("method").loc[last.index].final_error)
+    with pytest.raises(ValueError, match="recorded before table1 kept its curves"):
+        curves(results.drop(columns="val_error_curve"))
+
+
+def test_the_last_stretch_starts_at_the_first_checkpoint_after_the_last_decay():
+    # 50 epochs of 540 iterations: the decay at 25,000 falls in epoch 47, whose checkpoint is at 25,380.
+    assert last_stretch(27_000, 540) == pytest.approx(1 - 25_380 / 27_000)
+    assert last_stretch(4_320, 540) == 0.3  # never decays
+    assert last_stretch(75_000, 1000) == pytest.approx(1 - 51_000 / 75_000)  # the second decay, not the first
+    assert last_stretch(25_200, 540, step_every=25_000) == 0.3  # the checkpoint after the decay is the last one
 
 
 def test_a_run_repeats_exactly_on_the_cpu():
@@ -108,6 +130,10 @@ def test_the_official_checkpoint_choice_looks_only_at_the_last_10k_iterations():
     assert result["best_test_error"] == pytest.approx(5.0)
     assert result["best_val_error"] == pytest.approx(10.0) and result["best_val_iteration"] == 13_000
     assert result["final_error"] == pytest.approx(10.0) and result["iterations"] == 15_000
+    # The learning curves: every checkpoint's iteration, validation and test error, in order.
+    assert result["curve_iterations"] == list(range(1000, 15_001, 1000))
+    assert result["val_error_curve"][12] == pytest.approx(40.0) and result["val_error_curve"][0] == pytest.approx(50.0)
+    assert result["test_error_curve"][1] == pytest.approx(1.0) and result["test_error_curve"][-1] == pytest.approx(10.0)
 
 
 def test_the_ablation_grid_shares_dense_runs_and_changes_one_thing_at_a_time():
