@@ -489,7 +489,9 @@ plots.shared_legend(fig, axes, ncol=4)
 # ## Which channels: learned, SNIP-chosen or random?
 # The project's question. SNIP-chosen and random channels against SNOW's learned selection, and
 # SNIP against random, on the same seeds (final accuracy, points). Then how much of what SNOW
-# learned to pick SNIP also ranks in its top $M$, against what a random pick shares by chance.
+# learned to pick SNIP also ranks in its top $M$, against what a random pick shares by chance, and
+# the share of source channels whose SNIP score is exactly 0 (the training images cannot move the
+# loss through them, so SNIP's choice among them is arbitrary), over all taps and at the last stage.
 
 # %% tags=["hide-input"]
 snow_main = main[main.method == "snow"]
@@ -509,10 +511,13 @@ display(Markdown("\n".join(f"- {model}, k = {k}: {what}: {verdict}." for model, 
                  if channel_rows else "Only one selection rule was run."))
 learned = snow_main[snow_main.selection == "learned"]
 if len(learned):
-    overlap = learned.groupby(["model", "shots"], observed=True)[["snip_overlap", "chance_overlap", "w_moved"]].mean()
+    read = ["snip_overlap", "chance_overlap", "w_moved", "zero_score_fraction", "zero_score_fraction_last"]
+    overlap = learned.groupby(["model", "shots"], observed=True)[[c for c in read if c in learned]].mean()
     display(table(overlap.rename(columns={"snip_overlap": "learned ∩ SNIP top-M (share)",
                                           "chance_overlap": "random ∩ SNIP top-M, expected (M/N)",
-                                          "w_moved": "mean |w − 1| after training"}), digits=3))
+                                          "w_moved": "mean |w − 1| after training",
+                                          "zero_score_fraction": "SNIP score exactly 0 (share, all taps)",
+                                          "zero_score_fraction_last": "… at the last stage"}), digits=3))
 
 # %% [markdown]
 # ## Does the learned selection settle?

@@ -604,7 +604,11 @@ def snip_channel_scores(model: Snow, batches, *, seed: int = 0) -> list[torch.Te
 
 def snip_channels(model: Snow, batches, *, seed: int = 0) -> list[torch.Tensor]:
     """The M_j channels with the highest `snip_channel_scores` at each tap (ascending), M_j as `model`'s."""
-    scores = snip_channel_scores(model, batches, seed=seed)
+    return top_channels(model, snip_channel_scores(model, batches, seed=seed))
+
+
+def top_channels(model: Snow, scores) -> list[torch.Tensor]:
+    """The M_j channels with the highest `scores` at each tap (ascending), M_j as `model`'s."""
     return [torch.topk(s, pool.m).indices.sort().values for s, pool in zip(scores, model.delta.pools)]
 
 

@@ -547,15 +547,21 @@ def selection_summary(run: SnowRun, model: snow.Snow, train: data.ImageData, dev
     `snip_overlap`: the share of its selected channels that SNIP, scored on the same training
     images, also ranks in its top M (mean over taps); `chance_overlap`: what a random selection
     shares on average (M/N, mean over taps). `w_moved`: the mean |w - 1| over all pooling weights,
-    how far training moved them from their initial 1.
+    how far training moved them from their initial 1. `zero_score_fraction` (all taps) and
+    `zero_score_fraction_last` (the last stage's): the share of source channels whose SNIP score is
+    exactly 0, channels the training images cannot move the loss through, among which SNIP's
+    choice is arbitrary. The source is frozen, so these are the scores SNOW·SNIP chose by.
     """
     chosen = snow.selection(model)
-    snipped = snow.snip_channels(model, saliency_batches(run, train, device), seed=run.seed)
+    scores = snow.snip_channel_scores(model, saliency_batches(run, train, device), seed=run.seed)
+    snipped = snow.top_channels(model, scores)
     shares = [len(set(a.tolist()) & set(b.tolist())) / len(a) for a, b in zip(chosen, snipped)]
     pools = model.delta.pools
     moved = torch.cat([(p.weight.detach() - 1).abs().cpu() for p in pools]).mean().item()
+    zero = torch.cat([s == 0 for s in scores]).float().mean().item()
     return {"snip_overlap": sum(shares) / len(shares),
-            "chance_overlap": sum(p.m / p.channels for p in pools) / len(pools), "w_moved": moved}
+            "chance_overlap": sum(p.m / p.channels for p in pools) / len(pools), "w_moved": moved,
+            "zero_score_fraction": zero, "zero_score_fraction_last": (scores[-1] == 0).float().mean().item()}
 
 
 def settling(log: snow.SelectionLog) -> dict:

@@ -413,6 +413,21 @@ def test_snip_and_random_selections_are_fixed_before_training_and_differ(synthet
     assert any(not torch.equal(a, b) for a, b in zip(snow.selection(model_snip), snow.selection(model_random)))
 
 
+def test_a_snow_run_reports_the_share_of_channels_snip_scores_exactly_zero(synthetic_source, monkeypatch):
+    run = tiny_run(synthetic_source)
+    train, _ = snowrun.target_data(run)
+    model = snowrun.build(run, train, "cpu")
+    widths = [pool.channels for pool in model.delta.pools]
+    # Scores with every other channel of the last tap, and none elsewhere, at exactly 0.
+    scores = [torch.arange(1, n + 1, dtype=torch.float32) for n in widths]
+    scores[-1][::2] = 0
+    monkeypatch.setattr(snow, "snip_channel_scores", lambda *args, **kwargs: scores)
+    summary = snowrun.selection_summary(run, model, train, "cpu")
+    assert summary["zero_score_fraction_last"] == 0.5
+    assert summary["zero_score_fraction"] == pytest.approx(widths[-1] / 2 / sum(widths))
+    assert "zero_score_fraction" in snowrun.run_snow(run, "cpu")
+
+
 def test_a_run_on_the_whole_target_split_leaves_the_source_bit_identical(synthetic_source):
     run = tiny_run(synthetic_source, k=None, epochs=1, batch_size=64)
     train, _ = snowrun.target_data(run)
