@@ -71,6 +71,7 @@ lr = 0.1  # the paper's
 lr_lenet5 = 0.02  # the paper's 0.1 diverges for the dense LeNet-5-Caffe at the paper's momentum (checked below)
 momentum_lenet5 = 0.9  # the paper's; 0.0 is the official code's default optimiser (plain SGD), e.g. with lr_lenet5 0.1
 check_momenta = [0.9, 0.0]  # the learning-rate check trains at lr 0.1 with each: the paper's and the official code's
+check_inits = ["default", "variance_scaling"]  # ... and from each initialisation: ours (Glorot) and the official code's
 paper_budget = False  # True: every run trains 75,000 iterations (table1.PAPER_ITERATIONS)
 large_saliency_batch = 1000  # the saliency-batch-size ablation (ours and the paper's: 100)
 checkpoint = "best validation"  # the error reported: "final", "best validation" or "best test (official)"
@@ -108,6 +109,7 @@ from IPython.display import Markdown, display
 from snipnb import checks, data, devices, plots, provenance, published, stats, table1
 from snipnb.cluster import cluster_executor
 from snipnb.contrasts import Contrast, check_contrasts
+from snipnb.models import INITS
 from snipnb.notebook import check_parameters
 from snipnb.pruning import mask_overlap
 from snipnb.report import answer, table
@@ -129,6 +131,8 @@ for name in models:
 checks.number("momentum_lenet5", momentum_lenet5, 0, below=1)
 for value in check_momenta:
     checks.number("check_momenta", value, 0, below=1)
+for value in check_inits:
+    checks.one_of("check_inits", value, INITS)
 if ablation_seeds > seeds:
     raise ValueError(f"ablation_seeds ({ablation_seeds}) must not exceed seeds ({seeds}): each ablation is "
                      f"compared with our default recipe on the same seeds")
@@ -246,22 +250,26 @@ else:
 # The mean training loss of dense networks over their first 100 iterations at the paper's learning rate
 # 0.1, with the paper's momentum 0.9 and with the official code's default optimiser, plain SGD (its
 # `--optimizer sgd`: no momentum, so a steady step is lr times the gradient rather than momentum 0.9's
-# lr / (1 − 0.9) times it), and at the setting this run uses. A loss that is not a finite number, or is
-# 10 or more (chance is 2.3), is a run that diverged.
+# lr / (1 − 0.9) times it), each from our initialisation (Glorot, zero biases) and from the official
+# code's (variance scaling, biases too), and at the setting this run uses. A loss that is not a finite
+# number, or is 10 or more (chance is 2.3), is a run that diverged. Which of these settings diverge
+# says whether the momentum, the initialisation or both make the paper's rate unstable here.
 
 # %% tags=["hide-input"]
-checked = pd.concat([table1.stability(name, [dict(lr=rate, momentum=m) for rate, m in
-                                             dict.fromkeys([*((0.1, m) for m in check_momenta),
-                                                            (setup[name]["lr"], setup[name]["momentum"])])],
+settings_checked = [*(dict(lr=0.1, momentum=m, init=i) for m in check_momenta for i in check_inits)]
+checked = pd.concat([table1.stability(name, [dict(s) for s in dict.fromkeys(
+                                          tuple(s.items()) for s in [*settings_checked, dict(
+                                              lr=setup[name]["lr"], momentum=setup[name]["momentum"], init="default")])],
                                       seeds=3, iterations=100, device=run_device, dataset=dataset)
                      for name in models], ignore_index=True)
 unstable = checked[checked.diverged > 0]
-shown = checked.assign(lr=checked.lr.map("{:g}".format)).set_index(["model", "lr", "momentum"])
+shown = checked.assign(lr=checked.lr.map("{:g}".format), momentum=checked.momentum.map("{:g}".format)).set_index(
+    ["model", "lr", "momentum", "init"])
 display(table(shown.apply(lambda col: col.map(lambda x: f"{x:.3f}" if math.isfinite(x) and x < table1.DIVERGED_LOSS
                                               else "diverged") if col.name.startswith("seed") else col)))
 display(Markdown(
-    "Diverged: " + ", ".join(f"{r.model} at lr {r.lr:g}, momentum {r.momentum:g} ({r.diverged} of 3 seeds)"
-                             for r in unstable.itertuples())
+    "Diverged: " + ", ".join(f"{r.model} at lr {r.lr:g}, momentum {r.momentum:g}, {r.init} init ({r.diverged} of "
+                             f"3 seeds)" for r in unstable.itertuples())
     + "." if len(unstable) else "No network diverged in its first 100 iterations."))
 
 # %% [markdown]
@@ -692,10 +700,10 @@ limits = [
     "- LeNet-5-Caffe's Table 1 cells are not ablated" + (" but for training length." if long_lenet5_runs else ".")]
 for name in models:
     if setup[name]["lr"] != 0.1:
-        diverged = ((unstable.model == name) & (unstable.lr == 0.1) & (unstable.momentum == PAPER_MOMENTUM)).any()
+        at_paper = unstable[(unstable.model == name) & (unstable.lr == 0.1) & (unstable.momentum == PAPER_MOMENTUM)]
         limits.append(f"- {name} trains at lr {setup[name]['lr']}, not the paper's 0.1" +
-                      (", at which (with the paper's momentum) its dense network diverged in the check above."
-                       if diverged else "."))
+                      (f", at which (with the paper's momentum) its dense network diverged in the check above from "
+                       f"{' and '.join(sorted(set(at_paper.init)))} initialisation." if len(at_paper) else "."))
     if setup[name]["momentum"] != PAPER_MOMENTUM:
         limits.append(f"- {name} trains with momentum {setup[name]['momentum']:g}, not the paper's "
                       f"{PAPER_MOMENTUM:g}" + (" (plain SGD, the official code's default optimiser)."
