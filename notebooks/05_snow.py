@@ -151,7 +151,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from snipnb import checks, data, devices, plots, pretrained, provenance, snow, snowrun, stats, tuning
+from snipnb import checks, data, devices, plots, pretrained, provenance, snow, snowrun, stats, transfer, tuning
 from snipnb.cluster import cluster_executor
 from snipnb.contrasts import Contrast, check_contrasts
 from snipnb.notebook import check_parameters, pick
@@ -411,6 +411,36 @@ if len(against_ft):
     against_ft["cell"] = against_ft.apply(interval, axis=1)
     display(table(against_ft.pivot(index=["model", "shots"], columns="variant", values="cell")
                   [[v for v in variants if v != "FT"]]))
+
+# %% [markdown]
+# ## Is the budget long enough?
+# Test accuracy over training at the focus $k$, mean over seeds, every method at the chapter's
+# setting (tested every `eval_every` epochs and after the last). Then each method's gain over the
+# last 30% of its epochs, in validation accuracy (test accuracy where no validation set was held
+# out), paired over seeds (exploratory, uncorrected): "still rising" means the budget stopped a
+# method that was still improving, so it is compared before it flattened.
+
+# %% tags=["hide-input"]
+at_focus = main[main.shots == k_label(focus_k)]
+if "test_curve" in at_focus and at_focus.test_curve.notna().all() and at_focus.test_epochs.map(len).min() > 1:
+    tested = transfer.curves(at_focus, "test")
+    fig, axes = plots.panels(len(models), height=3.2)
+    for ax, model in zip(axes, models):
+        for variant in variants:
+            mean = tested[(tested.model == model) & (tested.variant == variant)].groupby("epoch").acc.mean()
+            ax.plot(mean.index, mean.values, marker=".", label=variant)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{model}, k = {k_label(focus_k)}", fontsize="medium")
+    plots.shared_legend(fig, axes)
+    which = "val" if "val_curve" in at_focus and at_focus.val_curve.notna().all() else "test"
+    late = stats.late_gain(transfer.curves(at_focus, which), ["model", "variant"], step="epoch", value="acc")
+    display(table(late.set_index(["model", "variant"]).rename(
+        columns={"start": "from epoch", "end": "to epoch", "gain": "gain (points)", "ci_low": "95% CI low",
+                 "ci_high": "95% CI high", "n": "seeds"}),
+                  caption=f"{'validation' if which == 'val' else 'test'} accuracy gained over the last 30% of the epochs"))
+else:
+    display(Markdown("No learning curves: these runs were tested once, or recorded before runs kept their curves."))
 
 # %% [markdown]
 # ## What each method costs

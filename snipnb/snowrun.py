@@ -264,8 +264,11 @@ def train_run(run: SnowRun, device=None) -> tuple[dict, nn.Module]:
                "trainable_params": snow.parameter_count(model, trainable=True),
                "total_params": snow.parameter_count(model),
                "source_weights": pretrained.source_fingerprint(*pretrained.source_key(run))}
+    # The learning curves: every test (and validation) accuracy (%) during training, at `test_epochs`.
+    results.update(test_epochs=list(history.test_epochs), test_curve=[100 * acc for acc in history.test_acc])
     if val is not None:
-        results.update(val_acc=100 * history.val_acc[-1], test_at_best_val=100 * history.test_at_best_val)
+        results.update(val_acc=100 * history.val_acc[-1], test_at_best_val=100 * history.test_at_best_val,
+                       val_curve=[100 * acc for acc in history.val_acc])
     results.update(cost(model, _timing_images(run, train), device))
     if run.method == "snow":
         results.update(selection_summary(run, model, train, device))
@@ -413,6 +416,8 @@ def run_snow(run: SnowRun, device=None) -> dict:
     tested epoch with the best validation accuracy. For SNOW, which channels it subscribed to
     (`selection_summary`), and for a learned selection how it settled over training (`settling`).
     `source_weights`: which source's weights the run started from (`pretrained.source_fingerprint`).
+    The learning curves: `test_curve` (and with a validation set `val_curve`), the accuracy (%) at
+    each of `test_epochs` (`transfer.curves` lays them out one row per epoch).
     """
     return train_run(run, device)[0]
 

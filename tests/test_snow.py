@@ -368,7 +368,7 @@ def test_an_unsupported_source_is_refused_with_what_is_supported(make):
 
 # ------------------------------------------------------------------------------- runs (snowrun)
 
-from snipnb import pretrained, snowrun  # noqa: E402
+from snipnb import pretrained, snowrun, transfer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -506,8 +506,14 @@ def test_a_validation_split_is_held_out_of_the_training_images(synthetic_source)
     few, val_few, _ = snowrun.split_target(tiny_run(synthetic_source, k=2, seed=1, val_per_class=3))
     assert torch.equal(val_few.images, val.images)  # the same validation images for every run
     assert not ({tuple(i.flatten().tolist()) for i in few.images} & {tuple(i.flatten().tolist()) for i in val.images})
-    result = snowrun.run_snow(tiny_run(synthetic_source, val_per_class=3), "cpu")
+    result = snowrun.run_snow(tiny_run(synthetic_source, val_per_class=3, epochs=2), "cpu")
     assert 0 <= result["val_acc"] <= 100 and 0 <= result["test_at_best_val"] <= 100
+    # The learning curves: a test and a validation accuracy at every tested epoch, the last the final ones.
+    assert result["test_epochs"] == [1, 2] and len(result["test_curve"]) == len(result["val_curve"]) == 2
+    assert result["test_curve"][-1] == result["final_acc"] and result["val_curve"][-1] == result["val_acc"]
+    assert max(result["test_curve"]) == result["best_acc"]
+    long = transfer.curves(pd.DataFrame([result]), "val")
+    assert list(long.epoch) == [1, 2] and list(long.acc) == result["val_curve"]
     assert snowrun.split_target(tiny_run(synthetic_source))[1] is None
 
 
