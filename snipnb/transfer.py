@@ -30,6 +30,7 @@ from .experiment import METHODS as PRUNING_METHODS
 from .experiment import DATA_FREE_METHODS, masks_for_method, method_scores, scoring
 from .loader import DeviceLoader
 from .pruning import apply_masks, scores
+from .sweep import config_id
 from .train import default_device, fit
 
 METHODS = (*PRUNING_METHODS, "scratch")
@@ -393,11 +394,10 @@ def baseline_lr_grids(tried: dict, source: str, target: str, models, ks, train_b
 
 def searched_by(searches: dict[str, list[TransferRun]], results: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """`results` of the runs of every search in `searches` (`baseline_lr_grids`'), split back into
-    those searches by each run's method and trained blocks (one row per run, as `run_sweep` returns)."""
+    those searches by each run's config id (one row per run, as `run_sweep` returns them)."""
     parts = {}
     for key, runs in searches.items():
-        kinds = {(run.method, run.train_blocks) for run in runs}
-        parts[key] = results[[(m, b) in kinds for m, b in zip(results.method, results.train_blocks)]]
+        parts[key] = results[results.id.isin({config_id(run) for run in runs})]
         if len(parts[key]) != len(runs):
             raise ValueError(f"the {key!r} search has {len(parts[key])} of its {len(runs)} runs in results")
     return parts

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from snipnb import pretrained, transfer
+from snipnb.sweep import config_id
 from snipnb.train import History
 from snipnb.transfer import TransferRun
 
@@ -342,7 +343,8 @@ def test_each_baseline_is_searched_at_its_own_rates_and_runs_at_the_rate_chosen_
     assert all(len(runs) == len(lrs[key]) * 2 * 2 for key, runs in searches.items())  # every (k, seed) at each rate
     # The sweep's results, one table, split back: the dense 'all' runs and scratch's (also on 'all') apart.
     everything = [r for runs in searches.values() for r in runs]
-    results = pd.DataFrame([{**vars(r), "val_acc": 100 * r.lr} for r in everything]).sample(frac=1, random_state=0)
+    results = pd.DataFrame([{**vars(r), "id": config_id(r), "val_acc": 100 * r.lr}
+                            for r in everything]).sample(frac=1, random_state=0)
     parts = transfer.searched_by(searches, results)
     assert {key: len(part) for key, part in parts.items()} == {key: len(runs) for key, runs in searches.items()}
     assert {key: transfer.select_lr(part)[0] for key, part in parts.items()} == {
