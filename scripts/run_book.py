@@ -223,14 +223,14 @@ CHAPTERS = [
     # Through the CIFAR stem the last stage sees 4x4 (issue 20), from the sources chapter 02 pretrains (the
     # same checkpoints); each method's learning rate chosen on validation. Few-shot only: the whole split
     # through this stem costs about 2 h per pair on 2 cores (a pilot: 30 ms per training image for FT).
-    # 33 and 30 minutes, the searches included, from the sources already cached by chapter 02 (2026-12-05,
-    # with small test runs beside them at lower priority); --quick timed idle from an empty cache. Tested every
-    # 10 epochs, not 20, for learning curves (issue 20): about 5 minutes more, fine-tuning's test passes.
+    # 5-9 pair: 39.5 minutes at these settings (2026-12-05, the five sources already cached, pretrained
+    # beforehand; small test runs and benchmarks beside it at the lowest priority). UCI pair: 30 minutes from one
+    # source tested every 20 epochs; every 10 (issue 20), about 5 minutes more. --quick timed idle from an empty cache.
     Chapter("05_snow_mnist5to9", "05_snow",
             "SNOW on MNIST digits 5–9 from a ResNet-18 pretrained on digits 0–4: channel pooling against fine-tuning",
             dict(source="mnist:0-4", target="mnist:5-9", source_epochs=3, ks=[10], focus_k=10, test_per_class=200,
                  **SNOW_CPU),
-            cost=Cost(33 + 5, LOADED_CPU, estimated_from="the run tested every 20 epochs from one cached source"),
+            cost=Cost(2370 / 60, LOADED_CPU),
             quick=SNOW_QUICK, quick_cost=Cost(77 / 60, QUICK_IDLE)),
     Chapter("05_snow_uci_digits", "05_snow",
             "SNOW on the UCI digits from a ResNet-18 pretrained on MNIST: channel pooling against fine-tuning",
