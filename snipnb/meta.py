@@ -27,8 +27,9 @@ inner loop of its ResNet-12 runs (`--no_bn_in_inner_loop`); `metarun.MetaRun` pi
 of the inner loop they are the same tensors before and after adaptation and learn only in the outer loop.
 
 The inner loop is a function of the parameters (`functional_call`, `grad`), so a meta-batch of tasks
-runs as one `vmap` over tasks when the model holds no buffers; models with BatchNorm running
-statistics fall back to a Python loop over tasks. BatchNorm uses the statistics of the batch it sees,
+can run as one `vmap` over tasks when the model holds no buffers: on a GPU, by default; on the CPU a
+Python loop over tasks is faster (`vectorizes`), and models with BatchNorm running statistics always
+loop. BatchNorm uses the statistics of the batch it sees,
 in the inner loop and on the query set, as MAML and the published Sparse-MAML code do (there:
 torchmeta's `MetaBatchNorm2d(track_running_stats=False)`; here: `BatchStatNorm2d`).
 """
@@ -74,9 +75,13 @@ class BatchStatNorm2d(nn.BatchNorm2d):
         super().__init__(channels, eps=eps, track_running_stats=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean((0, 2, 3), keepdim=True)
-        var = (x - mean).pow(2).mean((0, 2, 3), keepdim=True)
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        # Centred once, and the per-channel factors folded before they meet the feature map: two
+        # full-size ops fewer, which the second-order backward pays again (1.1x a meta-batch on the
+        # CPU: benchmarks/RESULTS.md).
+        centred = x - x.mean((0, 2, 3), keepdim=True)
+        var = centred.square().mean((0, 2, 3), keepdim=True)
+        scale = torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1)
+        return torch.addcmul(self.bias.view(1, -1, 1, 1), centred, scale)
 
 
 def conv4(in_channels: int, n_way: int, filters: int = 32, image_size: int = 84) -> Net:
@@ -287,15 +292,24 @@ def mask_noise(model: nn.Module, method: str, tasks: int, generator: torch.Gener
     return {n: torch.rand(tasks, *shapes[n].shape, generator=generator).to(device) for n in weight_names(model)}
 
 
+def vectorizes(device) -> bool:
+    """Whether a meta-batch runs its tasks as one vmap by default on `device`: on a GPU, where one
+    small task at a time leaves it idle; not on the CPU, where a Python loop over the tasks is
+    1.2-1.4x faster (a vmapped convolution with per-task weights turns grouped; benchmarks/RESULTS.md)."""
+    return torch.device(device).type != "cpu"
+
+
 def meta_batch_loss(model, method, params, scores, batch, inner: InnerLoop, noise: dict | None = None,
-                    vectorize: bool = True):
+                    vectorize: bool | None = None):
     """Per-task (query loss, query accuracy) of a meta-batch (an `Episode` with a task dimension).
 
-    `vectorize` runs the tasks as one vmap (if the model allows it), else as a Python loop; both give
-    the same numbers.
+    `vectorize` runs the tasks as one vmap (if the model allows it), else as a Python loop; None: as
+    `vectorizes` says for the batch's device. Both give the same numbers up to float rounding.
     """
     noise = noise or {}
     inputs = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+    if vectorize is None:
+        vectorize = vectorizes(batch.support_x.device)
 
     def one_task(sx, sy, qx, qy, task_noise):
         return episode_loss(model, method, params, scores, sx, sy, qx, qy, inner, task_noise)
@@ -308,7 +322,7 @@ def meta_batch_loss(model, method, params, scores, batch, inner: InnerLoop, nois
 
 
 def evaluate(model, method, params, scores, sampler, episodes: int, inner: InnerLoop, tasks_per_call: int = 5,
-             seed: int = 0, vectorize: bool = True) -> torch.Tensor:
+             seed: int = 0, vectorize: bool | None = None) -> torch.Tensor:
     """Query accuracy of each of `episodes` episodes from `sampler`, adapted with `inner` (first order:
     the adapted weights are the same, and no outer gradient is needed)."""
     params = {n: p.detach() for n, p in params.items()}

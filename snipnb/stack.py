@@ -190,7 +190,7 @@ def fit_stack(
     steps_per_epoch = len(loaders[0])
     optimizer, scheduler = make_optimizer(stack.trainable(), epochs * steps_per_epoch, lr=lr, momentum=momentum,
                                nesterov=nesterov, weight_decay=weight_decay, schedule=schedule,
-                               warmup_steps=int(warmup_epochs * steps_per_epoch), step_every=step_every,
+                               warmup_steps=round(warmup_epochs * steps_per_epoch), step_every=step_every,
                                step_gamma=step_gamma)
     labels = (min(label_range(loader.labels)[0] for loader in loaders),
               max(label_range(loader.labels)[1] for loader in loaders))

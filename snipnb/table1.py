@@ -52,6 +52,7 @@ class Table1Run:
     weight_decay: float = 5e-4
     batch_size: int = 100
     step_every: int = PAPER_STEP_EVERY  # iterations between decays of the learning rate by 0.1
+    warmup_iterations: int = 0  # the learning rate rises linearly from lr / n to lr over the first n; decays count after
     val_fraction: float = 0.1
     eval_every: int = 1  # epochs between checkpoints (each tested on validation and test)
     init: str = "default"  # models.build: Glorot, zero biases; or "variance_scaling" (TF's, biases too)
@@ -77,6 +78,7 @@ class Table1Run:
         checks.number("weight_decay", self.weight_decay, 0)
         checks.integer("batch_size", self.batch_size, 1)
         checks.integer("step_every", self.step_every, 1)
+        checks.integer("warmup_iterations", self.warmup_iterations, 0)
         checks.number("val_fraction", self.val_fraction, above=0, below=1)
         checks.integer("eval_every", self.eval_every, 1)
         classes = data.num_classes(self.dataset)
@@ -233,10 +235,12 @@ def _train_briefly(runs: list[Table1Run], iterations: int, device) -> tuple[floa
 
 def _fit(built: list, runs: list[Table1Run], train, test, epochs: int, device, val=None):
     """Train the built models of `runs` on `train`: as one stack, or with `train.fit` when alone."""
+    # fit counts warm-up in epochs of its loader; a run counts it in iterations, as the paper's decays.
+    recipe = dict(_recipe(runs[0], device),
+                  warmup_epochs=runs[0].warmup_iterations / math.ceil(len(train) / runs[0].batch_size))
     if len(runs) == 1:
-        return [fit(built[0], train, test, epochs, seed=runs[0].seed, val=val, **_recipe(runs[0], device))]
-    return fit_stack(built, [train] * len(runs), test, epochs, seeds=[r.seed for r in runs], val=val,
-                     **_recipe(runs[0], device))
+        return [fit(built[0], train, test, epochs, seed=runs[0].seed, val=val, **recipe)]
+    return fit_stack(built, [train] * len(runs), test, epochs, seeds=[r.seed for r in runs], val=val, **recipe)
 
 
 def measure_speed(run: Table1Run, stack: int, iterations: int, device=None) -> float:

@@ -237,7 +237,7 @@ def fit(
     test_loader = _loader(test, eval_batch_size, device, channels_last, False, False, seed) if test is not None else None
     optimizer, scheduler = make_optimizer(model.parameters(), epochs * len(train_loader), lr=lr, momentum=momentum,
                                nesterov=nesterov, weight_decay=weight_decay, schedule=schedule,
-                               warmup_steps=int(warmup_epochs * len(train_loader)), optimizer=optimizer,
+                               warmup_steps=round(warmup_epochs * len(train_loader)), optimizer=optimizer,
                                step_every=step_every, step_gamma=step_gamma)
     val_loader = _loader(val, eval_batch_size, device, channels_last, False, False, seed) if val is not None else None
     labels = label_range(train_loader.labels)

@@ -553,3 +553,40 @@ def test_the_random_mask_control_draws_its_noise_apart_from_the_models_initialis
 
     assert abs(correlation(torch.Generator().manual_seed(run.seed))) > 0.99  # what the old stream did
     assert abs(correlation(metarun.noise_stream(run))) < 0.2
+
+
+def test_batch_statistics_norm_is_batch_norm_in_training_mode_to_the_second_derivative():
+    # The rewritten elementary ops must stay BatchNorm, also in what MAML's meta-gradient differentiates.
+    torch.manual_seed(0)
+    norm = meta.BatchStatNorm2d(4)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(6, 4, 5, 5, requires_grad=True)
+    outputs = {}
+    for name, f in {"ours": norm, "torch": lambda v: F.batch_norm(v, None, None, norm.weight, norm.bias, True)}.items():
+        y = f(x)
+        g = torch.autograd.grad((y * torch.linspace(-1, 1, 25).view(5, 5)).pow(2).sum(), x, create_graph=True)[0]
+        outputs[name] = (y, g, torch.autograd.grad(g.pow(2).sum(), (x, norm.weight)))
+    ours, reference = outputs["ours"], outputs["torch"]
+    torch.testing.assert_close(ours[0], reference[0])
+    torch.testing.assert_close(ours[1], reference[1], rtol=1e-4, atol=1e-5)
+    for a, b in zip(ours[2], reference[2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_a_meta_batch_loops_over_its_tasks_on_the_cpu_and_vmaps_them_on_a_gpu(monkeypatch):
+    assert not meta.vectorizes("cpu") and not meta.vectorizes(torch.device("cpu"))
+    assert meta.vectorizes("cuda") and meta.vectorizes("cuda:1")
+    vmapped = []
+    monkeypatch.setattr(meta, "vmap", lambda f: vmapped.append(f) or torch.func.vmap(f))
+    model, batch = tiny_conv(), conv_batch()
+    runs = {}
+    for vectorize in (None, False):
+        params = leaves(model)
+        losses, _ = meta.meta_batch_loss(model, "maml", params, {}, batch, meta.InnerLoop(2, 0.3), vectorize=vectorize)
+        runs[vectorize] = torch.autograd.grad(losses.sum(), list(params.values()))
+    assert not vmapped
+    assert all(torch.equal(a, b) for a, b in zip(runs[None], runs[False]))  # the loop, bit for bit
+    meta.meta_batch_loss(model, "maml", leaves(model), {}, batch, meta.InnerLoop(1, 0.3), vectorize=True)
+    assert len(vmapped) == 1

@@ -201,3 +201,18 @@ def test_a_stack_of_one_run_trains_with_fit(monkeypatch):
 
     monkeypatch.setattr(snipnb.table1, "fit_stack", no_stack)
     assert len(run_table1_stack([tiny(method="snip", sparsity=0.5)], "cpu")) == 1
+
+
+def test_a_warm_up_is_counted_in_iterations_and_tames_a_rate_that_diverges_without_it(monkeypatch):
+    import snipnb.train
+
+    warmups = []
+    make_optimizer = snipnb.train.make_optimizer
+    monkeypatch.setattr(snipnb.train, "make_optimizer",
+                        lambda *a, **kw: warmups.append(kw["warmup_steps"]) or make_optimizer(*a, **kw))
+    run_table1_stack([tiny(warmup_iterations=5, epochs=1)], "cpu")  # 9 iterations an epoch
+    assert warmups == [5]
+    # lr 1e4 diverges within 9 steps (above); warmed up over a million iterations it stays below 0.1.
+    assert all(0 < loss < 5 for loss in early_losses([tiny(lr=1e4, warmup_iterations=10**6)], 9, "cpu"))
+    with pytest.raises(ValueError, match="warmup_iterations"):
+        tiny(warmup_iterations=-1)
