@@ -246,10 +246,12 @@ CHAPTERS = [
             # 9,000 meta-iterations (issue 20: train until meta-validation flattens). At 3,000, MAML's and BOIL's
             # meta-validation still rose over the last 30% of the budget (+1.6 [+0.2, +2.9] and +0.8 [+0.3, +1.3]
             # points), about half their rise at 1,000: a third tripling. Validated every 300, as often per
-            # budget as before. 2 h 15 min at 3,000 (2026-12-05, small test runs beside it at the lowest priority).
+            # budget as before. 2 h 15 min at 3,000 (2026-12-05, small test runs beside it at the lowest priority),
+            # before a meta-batch's tasks were looped on the CPU (1.5x in CPU time: benchmarks/RESULTS.md).
             dict(dataset="mnist_rotations", filters=16, inner_steps=1, eval_inner_steps=3, inner_lr=0.4,
                  iterations=9000, eval_every=300, val_episodes=50, seeds=5, progress=False),
-            cost=Cost(3 * 135, LOADED_CPU, estimated_from="the 3,000-iteration run"),
+            cost=Cost(3 * 135 / 1.5, LOADED_CPU,
+                      estimated_from="the 3,000-iteration run and the 1.5x faster meta-batch since"),
             quick=dict(iterations=20, eval_every=10, val_episodes=10, test_episodes=100, seeds=2),
             quick_cost=Cost(56 / 60, QUICK_IDLE)),
 ]
