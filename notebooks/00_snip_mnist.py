@@ -277,8 +277,8 @@ display(Markdown(
 # Does a warm-up tame the paper's rate? Dense LeNet-5-Caffe at lr 0.1 with momentum 0.9 from our
 # initialisation, the learning rate rising linearly from lr / `check_warmup` to lr over the first
 # `check_warmup` iterations, trained twice that long but at most one epoch (the mean training loss
-# over all of them; the same 3 seeds). A warm-up is not in the paper: this asks only whether the divergence is a start-up
-# transient or a rate too large for this network at this momentum.
+# over all of them; the same 3 seeds). A warm-up is not in the paper: this asks only whether the
+# divergence is a start-up transient or a rate too large for this network at this momentum.
 
 # %% tags=["hide-input"]
 if check_warmup and "lenet5_caffe" in models:

@@ -29,9 +29,9 @@ of the inner loop they are the same tensors before and after adaptation and lear
 The inner loop is a function of the parameters (`functional_call`, `grad`), so a meta-batch of tasks
 can run as one `vmap` over tasks when the model holds no buffers: on a GPU, by default; on the CPU a
 Python loop over tasks is faster (`vectorizes`), and models with BatchNorm running statistics always
-loop. BatchNorm uses the statistics of the batch it sees,
-in the inner loop and on the query set, as MAML and the published Sparse-MAML code do (there:
-torchmeta's `MetaBatchNorm2d(track_running_stats=False)`; here: `BatchStatNorm2d`).
+loop. BatchNorm uses the statistics of the batch it sees, in the inner loop and on the query set, as
+MAML and the published Sparse-MAML code do (there: torchmeta's
+`MetaBatchNorm2d(track_running_stats=False)`; here: `BatchStatNorm2d`).
 """
 
 from __future__ import annotations
