@@ -266,8 +266,16 @@ checked = pd.concat([table1.stability(name, [dict(lr=rate, momentum=m, init=i) f
 unstable = checked[checked.diverged > 0]
 shown = checked.assign(lr=checked.lr.map("{:g}".format), momentum=checked.momentum.map("{:g}".format)).set_index(
     ["model", "lr", "momentum", "init"])
-display(table(shown.apply(lambda col: col.map(lambda x: f"{x:.3f}" if math.isfinite(x) and x < table1.DIVERGED_LOSS
-                                              else "diverged") if col.name.startswith("seed") else col)))
+
+
+def losses_or_diverged(frame):
+    """A stability table with each seed's loss to 3 decimals, or "diverged" where it is not finite or is
+    at least `table1.DIVERGED_LOSS`."""
+    return frame.apply(lambda col: col.map(lambda x: f"{x:.3f}" if math.isfinite(x) and x < table1.DIVERGED_LOSS
+                                           else "diverged") if col.name.startswith("seed") else col)
+
+
+display(table(losses_or_diverged(shown)))
 display(Markdown(
     "Diverged: " + ", ".join(f"{r.model} at lr {r.lr:g}, momentum {r.momentum:g}, {r.init} init ({r.diverged} of "
                              f"3 seeds)" for r in unstable.itertuples())
@@ -285,9 +293,8 @@ if check_warmup and "lenet5_caffe" in models:
     warmed = table1.stability("lenet5_caffe", [dict(lr=0.1, momentum=PAPER_MOMENTUM, warmup_iterations=check_warmup)],
                               seeds=3, iterations=2 * check_warmup, device=run_device, dataset=dataset)
     seed_columns = [c for c in warmed.columns if c.startswith("seed")]
-    display(table(warmed.set_index(["model", "lr", "momentum", "warmup_iterations"])[seed_columns + ["diverged"]]
-                  .apply(lambda col: col.map(lambda x: f"{x:.3f}" if math.isfinite(x) and x < table1.DIVERGED_LOSS
-                                                    else "diverged") if col.name.startswith("seed") else col)))
+    display(table(losses_or_diverged(warmed.set_index(["model", "lr", "momentum", "warmup_iterations"])
+                                     [seed_columns + ["diverged"]])))
     trained = min(2 * check_warmup, steps)
     display(Markdown(f"With a warm-up over {check_warmup:,} iterations, {warmed.diverged.iloc[0]} of 3 seeds diverged "
                      f"in the first {trained:,} ({max(0, trained - check_warmup):,} of them at the full rate); "

@@ -148,6 +148,7 @@ def fit_stack(
     step_every: int = 0,
     step_gamma: float = 0.1,
     warmup_epochs: float = 0.0,
+    warmup_steps: int = 0,
     label_smoothing: float = 0.0,
     augment: bool = False,
     device=None,
@@ -167,7 +168,8 @@ def fit_stack(
     one `History` per run; `seconds` is the stack's wall time divided among its runs.
     `amp`, `eval_amp` and `eval_batch_size` default as in `train.fit` (`snipnb.devices`).
     """
-    check_recipe(epochs=epochs, eval_every=eval_every, lr=lr, schedule=schedule, step_every=step_every)
+    check_recipe(epochs=epochs, eval_every=eval_every, lr=lr, schedule=schedule, step_every=step_every,
+                 warmup_epochs=warmup_epochs, warmup_steps=warmup_steps)
     if not len(models) == len(trains) == len(seeds):
         raise ValueError(f"models, trains and seeds must have one entry per run, got {len(models)}, "
                          f"{len(trains)} and {len(seeds)}")
@@ -190,7 +192,7 @@ def fit_stack(
     steps_per_epoch = len(loaders[0])
     optimizer, scheduler = make_optimizer(stack.trainable(), epochs * steps_per_epoch, lr=lr, momentum=momentum,
                                nesterov=nesterov, weight_decay=weight_decay, schedule=schedule,
-                               warmup_steps=round(warmup_epochs * steps_per_epoch), step_every=step_every,
+                               warmup_steps=warmup_steps or round(warmup_epochs * steps_per_epoch), step_every=step_every,
                                step_gamma=step_gamma)
     labels = (min(label_range(loader.labels)[0] for loader in loaders),
               max(label_range(loader.labels)[1] for loader in loaders))

@@ -235,9 +235,7 @@ def _train_briefly(runs: list[Table1Run], iterations: int, device) -> tuple[floa
 
 def _fit(built: list, runs: list[Table1Run], train, test, epochs: int, device, val=None):
     """Train the built models of `runs` on `train`: as one stack, or with `train.fit` when alone."""
-    # fit counts warm-up in epochs of its loader; a run counts it in iterations, as the paper's decays.
-    recipe = dict(_recipe(runs[0], device),
-                  warmup_epochs=runs[0].warmup_iterations / math.ceil(len(train) / runs[0].batch_size))
+    recipe = dict(_recipe(runs[0], device), warmup_steps=runs[0].warmup_iterations)
     if len(runs) == 1:
         return [fit(built[0], train, test, epochs, seed=runs[0].seed, val=val, **recipe)]
     return fit_stack(built, [train] * len(runs), test, epochs, seeds=[r.seed for r in runs], val=val, **recipe)

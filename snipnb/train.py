@@ -125,7 +125,12 @@ def check_labels(labels: tuple[int, int], outputs: int, where: str) -> None:
 
 
 def check_recipe(*, epochs: int, eval_every: int, lr: float, schedule: str, optimizer: str = "sgd",
-                 step_every: int = 0) -> None:
+                 step_every: int = 0, warmup_epochs: float = 0.0, warmup_steps: int = 0) -> None:
+    if warmup_epochs < 0 or warmup_steps < 0:
+        raise ValueError(f"warmup_epochs and warmup_steps must be >= 0, got {warmup_epochs} and {warmup_steps}")
+    if warmup_epochs and warmup_steps:
+        raise ValueError(f"give the warm-up in epochs or in steps, not both (warmup_epochs={warmup_epochs}, "
+                         f"warmup_steps={warmup_steps})")
     if schedule == "step" and step_every < 1:
         raise ValueError(f"schedule='step' needs step_every >= 1 (steps between decays), got {step_every}")
     if optimizer not in OPTIMIZERS:
@@ -195,6 +200,7 @@ def fit(
     step_every: int = 0,
     step_gamma: float = 0.1,
     warmup_epochs: float = 0.0,
+    warmup_steps: int = 0,
     label_smoothing: float = 0.0,
     augment: bool = False,
     device=None,
@@ -213,7 +219,8 @@ def fit(
     """Train `model` in place on `train`, testing it on `test` as it goes; return the `History`.
 
     The optimiser is SGD with momentum (default) or Adam (`optimizer="adam"`), with weight decay
-    and a per-step learning-rate schedule (cosine by default).
+    and a per-step learning-rate schedule (cosine by default), after a linear warm-up given in
+    epochs (`warmup_epochs`) or in steps (`warmup_steps`), not both.
 
     `train` and `test` are `ImageData` (then `augment` turns on crop+flip for training) or
     `DeviceLoader`s. `amp` (bf16 autocast in training) defaults to on for CUDA only, `eval_amp` (in
@@ -226,7 +233,7 @@ def fit(
     `after_step()`, called after every optimiser step (PackNet restores its frozen weights there).
     """
     check_recipe(epochs=epochs, eval_every=eval_every, lr=lr, schedule=schedule, optimizer=optimizer,
-                 step_every=step_every)
+                 step_every=step_every, warmup_epochs=warmup_epochs, warmup_steps=warmup_steps)
     device, amp, channels_last = resolve_device(device, amp, channels_last)
     seed_everything(seed)
 
@@ -237,7 +244,7 @@ def fit(
     test_loader = _loader(test, eval_batch_size, device, channels_last, False, False, seed) if test is not None else None
     optimizer, scheduler = make_optimizer(model.parameters(), epochs * len(train_loader), lr=lr, momentum=momentum,
                                nesterov=nesterov, weight_decay=weight_decay, schedule=schedule,
-                               warmup_steps=round(warmup_epochs * len(train_loader)), optimizer=optimizer,
+                               warmup_steps=warmup_steps or round(warmup_epochs * len(train_loader)), optimizer=optimizer,
                                step_every=step_every, step_gamma=step_gamma)
     val_loader = _loader(val, eval_batch_size, device, channels_last, False, False, seed) if val is not None else None
     labels = label_range(train_loader.labels)

@@ -57,7 +57,9 @@ def test_pruned_weights_are_exactly_zero_after_training(mnist_like):
 
 @pytest.mark.parametrize("kwargs, argument", [(dict(epochs=0), "epochs"), (dict(lr=0.0), "lr"),
                                               (dict(schedule="step"), "schedule"),
-                                              (dict(eval_every=0), "eval_every")])
+                                              (dict(eval_every=0), "eval_every"),
+                                              (dict(warmup_steps=-1), "warmup"),
+                                              (dict(warmup_epochs=1, warmup_steps=5), "not both")])
 def test_fit_rejects_bad_arguments(mnist_like, kwargs, argument):
     train, test = mnist_like
     with pytest.raises(ValueError, match=argument):
@@ -123,3 +125,19 @@ def test_validation_picks_the_checkpoint_without_looking_at_the_test_set(mnist_l
     assert len(history.val_acc) == len(history.test_acc) == 3
     assert history.test_at_best_val == history.test_acc[int(torch.tensor(history.val_acc).argmax())]
     assert torch.isnan(torch.tensor(fit(net(), train, test, epochs=1, progress=False).test_at_best_val))
+
+
+def test_a_warm_up_in_steps_trains_as_the_same_warm_up_in_epochs(mnist_like, monkeypatch):
+    from snipnb import train as train_module
+
+    train, test = mnist_like  # 160 images: 5 steps an epoch at batch 32
+    seen = []
+    real = train_module.make_optimizer
+    monkeypatch.setattr(train_module, "make_optimizer",
+                        lambda *a, **kw: seen.append(kw["warmup_steps"]) or real(*a, **kw))
+    by_steps, by_epochs = net(), net()
+    fit(by_steps, train, None, epochs=2, batch_size=32, warmup_steps=7, progress=False)
+    fit(by_epochs, train, None, epochs=2, batch_size=32, warmup_epochs=1.4, progress=False)
+    assert seen == [7, 7]
+    for a, b in zip(by_steps.parameters(), by_epochs.parameters()):
+        assert torch.equal(a, b)
