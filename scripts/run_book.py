@@ -225,8 +225,9 @@ CHAPTERS = [
     # same checkpoints); each method's learning rate chosen on validation. Few-shot only: the whole split
     # through this stem costs about 2 h per pair on 2 cores (a pilot: 30 ms per training image for FT).
     # 5-9 pair: 39.5 minutes at these settings (2026-12-05, the five sources already cached, pretrained
-    # beforehand; small test runs and benchmarks beside it at the lowest priority). UCI pair: 30 minutes from one
-    # source tested every 20 epochs; every 10 (issue 20), about 5 minutes more. --quick timed idle from an empty cache.
+    # beforehand; small test runs and benchmarks beside it at the lowest priority). UCI pair: 45 minutes at these
+    # settings (2026-12-05, MNIST's five sources cached beforehand; a clean-clone CI beside it for its last 13
+    # minutes). --quick timed idle from an empty cache.
     Chapter("05_snow_mnist5to9", "05_snow",
             "SNOW on MNIST digits 5–9 from a ResNet-18 pretrained on digits 0–4: channel pooling against fine-tuning",
             dict(source="mnist:0-4", target="mnist:5-9", source_epochs=3, ks=[10], focus_k=10, test_per_class=200,
@@ -236,7 +237,7 @@ CHAPTERS = [
     Chapter("05_snow_uci_digits", "05_snow",
             "SNOW on the UCI digits from a ResNet-18 pretrained on MNIST: channel pooling against fine-tuning",
             dict(source="mnist", target="uci_digits", source_epochs=1, ks=[5], focus_k=5, **SNOW_CPU),
-            cost=Cost(30 + 5, LOADED_CPU, estimated_from="the run tested every 20 epochs from one cached source"),
+            cost=Cost(2711 / 60, LOADED_CPU),
             quick=dict(SNOW_QUICK, ks=[5], focus_k=5), quick_cost=Cost(127 / 60, QUICK_IDLE)),
     Chapter("05_snow_imagenet_cifar100", "05_snow",
             "SNOW on CIFAR-100 from ImageNet ResNet-50 and ResNet-18: channel pooling against fine-tuning",
