@@ -95,6 +95,7 @@ ks = [None]  # images per class of the target's training split; None: all of it
 seeds = 5
 epochs = 30  # few-shot runs
 full_epochs = None  # runs on the whole training split; None: epochs
+budget_epochs = 0  # the budget check: every method of the grid at focus_k trained again this long (more than the grid's epochs), each with its own schedule; 0: none
 batch_size = 64
 lrs = {"snow": 0.1, "ft": 0.01, "fe": 0.01, "fo": 0.1}  # the learning rate of each method
 lr_candidates = {}  # method -> rates: choose its rate among them on validation (needs val_per_class); {}: lrs as given
@@ -137,6 +138,7 @@ if os.environ.get("SNIPNB_SMOKE"):
     workers = 1  # one process: starting workers would cost more than these seconds of runs
     source, target, models, image_size, source_epochs = "synthetic:0-4", "synthetic:5-9", ["resnet18"], 32, 1
     ks, seeds, epochs, eval_every, test_per_class = [2], 2, 2, 1, 10
+    budget_epochs = 3
     ablate_m, ablate_sigma, ablate_width_divisor, serving_tasks, timing_batch = [4], [0.0], [16], [1, 2], 8
     val_per_class, lr_candidates, lr_seeds, source_per_seed = 2, {"fo": [0.05, 0.1]}, 1, True
     results_dir = tempfile.mkdtemp()
@@ -167,6 +169,7 @@ checks.integer("lr_seeds", lr_seeds, 1)
 checks.integer("lr_extensions", lr_extensions, 0)
 checks.integer("seeds", seeds, 1)
 checks.integer("epochs", epochs, 1)
+checks.integer("budget_epochs", budget_epochs, 0)
 focus_k = pick("focus_k", focus_k, ks)
 if data_root is not None:
     os.environ["SNIPNB_DATA"] = str(data_root)  # worker processes read it too
@@ -197,11 +200,15 @@ def make_runs(lrs):
     at_seed = functools.partial(pretrained.at_seed, source_per_seed=source_per_seed)
     seed_setting_runs = ([at_seed(seed_setting, s) for s in range(seeds)]
                          if compare_seed_setting and seed_setting != base else [])
+    budget_runs = [dataclasses.replace(r, epochs=budget_epochs) for r in runs if r.k == focus_k] if budget_epochs else []
     return runs, base, list(dict.fromkeys(runs + [at_seed(base, s) for s in range(seeds)]
-                                          + ablation_runs + seed_setting_runs))
+                                          + ablation_runs + seed_setting_runs + budget_runs))
 
 
 runs, base, all_runs = make_runs(lrs)
+if budget_epochs and budget_epochs <= base.epochs:
+    raise ValueError(f"budget_epochs={budget_epochs} must be more than the {base.epochs} epochs the grid trains at "
+                     f"focus_k={focus_k}: the budget check asks what a longer budget changes")
 
 
 def search_runs(tried):
@@ -234,7 +241,8 @@ display(Markdown(
     f"{image_size} px through the {stem} stem (the last stage sees {side}×{side}); k ∈ "
     f"{{{', '.join(k_label(k) for k in ks)}}} images per class; {seeds} seeds; {len(runs)} runs of {len(methods)} "
     f"methods (SNOW with channels {', '.join(selections)}), "
-    f"{len(all_runs) - len(runs)} more for the ablations at k = {k_label(focus_k)}; {epochs} epochs for few-shot "
+    f"{len(all_runs) - len(runs)} more for the ablations{' and the budget check' * bool(budget_epochs)} at k = "
+    f"{k_label(focus_k)}; {epochs} epochs for few-shot "
     f"runs{whole_split}, batch {batch_size}, learning rates {rates}; SNOW with "
     f"M = {'N/' + str(width_divisor) if m is None else m}, width divisor {width_divisor}, σ = {sigma} "
     f"({sigma_schedule}), slots {slot_order}, w's learning rate {'the method’s' if w_lr is None else w_lr} and "
@@ -351,6 +359,9 @@ NAMES = {"ft": "FT", "fe": "FE", "fo": "FO"}
 SELECTION_NAMES = {"learned": "SNOW", "snip": "SNOW·SNIP", "random": "SNOW·random"}
 results["variant"] = [SELECTION_NAMES[s] if method == "snow" else NAMES[method]
                       for method, s in zip(results.method, results.selection)]
+# The budget check's runs are the grid's at focus_k trained longer: kept apart, every other table is the grid's.
+is_budget = (results.epochs == budget_epochs) & (results.shots == k_label(focus_k))
+budget, results = results[is_budget], results[~is_budget]
 
 
 def has(column, value):
@@ -418,7 +429,9 @@ if len(against_ft):
 # setting (tested every `eval_every` epochs and after the last). Then each method's gain over the
 # last 30% of its epochs, in validation accuracy (test accuracy where no validation set was held
 # out), paired over seeds (exploratory, uncorrected): "still rising" means the budget stopped a
-# method that was still improving, so it is compared before it flattened.
+# method that was still improving, so it is compared before it flattened. With `budget_epochs`,
+# every method trained again that long on the same seeds (dashed; each run its own cosine schedule):
+# what the longer budget gains, and each method against `FT` at it, in final test accuracy.
 
 # %% tags=["hide-input"]
 at_focus = main[main.shots == k_label(focus_k)]
@@ -426,9 +439,13 @@ if "test_curve" in at_focus and at_focus.test_curve.notna().all() and at_focus.t
     tested = transfer.curves(at_focus, "test")
     fig, axes = plots.panels(len(models), height=3.2)
     for ax, model in zip(axes, models):
-        for variant in variants:
+        for i, variant in enumerate(variants):
             mean = tested[(tested.model == model) & (tested.variant == variant)].groupby("epoch").acc.mean()
-            ax.plot(mean.index, mean.values, marker=".", label=variant)
+            ax.plot(mean.index, mean.values, marker=".", label=variant, color=f"C{i}")
+            if len(budget):
+                longer = transfer.curves(budget[(budget.model == model) & (budget.variant == variant)], "test")
+                mean = longer.groupby("epoch").acc.mean()
+                ax.plot(mean.index, mean.values, ls="--", lw=1, color=f"C{i}")
         ax.set_xlabel("epoch")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{model}, k = {k_label(focus_k)}", fontsize="medium")
@@ -441,6 +458,26 @@ if "test_curve" in at_focus and at_focus.test_curve.notna().all() and at_focus.t
                   caption=f"{'validation' if which == 'val' else 'test'} accuracy gained over the last 30% of the epochs"))
 else:
     display(Markdown("No learning curves: these runs were tested once, or recorded before runs kept their curves."))
+budget_verdicts = []
+if len(budget):
+    both = pd.concat([at_focus.assign(budget=base.epochs), budget.assign(budget=budget_epochs)])
+    gained = stats.paired_difference(both, "final_acc", baseline={"budget": base.epochs}, variant=["budget"],
+                                     pair_on=["seed"], group=["model", "variant"])
+    at_longer = stats.paired_difference(budget, "final_acc", baseline={"variant": "FT"}, variant=["variant"],
+                                        pair_on=["seed"], group=["model"])
+    def mean_std(part, r):
+        return stats.summarize(part[(part.model == r["model"]) & (part.variant == r["variant"])], ["variant"],
+                               "final_acc")["mean ± std"].iloc[0]
+
+    rows = [{"model": r["model"], "variant": r["variant"], f"{base.epochs} epochs (%)": mean_std(at_focus, r),
+             f"{budget_epochs} epochs (%)": mean_std(budget, r), "longer − grid's": stats.verdict(r)}
+            for _, r in gained.iterrows()]
+    display(table(pd.DataFrame(rows).set_index(["model", "variant"]),
+                  caption=f"Final test accuracy at the grid's budget and at {budget_epochs} epochs, same seeds "
+                          f"(exploratory, uncorrected)"))
+    budget_verdicts = [f"{r['variant']} − FT at {budget_epochs} epochs ({r['model']}, k = {k_label(focus_k)}): "
+                       f"{stats.verdict(r)}" for _, r in at_longer.iterrows()]
+    display(Markdown("\n".join(f"- {v}" for v in budget_verdicts) or "No seed ran FT at the longer budget."))
 
 # %% [markdown]
 # ## What each method costs
@@ -716,6 +753,7 @@ if sigma_part is not None and 0.0 in set(sigma_part.sigma) and sigma != 0:
     if len(d):
         findings.append(f"- **No selection noise** (σ = 0, the top-M of w in training too) against σ = {sigma}, "
                         f"{sigma_schedule} ({models[0]}, k = {k_label(focus_k)}): {stats.verdict(d.iloc[0])}.")
+findings += [f"- **Longer budget**: {v}." for v in budget_verdicts]
 display(Markdown("\n".join(findings)))
 
 # %% [markdown]
