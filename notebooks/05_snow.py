@@ -437,14 +437,14 @@ if len(against_ft):
 at_focus = main[main.shots == k_label(focus_k)]
 if "test_curve" in at_focus and at_focus.test_curve.notna().all() and at_focus.test_epochs.map(len).min() > 1:
     tested = transfer.curves(at_focus, "test")
+    longer = transfer.curves(budget, "test") if len(budget) else None
     fig, axes = plots.panels(len(models), height=3.2)
     for ax, model in zip(axes, models):
         for i, variant in enumerate(variants):
             mean = tested[(tested.model == model) & (tested.variant == variant)].groupby("epoch").acc.mean()
             ax.plot(mean.index, mean.values, marker=".", label=variant, color=f"C{i}")
-            if len(budget):
-                longer = transfer.curves(budget[(budget.model == model) & (budget.variant == variant)], "test")
-                mean = longer.groupby("epoch").acc.mean()
+            if longer is not None:
+                mean = longer[(longer.model == model) & (longer.variant == variant)].groupby("epoch").acc.mean()
                 ax.plot(mean.index, mean.values, ls="--", lw=1, color=f"C{i}")
         ax.set_xlabel("epoch")
         ax.set_ylabel("test accuracy (%)")
@@ -465,14 +465,12 @@ if len(budget):
                                      pair_on=["seed"], group=["model", "variant"])
     at_longer = stats.paired_difference(budget, "final_acc", baseline={"variant": "FT"}, variant=["variant"],
                                         pair_on=["seed"], group=["model"])
-    def mean_std(part, r):
-        return stats.summarize(part[(part.model == r["model"]) & (part.variant == r["variant"])], ["variant"],
-                               "final_acc")["mean ± std"].iloc[0]
-
-    rows = [{"model": r["model"], "variant": r["variant"], f"{base.epochs} epochs (%)": mean_std(at_focus, r),
-             f"{budget_epochs} epochs (%)": mean_std(budget, r), "longer − grid's": stats.verdict(r)}
-            for _, r in gained.iterrows()]
-    display(table(pd.DataFrame(rows).set_index(["model", "variant"]),
+    spread = stats.summarize(both, ["model", "variant", "budget"], "final_acc").pivot(
+        index=["model", "variant"], columns="budget", values="mean ± std")
+    spread.columns = [f"{length} epochs (%)" for length in spread.columns]
+    gained = gained.set_index(["model", "variant"])
+    spread = spread.loc[gained.index].assign(**{"longer − grid's": gained.apply(stats.verdict, axis=1)})
+    display(table(spread,
                   caption=f"Final test accuracy at the grid's budget and at {budget_epochs} epochs, same seeds "
                           f"(exploratory, uncorrected)"))
     budget_verdicts = [f"{r['variant']} − FT at {budget_epochs} epochs ({r['model']}, k = {k_label(focus_k)}): "
