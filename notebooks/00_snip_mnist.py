@@ -24,10 +24,13 @@
 # with little data, we check that our SNIP does what theirs does, and where it does not, *which
 # difference from their protocol* is responsible.
 #
-# **The paper's recipe**, which every run here follows: SGD with momentum 0.9, batch 100, weight decay
-# $5\cdot10^{-4}$, learning rate 0.1 decayed by 0.1 every 25,000 iterations, 10% of the training set held
-# out for validation. The paper does not say how long it trains; we call three phases of its schedule
-# (75,000 iterations, down to lr 0.001) its budget.
+# **The paper's recipe**: SGD with momentum 0.9, batch 100, weight decay $5\cdot10^{-4}$, learning rate
+# 0.1 decayed by 0.1 every 25,000 iterations, 10% of the training set held out for validation. The paper
+# does not say how long it trains; we call three phases of its schedule (75,000 iterations, down to lr
+# 0.001) its budget. Our runs follow it except in two ways, each shown below: they are shorter (in
+# the book's chapter the Table 1 cells train 4,320 iterations for LeNet-300-100 and 1,080 for
+# LeNet-5-Caffe, with length checks at 27,000; "This run" gives this run's), and LeNet-5-Caffe
+# trains at lr 0.02 (the check below asks why 0.1 fails here).
 #
 # **What the official code** ([namhoonlee/snip-public](https://github.com/namhoonlee/snip-public)) does
 # beyond the paper's text, each of which we make a setting and ablate on LeNet-300-100:
@@ -193,6 +196,11 @@ display(Markdown(
 #
 # - Per network: SNIP − dense at its highest Table 1 sparsity; SNIP − random and SNIP − shuffled SNIP,
 #   each paired at the same sparsity and averaged over the network's Table 1 sparsities within each seed.
+# - Changed after an earlier execution's results were seen, and so not declared blind: LeNet-5-Caffe's
+#   SNIP − dense moved to its 27,000-iteration length check (2026-12-05, as LeNet-300-100's had), and
+#   LeNet-300-100's cells went from 5 to 10 seeds, seeds 0-4 among them (2026-12-05). The controls
+#   are still tested at the Table 1 cells' length, where training has not flattened: read them as
+#   early-training comparisons.
 # - Does our SNIP − dense reproduce the paper's, at each Table 1 sparsity? An equivalence test (TOST)
 #   around the paper's gap, with a margin of **0.5 points**: half a point of MNIST test error is 50 of the
 #   10,000 test images, less than the 0.7-point cost the paper reports at LeNet-300-100's 98% (its one
