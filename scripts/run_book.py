@@ -427,6 +427,29 @@ def mark_stale(chapter: Chapter, target: pathlib.Path) -> None:
         f"`bash scripts/run_book.sh --only {chapter.name}` ({chapter.cost})."))
 
 
+def label_unrun(chapters: list[Chapter], out: pathlib.Path) -> list[str]:
+    """The pages of chapters not run now: an unexecuted one shows its notebook's text today under a
+    banner saying why; an executed one whose notebook has changed since keeps its numbers under a
+    banner saying so. Returns the names of the pages marked stale."""
+    marked = []
+    for chapter in chapters:
+        target = out / f"{chapter.name}.ipynb"
+        if not (target.exists() and _executed(target)):
+            placeholder(chapter, out, "it needs data or compute the project's own machines do not have"
+                        if chapter.on_demand else "it has not been run since its notebook was written")
+            continue
+        retag(chapter, target)
+        if stale(target, chapter):
+            mark_stale(chapter, target)
+            marked.append(chapter.name)
+    return marked
+
+
+def write_findings() -> None:
+    """The findings, summary and forest pages, from the executed chapters (scripts/findings.py)."""
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "findings.py")], check=True)
+
+
 def quick_banner(chapter: Chapter, parameters: dict) -> str:
     settings = ", ".join(f"`{k}={v!r}`" for k, v in chapter.quick.items())
     return (f"**A {QUICK_BANNER}: the numbers on this page answer nothing.** `bash scripts/run_book.sh --quick` "
@@ -689,6 +712,9 @@ def main(argv=None) -> int:
     parser.add_argument("-P", nargs=3, action="append", default=[], metavar=("CHAPTER", "NAME", "VALUE"),
                         help="a parameter for one chapter (YAML value)")
     parser.add_argument("--log-output", action="store_true", help="stream each notebook's output to the terminal")
+    parser.add_argument("--banners", action="store_true",
+                        help="only label the book's pages (a banner on each executed page whose notebook has changed "
+                             "since) and rewrite the findings pages; nothing runs, the book is not built")
     args = parser.parse_args(argv)
 
     order = book_order()
@@ -698,6 +724,13 @@ def main(argv=None) -> int:
         return 0
     if args.quick and args.from_tables:
         raise SystemExit("--quick runs the chapters, --from-tables re-renders them without running: choose one")
+    if args.banners:
+        if args.quick or args.from_tables or args.out or args.only or args.p or args.P:
+            raise SystemExit("--banners labels the whole book and runs nothing: it takes no other option")
+        marked = label_unrun(chapters, BOOK_CHAPTERS)
+        write_findings()
+        print("Marked as run by an earlier version of their notebook: " + (", ".join(marked) or "none"))
+        return 0
     out = (args.out or (QUICK_OUT if args.quick else BOOK_CHAPTERS)).resolve()
     book = out == BOOK_CHAPTERS.resolve()
     if args.quick and book:
@@ -762,19 +795,7 @@ def main(argv=None) -> int:
 
         out.mkdir(parents=True, exist_ok=True)
         if book:
-            # Chapters not run now: unexecuted ones show the current text under a banner saying why; an
-            # executed one whose notebook has changed since keeps its numbers under a banner saying so.
-            for chapter in chapters:
-                target = out / f"{chapter.name}.ipynb"
-                if chapter in chosen:
-                    continue
-                if not (target.exists() and _executed(target)):
-                    placeholder(chapter, out, "it needs data or compute the project's own machines do not have"
-                                if chapter.on_demand else "it has not been run since its notebook was written")
-                else:
-                    retag(chapter, target)
-                    if stale(target, chapter):
-                        mark_stale(chapter, target)
+            label_unrun([c for c in chapters if c not in chosen], out)
         failed, done = [], {}
         for chapter, parameters in plans:
             print(f"== {chapter.name}" + (" (quick)" if args.quick else " (from its run table)" if args.from_tables
@@ -788,7 +809,7 @@ def main(argv=None) -> int:
             print(f"   {chapter.name}: {'failed' if chapter.name in failed else 'done'} in {duration(minutes)}")
 
     if book:
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "findings.py")], check=True)
+        write_findings()
         subprocess.run(["jupyter-book", "build", str(BOOK)], check=True)
         print(f"The report is at {BOOK / '_build' / 'html' / 'index.html'}")
     else:

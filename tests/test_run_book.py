@@ -455,3 +455,30 @@ def test_the_book_check_knows_a_chapter_that_draws_but_shows_no_figure():
     drawing.outputs.append(nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo="}))
     assert check_book.figures(nb) == 1
     assert not check_book.draws(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(explot.x)")]))
+
+
+def test_banners_labels_a_page_whose_notebook_changed_and_runs_nothing(tiny, tmp_path, monkeypatch):
+    # After a notebook edit the book's page must say it is an earlier version's (the book check demands
+    # it), without running the chapter: --banners does only that, and rewrites the findings pages.
+    book = tmp_path / "book"
+    book.mkdir()
+    monkeypatch.setattr(run_book, "BOOK_CHAPTERS", book)
+    findings = []
+    monkeypatch.setattr(run_book, "write_findings", lambda: findings.append(True))
+    monkeypatch.setattr(run_book, "run", lambda *args, **kwargs: pytest.fail("--banners ran a chapter"))
+    page = nbformat.read(tmp_path / "notebooks" / "tiny.ipynb", as_version=4)
+    page.cells[-1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="a number\n")]
+    nbformat.write(page, book / "tiny.ipynb")
+
+    assert run_book.main(["--banners"]) == 0  # the page runs the notebook's code of today: no banner
+    assert findings and not any(run_book.STALE_BANNER in c.source for c in
+                                nbformat.read(book / "tiny.ipynb", as_version=4).cells)
+    notebook = nbformat.read(tmp_path / "notebooks" / "tiny.ipynb", as_version=4)
+    notebook.cells[-1].source += "\nprint('an edit since')"
+    nbformat.write(notebook, tmp_path / "notebooks" / "tiny.ipynb")
+    assert run_book.main(["--banners"]) == 0
+    marked = nbformat.read(book / "tiny.ipynb", as_version=4)
+    assert sum(run_book.STALE_BANNER in c.source for c in marked.cells) == 1
+    assert any(o.get("text") == "a number\n" for c in marked.cells if c.cell_type == "code" for o in c.outputs)
+    with pytest.raises(SystemExit, match="takes no other option"):
+        run_book.main(["--banners", "--only", "tiny"])
