@@ -229,17 +229,18 @@ CHAPTERS = [
     # beforehand; small test runs and benchmarks beside it at the lowest priority). UCI pair: 45 minutes at these
     # settings (2026-12-05, MNIST's five sources cached beforehand; a clean-clone CI beside it for its last 13
     # minutes). --quick timed idle from an empty cache. The budget check (budget_epochs) trains the focus runs again
-    # at 120 epochs: their seconds at 60 (1,450 s a pair on one of two workers, from the records) twice, about 24 min.
+    # at 120 epochs on the 3 seeds the learning-rate search did not use: their seconds at 60 (1,450 s a pair for 5
+    # seeds on one of two workers, from the records) twice, for 3 of the 5 seeds, about 15 min.
     Chapter("05_snow_mnist5to9", "05_snow",
             "SNOW on MNIST digits 5–9 from a ResNet-18 pretrained on digits 0–4: channel pooling against fine-tuning",
             dict(source="mnist:0-4", target="mnist:5-9", source_epochs=3, ks=[10], focus_k=10, test_per_class=200,
                  **SNOW_CPU),
-            cost=Cost(2370 / 60 + 24, LOADED_CPU, estimated_from="the run without the budget check, and its runs"),
+            cost=Cost(2370 / 60 + 24 * 3 / 5, LOADED_CPU, estimated_from="the run without the budget check, and its runs"),
             quick=SNOW_QUICK, quick_cost=Cost(77 / 60, QUICK_IDLE)),
     Chapter("05_snow_uci_digits", "05_snow",
             "SNOW on the UCI digits from a ResNet-18 pretrained on MNIST: channel pooling against fine-tuning",
             dict(source="mnist", target="uci_digits", source_epochs=1, ks=[5], focus_k=5, **SNOW_CPU),
-            cost=Cost(2711 / 60 + 24, LOADED_CPU, estimated_from="the run without the budget check, and its runs"),
+            cost=Cost(2711 / 60 + 24 * 3 / 5, LOADED_CPU, estimated_from="the run without the budget check, and its runs"),
             quick=dict(SNOW_QUICK, ks=[5], focus_k=5), quick_cost=Cost(127 / 60, QUICK_IDLE)),
     Chapter("05_snow_imagenet_cifar100", "05_snow",
             "SNOW on CIFAR-100 from ImageNet ResNet-50 and ResNet-18: channel pooling against fine-tuning",
