@@ -27,6 +27,13 @@ number and trains nothing (`$SNIPNB_REPLAY` makes a run without a record an erro
 `--out DIR` writes the executed notebooks (and their tables, in DIR/data) there instead, and makes
 a small book of them in DIR, so trying a setting never touches the committed report. `--quick` runs
 each default chapter at the tiny budget `Chapter.quick` gives it, on the real data, into runs/quick.
+
+An execution of the book's chapters can outlive the machine it started on: while a chapter runs, the
+records its `results_dir` holds from the current library code are written every few minutes
+(`$SNIPNB_CHECKPOINT_MINUTES`, default 10) to `book/data/unfinished/<chapter>.csv.gz`, a run table
+like the published ones. Commit it, and a later execution of the chapter, on any machine, puts those
+records back before it starts and trains only the runs they lack. The table goes once the chapter's
+own is published.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import ast
 import contextlib
 import dataclasses
 import fnmatch
+import json
 import os
 import pathlib
 import re
@@ -53,13 +61,15 @@ from traitlets.config import Config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from snipnb import runs  # noqa: E402
+from snipnb import provenance, runs  # noqa: E402
 from snipnb.notebook import assigned, unknown_parameters  # noqa: E402
+from snipnb import sweep  # noqa: E402
 from snipnb.sweep import MANIFEST_ENV, REPLAY_ENV  # noqa: E402
 
 BOOK = ROOT / "book"
 BOOK_CHAPTERS = BOOK / "experiments"
 BOOK_TABLES = BOOK / "data"
+UNFINISHED = BOOK_TABLES / "unfinished"  # the records of executions still in progress, to resume from
 NOTEBOOKS = ROOT / "notebooks"
 QUICK_OUT = ROOT / "runs" / "quick"  # git-ignored
 
@@ -504,14 +514,19 @@ class Progress(threading.Thread):
     """Prints each sweep's recorded runs as they land: the notebooks sweep without progress bars
     (their pages would keep the frames), so this watches the records the manifest says are coming."""
 
-    def __init__(self, chapter: str, manifest: pathlib.Path, every: float = 5.0):
+    def __init__(self, chapter: str, manifest: pathlib.Path, every: float = 5.0, checkpoint=None,
+                 checkpoint_every: float = 600.0):
         super().__init__(name=f"progress-{chapter}", daemon=True)
         self.chapter, self.manifest, self.every = chapter, manifest, every
         self.started, self.stopped, self.shown = time.monotonic(), threading.Event(), {}
+        self.checkpoint, self.checkpoint_every, self.saved = checkpoint, checkpoint_every, time.monotonic()
 
     def run(self) -> None:
         while not self.stopped.wait(self.every):
             self.report()
+            if self.checkpoint is not None and time.monotonic() - self.saved >= self.checkpoint_every:
+                self.checkpoint()
+                self.saved = time.monotonic()
 
     def stop(self) -> None:
         self.stopped.set()
@@ -535,6 +550,60 @@ def table_path(out: pathlib.Path, chapter: Chapter) -> pathlib.Path:
 def results_dir_of(chapter: Chapter, parameters: dict) -> pathlib.Path:
     """Where the notebook keeps its records: its `results_dir`, relative to the root it runs in."""
     return ROOT / str(parameters.get("results_dir", declared(notebook_of(chapter)).get("results_dir")))
+
+
+def unfinished_path(chapter: Chapter) -> pathlib.Path:
+    return UNFINISHED / f"{chapter.name}.csv.gz"
+
+
+def own_records(results_dir: pathlib.Path) -> list[tuple[str, dict]]:
+    """The sweep records under `results_dir` made by the library code as it is now, as (folder relative
+    to `results_dir`, record), in a fixed order: only those can be reused by a `reuse="same_code"` run."""
+    code, found = provenance.source_hash(), []
+    for path in sorted(results_dir.rglob("*.json")):
+        if path.name.startswith("."):  # a record being written (sweep.save_record)
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("code") == code and {"config", "result"} <= set(record):
+            found.append((path.parent.relative_to(results_dir).as_posix(), record))
+    return found
+
+
+def save_unfinished(chapter: Chapter, parameters: dict) -> int:
+    """Write the chapter's records so far (`own_records`) to its unfinished table; return how many."""
+    found = own_records(results_dir_of(chapter, parameters))
+    if found:
+        path = unfinished_path(chapter)
+        tmp = path.with_name(f".{path.name}.tmp")
+        runs.write_table(tmp, found)
+        os.replace(tmp, path)  # a commit made meanwhile never takes half a table
+    return len(found)
+
+
+def restore_unfinished(chapter: Chapter, parameters: dict) -> int:
+    """Put back the records of the chapter's unfinished table that its results_dir lacks; return how
+    many. A table of another library code's runs restores nothing: those would not be reused."""
+    path = unfinished_path(chapter)
+    if not path.exists():
+        return 0
+    results_dir, code = results_dir_of(chapter, parameters), provenance.source_hash()
+    try:
+        stored = runs.records(path)
+    except ValueError as error:
+        raise SystemExit(f"{chapter.name}: {error}") from None
+    missing = [(folder, record) for folder, record in stored if record["code"] == code
+               and not (results_dir / folder / f"{record['id']}.json").exists()]
+    for folder, record in missing:
+        sweep.save_record(results_dir / folder, record)
+    if len(missing) < len(stored):
+        other = sum(record["code"] != code for _, record in stored)
+        if other:
+            print(f"   {chapter.name}: {other} runs in {path.relative_to(ROOT)} were made by other library code "
+                  f"than this ({code}); not put back")
+    return len(missing)
 
 
 def publish(chapter: Chapter, out: pathlib.Path, target: pathlib.Path, manifest: pathlib.Path,
@@ -567,12 +636,20 @@ def publish(chapter: Chapter, out: pathlib.Path, target: pathlib.Path, manifest:
 
 
 def run(chapter: Chapter, out: pathlib.Path, parameters: dict, log_output: bool, *, banner: str | None = None,
-        replay: bool = False) -> bool:
-    """Execute the chapter into `out` and publish its runs; False if it failed (its page then says so)."""
+        replay: bool = False, resumable: bool = False) -> bool:
+    """Execute the chapter into `out` and publish its runs; False if it failed (its page then says so).
+    `resumable`: start from the chapter's unfinished table and keep it up to date while running."""
     target = out / f"{chapter.name}.ipynb"
+    checkpoint = None
+    if resumable:
+        restored = restore_unfinished(chapter, parameters)
+        if restored:
+            print(f"   {chapter.name}: {restored} runs put back from {unfinished_path(chapter).relative_to(ROOT)}")
+        checkpoint = lambda: save_unfinished(chapter, parameters)  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
         executed, manifest = pathlib.Path(tmp) / target.name, pathlib.Path(tmp) / "manifest.jsonl"
-        progress = Progress(chapter.name, manifest)
+        progress = Progress(chapter.name, manifest, checkpoint=checkpoint,
+                            checkpoint_every=60 * float(os.environ.get("SNIPNB_CHECKPOINT_MINUTES", 10)))
         progress.start()
         try:
             with environment(**{MANIFEST_ENV: str(manifest), "MPLBACKEND": INLINE_BACKEND},
@@ -590,8 +667,12 @@ def run(chapter: Chapter, out: pathlib.Path, parameters: dict, log_output: bool,
             return False
         finally:
             progress.stop()
+            if checkpoint is not None:
+                checkpoint()
         target.write_bytes(executed.read_bytes())
         published = publish(chapter, out, target, manifest, parameters)
+    if published and resumable:
+        unfinished_path(chapter).unlink(missing_ok=True)
     tidy(target, chapter.title, banner=banner)
     return published
 
@@ -803,7 +884,8 @@ def main(argv=None) -> int:
                                           else ""))
             start = time.monotonic()
             banner = quick_banner(chapter, parameters) if args.quick else None
-            if not run(chapter, out, parameters, args.log_output, banner=banner, replay=bool(args.from_tables)):
+            if not run(chapter, out, parameters, args.log_output, banner=banner, replay=bool(args.from_tables),
+                       resumable=book and not args.from_tables):
                 failed.append(chapter.name)
             minutes = (time.monotonic() - start) / 60
             done[chapter.name] = ({k: v for k, v in parameters.items() if k not in ("results_dir",)}, minutes)

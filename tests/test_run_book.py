@@ -1,7 +1,9 @@
 """The main command's chapter selection, output folder and banners, on the smoke configuration."""
 
+import dataclasses
 import importlib.util
 import pathlib
+import shutil
 import sys
 
 import nbformat
@@ -482,3 +484,31 @@ def test_banners_labels_a_page_whose_notebook_changed_and_runs_nothing(tiny, tmp
     assert any(o.get("text") == "a number\n" for c in marked.cells if c.cell_type == "code" for o in c.outputs)
     with pytest.raises(SystemExit, match="takes no other option"):
         run_book.main(["--banners", "--only", "tiny"])
+
+
+def test_an_unfinished_execution_resumes_from_its_committed_table_on_another_machine(tmp_path, monkeypatch):
+    # Background runs end with the session and a later session may start on a fresh machine with an
+    # empty results/: only what is committed survives, so the records so far must travel in git.
+    from snipnb import provenance, sweep
+
+    monkeypatch.setattr(run_book, "UNFINISHED", tmp_path / "unfinished")
+    (tmp_path / "unfinished").mkdir()
+    chapter = run_book.Chapter("zz_test", "00_snip_mnist", "test")
+    parameters = {"results_dir": str(tmp_path / "results")}
+    results = pathlib.Path(parameters["results_dir"])
+
+    @dataclasses.dataclass(frozen=True)
+    class Toy:
+        seed: int
+
+    ours = [sweep.write_record(results / "mnist", Toy(seed), {"acc": 0.5 + seed}, 1.0) for seed in range(3)]
+    other = sweep.make_record(Toy(9), {"acc": 0.1}, 1.0, code={**provenance.code_version(), "code": "0" * 16})
+    sweep.save_record(results / "mnist", other)
+    (results / "mnist" / ".half.json.123.tmp").write_text("{")  # a record being written is not read
+
+    assert run_book.save_unfinished(chapter, parameters) == 3  # the other code's run cannot be reused
+    saved = {p.name: p.read_bytes() for p in ours}
+    shutil.rmtree(results)  # the fresh machine
+    assert run_book.restore_unfinished(chapter, parameters) == 3
+    assert {p.name: p.read_bytes() for p in (results / "mnist").glob("*.json")} == saved
+    assert run_book.restore_unfinished(chapter, parameters) == 0  # what is there is kept, not written again
