@@ -17,9 +17,12 @@ which parameters the inner loop may move, and by how much:
   everywhere, so a closed rate (m ≤ 0) still gets a meta-gradient and can reopen.
 - `snip_maml` (this project's question): on each episode, SNIP saliency |∇L⊙θ| of the conv and
   linear weights on the *support set*, at θ; the inner loop moves only the top (1 − sparsity) of them
-  (one threshold over all layers, as SNIP). `random_mask_maml`, its control, moves as many weights
-  in each layer as SNIP's mask keeps there, at random positions. Biases always adapt in both (and
-  BatchNorm parameters where the inner loop adapts them at all), under 3% of Conv-4's parameters.
+  (one threshold over all layers, as SNIP). Its two random controls draw a fresh mask every episode:
+  `shuffled_snip_maml` moves as many weights in each layer as SNIP's mask keeps there, at random
+  positions (SNIP's choice of layers kept, its choice within a layer shuffled); `uniform_random_maml`
+  moves the same fraction (1 − sparsity) of every layer, at least one weight per layer (no SNIP at all).
+  Biases always adapt in all three (and BatchNorm parameters where the inner loop adapts them at all),
+  under 3% of Conv-4's parameters. No control fixes one random mask for every episode.
 
 `InnerLoop.bn_inner` says whether the inner loop adapts BatchNorm's affine parameters, for every method
 alike (ANIL adapts none anyway). The published code adapts them in Conv-4 and keeps them out of the
@@ -47,9 +50,13 @@ from torch.func import functional_call, grad, vmap
 
 from .models import Net
 
-METHODS = ("maml", "anil", "boil", "sparse_maml", "sparse_relu_maml", "snip_maml", "random_mask_maml")
+METHODS = ("maml", "anil", "boil", "sparse_maml", "sparse_relu_maml", "snip_maml", "shuffled_snip_maml",
+           "uniform_random_maml")
 SCORED = ("sparse_maml", "sparse_relu_maml")  # methods that meta-learn a score m per parameter
-MASKED = ("snip_maml", "random_mask_maml")  # methods whose inner loop is masked per episode by SNIP
+MASKED = ("snip_maml", "shuffled_snip_maml", "uniform_random_maml")  # inner loop masked afresh per episode
+RANDOM_CONTROLS = ("shuffled_snip_maml", "uniform_random_maml")  # SNIP-MAML's controls: random placement
+# The old name of shuffled_snip_maml: it was called a random control but kept SNIP's per-layer counts.
+RENAMED = {"random_mask_maml": RANDOM_CONTROLS}
 MODELS = ("conv4", "resnet12")
 SCORE_DISTS = ("kaiming_uniform", "uniform", "constant")  # how init_scores draws Sparse-MAML's scores
 
@@ -57,6 +64,15 @@ SCORE_DISTS = ("kaiming_uniform", "uniform", "constant")  # how init_scores draw
 def _choice(argument: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"{argument} must be one of {allowed}, got {value!r}")
+
+
+def check_method(method: str) -> None:
+    """A method of `METHODS`; the old name of a renamed one is refused with what replaced it."""
+    if method in RENAMED:
+        raise ValueError(f"method {method!r} is gone: it kept SNIP's per-layer counts, so it was shuffled SNIP, "
+                         f"not a random mask. Its controls are now {' and '.join(map(repr, RENAMED[method]))} "
+                         "(same per-layer counts as SNIP; same fraction of every layer)")
+    _choice("method", method, METHODS)
 
 
 # ---------------------------------------------------------------------------------------- models
@@ -164,14 +180,14 @@ class InnerLoop:
     steps: int = 5
     lr: float = 0.1
     first_order: bool = False
-    sparsity: float = 0.9  # snip_maml / random_mask_maml: the fraction of weights held fixed
+    sparsity: float = 0.9  # snip_maml and its controls: the fraction of weights held fixed
     bn_inner: bool = True  # False: BatchNorm's affine parameters stay out of the inner loop (every method)
 
 
 def adapted_names(model: nn.Module, method: str, bn_inner: bool = True) -> list[str]:
     """The parameters `method`'s inner loop may move: the head for ANIL, the body for BOIL, else all;
     without BatchNorm's affine parameters unless `bn_inner`."""
-    _choice("method", method, METHODS)
+    check_method(method)
     held = set() if bn_inner else set(bn_names(model))
     names = [n for n, _ in model.named_parameters() if n not in held]
     if method == "anil":
@@ -236,13 +252,29 @@ def saliency_mask(grads: dict, params: dict, names: list[str], sparsity: float) 
     return {n: (s >= threshold).to(s.dtype) for n, s in saliency.items()}
 
 
+def _smallest(noise: torch.Tensor, count) -> torch.Tensor:
+    """1 at the `count` positions of the smallest `noise`, else 0 (`count` may be a tensor: vmap-safe)."""
+    rank = noise.flatten().argsort().argsort()
+    return (rank < count).view(noise.shape)
+
+
 def matched_random_mask(mask: dict, noise: dict) -> dict[str, torch.Tensor]:
-    """As many kept entries per layer as `mask`, at the positions of the smallest `noise` (vmap-safe)."""
-    out = {}
-    for n, m in mask.items():
-        rank = noise[n].flatten().argsort().argsort()
-        out[n] = (rank < m.sum()).to(m.dtype).view(m.shape)
-    return out
+    """shuffled_snip_maml's mask: as many kept entries per layer as `mask`, at the positions of the
+    smallest `noise` (vmap-safe)."""
+    return {n: _smallest(noise[n], m.sum()).to(m.dtype) for n, m in mask.items()}
+
+
+def uniform_counts(sizes: dict, sparsity: float) -> dict[str, int]:
+    """uniform_random_maml's kept weights per layer: the fraction 1 − `sparsity` of each layer's
+    `sizes[n]` entries, rounded, and at least one, so that no layer is shut out of the inner loop."""
+    return {n: max(1, round((1 - sparsity) * size)) for n, size in sizes.items()}
+
+
+def uniform_random_mask(noise: dict, sparsity: float) -> dict[str, torch.Tensor]:
+    """uniform_random_maml's mask: `uniform_counts` of each layer at the positions of its smallest
+    `noise` (vmap-safe)."""
+    counts = uniform_counts({n: v.numel() for n, v in noise.items()}, sparsity)
+    return {n: _smallest(v, counts[n]).to(v.dtype) for n, v in noise.items()}
 
 
 def adapt(model: nn.Module, method: str, params: dict, scores: dict, x: torch.Tensor, y: torch.Tensor,
@@ -261,10 +293,12 @@ def adapt(model: nn.Module, method: str, params: dict, scores: dict, x: torch.Te
         grads = grad(support_loss)(fast)
         if inner.first_order:
             grads = {n: g.detach() for n, g in grads.items()}
-        if method in MASKED and step == 0:
+        if method == "uniform_random_maml" and step == 0:
+            masks = uniform_random_mask({n: noise[n] for n in weight_names(model)}, inner.sparsity)
+        elif method in MASKED and step == 0:
             # The first step's gradient is the support-set gradient at θ: exactly what SNIP scores.
             masks = saliency_mask(grads, fast, weight_names(model), inner.sparsity)
-            if method == "random_mask_maml":
+            if method == "shuffled_snip_maml":
                 masks = matched_random_mask(masks, noise)
         if method == "sparse_maml":
             fast = {n: fast[n] - inner.lr * step_gate(scores[n]) * grads[n] for n in names}
@@ -285,8 +319,8 @@ def episode_loss(model, method, params, scores, support_x, support_y, query_x, q
 
 
 def mask_noise(model: nn.Module, method: str, tasks: int, generator: torch.Generator, device) -> dict:
-    """The random numbers random_mask_maml places its kept weights by, one draw per task (seeded)."""
-    if method != "random_mask_maml":
+    """The random numbers SNIP-MAML's random controls place their kept weights by, one draw per task (seeded)."""
+    if method not in RANDOM_CONTROLS:
         return {}
     shapes = dict(model.named_parameters())
     return {n: torch.rand(tasks, *shapes[n].shape, generator=generator).to(device) for n in weight_names(model)}

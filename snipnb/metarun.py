@@ -40,7 +40,7 @@ PUBLISHED = {"conv4": {"score_dist": "kaiming_uniform", "mask_lr": 0.0075, "bn_i
              "resnet12": {"score_dist": "uniform", "mask_lr": 0.01, "bn_inner": False}}
 MASK_OPTIMIZERS = ("adam", "sgd")
 SCORE_SEED = 1_000_003  # the scores' stream is seed + this: apart from the model's, which `seed` draws
-# random_mask_maml's placement noise is drawn from seed + this, for training, validation and test. Drawn
+# The random controls' placement noise is drawn from seed + this, for training, validation and test. Drawn
 # from `seed` itself, its first draw repeated the model's initialisation (torch.rand from the same
 # state as the init's uniform draws): the control's first mask was the largest initial weights of conv1.
 NOISE_SEED = 2_000_003
@@ -64,7 +64,7 @@ class MetaRun:
     meta_batch: int = 4
     iterations: int = 1000
     first_order: bool = False
-    sparsity: float = 0.9  # snip_maml and random_mask_maml: fraction of weights the inner loop leaves fixed
+    sparsity: float = 0.9  # snip_maml and its random controls: fraction of weights the inner loop leaves fixed
     # Sparse-MAML's scores, the published way by default (`PUBLISHED`, per model); None: as published.
     # score_dist="constant", score_init=0.01, mask_lr=outer_lr, bn_inner=True is this library's first choice.
     score_dist: str | None = None  # sparse_maml: one of meta.SCORE_DISTS (kaiming_uniform, uniform, constant)
@@ -79,7 +79,7 @@ class MetaRun:
     synthetic_shape: tuple = (1, 28)  # (channels, image size) when dataset is synthetic
 
     def __post_init__(self):
-        meta._choice("method", self.method, meta.METHODS)
+        meta.check_method(self.method)
         meta._choice("dataset", self.dataset, meta_data.DATASETS)
         meta._choice("model", self.model, meta.MODELS)
         for name in ("filters", "n_way", "k_shot", "q_query", "inner_steps", "meta_batch", "iterations",
@@ -145,7 +145,7 @@ def initial_scores(run: MetaRun, model, device=None) -> dict[str, torch.Tensor]:
 
 
 def noise_stream(run: MetaRun, offset: int = 0) -> torch.Generator:
-    """The generator random_mask_maml draws its placement noise from (`NOISE_SEED`); `offset` 1 for the test episodes."""
+    """The generator the random controls draw their placement noise from (`NOISE_SEED`); `offset` 1 for the test episodes."""
     return torch.Generator().manual_seed(run.seed + NOISE_SEED + offset)
 
 

@@ -142,7 +142,7 @@ def conv_batch(tasks=3, n_way=3, k=2, q=3, seed=0):
     return EpisodeSampler(split, n_way, k, q, seed).sample(tasks)
 
 
-@pytest.mark.parametrize("method", ["maml", "sparse_maml", "random_mask_maml"])
+@pytest.mark.parametrize("method", ["maml", "sparse_maml", "shuffled_snip_maml", "uniform_random_maml"])
 def test_vmap_over_tasks_equals_a_python_loop(method):
     model, batch = tiny_conv(), conv_batch()
     assert meta.can_vmap(model)
@@ -194,13 +194,36 @@ def test_snip_maml_moves_only_the_most_salient_weights_and_its_control_as_many_p
     top = torch.zeros_like(flat, dtype=torch.bool)
     top[flat.topk(round((1 - sparsity) * total)).indices] = True
     assert torch.equal(torch.cat([moved[n].flatten() for n in names]), top)
-    # The random control moves as many weights in every layer, elsewhere.
-    noise = {n: v[0] for n, v in meta.mask_noise(model, "random_mask_maml", 1, torch.Generator(), "cpu").items()}
-    control = meta.adapt(model, "random_mask_maml", params, {}, xs, ys, meta.InnerLoop(2, 0.3, sparsity=sparsity),
+    # The shuffled control moves as many weights in every layer, elsewhere.
+    noise = {n: v[0] for n, v in meta.mask_noise(model, "shuffled_snip_maml", 1, torch.Generator(), "cpu").items()}
+    control = meta.adapt(model, "shuffled_snip_maml", params, {}, xs, ys, meta.InnerLoop(2, 0.3, sparsity=sparsity),
                          noise)
     for n in names:
         assert int((control[n] != params[n]).sum()) == int(moved[n].sum()), n
     assert not all(torch.equal(control[n] != params[n], moved[n]) for n in names)
+
+
+def test_the_uniform_control_moves_the_same_fraction_of_every_layer_and_at_least_one_weight():
+    model, batch = tiny_conv(), conv_batch(tasks=1)
+    xs, ys = batch.support_x[0], batch.support_y[0]
+    params, names = leaves(model), meta.weight_names(model)
+    sizes = {n: params[n].numel() for n in names}
+    for sparsity in (0.8, 0.999):  # at 0.999 every layer of this tiny net rounds to 0 weights: one is kept
+        noise = {n: v[0] for n, v in meta.mask_noise(model, "uniform_random_maml", 1, torch.Generator(), "cpu").items()}
+        fast = meta.adapt(model, "uniform_random_maml", params, {}, xs, ys, meta.InnerLoop(2, 0.3, sparsity=sparsity),
+                          noise)
+        moved = {n: int((fast[n] != params[n]).sum()) for n in names}
+        assert moved == {n: max(1, round((1 - sparsity) * sizes[n])) for n in names}, sparsity
+    # SNIP's mask at 0.8 does not keep 20% of every layer: the shuffled control would differ from this one.
+    snip = meta.adapt(model, "snip_maml", params, {}, xs, ys, meta.InnerLoop(1, 0.3, sparsity=0.8))
+    assert {n: int((snip[n] != params[n]).sum()) for n in names} != meta.uniform_counts(sizes, 0.8)
+
+
+def test_the_old_control_name_is_refused_naming_both_new_controls():
+    with pytest.raises(ValueError, match="shuffled_snip_maml.*uniform_random_maml"):
+        MetaRun(method="random_mask_maml")
+    with pytest.raises(ValueError, match="shuffled_snip_maml.*uniform_random_maml"):
+        meta.adapted_names(tiny_mlp(), "random_mask_maml")
 
 
 def test_jaccard_counts_shared_kept_entries():
@@ -539,10 +562,11 @@ def test_runs_go_through_the_sweep_and_repeat_exactly(tmp_path):
     assert again == {k: v for k, v in table.loc["sparse_maml"].items() if k in again}
 
 
-def test_the_random_mask_control_draws_its_noise_apart_from_the_models_initialisation():
+@pytest.mark.parametrize("method", meta.RANDOM_CONTROLS)
+def test_the_random_controls_draw_their_noise_apart_from_the_models_initialisation(method):
     # Drawn from the run's own seed, the control's first noise repeated the initial weights of the
     # first layer (the same uniform draws), so its "random" mask kept conv1's largest initial weights.
-    run = tiny_run(method="random_mask_maml", seed=3, filters=16)
+    run = tiny_run(method=method, seed=3, filters=16)
     model = meta.build(run.model, 1, run.n_way, 16, run.filters, run.seed)
     name = meta.weight_names(model)[0]
     weight = dict(model.named_parameters())[name].detach().flatten()
