@@ -298,8 +298,11 @@ if len(density):
 # ## Does SNIP pick the weights Sparse-MAML learns to adapt?
 # At Sparse-MAML's chosen checkpoint: the density of its learned mask per layer, beside the density
 # of SNIP's mask at the same overall density (scored on the support set of each of 100 meta-test
-# episodes, at the learned initialisation, averaged), and their overlap (Jaccard index) against the
-# overlap a random mask of that density would have by chance.
+# episodes, at the learned initialisation, averaged), and their overlap (Jaccard index). Two masks that
+# keep the same layers overlap by layer structure alone, whatever they pick inside a layer, so the
+# overlap is judged against `layer_chance_jaccard`: what masks with these per-layer counts share when
+# the positions inside each layer are random. `chance_jaccard`, a uniform mask's overlap at that
+# density, is shown for contrast. NaN: every learned score closed, no mask to compare.
 
 # %% tags=["hide-input"]
 sparse_rows = results[results.method == "sparse_maml"]
@@ -313,7 +316,8 @@ if len(sparse_rows):
     ax.set_ylabel("fraction of the layer adapted")
     ax.set_ylim(0, 1.05)
     plots.shared_legend(fig, [ax], ncol=2)
-    display(sparse_rows[["seed", "density", "snip_jaccard", "chance_jaccard"]].round(3).set_index("seed"))
+    display(sparse_rows[["seed", "density", "snip_jaccard", "layer_chance_jaccard", "chance_jaccard"]].round(3)
+            .set_index("seed"))
 
 # %% [markdown]
 # ## Exploratory verdicts
@@ -341,20 +345,7 @@ for control in ("shuffled_snip_maml", "uniform_random_maml"):
     if {"snip_maml", control} <= set(methods):
         lines.append(f"- SNIP-MAML − {NAMES[control]} ({1 - sparsity:.0%} of weights adapted): declared, see the Answer.")
 if len(sparse_rows):
-    d, j, c = sparse_rows.density.mean(), sparse_rows.snip_jaccard.mean(), sparse_rows.chance_jaccard.mean()
-    if d > 0.999:
-        lines.append("- **Learned sparsity:** none emerged (every score is still above zero at the chosen checkpoint), "
-                     "so there is no learned mask to compare with SNIP's.")
-    else:
-        _, low, high = stats.t_interval(sparse_rows.snip_jaccard - sparse_rows.chance_jaccard)
-        ratio = j / c
-        call = ("not detectably different from chance" if not low > 0 and not high < 0 else
-                "less than chance" if high < 0 else
-                "more than chance, but only slightly" if ratio < 1.25 else "more than chance")
-        lines.append(f"- **Learned sparsity:** Sparse-MAML adapts {d:.1%} of the conv and linear weights at its chosen "
-                     f"checkpoint (mean over seeds). SNIP's mask at that density overlaps the learned one with "
-                     f"Jaccard {j:.3f}, against {c:.3f} for a random mask of that density ({ratio:.2f}× chance; "
-                     f"difference {j - c:+.3f} [{low:+.3f}, {high:+.3f}] over seeds): {call}.")
+    lines.append(metarun.learned_overlap_line(sparse_rows))
 display(Markdown("\n".join(lines)))
 
 # %% [markdown]

@@ -402,3 +402,24 @@ def jaccard(a: dict, b: dict) -> torch.Tensor:
     both = sum((a[n].bool() & b[n].bool()).flatten(start_dim=b[n].dim() - a[n].dim()).sum(-1) for n in a)
     either = sum((a[n].bool() | b[n].bool()).flatten(start_dim=b[n].dim() - a[n].dim()).sum(-1) for n in a)
     return both.float() / either.clamp(min=1).float()
+
+
+def layer_chance_jaccard(counts_a: dict, counts_b: dict, sizes: dict) -> torch.Tensor:
+    """The overlap two masks have by chance when only their per-layer counts are given: in layer n of
+    `sizes[n]` entries, A keeps `counts_a[n]` and B `counts_b[n]`, each at uniformly random positions
+    (or one mask fixed and the other random: the same expectations). Counts may be tensors with leading
+    dimensions (one per episode, say); the result has those dimensions.
+
+    Layer structure alone raises the overlap above a uniform mask's d / (2 − d): two masks that both
+    keep most of a small layer share much of it, whatever they pick inside it. So the overlap of two
+    methods' masks is judged against this, not against a uniform mask of their overall density.
+
+    It is E|A ∩ B| / E|A ∪ B| = Σ a·b/n / Σ (a + b − a·b/n), a ratio of expectations, not the expected
+    Jaccard E[|A ∩ B| / |A ∪ B|]; the two agree closely when the masks keep many weights (the ratio's
+    spread is small) and may differ by a few thousandths on tiny ones. NaN where both masks are empty.
+    """
+    shared = sum(torch.as_tensor(counts_a[n], dtype=torch.float64) * torch.as_tensor(counts_b[n], dtype=torch.float64)
+                 / sizes[n] for n in sizes)
+    either = sum(torch.as_tensor(counts_a[n], dtype=torch.float64) + torch.as_tensor(counts_b[n], dtype=torch.float64)
+                 for n in sizes) - shared
+    return torch.where(either > 0, shared / either.clamp(min=1e-12), torch.full_like(either, math.nan))

@@ -15,7 +15,7 @@ import math
 import torch
 from tqdm import tqdm
 
-from . import meta, meta_data
+from . import meta, meta_data, stats
 
 # Classes per split (train, val, test) and the smallest class, to check a run when it is made; the
 # loaded data are checked again before a run. Omniglot's val/test class counts depend on `val_alphabets`
@@ -215,8 +215,10 @@ def run_meta(run: MetaRun, device=None, progress: bool = False) -> dict:
     - `val_acc`, `best_iteration`: the chosen checkpoint. `val_acc@<i>`, `train_acc@<i>`: the curves.
     - Scored methods: `density:<weight>` (fraction with m > 0) at the checkpoint, `density:<weight>@<i>`
       over meta-training, `density` over all weights; `snip_jaccard`, the mean overlap of the learned
-      mask with SNIP's mask at the same density on each test episode's support set, and
-      `chance_jaccard`, the overlap a random mask of that density would have.
+      mask with SNIP's mask at the same density on each test episode's support set;
+      `layer_chance_jaccard`, the overlap they would have by chance given each one's per-layer counts
+      (what to judge `snip_jaccard` against), and `chance_jaccard`, a uniform mask's at that density.
+      The three are NaN when every learned score is closed (no mask to compare).
     """
     device = torch.device(device or "cpu")
     model, params, scores, history, val, step = meta_train(run, device, progress)
@@ -235,7 +237,8 @@ def run_meta(run: MetaRun, device=None, progress: bool = False) -> dict:
 
 
 def learned_mask_report(run, model, params, scores, splits, device, episodes: int = 100) -> dict:
-    """Per-weight density of m > 0, and its overlap with SNIP's per-episode mask at the same density."""
+    """Per-weight density of m > 0, and its overlap with SNIP's per-episode mask at the same density,
+    beside the overlap their per-layer counts alone give (`meta.layer_chance_jaccard`)."""
     names = meta.weight_names(model)
     density = meta.score_density(scores, names)
     learned = {n: scores[n] > 0 for n in names}
@@ -243,15 +246,49 @@ def learned_mask_report(run, model, params, scores, splits, device, episodes: in
     overall = sum(int(m.sum()) for m in learned.values()) / total
     report = {f"density:{n}": d for n, d in density.items()}
     report["density"] = overall
-    if overall == 0:
-        return {**report, "snip_jaccard": math.nan, "chance_jaccard": math.nan}
+    if overall == 0:  # every score closed: no learned mask, so no overlap and no chance overlap either
+        return {**report, "snip_jaccard": math.nan, "layer_chance_jaccard": math.nan, "chance_jaccard": math.nan}
     batch = _sampler(run, splits, "test", device, 20_000).sample(episodes)
     snip = meta.snip_masks_like(model, params, batch, names, overall)
     report["snip_jaccard"] = meta.jaccard(learned, snip).mean().item()
+    sizes = {n: learned[n].numel() for n in names}
+    report["layer_chance_jaccard"] = meta.layer_chance_jaccard(
+        {n: learned[n].sum() for n in names}, {n: snip[n].flatten(1).sum(1) for n in names}, sizes).mean().item()
     report["chance_jaccard"] = overall / (2 - overall)  # E|A∩R| / E|A∪R| for R uniform at A's density
     for n in names:
         report[f"snip_density:{n}"] = snip[n].float().mean().item()
     return report
+
+
+def learned_overlap_line(rows) -> str:
+    """One exploratory Markdown line on Sparse-MAML's runs (`rows`, one per seed): how much of the
+    network its learned mask adapts, and whether SNIP's mask overlaps it more than their per-layer counts
+    alone would (`snip_jaccard` − `layer_chance_jaccard`, t interval over the seeds that have a mask)."""
+    density = rows.density.mean()
+    if density > 0.999:
+        return ("- **Learned sparsity:** none emerged (every score is still above zero at the chosen checkpoint), "
+                "so there is no learned mask to compare with SNIP's.")
+    compared = rows.dropna(subset=["snip_jaccard", "layer_chance_jaccard"])
+    closed = len(rows) - len(compared)
+    closed_note = f" On {closed} of {len(rows)} seeds every score closed: no mask, left out." if closed else ""
+    if not len(compared):
+        return (f"- **Learned sparsity:** every learned score closed at the chosen checkpoint on all {len(rows)} seeds: "
+                "Sparse-MAML's inner loop adapts no conv or linear weight, and there is no mask to compare with SNIP's.")
+    j, chance, uniform = (compared[c].mean() for c in ("snip_jaccard", "layer_chance_jaccard", "chance_jaccard"))
+    _, low, high = stats.t_interval(compared.snip_jaccard - compared.layer_chance_jaccard)
+    span = f"[{low:+.3f}, {high:+.3f}] over {len(compared)} seeds" if len(compared) > 1 else "on one seed"
+    if math.isnan(low):
+        call = "one seed, no interval"
+    else:
+        call = ("more than their per-layer counts give by chance" if low > 0 else
+                "less than their per-layer counts give by chance" if high < 0 else
+                "a difference from what their per-layer counts give by chance is not detected at this power")
+    return (f"- **Learned sparsity:** Sparse-MAML adapts {density:.1%} of the conv and linear weights at its chosen "
+            f"checkpoint (mean over seeds). SNIP's mask at that density overlaps the learned one with Jaccard {j:.3f}, "
+            f"against {chance:.3f} for masks with the same per-layer counts at random places within each layer "
+            f"(difference {j - chance:+.3f} {span}): {call}. "
+            f"A uniform random mask of that density would share {uniform:.3f}; the gap to {chance:.3f} is the "
+            f"layers' share.{closed_note}")
 
 
 def grid(methods, seeds: int, **settings) -> list[MetaRun]:

@@ -232,6 +232,37 @@ def test_jaccard_counts_shared_kept_entries():
     torch.testing.assert_close(meta.jaccard(a, b), torch.tensor([1 / 3, 1.0]))
 
 
+def random_masks(counts: dict, sizes: dict, pairs: int, generator) -> dict:
+    """`pairs` masks per layer with exactly counts[n] of sizes[n] entries kept, at uniformly random places."""
+    return {n: torch.rand(pairs, sizes[n], generator=generator).argsort(1).argsort(1) < counts[n] for n in sizes}
+
+
+def monte_carlo_jaccard(a: dict, b: dict) -> tuple[float, float]:
+    """(ratio of the summed intersections to the summed unions, mean of the per-pair Jaccard) over pairs."""
+    both = sum((a[n] & b[n]).sum(1) for n in a).double()
+    either = sum((a[n] | b[n]).sum(1) for n in a).double()
+    return float(both.sum() / either.sum()), float((both / either).mean())
+
+
+def test_layer_chance_jaccard_is_what_random_masks_with_those_per_layer_counts_share():
+    # A small layer both masks keep most of, and large ones they keep little of: layer structure alone
+    # gives an overlap far above a uniform mask's d / (2 − d).
+    sizes = {"small": 12, "big": 300, "mid": 40}
+    a, b = {"small": 10, "big": 15, "mid": 4}, {"small": 11, "big": 6, "mid": 30}
+    generator = torch.Generator().manual_seed(0)
+    ratio_of_means, mean_ratio = monte_carlo_jaccard(random_masks(a, sizes, 4000, generator),
+                                                     random_masks(b, sizes, 4000, generator))
+    chance = float(meta.layer_chance_jaccard(a, b, sizes))
+    assert chance == pytest.approx(ratio_of_means, abs=0.003)  # a ratio of expectations: exactly this, in the limit
+    assert chance == pytest.approx(mean_ratio, abs=0.005)  # the expected ratio, close to it here
+    density = (sum(a.values()) + sum(b.values())) / 2 / sum(sizes.values())
+    assert chance > 3 * density / (2 - density)
+    # Counts with an episode dimension give one chance overlap per episode.
+    per_episode = meta.layer_chance_jaccard(a, {n: torch.tensor([c, c]) for n, c in b.items()}, sizes)
+    torch.testing.assert_close(per_episode, torch.full((2,), chance, dtype=torch.float64))
+    assert math.isnan(float(meta.layer_chance_jaccard({"w": 0}, {"w": 0}, {"w": 5})))
+
+
 @pytest.mark.parametrize("method", ["maml", "sparse_maml"])
 def test_resnet12_runs_a_meta_batch_under_vmap(method):
     model = meta.resnet12(3, 5, widths=(4, 4, 8, 8))
@@ -553,13 +584,44 @@ def test_runs_go_through_the_sweep_and_repeat_exactly(tmp_path):
     assert table.test_acc.between(0, 100).all() and (table.test_ci95 > 0).all()
     assert {"val_acc", "best_iteration", "val_acc@2", "density:head.weight@2"} <= set(table.columns)
     sparse = table.loc["sparse_maml"]
-    assert 0 <= sparse["density"] <= 1 and 0 <= sparse["snip_jaccard"] <= 1
+    assert 0 <= sparse["density"] <= 1 and 0 <= sparse["snip_jaccard"] <= 1 and 0 < sparse["layer_chance_jaccard"] <= 1
     assert pd.isna(table.loc["snip_maml", "density:head.weight@2"])  # only scored methods have scores
     curves = history_table(table.reset_index(), "density")
     assert set(curves.iteration) == {0, 1, 2} and "body.conv1.weight" in set(curves.layer)
     assert set(history_table(table.reset_index(), "val_acc").layer.dropna()) == set()
     again = run_meta(runs[0])
     assert again == {k: v for k, v in table.loc["sparse_maml"].items() if k in again}
+
+
+def test_a_learned_mask_with_every_score_closed_has_no_overlap_to_report():
+    run = tiny_run(method="sparse_maml")
+    splits = metarun._splits(run)
+    model = meta.build(run.model, 1, run.n_way, 16, run.filters, run.seed)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    closed = {n: -torch.ones_like(p) for n, p in params.items()}
+    report = metarun.learned_mask_report(run, model, params, closed, splits, "cpu", episodes=3)
+    assert report["density"] == 0
+    assert all(math.isnan(report[k]) for k in ("snip_jaccard", "layer_chance_jaccard", "chance_jaccard"))
+    # One layer open: the overlap and its chance level are numbers, and the layer counts raise the chance level.
+    one_open = {**closed, "head.weight": torch.ones_like(params["head.weight"])}
+    report = metarun.learned_mask_report(run, model, params, one_open, splits, "cpu", episodes=3)
+    assert 0 <= report["snip_jaccard"] <= 1 and report["layer_chance_jaccard"] > report["chance_jaccard"]
+
+
+def test_the_learned_overlap_is_judged_against_what_the_layer_counts_give_not_a_uniform_mask():
+    rows = pd.DataFrame({"seed": range(4), "density": 0.3, "snip_jaccard": [0.40, 0.42, 0.41, 0.43],
+                         "layer_chance_jaccard": [0.41, 0.41, 0.42, 0.42], "chance_jaccard": 0.3 / 1.7})
+    line = metarun.learned_overlap_line(rows)
+    # 2.4x a uniform mask's overlap, and all of it from the layers: no claim beyond chance.
+    assert "not detected at this power" in line and "0.415" in line and "only slightly" not in line
+    above = metarun.learned_overlap_line(rows.assign(layer_chance_jaccard=0.2))
+    assert "more than their per-layer counts give by chance" in above
+    one_closed = rows.astype({"snip_jaccard": float}).copy()
+    one_closed.loc[0, ["snip_jaccard", "layer_chance_jaccard", "chance_jaccard"]] = math.nan
+    assert "On 1 of 4 seeds every score closed" in metarun.learned_overlap_line(one_closed)
+    all_closed = rows.assign(density=0.0, snip_jaccard=math.nan, layer_chance_jaccard=math.nan, chance_jaccard=math.nan)
+    line = metarun.learned_overlap_line(all_closed)
+    assert "every learned score closed" in line and "nan" not in line
 
 
 @pytest.mark.parametrize("method", meta.RANDOM_CONTROLS)
