@@ -320,6 +320,21 @@ if len(sparse_rows):
             .set_index("seed"))
 
 # %% [markdown]
+# ## How stable is SNIP's mask from episode to episode?
+# SNIP-MAML scores a new mask on every episode's support set, and its controls draw a fresh random mask
+# on every episode. At SNIP-MAML's chosen checkpoint, on 100 meta-test episodes: the mean Jaccard of
+# SNIP's mask with the next episode's (`snip_episode_jaccard`), beside what two of each control's masks
+# share by chance, from the counts they keep per layer (`shuffled_chance_jaccard`,
+# `uniform_chance_jaccard`). A fixed random mask, the same on every episode, is not run: where SNIP's mask
+# is much steadier than the controls', SNIP-MAML − control measures stability and choice together.
+
+# %% tags=["hide-input"]
+snip_rows = results[results.method == "snip_maml"]
+if len(snip_rows):
+    display(snip_rows[["seed", "snip_episode_jaccard", "shuffled_chance_jaccard", "uniform_chance_jaccard"]]
+            .round(3).set_index("seed"))
+
+# %% [markdown]
 # ## Exploratory verdicts
 # Every method against MAML and the learned sparsity, uncorrected (the tested answer is above);
 # computed from this run's numbers, so a rerun with other parameters never shows stale claims.
@@ -344,6 +359,8 @@ lines = ["**Exploratory** (uncorrected):", ""] + [f"- {verdict(m)}" for m in met
 for control in ("shuffled_snip_maml", "uniform_random_maml"):
     if {"snip_maml", control} <= set(methods):
         lines.append(f"- SNIP-MAML − {NAMES[control]} ({1 - sparsity:.0%} of weights adapted): declared, see the Answer.")
+if len(snip_rows):
+    lines.append(metarun.mask_stability_line(snip_rows))
 if len(sparse_rows):
     lines.append(metarun.learned_overlap_line(sparse_rows))
 display(Markdown("\n".join(lines)))

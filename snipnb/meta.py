@@ -423,3 +423,11 @@ def layer_chance_jaccard(counts_a: dict, counts_b: dict, sizes: dict) -> torch.T
     either = sum(torch.as_tensor(counts_a[n], dtype=torch.float64) + torch.as_tensor(counts_b[n], dtype=torch.float64)
                  for n in sizes) - shared
     return torch.where(either > 0, shared / either.clamp(min=1e-12), torch.full_like(either, math.nan))
+
+
+def consecutive_jaccard(masks: dict) -> torch.Tensor:
+    """Jaccard of each episode's mask with the next one's: `masks` hold one mask per episode along
+    their first dimension (as `snip_masks_like` returns them); E − 1 values for E episodes."""
+    both = sum((m[:-1].bool() & m[1:].bool()).flatten(1).sum(1) for m in masks.values())
+    either = sum((m[:-1].bool() | m[1:].bool()).flatten(1).sum(1) for m in masks.values())
+    return both.float() / either.clamp(min=1).float()

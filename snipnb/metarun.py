@@ -219,6 +219,9 @@ def run_meta(run: MetaRun, device=None, progress: bool = False) -> dict:
       `layer_chance_jaccard`, the overlap they would have by chance given each one's per-layer counts
       (what to judge `snip_jaccard` against), and `chance_jaccard`, a uniform mask's at that density.
       The three are NaN when every learned score is closed (no mask to compare).
+    - snip_maml: `snip_episode_jaccard`, `shuffled_chance_jaccard`, `uniform_chance_jaccard`: how much
+      SNIP's mask stays the same from one test episode to the next, beside what its controls' fresh
+      draws share by chance (`snip_stability_report`).
     """
     device = torch.device(device or "cpu")
     model, params, scores, history, val, step = meta_train(run, device, progress)
@@ -233,7 +236,44 @@ def run_meta(run: MetaRun, device=None, progress: bool = False) -> dict:
                        and (run.method in meta.SCORED or not key.startswith("density"))})
     if run.method in meta.SCORED:
         result.update(learned_mask_report(run, model, params, scores, splits, device))
+    if run.method == "snip_maml":
+        result.update(snip_stability_report(run, model, params, splits, device))
     return result
+
+
+def uniform_chance_overlap(model, sparsity: float) -> float:
+    """What two of uniform_random_maml's masks share by chance: `meta.layer_chance_jaccard` of the
+    counts it keeps per layer (`meta.uniform_counts`). Not d / (2 − d) at the global density d = 1 −
+    sparsity: rounding and the one weight every layer keeps make a small layer's fraction larger than d
+    (at sparsity 0.99, a 36-weight conv1 keeps 1 of 36, not 0.36), which raises the overlap."""
+    params = dict(model.named_parameters())
+    sizes = {n: params[n].numel() for n in meta.weight_names(model)}
+    counts = meta.uniform_counts(sizes, sparsity)
+    return float(meta.layer_chance_jaccard(counts, counts, sizes))
+
+
+def snip_stability_report(run, model, params, splits, device, episodes: int = 100) -> dict:
+    """How much SNIP-MAML's mask stays the same from one meta-test episode to the next, at the chosen
+    checkpoint, beside what its controls' fresh draws share by chance.
+
+    - `snip_episode_jaccard`: mean Jaccard of SNIP's mask (at `run.sparsity`, on the support set) on
+      each of `episodes` test episodes with the next episode's;
+    - `shuffled_chance_jaccard`: what two shuffled-SNIP masks with those episodes' per-layer counts
+      share by chance (`meta.layer_chance_jaccard`, mean over the consecutive pairs);
+    - `uniform_chance_jaccard`: what two uniform-random masks share by chance (`uniform_chance_overlap`).
+    A mask far more stable than its controls' is a second difference between SNIP-MAML and them, beside
+    the choice of weights; a fixed random mask, which would separate the two, is not run.
+    """
+    names = meta.weight_names(model)
+    batch = _sampler(run, splits, "test", device, 20_000).sample(episodes)
+    snip = meta.snip_masks_like(model, params, batch, names, 1 - run.sparsity)
+    counts = {n: m.flatten(1).sum(1) for n, m in snip.items()}
+    sizes = {n: m[0].numel() for n, m in snip.items()}
+    shuffled = meta.layer_chance_jaccard({n: c[:-1] for n, c in counts.items()},
+                                         {n: c[1:] for n, c in counts.items()}, sizes)
+    return {"snip_episode_jaccard": meta.consecutive_jaccard(snip).mean().item(),
+            "shuffled_chance_jaccard": shuffled.mean().item(),
+            "uniform_chance_jaccard": uniform_chance_overlap(model, run.sparsity)}
 
 
 def learned_mask_report(run, model, params, scores, splits, device, episodes: int = 100) -> dict:
@@ -289,6 +329,23 @@ def learned_overlap_line(rows) -> str:
             f"(difference {j - chance:+.3f} {span}): {call}. "
             f"A uniform random mask of that density would share {uniform:.3f}; the gap to {chance:.3f} is the "
             f"layers' share.{closed_note}")
+
+
+def mask_stability_line(rows) -> str:
+    """One exploratory Markdown line on SNIP-MAML's runs (`rows`, one per seed): how much its mask stays
+    the same from one test episode to the next, beside what its controls' fresh masks share by chance."""
+    same, shuffled, uniform = (rows[c].mean() for c in
+                               ("snip_episode_jaccard", "shuffled_chance_jaccard", "uniform_chance_jaccard"))
+    _, low, high = stats.t_interval(rows.snip_episode_jaccard)
+    span = f" [{low:.3f}, {high:.3f}] over {len(rows)} seeds" if len(rows) > 1 else " on one seed"
+    steadier = low > max(shuffled, uniform)
+    return (f"- **How fixed is SNIP's mask?** SNIP-MAML's masks on consecutive test episodes overlap with Jaccard "
+            f"{same:.3f}{span}. Its controls draw a fresh mask every episode: two shuffled-SNIP masks share "
+            f"{shuffled:.3f} by chance, two uniform-random masks {uniform:.3f}. "
+            + ("So SNIP-MAML differs from its controls in how stable its mask is from episode to episode as well as "
+               "in which weights it picks" if steadier else
+               "SNIP's mask is not detectably more stable than the controls' fresh draws")
+            + "; a fixed random mask, the same on every episode, which would tell stability from choice, is not run.")
 
 
 def grid(methods, seeds: int, **settings) -> list[MetaRun]:

@@ -263,6 +263,39 @@ def test_layer_chance_jaccard_is_what_random_masks_with_those_per_layer_counts_s
     assert math.isnan(float(meta.layer_chance_jaccard({"w": 0}, {"w": 0}, {"w": 5})))
 
 
+def test_the_uniform_controls_chance_overlap_is_what_4000_pairs_of_its_own_masks_share():
+    # At sparsity 0.99 every layer of this net rounds to at most one kept weight and keeps one: its
+    # masks are 1% dense overall but keep 1/12 of the head, so d / (2 − d) at d = 0.01 is far too low.
+    model, sparsity = tiny_conv(), 0.99
+    chance = metarun.uniform_chance_overlap(model, sparsity)
+    generator = torch.Generator().manual_seed(0)
+
+    def masks():
+        noise = meta.mask_noise(model, "uniform_random_maml", 4000, generator, "cpu")
+        return {n: m.bool().flatten(1) for n, m in torch.vmap(lambda v: meta.uniform_random_mask(v, sparsity))(noise).items()}
+
+    ratio_of_means, mean_ratio = monte_carlo_jaccard(masks(), masks())
+    assert chance == pytest.approx(ratio_of_means, abs=0.002)
+    assert chance == pytest.approx(mean_ratio, abs=0.002)
+    density = 1 - sparsity
+    assert chance > 2 * density / (2 - density)
+
+
+def test_the_stability_line_says_whether_snips_mask_is_steadier_than_the_controls_draws():
+    rows = pd.DataFrame({"seed": range(3), "snip_episode_jaccard": [0.60, 0.62, 0.61],
+                         "shuffled_chance_jaccard": 0.08, "uniform_chance_jaccard": 0.05})
+    line = metarun.mask_stability_line(rows)
+    assert "0.610" in line and "as well as in which weights it picks" in line and "fixed random mask" in line
+    chance_level = metarun.mask_stability_line(rows.assign(snip_episode_jaccard=[0.07, 0.09, 0.08]))
+    assert "not detectably more stable" in chance_level
+
+
+def test_consecutive_jaccard_compares_each_episodes_mask_with_the_next():
+    masks = {"w": torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0], [1, 0, 1, 0]], dtype=torch.bool),
+             "v": torch.tensor([[1, 0], [0, 0], [0, 1]], dtype=torch.bool)}
+    torch.testing.assert_close(meta.consecutive_jaccard(masks), torch.tensor([1 / 4, 2 / 3]))
+
+
 @pytest.mark.parametrize("method", ["maml", "sparse_maml"])
 def test_resnet12_runs_a_meta_batch_under_vmap(method):
     model = meta.resnet12(3, 5, widths=(4, 4, 8, 8))
@@ -586,6 +619,8 @@ def test_runs_go_through_the_sweep_and_repeat_exactly(tmp_path):
     sparse = table.loc["sparse_maml"]
     assert 0 <= sparse["density"] <= 1 and 0 <= sparse["snip_jaccard"] <= 1 and 0 < sparse["layer_chance_jaccard"] <= 1
     assert pd.isna(table.loc["snip_maml", "density:head.weight@2"])  # only scored methods have scores
+    stability = table.loc["snip_maml", ["snip_episode_jaccard", "shuffled_chance_jaccard", "uniform_chance_jaccard"]]
+    assert stability.between(0, 1).all() and pd.isna(table.loc["sparse_maml", "snip_episode_jaccard"])
     curves = history_table(table.reset_index(), "density")
     assert set(curves.iteration) == {0, 1, 2} and "body.conv1.weight" in set(curves.layer)
     assert set(history_table(table.reset_index(), "val_acc").layer.dropna()) == set()
