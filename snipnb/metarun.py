@@ -15,7 +15,7 @@ import math
 import torch
 from tqdm import tqdm
 
-from . import meta, meta_data, stats
+from . import meta, meta_data, published, stats
 
 # Classes per split (train, val, test) and the smallest class, to check a run when it is made; the
 # loaded data are checked again before a run. Omniglot's val/test class counts depend on `val_alphabets`
@@ -327,8 +327,8 @@ def learned_overlap_line(rows) -> str:
             f"checkpoint (mean over seeds). SNIP's mask at that density overlaps the learned one with Jaccard {j:.3f}, "
             f"against {chance:.3f} for masks with the same per-layer counts at random places within each layer "
             f"(difference {j - chance:+.3f} {span}): {call}. "
-            f"A uniform random mask of that density would share {uniform:.3f}; the gap to {chance:.3f} is the "
-            f"layers' share.{closed_note}")
+            f"A uniform random mask of that density would share {uniform:.3f}: the difference between the two chance "
+            f"levels is what the layer counts alone give.{closed_note}")
 
 
 def mask_stability_line(rows) -> str:
@@ -346,6 +346,19 @@ def mask_stability_line(rows) -> str:
                "in which weights it picks" if steadier else
                "SNIP's mask is not detectably more stable than the controls' fresh draws")
             + "; a fixed random mask, the same on every episode, which would tell stability from choice, is not run.")
+
+
+def protocol_table(run: MetaRun):
+    """This run's settings beside the published protocols of `published.META_PROTOCOLS`, one row per
+    setting; a value a source does not state shows as "not stated" (never NaN)."""
+    import pandas as pd
+
+    fields = list(next(iter(published.META_PROTOCOLS.values())))
+    ours = {f: getattr(run, f) for f in fields}
+    ours["eval_inner_steps"] = run.eval_inner_steps or run.inner_steps
+    columns = {"this run": ours, **published.META_PROTOCOLS}
+    return pd.DataFrame({name: ["not stated" if values[f] is None else str(values[f]) for f in fields]
+                         for name, values in columns.items()}, index=fields)
 
 
 def grid(methods, seeds: int, **settings) -> list[MetaRun]:

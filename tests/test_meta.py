@@ -711,3 +711,18 @@ def test_a_meta_batch_loops_over_its_tasks_on_the_cpu_and_vmaps_them_on_a_gpu(mo
     assert all(torch.equal(a, b) for a, b in zip(runs[None], runs[False]))  # the loop, bit for bit
     meta.meta_batch_loss(model, "maml", leaves(model), {}, batch, meta.InnerLoop(1, 0.3), vectorize=True)
     assert len(vmapped) == 1
+
+
+def test_the_protocol_table_sets_this_run_beside_the_published_ones_without_nan():
+    from snipnb import published
+
+    table = metarun.protocol_table(MetaRun(filters=16, inner_steps=1, eval_inner_steps=None, iterations=900))
+    assert list(table.columns) == ["this run", *published.META_PROTOCOLS]
+    assert table.loc["eval_inner_steps", "this run"] == "1"  # None: the run evaluates with inner_steps
+    assert table.loc["filters", "this run"] == "16" and table.loc["iterations", "this run"] == "900"
+    sparse = "Sparse-MAML run script, Conv-4 5-way 5-shot"
+    assert table.loc[["filters", "inner_steps", "meta_batch", "first_order"], sparse].tolist() == ["64", "35", "2", "True"]
+    # A value the source does not state shows so, never as a guess or NaN.
+    assert table.loc["eval_inner_steps", "MAML, Omniglot 5-way 1-shot"] == "not stated"
+    assert not table.isna().any().any() and not table.apply(lambda c: c.str.contains("nan|None")).any().any()
+    assert set(published.META_PROTOCOL_SOURCES) == set(published.META_PROTOCOLS)
