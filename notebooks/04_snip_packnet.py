@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -21,7 +21,8 @@
 # them, releases the rest to later tasks, and retrains briefly. SNIP-PackNet keeps the weights with
 # the largest SNIP saliency $|\partial L/\partial\theta\cdot\theta|$ on the task's data instead. Does
 # the choice of weights matter for accuracy, and is either criterion better than keeping a *random*
-# fraction of the free weights?
+# fraction of the free weights? And if SNIP's choice differs from the others, is it the weights it
+# picks, or only how many it keeps in each layer?
 #
 # **Benchmarks.** PackNet needs the task id at test time (it picks the task's weights), so both
 # benchmarks are task-incremental: **Split** (the classes cut into tasks; Split-MNIST: 0/1, 2/3, ...)
@@ -33,12 +34,20 @@
 # statistics and affine parameters, so ResNets work; conv and linear biases are trained by the
 # first task only. Frozen weights are restored after every optimiser step, so neither momentum nor
 # weight decay can move them. Strategies: `finetune` (no protection) and `joint` (every task at once)
-# bracket the results; `packnet` keeps weights by magnitude, `snip_packnet` by SNIP saliency, and the
-# control `random_packnet` a random fraction of the free weights. **Equal budgets:** every strategy
+# bracket the results; `packnet` keeps weights by magnitude, `snip_packnet` by SNIP saliency, and two
+# controls. `random_packnet` keeps a random fraction of the free weights: its random scores are pooled
+# over layers like the others', so it keeps about the same fraction of every layer, and SNIP-PackNet −
+# random PackNet compares SNIP's weights *and* its per-layer budget with a uniform one.
+# `shuffled_snip_packnet` keeps, at each task, exactly as many of each layer's free weights as SNIP's
+# scores choose there, but at random positions among that layer's free weights, at SNIP-PackNet's chosen
+# fraction: SNIP's per-layer budget without its choice of weights. (The counts come from SNIP's own
+# choice, ties included; shuffling the scores instead would let SNIP's exact zeros, tied across layers,
+# move weights between layers.) **Equal budgets:** every strategy
 # trains `epochs` per task; PackNet's retraining after pruning is counted inside them
 # (`retrain_epochs` of the `epochs`). The fraction of its free weights each task keeps is chosen per
 # strategy and benchmark on the validation split (10% of each task's training images, held out), over
-# several seeds; "equal" gives every task the same share of the network.
+# several seeds; "equal" gives every task the same share of the network. Shuffled SNIP-PackNet is not
+# searched: it runs at SNIP-PackNet's chosen fraction, the budget it is a control for.
 #
 # **Metrics** from the accuracy matrix $R$ (row $i$: after training task $i$; column $j$: task $j$):
 # average accuracy after the last task, forgetting (Chaudhry et al. 2018), backward transfer, and
@@ -134,10 +143,14 @@ run_device = device
 device = device or str(default_device())
 workers = workers or devices.default_workers(device)
 
-VARIANTS = list(PACKNET_STRATEGIES)  # packnet, snip_packnet and the random control: each gets its own keep
+VARIANTS = list(PACKNET_STRATEGIES)  # packnet, snip_packnet, random_packnet, shuffled_snip_packnet
+# Whose chosen fraction each variant runs at: its own, searched on validation, but the shuffled control runs at
+# SNIP-PackNet's, so that it differs from SNIP-PackNet in the positions of the weights alone.
+KEEP_OF = {s: "snip_packnet" if s == "shuffled_snip_packnet" else s for s in VARIANTS}
+SEARCHED = [s for s in VARIANTS if KEEP_OF[s] == s]
 STRATEGIES = ["finetune", "joint", *VARIANTS]
 NAMES = {"finetune": "fine-tuning", "joint": "joint training", "packnet": "PackNet", "snip_packnet": "SNIP-PackNet",
-         "random_packnet": "random PackNet"}
+         "random_packnet": "random PackNet", "shuffled_snip_packnet": "shuffled SNIP-PackNet"}
 titles = {name: BENCHMARKS[name][1] for name in benchmarks}
 label = {(BENCHMARKS[name][0], "task"): name for name in benchmarks}  # (benchmark, scenario) of a run -> its name
 common = dict(model=model, dataset=dataset, batch_size=batch_size, optimizer=optimizer, lr=lr,
@@ -161,9 +174,9 @@ def sweep(configs, desc):
 
 def reported_runs(keep):
     """The runs on the test set: every strategy, benchmark and seed, each PackNet variant keeping the fraction
-    keep(name, strategy)."""
-    return [ContinualRun(strategy=s, seed=seed, keep=keep(name, s), probe_examples=probe_examples, **common,
-                         **setting(name))
+    keep(name, strategy) (the shuffled control: SNIP-PackNet's, keep(name, "snip_packnet"))."""
+    return [ContinualRun(strategy=s, seed=seed, keep=keep(name, KEEP_OF.get(s, s)), probe_examples=probe_examples,
+                         **common, **setting(name))
             for name in benchmarks for s in STRATEGIES for seed in range(seeds)]
 
 
@@ -222,23 +235,24 @@ display(table(pd.DataFrame({"contrast": [c.name for c in PRIMARY], "test": "diff
 # %% [markdown]
 # ## Choosing the fraction kept per task, on validation
 # Validation average accuracy after the last task, mean ± std over the search seeds; the best
-# fraction of each strategy on each benchmark is used for its reported runs.
+# fraction of each strategy on each benchmark is used for its reported runs (shuffled SNIP-PackNet's
+# too: it runs at SNIP-PackNet's).
 
 # %% tags=["hide-input"]
 search = sweep([ContinualRun(strategy=s, keep=keep, seed=seed, split="val", probe_examples=0, **common, **setting(name))
-                for name in benchmarks for s in VARIANTS for keep in keeps for seed in range(search_seeds)],
+                for name in benchmarks for s in SEARCHED for keep in keeps for seed in range(search_seeds)],
                desc="keep search")
 search = continual_report.named(search, label)
 search["kept"] = search["keep"].map(keep_label)
 means = search.groupby(["benchmark", "strategy", "kept"], sort=False).avg_acc.mean()
-chosen = {(b, s): means[b][s].idxmax() for b in benchmarks for s in VARIANTS}
+chosen = {(b, s): means[b][KEEP_OF[s]].idxmax() for b in benchmarks for s in VARIANTS}
 best_keep = {key: None if k == "equal" else float(k) for key, k in chosen.items()}
 shown = stats.summarize(search, ["benchmark", "strategy", "kept"], "avg_acc")
 shown["benchmark"] = shown["benchmark"].map(lambda b: BENCHMARKS[b][1])
 wide = shown.pivot(index=["benchmark", "strategy"], columns="kept", values="mean ± std")
 wide["chosen"] = [chosen[(next(n for n in benchmarks if BENCHMARKS[n][1] == b), s)] for b, s in wide.index]
 wide["runs that diverged"] = search.groupby([search.benchmark.map(lambda b: BENCHMARKS[b][1]), "strategy"]).diverged.sum()
-wide = wide.reindex([(BENCHMARKS[b][1], s) for b in benchmarks for s in VARIANTS])
+wide = wide.reindex([(BENCHMARKS[b][1], s) for b in benchmarks for s in SEARCHED])
 display(table(wide[[keep_label(k) for k in keeps] + ["chosen", "runs that diverged"]]))
 
 # %% [markdown]
@@ -286,15 +300,16 @@ plt.show()
 # %% [markdown]
 # ## Exploratory comparisons
 # Differences on the same seeds, in accuracy points, with 95% confidence intervals: each PackNet
-# variant against fine-tuning, SNIP-PackNet against magnitude PackNet, and both against the random
-# control. These are **exploratory**: each interval stands alone, not corrected for the many in the
-# table, so some exclude 0 by chance; the declared contrasts are tested in the findings below. The
+# variant against fine-tuning, SNIP-PackNet against magnitude PackNet, both against the random
+# control, and SNIP-PackNet against its shuffled control. These are **exploratory**: each interval
+# stands alone, not corrected for the many in the table, so some exclude 0 by chance; the declared
+# contrasts are tested in the findings below. The
 # detectable difference is the smallest in average accuracy the run would most likely have detected
 # (paired t, 80% power).
 
 # %% tags=["hide-input"]
 PAIRS = [(s, "finetune") for s in VARIANTS] + [("snip_packnet", "packnet"), ("snip_packnet", "random_packnet"),
-                                              ("packnet", "random_packnet")]
+                                              ("packnet", "random_packnet"), ("snip_packnet", "shuffled_snip_packnet")]
 comparisons = continual_report.paired_comparisons(results, PAIRS)
 display(table(continual_report.comparison_table(comparisons, PAIRS, titles),
               caption="Exploratory: per-comparison 95% intervals, not corrected for multiplicity (the declared "
@@ -303,7 +318,10 @@ display(table(continual_report.comparison_table(comparisons, PAIRS, titles),
 # %% [markdown]
 # ## Capacity: which task owns how much of every layer
 # Seed 0 of each PackNet variant on the first benchmark, at its chosen fraction: for each layer of
-# the body (the task heads are each task's own), the share of its weights each task owns.
+# the body (the task heads are each task's own), the share of its weights each task owns. Shuffled
+# SNIP-PackNet's first task owns the same share of every layer as SNIP-PackNet's (same seed, same
+# first network, same scores); its later tasks are scored on a network that kept other weights, so
+# their shares may differ.
 
 # %% tags=["hide-input"]
 first = benchmarks[0]
@@ -337,7 +355,8 @@ worst = results[results.strategy.isin(VARIANTS)].groupby("benchmark").forgetting
 display(Markdown("\n\n".join(
     f"**{titles[name]}.** Fine-tuning ends at {means[name, 'finetune']:.1f}% average accuracy, joint training at "
     f"{means[name, 'joint']:.1f}%; PackNet reaches {means[name, 'packnet']:.1f}%, SNIP-PackNet "
-    f"{means[name, 'snip_packnet']:.1f}% and random PackNet {means[name, 'random_packnet']:.1f}% (means over {seeds} "
+    f"{means[name, 'snip_packnet']:.1f}%, random PackNet {means[name, 'random_packnet']:.1f}% and shuffled "
+    f"SNIP-PackNet {means[name, 'shuffled_snip_packnet']:.1f}% (means over {seeds} "
     f"seeds). The largest forgetting of any PackNet run is {worst[name]:.2f} points." for name in benchmarks)))
 display(report.Findings(tested, f"{model} on {dataset}: average accuracy after the last task, {seeds} seeds",
                         lead=f"**Declared contrasts** ({len(PRIMARY)}, fixed before the results; average accuracy, "
@@ -371,7 +390,8 @@ limits = [f"- Dataset `{dataset}`, model `{model}`; {seeds} seeds for the report
           f"strategy; PackNet spends {retrain_epochs} of them retraining after pruning, so it trains on fewer epochs "
           f"before pruning than fine-tuning does in all.",
           f"- SNIP scores each task on {importance_examples} training images; the fractions kept searched were "
-          f"{', '.join(keep_label(k) for k in keeps)} and are the same for every task of a run.",
+          f"{', '.join(keep_label(k) for k in keeps)} and are the same for every task of a run; shuffled SNIP-PackNet "
+          f"was not searched: it runs at SNIP-PackNet's fraction.",
           "- Only task-incremental learning: PackNet needs the task id at test time."]
 if dataset == "mnist":
     limits.append("- A small MLP (LeNet-300-100) and short training, to fit a shared 2-core CPU; PackNet was "

@@ -226,8 +226,12 @@ CHAPTERS = [
             dict(dataset="mnist", model="lenet300_100", seeds=10, search_seeds=2, epochs=4, permuted_epochs=2,
                  retrain_epochs=1, importance_examples=512, probe_examples=1000, keeps=[None, 0.25, 0.5]),
             # 33 min for 5 seeds (shared machine), then 11.6 min idle for the 5 added seeds' 50 runs (2026-12-05).
-            cost=Cost(33 + 12, LOADED_CPU),
-            quick=dict(CONTINUAL_QUICK, epochs=2, permuted_epochs=2, keeps=[None, 0.5]), quick_cost=Cost(136 / 60, QUICK_IDLE)),
+            # The shuffled SNIP-PackNet control (2026-12-06) adds 20 reported runs (10 seeds x 2 benchmarks, not
+            # searched): about 20/50 of those 11.6 min. --quick: 136 s for its 32 runs, and 4 more at that pace.
+            cost=Cost(33 + 12 + 20 / 50 * 11.6, LOADED_CPU,
+                      estimated_from="the run without the shuffled control, and the pace of its 5 added seeds"),
+            quick=dict(CONTINUAL_QUICK, epochs=2, permuted_epochs=2, keeps=[None, 0.5]),
+            quick_cost=Cost(136 * 36 / 32 / 60, QUICK_IDLE, estimated_from="the quick run without the shuffled control")),
     Chapter("04_snip_packnet_cifar100", "04_snip_packnet",
             "Experiment 4 on Split CIFAR-100: does SNIP pick better weights for PackNet?",
             dict(dataset="cifar100"), on_demand=True),

@@ -9,7 +9,10 @@ Every strategy trains through `snipnb.train.fit`; EWC adds a `penalty`, PackNet 
 weights in `after_step`. EWC and PackNet take their importance from one function, `importance`, so
 each SNIP variant differs from its baseline in the score alone, and so do the controls: EWC with a
 uniform importance (plain L2 to the old weights) or a shuffled Fisher (the same values at random
-positions), and PackNet keeping a random fraction of the free weights.
+positions), PackNet keeping a random fraction of the free weights (random scores, pooled: the same
+fraction of every layer), and shuffled SNIP-PackNet keeping as many of each layer's free weights as
+SNIP chooses there, at random positions in that layer (SNIP's per-layer budget without its choice of
+weights).
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ from .train import evaluate, fit
 
 SCENARIOS = ("task", "class", "domain")
 STRATEGIES = ("finetune", "joint", "ewc", "snip_ewc", "ewc_uniform", "ewc_random", "packnet", "snip_packnet",
-              "random_packnet")
+              "random_packnet", "shuffled_snip_packnet")
 CRITERIA = {"ewc": "fisher", "snip_ewc": "snip_per_sample", "ewc_uniform": "uniform", "ewc_random": "shuffled_fisher",
-            "packnet": "magnitude", "snip_packnet": "snip", "random_packnet": "random"}
+            "packnet": "magnitude", "snip_packnet": "snip", "random_packnet": "random", "shuffled_snip_packnet": "snip"}
 EWC_STRATEGIES = ("ewc", "snip_ewc", "ewc_uniform", "ewc_random")
-PACKNET_STRATEGIES = ("packnet", "snip_packnet", "random_packnet")
+PACKNET_STRATEGIES = ("packnet", "snip_packnet", "random_packnet", "shuffled_snip_packnet")
+# PackNet variants that keep their criterion's count per layer but not its positions (`PackNet.claim`'s `shuffle`).
+POSITION_SHUFFLED = ("shuffled_snip_packnet",)
 
 
 # ----------------------------------------------------------------------------------------- tasks
@@ -306,9 +311,19 @@ class PackNet:
         return restore
 
     @torch.no_grad()
-    def claim(self, net: MultiHeadNet, task: int, weight_scores: dict[str, torch.Tensor], keep: float) -> None:
-        """Task `task` keeps the top `keep` fraction of the free weights by score; the rest are freed
-        and zeroed. Ties are broken by `topk`; the count kept is exact."""
+    def claim(self, net: MultiHeadNet, task: int, weight_scores: dict[str, torch.Tensor], keep: float,
+              shuffle: torch.Generator | None = None) -> None:
+        """Task `task` keeps the top `keep` fraction of the free weights by score, pooled over layers; the
+        rest are freed and zeroed. Ties are broken by `topk`; the count kept is exact.
+
+        With `shuffle` (a generator), each layer keeps exactly as many of its free weights as the scores
+        choose there, but at positions drawn at random among that layer's free weights: the scores'
+        per-layer budget without their choice of weights. The counts are taken from the scores' own
+        choice, not from shuffled scores: scores tied across layers (SNIP's exact zeros) would otherwise
+        let a shuffle move weights from one layer to another.
+        """
+        if not 0 < keep <= 1:
+            raise ValueError(f"keep must be in (0, 1], got {keep}")
         named = dict(net.named_parameters())
         free = {n: self.owner[n] == -1 for n in self.weights}
         pooled = torch.cat([weight_scores[n][free[n]].flatten().float().cpu() for n in self.weights])
@@ -317,6 +332,8 @@ class PackNet:
         if n_keep > 0:
             chosen[torch.topk(pooled, n_keep, sorted=False).indices] = True
         for n, piece in zip(self.weights, chosen.split([int(free[n].sum()) for n in self.weights])):
+            if shuffle is not None:
+                piece = _same_count_at_random(piece, shuffle)
             claimed = torch.zeros_like(free[n])
             claimed[free[n]] = piece.to(claimed.device)
             self.owner[n][claimed] = task
@@ -337,6 +354,13 @@ class PackNet:
         tasks = range(max(int(o.max()) for o in self.owner.values()) + 1)
         return {n: [float((o == t).float().mean()) for t in tasks] + [float((o == -1).float().mean())]
                 for n, o in self.owner.items()}
+
+
+def _same_count_at_random(chosen: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """A boolean vector as long as `chosen`, with as many True entries, at positions drawn from `g`."""
+    shuffled = torch.zeros_like(chosen)
+    shuffled[torch.randperm(len(chosen), generator=g)[:int(chosen.sum())]] = True
+    return shuffled
 
 
 class _TaskView(nn.Module):

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from . import checks, data, metrics
-from .continual import (CRITERIA, EWC, EWC_STRATEGIES, PACKNET_STRATEGIES, SCENARIOS, STRATEGIES, MultiHeadNet,
-                        PackNet, SingleHeadNet, StageView, body_parameters, importance, linear_probe_accuracy,
-                        permuted_tasks, shared_parameters, split_tasks)
+from .continual import (CRITERIA, EWC, EWC_STRATEGIES, PACKNET_STRATEGIES, POSITION_SHUFFLED, SCENARIOS, STRATEGIES,
+                        MultiHeadNet, PackNet, SingleHeadNet, StageView, body_parameters, importance,
+                        linear_probe_accuracy, permuted_tasks, shared_parameters, split_tasks)
 from .models import NAMES, build
 from .train import OPTIMIZERS, default_device, evaluate, fit
 
@@ -173,6 +173,8 @@ def run_sequence(run: ContinualRun, device=None) -> dict:
 
     ewc = EWC(run.ewc_lambda, online=run.ewc_online) if run.strategy in EWC_STRATEGIES else None
     packnet = PackNet(net) if run.strategy in PACKNET_STRATEGIES else None
+    # Shuffled SNIP-PackNet's positions: their own stream, so the training's random draws match SNIP-PackNet's.
+    shuffle = torch.Generator().manual_seed(run.seed) if run.strategy in POSITION_SHUFFLED else None
     importance_options = dict(examples=run.importance_examples, fisher_labels=run.fisher_labels, seed=run.seed,
                               device=device)
     R, retrained, histories, probe_before = np.zeros((T, T)), [], [], [math.nan]
@@ -183,7 +185,7 @@ def run_sequence(run: ContinualRun, device=None) -> dict:
                                  after_step=packnet.frozen_restorer(net, t), **train_options))
             weight_scores = importance(net, task.train, CRITERIA[run.strategy], params=packnet.weights,
                                        **importance_options)
-            packnet.claim(net, t, weight_scores, run.keep if t < T - 1 and run.keep else 1 / (T - t))
+            packnet.claim(net, t, weight_scores, run.keep if t < T - 1 and run.keep else 1 / (T - t), shuffle=shuffle)
             if run.retrain_epochs:
                 fit(net, task.train, None, run.retrain_epochs,
                     after_step=packnet.frozen_restorer(net, t, retraining=True), **train_options)
