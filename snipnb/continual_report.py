@@ -94,15 +94,18 @@ def answer_box(tested: pd.DataFrame, claim: str, setup: str, unit: str = "points
 
 
 def paired_comparisons(results: pd.DataFrame, pairs: list[tuple[str, str]],
-                       metrics=("avg_acc", "forgetting")) -> pd.DataFrame:
+                       metrics=("avg_acc", "forgetting"), within: tuple[str, ...] = ()) -> pd.DataFrame:
     """a − b on the same seeds, per benchmark, for every (a, b) in `pairs` and metric: one
-    `stats.paired_difference` row each, with `comparison` ("a − b") and `metric` columns."""
+    `stats.paired_difference` row each, with `comparison` ("a − b") and `metric` columns.
+
+    `within`: further columns kept apart, each value with its own pairs (e.g. the fraction kept, to
+    compare a and b at the same fraction)."""
     parts = []
     for a, b in pairs:
         rows = results[results.strategy.isin([a, b])]
         for metric in metrics:
             p = stats.paired_difference(rows, metric, baseline={"strategy": b}, variant=["strategy"],
-                                        pair_on=["seed"], group=["benchmark"])
+                                        pair_on=["seed"], group=["benchmark", *within])
             parts.append(p.assign(comparison=f"{a} − {b}", metric=metric))
     return pd.concat(parts, ignore_index=True)
 
@@ -124,12 +127,7 @@ def comparison_table(comparisons: pd.DataFrame, pairs: list[tuple[str, str]], ti
     """One row per (benchmark title, "a − b"): each metric's difference with its 95% CI (uncorrected),
     in the order of `titles` and `pairs`, and the smallest difference in average accuracy the run could
     detect (80% power). Columns say what they hold, e.g. "average accuracy: difference [95% CI]"."""
-    def cell(row):
-        if row.n < 2:
-            return f"{row['diff']:+.2f} (n=1)"
-        return f"{row['diff']:+.2f} [{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
-
-    cells = comparisons.assign(cell=comparisons.apply(cell, axis=1))
+    cells = comparisons.assign(cell=comparisons.apply(_cell, axis=1))
     wide = cells.pivot(index=["benchmark", "comparison"], columns="metric", values="cell")
     detectable = cells[cells.metric == "avg_acc"].set_index(["benchmark", "comparison"]).detectable
     wide = wide.rename(columns={m: f"{label}: difference [95% CI]" for m, label in METRICS.items()})
@@ -137,6 +135,47 @@ def comparison_table(comparisons: pd.DataFrame, pairs: list[tuple[str, str]], ti
     wide.columns.name = None
     wide = wide.reindex([(b, f"{x} − {y}") for b in titles for x, y in pairs])
     return _titled(wide, titles)
+
+
+def _cell(row) -> str:
+    """A paired difference as "diff [95% CI]", or "diff (n=1)" where one pair allows no interval."""
+    if row.n < 2:
+        return f"{row['diff']:+.2f} (n=1)"
+    return f"{row['diff']:+.2f} [{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
+
+
+def by_setting_table(comparisons: pd.DataFrame, pairs: list[tuple[str, str]], titles: dict[str, str], column: str,
+                     values: list, metric: str = "avg_acc") -> pd.DataFrame:
+    """One row per (benchmark title, "a − b"), one column per value of `column` (in the order of `values`):
+    the difference in `metric` with its 95% CI (uncorrected), from `paired_comparisons(..., within=(column,))`.
+    A pair not run at a value is missing there."""
+    cells = comparisons[comparisons.metric == metric]
+    cells = cells.assign(cell=cells.apply(_cell, axis=1))
+    wide = cells.pivot(index=["benchmark", "comparison"], columns=column, values="cell")
+    wide = wide.reindex(index=[(b, f"{x} − {y}") for b in titles for x, y in pairs], columns=values)
+    wide.columns.name = column
+    return _titled(wide, titles)
+
+
+def first_task_share(keep: float | None, n_tasks: int) -> float:
+    """The share of the network PackNet's first task keeps: `keep`, or 1/`n_tasks` with equal shares (None,
+    or NaN as records store it). The one scale on which a fixed fraction and "equal" can be ordered."""
+    return 1 / n_tasks if keep is None or keep != keep else float(keep)
+
+
+def inside_the_grid(chosen: float, grid: list[float]) -> str:
+    """Whether a search's choice `chosen` lies strictly inside its `grid` of candidates (one scale): "yes", or
+    "no: its lowest" / "no: its highest" where the search chose an end, and the best may lie beyond it ("no: its
+    only share" where every candidate is at one point of the scale)."""
+    if chosen not in grid:
+        raise ValueError(f"the choice {chosen} is not among the grid's candidates {sorted(set(grid))}")
+    if min(grid) == max(grid):
+        return "no: its only share"
+    if chosen == min(grid):
+        return "no: its lowest"
+    if chosen == max(grid):
+        return "no: its highest"
+    return "yes"
 
 
 def seen_accuracy_figure(results: pd.DataFrame, titles: dict[str, str], strategies: list[str]):

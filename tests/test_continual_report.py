@@ -140,3 +140,42 @@ def test_the_answer_box_quotes_every_tested_contrast_with_its_decision_and_keeps
     assert permuted.endswith(": higher") and "+10.00 points" in permuted and "3 seeds" in permuted
     assert "family-adjusted 98.75% CI" in permuted  # 4 contrasts: Bonferroni's 1 − 0.05/4
     assert sum(line.startswith("> - ") for line in lines) == len(declared)
+
+
+def test_pairs_at_each_fraction_are_paired_within_the_fraction_and_shown_one_column_each():
+    # At fraction 0.25 'ewc' is 10 points above 'finetune' on every seed; at 0.5 it is 2 below. Pairing across
+    # fractions (or pooling them) would mix the two.
+    frame = pd.concat([results().assign(kept="0.25"),
+                       results().assign(kept="0.5", avg_acc=lambda f: f.avg_acc - 12 * (f.strategy == "ewc"))])
+    pairs = [("ewc", "finetune")]
+    comparisons = cr.paired_comparisons(frame, pairs, metrics=("avg_acc",), within=("kept",))
+    wide = cr.by_setting_table(comparisons, pairs, TITLES, "kept", ["equal", "0.25", "0.5"])
+    assert list(wide.columns) == ["equal", "0.25", "0.5"]
+    assert list(wide.index) == [("Split, task-IL", "ewc − finetune"), ("Permuted", "ewc − finetune")]
+    row = wide.loc[("Permuted", "ewc − finetune")]
+    assert row["0.25"] == "+10.00 [+10.00, +10.00]" and row["0.5"] == "-2.00 [-2.00, -2.00]"
+    assert pd.isna(row["equal"])  # not run at that fraction: missing, not invented
+
+
+def test_the_first_tasks_share_puts_equal_shares_on_the_fractions_scale():
+    assert cr.first_task_share(None, 5) == pytest.approx(0.2)
+    assert cr.first_task_share(math.nan, 10) == pytest.approx(0.1)  # how records store None
+    assert cr.first_task_share(0.25, 5) == 0.25
+
+
+@pytest.mark.parametrize("keeps, n_tasks, chosen, where", [
+    ([None, 0.25, 0.5], 5, 0.25, "yes"),
+    ([None, 0.25, 0.5], 5, None, "no: its lowest"),  # equal: 1/5 of the network, below 0.25
+    ([None, 0.25, 0.5], 5, 0.5, "no: its highest"),
+    ([None, 0.1, 0.5], 5, None, "yes"),  # equal's 0.2 lies between 0.1 and 0.5: not an end of the grid
+    ([None, 0.5], 2, None, "no: its only share"),  # two candidates at one share: nothing lies inside
+    ([None, 0.25, 0.5], 2, None, "no: its highest"),  # equal is 0.5 here, tied with the highest fixed fraction
+])
+def test_a_choice_is_inside_the_grid_by_the_first_tasks_share(keeps, n_tasks, chosen, where):
+    grid = [cr.first_task_share(k, n_tasks) for k in keeps]
+    assert cr.inside_the_grid(cr.first_task_share(chosen, n_tasks), grid) == where
+
+
+def test_a_choice_outside_the_grids_candidates_is_refused():
+    with pytest.raises(ValueError, match="0.3"):
+        cr.inside_the_grid(0.3, [0.2, 0.25, 0.5])
