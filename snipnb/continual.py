@@ -9,7 +9,7 @@ Every strategy trains through `snipnb.train.fit`; EWC adds a `penalty`, PackNet 
 weights in `after_step`. EWC and PackNet take their importance from one function, `importance`, so
 each SNIP variant differs from its baseline in the score alone, and so do the controls: EWC with a
 uniform importance (plain L2 to the old weights) or a shuffled Fisher (the same values at random
-positions), PackNet keeping a random fraction of the free weights (random scores, pooled: the same
+positions), PackNet keeping a random fraction of the free weights (random scores, pooled: about the same
 fraction of every layer), and shuffled SNIP-PackNet keeping as many of each layer's free weights as
 SNIP chooses there, at random positions in that layer (SNIP's per-layer budget without its choice of
 weights).
