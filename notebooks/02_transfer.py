@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -125,7 +125,7 @@ test_per_class = None  # test on a fixed class-balanced sample of this many per 
 focus_sparsity = None  # the sparsity of the accuracy-vs-k plots and the verdicts; None: 0.9, or the nearest in sparsities
 focus_blocks = None  # the trained blocks of the plots and the verdicts; None: last_block if trained, else the first
 focus_k = None  # the k of the accuracy-vs-sparsity plot; None: 5, or the nearest in ks
-curve_epochs = []  # the budget check: dense and SNIP at the focus trained for each of these epochs (epochs among them); []: none
+curve_epochs = []  # the budget check, judged on validation (needs val_per_class): dense and SNIP at the focus trained for each of these epochs (epochs among them); []: none
 curve_every = 3  # ... tested every this many epochs
 curve_seeds = 3  # ... on this many seeds
 progress = True  # progress bars (the book's chapters are executed without them)
@@ -137,7 +137,7 @@ import tempfile
 
 if os.environ.get("SNIPNB_SMOKE"):
     workers = 1  # one process: starting workers would cost more than these seconds of runs
-    source, target, image_size, source_epochs, seeds, epochs = "synthetic:0-4", "synthetic:5-9", 32, 1, 2, 1
+    source, target, image_size, source_epochs, seeds, epochs = "synthetic:0-4", "synthetic:5-9", 32, 1, 2, 2
     ks, sparsities, methods, train_blocks, reference_blocks = [1, 2], [0.9], ["snip", "random"], ["last_block"], []
     focus_k, test_per_class, results_dir = 2, 10, tempfile.mkdtemp()
     val_per_class, lr_candidates, lr_seeds, source_per_seed = 5, [0.01, 0.05], 1, True
@@ -173,6 +173,9 @@ stem = stem or ("imagenet" if source == "imagenet" else "cifar")
 if curve_epochs and epochs not in curve_epochs:
     raise ValueError(f"curve_epochs={curve_epochs} must hold epochs={epochs}: the budget check compares the grid's "
                      f"budget with the others")
+if curve_epochs and val_per_class is None:
+    raise ValueError(f"curve_epochs={curve_epochs} needs val_per_class: the budget check is judged on validation "
+                     f"images held out of the training split, never on the test split")
 checks.integer("lr_extensions", lr_extensions, 0)
 if lr_candidates and val_per_class is None:
     raise ValueError(f"lr_candidates={lr_candidates} needs val_per_class: the learning rate is chosen on validation "
@@ -485,12 +488,39 @@ display(spread.round(2).unstack("method"))
 
 # %% [markdown]
 # ## Is the budget long enough?
-# With `curve_epochs`: dense fine-tuning and SNIP at the focus sparsity, fine-tuning the focus
-# blocks at every $k$, trained again on `curve_seeds` seeds for each budget in `curve_epochs` (the
-# grid's among them), each with its own cosine schedule, and tested every `curve_every` epochs. A
-# cosine schedule flattens every curve at its end by construction, so the curves show the shape and
-# the table answers the question: what a longer budget changes in the final accuracy, and in SNIP −
-# dense, paired on seeds after averaging over $k$ within a seed (exploratory).
+# Judged on the validation images, never on the test split (whether a budget suffices is a choice).
+# First, from the grid's own runs at no extra cost: every method at the focus cell and every
+# baseline (named below), each seed's validation curve averaged over $k$, and what it gained over
+# the last 30% of its epochs (from the latest test at or before 70% of them), paired on seeds
+# (exploratory, uncorrected). "Still rising" means the budget stopped a method that was still
+# improving, so it is compared before it flattened. Then, with `curve_epochs`: dense fine-tuning and
+# SNIP at the focus sparsity, fine-tuning the focus blocks at every $k$, trained again on
+# `curve_seeds` seeds for each budget in `curve_epochs` (the grid's among them), each with its own
+# cosine schedule, tested every `curve_every` epochs. A cosine schedule flattens every curve at its
+# end by construction, so the curves show the shape and the table answers the question: what a
+# longer budget gains in final validation accuracy, paired on seeds after averaging over $k$ within a
+# seed. SNIP − dense at each budget follows in final test accuracy, as a result, not a judgement of
+# the budget.
+
+# %% tags=["hide-input"]
+grid_cell = results[(results.model == models[0]) & (results.method.isin(["dense", "scratch"]) |
+                                                     ((results.train_blocks == focus_blocks) &
+                                                      (results.sparsity == focus_sparsity)))].copy()
+grid_cell["run"] = grid_cell.apply(label, axis=1)
+has_curves = (val_per_class is not None and "val_curve" in grid_cell and grid_cell.val_curve.notna().all()
+              and grid_cell.test_epochs.map(lambda tested: len(tested) > 1 and tested[0] <= 0.7 * tested[-1]).all())
+if has_curves:
+    late = transfer.late_gains(grid_cell, "run").set_index("run")
+    display(table(late.rename(columns={"start": "from epoch", "end": "to epoch", "gain": "gain (points)",
+                                       "ci_low": "95% CI low", "ci_high": "95% CI high", "n": "seeds"}),
+                  caption=f"Validation accuracy gained over the last 30% of the grid's {epochs} epochs ({models[0]}; "
+                          f"methods prune {focus_sparsity:.0%} of `{focus_blocks}`; seeds "
+                          f"{', '.join(map(str, sorted(set(grid_cell.seed))))}, each averaged over k)"))
+else:
+    display(Markdown("No late-gain table: " + ("this run holds no validation set (`val_per_class`)."
+                                               if val_per_class is None else
+                                               "the grid's runs were tested once, or not before the last 30% of "
+                                               "their epochs, or were recorded before runs kept their curves.")))
 
 # %% tags=["hide-input"]
 if curve_epochs:
@@ -498,7 +528,7 @@ if curve_epochs:
                       (r.method == "dense" or (r.method == "snip" and r.sparsity == focus_sparsity))]
     budget = sweep(transfer.curve_runs(focus_runs_all, curve_epochs, curve_every, curve_seeds))
     budget["run"] = budget.method.map({"dense": "dense", "snip": f"SNIP {focus_sparsity:.0%}"})
-    long = transfer.curves(budget)
+    long = transfer.curves(budget, "val")
     mean_curves = long.groupby(["k", "run", "epochs", "epoch"]).acc.mean().reset_index()
     fig, axes = plots.panels(len(ks), ncols=min(len(ks), 3), height=2.6)
     for ax, k in zip(axes, ks):
@@ -508,25 +538,27 @@ if curve_epochs:
         ax.axvline(epochs, color="0.6", linewidth=0.8)
         ax.set_title(f"k = {k}", fontsize="medium")
         ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel("validation accuracy (%)")
     for ax in axes[len(ks):]:
         ax.set_visible(False)
     plots.shared_legend(fig, axes[:len(ks)])
-    fig.suptitle(f"Mean test accuracy over {curve_seeds} seeds ({models[0]}, `{focus_blocks}`; grey: the grid's "
-                 f"{epochs} epochs)", fontsize="medium")
+    budget_seeds = ", ".join(map(str, sorted(set(budget.seed))))
+    fig.suptitle(f"Mean validation accuracy over seeds {budget_seeds} ({models[0]}, `{focus_blocks}`; grey: the "
+                 f"grid's {epochs} epochs)", fontsize="medium")
     plt.show()
-    per_seed = stats.seed_means(budget, "final_acc", ["seed"], average_over=["k"], by=["run", "epochs"])
-    gains = stats.paired_difference(per_seed, "final_acc", baseline={"epochs": epochs}, variant=["epochs"],
-                                    pair_on=["seed"], group=["run"])
+    gains = transfer.budget_gains(budget, epochs, ["run"])
     gains = gains.assign(reading=[stats.verdict(row, exploratory=True) for _, row in gains.iterrows()])
     display(table(gains[["run", "epochs", "reading"]].rename(columns={"epochs": "budget (epochs)"}),
-                  caption=f"Final accuracy at each budget minus at {epochs} epochs (points, mean over k within a seed)"))
+                  caption=f"Final validation accuracy at each budget minus at {epochs} epochs (points, mean over k "
+                          f"within a seed; seeds {budget_seeds})"))
+    per_seed = stats.seed_means(budget, "final_acc", ["seed"], average_over=["k"], by=["run", "epochs"])
     gaps = stats.paired_difference(per_seed, "final_acc", baseline={"run": "dense"}, variant=["run"], pair_on=["seed"],
                                    group=["epochs"])
     if len(gaps):
         gaps = gaps.assign(reading=[stats.verdict(row, exploratory=True) for _, row in gaps.iterrows()])
         display(table(gaps[["epochs", "run", "reading"]].rename(columns={"epochs": "budget (epochs)"}),
-                      caption="SNIP − dense final accuracy at each budget (points, mean over k within a seed)"))
+                      caption="SNIP − dense final test accuracy at each budget (points, mean over k within a seed): "
+                              "a result at each budget, not a judgement of it"))
 else:
     display(Markdown("No budget check in this run (`curve_epochs` is empty): the grid's budget is not shown to suffice."))
 

@@ -25,7 +25,7 @@ import math
 import pandas as pd
 import torch
 
-from . import checks, data, frozen, pretrained, tuning
+from . import checks, data, frozen, pretrained, stats, tuning
 from .experiment import METHODS as PRUNING_METHODS
 from .experiment import DATA_FREE_METHODS, masks_for_method, method_scores, scoring
 from .loader import DeviceLoader
@@ -354,6 +354,40 @@ def curves(results: pd.DataFrame, which: str = "test") -> pd.DataFrame:
         raise ValueError(f"some runs have no {which} accuracy at every tested epoch (val_per_class unset?)")
     long = results.drop(columns=[c for c in ("test_curve", "val_curve") if c != curve]).explode(["test_epochs", curve])
     return long.rename(columns={"test_epochs": "epoch", curve: "acc"}).astype({"epoch": int, "acc": float})
+
+
+def late_gains(results: pd.DataFrame, by, fraction: float = 0.3) -> pd.DataFrame:
+    """How much each group of `by` still rose on **validation** over the last `fraction` of its
+    epochs (`stats.late_gain`), one curve per seed: the mean of the seed's validation curves over
+    its k's (a seed's k-shot subsets are nested, so its k's are not independent pairs). Only the
+    validation curves are read: a budget judged on test accuracy is a choice made on the test split.
+    `results` is one row per run (`fine_tune`'s), at most one run per (`by`, seed, k)."""
+    by = [by] if isinstance(by, str) else list(by)
+    repeated = results.duplicated([*by, "seed", "k"], keep=False)
+    if repeated.any():
+        raise ValueError(f"late_gains: {int(repeated.sum())} runs repeat a cell of {[*by, 'seed', 'k']}; name the "
+                         f"column that tells them apart in by")
+    long = curves(results, "val")
+    runs = long.groupby([*by, "seed"], sort=False).k.transform("nunique")
+    tested = long.groupby([*by, "seed", "epoch"], sort=False).k.transform("size")
+    if (runs != tested).any():
+        raise ValueError("late_gains: the runs of a seed were tested at different epochs, so their mean curve "
+                         "would mix them; give them one epochs and eval_every")
+    mean = long.groupby([*by, "seed", "epoch"], sort=False).acc.mean().reset_index()
+    return stats.late_gain(mean, by, step="epoch", value="acc", fraction=fraction)
+
+
+def budget_gains(results: pd.DataFrame, baseline_epochs: int, by) -> pd.DataFrame:
+    """Final **validation** accuracy at each budget (`epochs`) minus at `baseline_epochs`, per group of
+    `by`, paired on seeds after averaging each seed's runs over k (`stats.paired_difference`'s
+    columns). Only `val_acc` is read, never a test column: whether a budget suffices is a choice,
+    and choices are made on validation."""
+    by = [by] if isinstance(by, str) else list(by)
+    if "val_acc" not in results or results.val_acc.isna().any():
+        raise ValueError("budget_gains needs runs with a validation set (val_per_class); some have no val_acc")
+    per_seed = stats.seed_means(results, "val_acc", ["seed"], average_over=["k"], by=[*by, "epochs"])
+    return stats.paired_difference(per_seed, "val_acc", baseline={"epochs": baseline_epochs}, variant=["epochs"],
+                                   pair_on=["seed"], group=by)
 
 
 def lr_grid(lrs, source: str, target: str, models, ks, train_blocks, seeds: int, *, scratch: bool = False,

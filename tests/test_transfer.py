@@ -455,3 +455,47 @@ def test_curve_runs_trains_the_first_seeds_once_per_budget_and_tests_them_often(
         transfer.curve_runs(runs, [], eval_every=2, seeds=2)
     with pytest.raises(ValueError, match="eval_every"):
         transfer.curve_runs(runs, [4], eval_every=0, seeds=2)
+
+
+def _curve_results(val_rise: dict, test_rise: dict, seeds=3, ks=(1, 5), epochs=(3, 6, 9, 10)):
+    """One row per (method, seed, k) run as fine_tune records it: validation and test curves that rise
+    by the given points per epoch, each seed and k a little apart."""
+    rows = []
+    for method in val_rise:
+        for seed in range(seeds):
+            for k in ks:
+                offset = 10 * seed + k
+                val = [offset + val_rise[method] * (1 + 0.1 * seed) * e for e in epochs]
+                test = [offset + test_rise[method] * e for e in epochs]
+                rows.append(dict(method=method, seed=seed, k=k, epochs=epochs[-1], test_epochs=list(epochs),
+                                 val_curve=val, test_curve=test, val_acc=val[-1], final_acc=test[-1]))
+    return pd.DataFrame(rows)
+
+
+def test_late_gains_read_the_validation_curves_averaged_over_k_within_a_seed():
+    results = _curve_results({"rising": 1.0, "flat": 0.0}, {"rising": 0.0, "flat": 2.0})
+    gains = transfer.late_gains(results, "method").set_index("method")
+    # The last 30% of 10 epochs starts at the test at or before epoch 7: epoch 6. On validation only.
+    assert gains.loc["rising", "start"] == 6 and gains.loc["rising", "end"] == 10
+    assert gains.loc["rising", "gain"] == pytest.approx(4 * 1.1)  # 4 epochs x the mean rise over seeds 0-2
+    assert gains.loc["rising", "reading"] == "still rising" and gains.loc["rising", "n"] == 3  # seeds, not runs
+    assert gains.loc["flat", "gain"] == 0 and gains.loc["flat", "reading"] != "still rising"  # its test rose
+    with pytest.raises(ValueError, match="repeat a cell"):
+        transfer.late_gains(results, [])  # the two methods' runs would be averaged into one curve
+    with pytest.raises(ValueError, match="no val accuracy"):
+        transfer.late_gains(results.assign(val_curve=[[]] * len(results)), "method")
+    uneven = results.copy()
+    uneven.loc[0, "test_epochs"], uneven.loc[0, "val_curve"] = [5, 10], [1.0, 2.0]
+    uneven.loc[0, "test_curve"] = [1.0, 2.0]
+    with pytest.raises(ValueError, match="different epochs"):
+        transfer.late_gains(uneven, "method")
+
+
+def test_budget_gains_read_final_validation_accuracy_paired_on_seeds():
+    short = _curve_results({"dense": 0.0}, {"dense": 0.0}, epochs=(5, 10))
+    longer = short.assign(epochs=20, val_acc=short.val_acc + 2 + short.k, final_acc=short.final_acc - 5)
+    gains = transfer.budget_gains(pd.concat([short, longer]), 10, ["method"])
+    assert len(gains) == 1 and gains.epochs.iloc[0] == 20
+    assert gains["diff"].iloc[0] == pytest.approx(2 + 3) and gains.n.iloc[0] == 3  # k = 1 and 5 averaged per seed
+    with pytest.raises(ValueError, match="val_per_class"):
+        transfer.budget_gains(pd.concat([short, longer]).assign(val_acc=math.nan), 10, ["method"])
