@@ -123,7 +123,8 @@ QUICK_IDLE = "CPU, 2 cores, idle"
 # the 0.05 of earlier runs came from a pilot read on test accuracy. 20 validation images per class, not
 # 10: at 10 the choice between neighbouring rates was within one validation set's noise. The budget
 # check (issue 20) trains dense and SNIP at the focus again for the grid's epochs and twice as many on
-# 3 seeds, tested every 3 epochs. Seed s fine-tunes a source pretrained from seed s, so the seeds'
+# 3 seeds, tested every 3 epochs: seeds 2-4, those the learning-rate search (seeds 0-1) did not use, so
+# as many runs as on seeds 0-2, at the same estimated cost. Seed s fine-tunes a source pretrained from seed s, so the seeds'
 # spread holds source-to-source variation (a single source moved chapter 02's runs by several points).
 TRANSFER_CPU = dict(image_size=32, train_blocks=["last_block"], reference_blocks=["head", "all"],
                     sparsities=[0.5, 0.9, 0.98], seeds=5, epochs=30, eval_every=15, lr_candidates=[0.01, 0.05, 0.1],

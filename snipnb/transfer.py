@@ -328,18 +328,36 @@ def grid(source: str, target: str, models, ks, sparsities, methods, train_blocks
     return runs
 
 
-def curve_runs(runs, epochs, eval_every: int, seeds: int) -> list[TransferRun]:
-    """`runs` of the first `seeds` seeds, once for each number of `epochs` (each its own schedule,
-    the cosine decay stretched over it), tested every `eval_every` epochs: the learning curves
-    that show whether a grid's budget has flattened (`curves` reads them)."""
+def curve_runs(runs, epochs, eval_every: int, seeds: int, first_seed: int = 0) -> list[TransferRun]:
+    """`runs` of `seeds` seeds from `first_seed` on, once for each number of `epochs` (each its own
+    schedule, the cosine decay stretched over it), tested every `eval_every` epochs: the learning
+    curves that show whether a grid's budget has flattened (`curves` reads them).
+
+    `first_seed` leaves out the seeds a learning-rate search used: its runs at the chosen rate won
+    on their own validation accuracy, so they read high against the same seeds trained longer.
+    Every configuration of `runs` (a run but for its seed and, with a source per seed, the source
+    that seed names) must hold each of those seeds, or the budgets would be compared on different
+    seeds per configuration."""
     checks.integer("eval_every", eval_every, 1)
     checks.integer("seeds", seeds, 1)
+    checks.integer("first_seed", first_seed, 0)
     if not runs or not epochs:
         raise ValueError(f"curve_runs needs runs and a list of epochs, got {len(runs)} runs and epochs={epochs!r}")
     for count in epochs:
         checks.integer("epochs", count, 1)
+    wanted = set(range(first_seed, first_seed + seeds))
+    held = {}
+    for run in runs:
+        held.setdefault(dataclasses.replace(run, seed=0, source_seed=0), set()).add(run.seed)
+    for configuration, present in held.items():
+        missing = sorted(wanted - present)
+        if missing:
+            raise ValueError(f"curve_runs: seeds={seeds} from first_seed={first_seed} needs seeds {sorted(wanted)} of "
+                             f"every configuration, but {configuration.model} {configuration.method}"
+                             + (f" at sparsity {configuration.sparsity}" if configuration.sparsity else "")
+                             + f" on {configuration.train_blocks}, k = {configuration.k}, lacks {missing}")
     return list(dict.fromkeys(dataclasses.replace(run, epochs=count, eval_every=eval_every)
-                              for count in epochs for run in runs if run.seed < seeds))
+                              for count in epochs for run in runs if run.seed in wanted))
 
 
 def curves(results: pd.DataFrame, which: str = "test") -> pd.DataFrame:

@@ -184,6 +184,9 @@ def test_a_grid_with_a_source_per_seed_pairs_each_seed_with_its_own_source_every
     assert {(r.seed, r.source_seed) for r in search} == {(0, 0), (1, 1)}
     curve = transfer.curve_runs(runs, [1, 2], 1, 2)
     assert curve and all(r.source_seed == r.seed for r in curve)
+    # The budget check on the seeds after a search's: each seed names its own source, and is one configuration's seed.
+    curve = transfer.curve_runs(runs, [1, 2], 1, 2, first_seed=1)
+    assert {(r.seed, r.source_seed) for r in curve} == {(1, 1), (2, 2)}
     with pytest.raises(ValueError, match="ImageNet weights are one source"):
         transfer.grid("imagenet", "synthetic:5-9", ["resnet18"], [1], [0.5], ["snip"], ["head"], 1, image_size=32,
                       source_per_seed=True)
@@ -455,6 +458,20 @@ def test_curve_runs_trains_the_first_seeds_once_per_budget_and_tests_them_often(
         transfer.curve_runs(runs, [], eval_every=2, seeds=2)
     with pytest.raises(ValueError, match="eval_every"):
         transfer.curve_runs(runs, [4], eval_every=0, seeds=2)
+
+
+def test_curve_runs_leave_out_a_searchs_seeds_and_refuse_a_configuration_short_of_seeds():
+    runs = [tiny(seed=s, method=m, sparsity=0.9 if m == "snip" else 0.0) for s in range(4) for m in ("dense", "snip")]
+    later = transfer.curve_runs(runs, [1, 4], eval_every=2, seeds=2, first_seed=2)
+    assert {r.seed for r in later} == {2, 3} and len(later) == 2 * 2 * 2
+    with pytest.raises(ValueError, match=r"needs seeds \[2, 3, 4\].*resnet18 dense on last_block, k = 2, lacks \[4\]"):
+        transfer.curve_runs(runs, [4], eval_every=2, seeds=3, first_seed=2)
+    # Seeds counted per configuration: SNIP's seed 3 missing is refused though dense has it.
+    with pytest.raises(ValueError, match=r"resnet18 snip at sparsity 0.9 on last_block, k = 2, lacks \[3\]"):
+        transfer.curve_runs([r for r in runs if (r.method, r.seed) != ("snip", 3)], [4], eval_every=2, seeds=2,
+                            first_seed=2)
+    with pytest.raises(ValueError, match="first_seed"):
+        transfer.curve_runs(runs, [4], eval_every=2, seeds=2, first_seed=-1)
 
 
 def _curve_results(val_rise: dict, test_rise: dict, seeds=3, ks=(1, 5), epochs=(3, 6, 9, 10)):
