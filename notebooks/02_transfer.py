@@ -666,6 +666,18 @@ display(breaks.unstack("train_blocks").reindex(columns=train_blocks).map(lambda 
 #   before each baseline had its own, fine-tuning every block of the 5–9 pair's source at the last
 #   block's rate collapsed to chance. A rate chosen at the edge of its grid, even after the grid was
 #   widened, is a bound, and "The learning rates" says so.
+# - **The search's winners are in the grid.** With `lr_candidates`, the search trains each baseline
+#   on the first `lr_seeds` seeds, and its runs at the chosen rate are the grid's runs on those seeds
+#   (the same configurations): there dense fine-tuning, each reference setting and scratch are read
+#   at the rate that won on those runs' own validation accuracy, which favours them. The pruning
+#   methods share dense fine-tuning's rate without a search of their own, so on those seeds each
+#   method − dense, the declared SNIP − dense among them, leans towards dense; SNIP against its
+#   controls does not (neither side was searched), and dense − scratch has no known sign (both were).
+#   A search on seeds of its own would need a source pretrained for each of them as well. The budget
+#   check and its late-gain table leave those seeds out; the declared contrasts keep them.
+# - **One validation set.** The validation images are drawn once and shared by every seed, $k$ and
+#   method, as in chapter 01: the seeds vary the $k$-shot subsets, not the validation set, so the
+#   choice of rates and the budget's reading leave out how another validation draw would move them.
 # - **Best accuracy flatters.** It is the best of the tests during training, chosen on the test
 #   set; the verdicts use the final accuracy, and with a validation set `test_at_best_val` is the
 #   test accuracy at the epoch validation picks. The offline chapters test every 15 epochs (two or
@@ -681,9 +693,9 @@ display(breaks.unstack("train_blocks").reindex(columns=train_blocks).map(lambda 
 #   chapter 02's findings?"). `-p source_per_seed True` pretrains one source per seed, so the seeds
 #   measure both; "This run" says which this page used.
 # - **Offline sources are small.** A ResNet-18 pretrained for a few epochs on MNIST digits is a far
-#   narrower source than ImageNet, and MNIST is easy enough that training from scratch on 20 images
-#   per class is already a strong baseline. The offline chapters test the protocol on real data;
-#   they are not a substitute for the ImageNet → CIFAR-100 chapter.
+#   narrower source than ImageNet; how far it beats training from scratch on these targets is what
+#   "What pretraining buys" measures. The offline chapters test the protocol on real data; they are
+#   not a substitute for the ImageNet → CIFAR-100 chapter.
 # - **Image size.** Through the ImageNet stem at 32 pixels the last stage sees a 1×1 map: its 3×3
 #   kernels use only their centre tap, so it acts like a stack of fully connected layers, and most
 #   of its weights cannot affect the output at all ("Can SNIP choose?" gives the share). Any
