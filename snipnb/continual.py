@@ -70,9 +70,14 @@ def _check_fraction(val_fraction: float) -> None:
 
 
 def split_tasks(train: ImageData, test: ImageData, n_tasks: int, seed: int | None,
-                val_fraction: float = 0.1, scenario: str = "task") -> list[Task]:
+                val_fraction: float = 0.1, scenario: str = "task", holdout_seed: int | None = None) -> list[Task]:
     """Cut a dataset into `n_tasks` tasks of equal class count (class order from `seed`; None keeps
-    0, 1, 2, ...) and hold out `val_fraction` of each task's training images for validation.
+    0, 1, 2, ...) and hold out `val_fraction` of each task's training images for validation, drawn
+    from `holdout_seed` (None: from `seed`, or 0 when that is None too).
+
+    The two seeds are apart because a fixed class order (Split-MNIST's) must not fix the validation
+    images as well: a run's seed should draw its own hold-out, so that a choice made on validation
+    over several seeds is not a choice made on one 10% of each task.
 
     Labels: per task 0..c-1 for `scenario="task"` (each task its own head); for `"class"` a class's
     position in the class order, so one head over all classes answers (Split-MNIST keeps digit = label).
@@ -81,7 +86,9 @@ def split_tasks(train: ImageData, test: ImageData, n_tasks: int, seed: int | Non
     if scenario not in ("task", "class"):
         raise ValueError(f"scenario must be 'task' or 'class' for split tasks, got {scenario!r}")
     tasks = []
-    g = torch.Generator().manual_seed(0 if seed is None else seed)
+    if holdout_seed is None:
+        holdout_seed = 0 if seed is None else seed
+    g = torch.Generator().manual_seed(holdout_seed)
     groups = class_split(train.num_classes, n_tasks, seed)
     for t, classes in enumerate(groups):
         first = t * len(classes)

@@ -91,14 +91,15 @@ class ContinualRun:
 
 
 def tasks_for(run: ContinualRun):
-    """The run's task sequence. Split: class order from the seed (Split-MNIST keeps 0/1, 2/3, ...).
-    Permuted: pixel permutations from the seed."""
+    """The run's task sequence. Split: class order from the seed (Split-MNIST keeps 0/1, 2/3, ...),
+    validation images held out of each task by the seed (Split-MNIST's too: its fixed order must not
+    fix them). Permuted: pixel permutations and the validation images from the seed."""
     train = data.load_cached(run.dataset, True, run.synthetic_shape)
     test = data.load_cached(run.dataset, False, run.synthetic_shape)
     if run.benchmark == "permuted":
         return permuted_tasks(train, test, run.n_tasks, run.seed)
     order_seed = None if run.dataset == "mnist" else run.seed
-    return split_tasks(train, test, run.n_tasks, order_seed, scenario=run.scenario)
+    return split_tasks(train, test, run.n_tasks, order_seed, scenario=run.scenario, holdout_seed=run.seed)
 
 
 def _joint_data(run: ContinualRun, tasks) -> data.ImageData:

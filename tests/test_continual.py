@@ -7,7 +7,7 @@ import torch
 from snipnb import data, models
 from snipnb.continual import (EWC, STRATEGIES, MultiHeadNet, PackNet, SingleHeadNet, importance,
                               linear_probe_accuracy, permuted_tasks, pixel_permutations, split_tasks)
-from snipnb.sequence import ContinualRun, run_sequence
+from snipnb.sequence import ContinualRun, run_sequence, tasks_for
 from snipnb.train import fit
 
 
@@ -30,6 +30,28 @@ def test_split_tasks_partitions_classes_and_holds_out_validation(tasks):
         assert len(t.val) == 6 and len(t.train) == 54 and len(t.test) == 20
         # no image is both in train and validation
         assert not (t.train.images.flatten(1)[:, None] == t.val.images.flatten(1)[None]).all(-1).any()
+
+
+@pytest.mark.parametrize("benchmark, scenario", [("split", "task"), ("split", "class"), ("permuted", "domain")])
+def test_each_seed_holds_out_its_own_validation_images_even_where_the_class_order_is_fixed(
+        monkeypatch, benchmark, scenario):
+    # Split-MNIST keeps the class order 0/1, 2/3, ... for every seed; its validation images must still
+    # change with the seed, or every search seed tunes on the same 10% of each task. MNIST is stood
+    # in for by synthetic digits of its shape (tests never read real data).
+    kw = dict(num_classes=10, channels=1, image_size=8, per_class=20, test_per_class=2)
+    monkeypatch.setattr(data, "load_cached", lambda name, train, shape=None: data.synthetic(train, **kw))
+
+    def val_images(seed):
+        run = ContinualRun(dataset="mnist", model="lenet300_100", benchmark=benchmark, scenario=scenario,
+                           n_tasks=5 if benchmark == "split" else 2, seed=seed)
+        return [t.val.images for t in tasks_for(run)]
+
+    first, again, other = val_images(0), val_images(0), val_images(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not any(torch.equal(a, b) for a, b in zip(first, other))
+    if benchmark == "split":  # the class order itself stays Split-MNIST's
+        run = ContinualRun(dataset="mnist", model="lenet300_100", n_tasks=5, seed=1)
+        assert [t.classes for t in tasks_for(run)] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
 
 
 def test_multi_head_net_uses_the_head_of_its_task():
