@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -35,7 +35,8 @@
 # `ewc` (the empirical Fisher, one penalty term per past task), `snip_ewc` (the same penalty with SNIP's
 # saliency), and two controls that keep the penalty but remove the information about *which*
 # parameters matter: `ewc_uniform` (every parameter weighted 1: plain L2 to the old weights) and
-# `ewc_random` (the Fisher's values at random positions: the same distribution, no information).
+# `ewc_random` (the Fisher's values at random positions, shuffled anew for each task: the same
+# distribution, no information).
 # SNIP's importance carries information only if SNIP-EWC beats both controls. EWC protects every
 # shared parameter: the body, and in class- and domain-IL the single head that every task answers
 # through.

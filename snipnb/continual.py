@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -188,7 +189,7 @@ def shared_parameters(net: nn.Module) -> list[str]:
 
 
 def importance(net: nn.Module, data: ImageData, criterion: str, *, params: list[str],
-               examples: int = 1024, fisher_labels: str = "empirical", seed: int = 0,
+               examples: int = 1024, fisher_labels: str = "empirical", seed: int = 0, task: int = 0,
                device=None) -> dict[str, torch.Tensor]:
     """How much each parameter in `params` matters to the task `net.task` was trained on.
 
@@ -198,6 +199,10 @@ def importance(net: nn.Module, data: ImageData, criterion: str, *, params: list[
     Fisher's values at random positions: the same distribution, no information about which
     parameter matters). The result is divided by its mean over all entries, so every importance is
     on one scale and shares one λ grid.
+
+    The images are chosen from `seed` alone. The shuffle is drawn from (`seed`, `task`), the task's
+    index in its sequence: each task gets a shuffle of its own, as an uninformative importance
+    would, rather than one shared by every task of the same size (Permuted MNIST's tasks all are).
     """
     device = device or next(net.parameters()).device
     named = dict(net.named_parameters())
@@ -210,11 +215,18 @@ def importance(net: nn.Module, data: ImageData, criterion: str, *, params: list[
     raw = scores(net, batches, method, params=params, fisher_labels=fisher_labels, seed=seed)
     flat = torch.cat([v.flatten() for v in raw.values()])
     if criterion == "shuffled_fisher":
-        flat = flat[torch.randperm(len(flat), generator=g).to(flat.device)]
+        flat = flat[torch.randperm(len(flat), generator=_task_generator(seed, task)).to(flat.device)]
         raw = dict(zip(raw, (piece.view(v.shape) for piece, v in zip(flat.split([v.numel() for v in raw.values()]),
                                                                         raw.values()))))
     mean = flat.mean().clamp_min(1e-30)
     return {n: v / mean for n, v in raw.items()}
+
+
+def _task_generator(seed: int, task: int) -> torch.Generator:
+    """A generator of its own for each (seed, task): distinct pairs give independent streams."""
+    if not isinstance(task, int) or isinstance(task, bool) or task < 0:
+        raise ValueError(f"task must be an int >= 0 (the task's index in its sequence), got {task!r}")
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, task]).generate_state(1, np.uint64)[0]))
 
 
 # ------------------------------------------------------------------------------------------- EWC

@@ -184,7 +184,7 @@ def run_sequence(run: ContinualRun, device=None) -> dict:
         if packnet is not None:
             histories.append(fit(net, task.train, None, run.epochs - run.retrain_epochs,
                                  after_step=packnet.frozen_restorer(net, t), **train_options))
-            weight_scores = importance(net, task.train, CRITERIA[run.strategy], params=packnet.weights,
+            weight_scores = importance(net, task.train, CRITERIA[run.strategy], params=packnet.weights, task=t,
                                        **importance_options)
             packnet.claim(net, t, weight_scores, run.keep if t < T - 1 and run.keep else 1 / (T - t), shuffle=shuffle)
             if run.retrain_epochs:
@@ -198,7 +198,7 @@ def run_sequence(run: ContinualRun, device=None) -> dict:
             penalty = (lambda: ewc.penalty(net)) if ewc is not None and ewc.anchors else None
             histories.append(fit(net, task.train, None, run.epochs, penalty=penalty, **train_options))
             if ewc is not None:
-                ewc.consolidate(net, importance(net, task.train, CRITERIA[run.strategy],
+                ewc.consolidate(net, importance(net, task.train, CRITERIA[run.strategy], task=t,
                                                 params=shared_parameters(net), **importance_options))
             views = _views(run, net, T, t)
         R[t] = [100 * evaluate(view, e) for view, e in zip(views, evals)]

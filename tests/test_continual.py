@@ -286,6 +286,27 @@ def test_importance_controls_keep_the_scale_but_not_the_information(tasks):
     assert flat["fisher"].mean() == pytest.approx(1.0)
 
 
+def test_the_shuffled_fisher_is_shuffled_anew_for_every_task_and_the_fisher_is_not_touched(tasks):
+    # Permuted MNIST's tasks are all the same size: a shuffle that depended on the size alone gave
+    # every task the same one. Here the same images stand for two tasks of equal size.
+    net = MultiHeadNet(models.build("simple_convnet", 1, in_channels=1, image_size=16, seed=0), [2, 2, 2])
+    params = [n for n, _ in net.named_parameters() if n.startswith("body.")]
+
+    def flat(criterion, seed=3, **kw):
+        found = importance(net, tasks[0].train, criterion, params=params, examples=32, seed=seed, device="cpu", **kw)
+        return torch.cat([v.flatten() for v in found.values()])
+
+    first, second = flat("shuffled_fisher", task=0), flat("shuffled_fisher", task=1)
+    assert not torch.equal(first, second)
+    torch.testing.assert_close(first.sort().values, second.sort().values)  # the same values, elsewhere
+    assert torch.equal(flat("shuffled_fisher", task=1), second)  # the same (seed, task): the same shuffle
+    assert not torch.equal(flat("shuffled_fisher", seed=4, task=1), second)  # another seed: another shuffle
+    # The Fisher itself, which EWC and SNIP-EWC use, does not depend on the task index.
+    assert torch.equal(flat("fisher", task=5), flat("fisher"))
+    with pytest.raises(ValueError, match="task"):
+        flat("shuffled_fisher", task=-1)
+
+
 def test_the_default_lambda_grid_never_diverges_with_adam():
     # The chapters search λ over decades; with SGD the stiffest penalties blew the weights up.
     for lam in (1e-2, 1e2, 1e6):
