@@ -204,11 +204,18 @@ CHAPTERS = [
             dict(source="imagenet", target="cifar100"), on_demand=True),
     # Split-MNIST with an MLP, as van de Ven et al. run it; Split CIFAR-100 with ResNet-18 as the write-up.
     Chapter("03_snip_ewc_mnist", "03_snip_ewc", "Experiment 3 on MNIST: can SNIP saliency replace the Fisher in EWC?",
-            dict(dataset="mnist", model="lenet300_100", seeds=10, search_seeds=2, epochs=3, permuted_epochs=1,
+            dict(dataset="mnist", model="lenet300_100", seeds=10, search_seeds=3, epochs=3, permuted_epochs=1,
                  importance_examples=512, probe_examples=1000, lambdas=[0.001, 0.01, 0.1, 1, 10],
                  lambda_extensions=2),
-            # 50 min for 5 seeds (shared machine), then 11.3 min idle for the 5 added seeds' 90 runs (2026-12-05).
-            cost=Cost(50 + 11, LOADED_CPU),
+            # The λ search runs one grid for all four variants, widened when any variant's choice sits at its edge,
+            # on 3 seeds (2 before; the last run's EWC never met λ 100 to 1000, where the random control peaked).
+            # Not yet run at these settings: its 2026-12-05 run (search on 2 seeds, each variant's own grid) took
+            # 61 min for 6,960 run-seconds on two workers; the reported runs stay 3,763 run-seconds, and the search
+            # becomes about 9 λ per variant (7 shared decades, 2 half-decades) x 4 variants x 3 seeds per benchmark
+            # at its runs' mean seconds (8.2 Split task-IL, 8.0 class-IL, 32.7 Permuted): 5,280 run-seconds.
+            cost=Cost((3763 + 5280) * 61 / 6960, LOADED_CPU,
+                      estimated_from="the 2026-12-05 run's records (seconds per run, wall time per run-second) and "
+                                     "about 9 λ per variant on 3 search seeds"),
             quick=dict(CONTINUAL_QUICK, lambdas=[1.0], lambda_extensions=0, lambda_refine=False), quick_cost=Cost(116 / 60, QUICK_IDLE)),
     # Permuted MNIST at the protocol of van de Ven et al.'s code (snipnb.published.VAN_DE_VEN_PROTOCOL, issue 20):
     # 10 tasks, Adam at lr 1e-4, batch 128, an MLP of two 1000-unit layers, 12 epochs of the 54,000 training

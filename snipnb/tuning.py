@@ -2,7 +2,9 @@
 
 A rate chosen at the largest or smallest candidate says only that the best lies there *or beyond*;
 a search that stops there reports a bound, not a choice. `past_edge` names the next candidate one
-grid step further out, so a notebook can run it and choose again (as chapter 03's λ search does).
+grid step further out, so a notebook can run it and choose again. `widen` widens each key's grid on
+that key's own choice; `widen_shared` keeps one grid for keys compared with one another (chapter 03's
+EWC variants and their controls) and widens it whenever any key's choice sits at its edge.
 Only validation accuracy is ever read here; the callers hold the test split out of the table.
 """
 
@@ -45,8 +47,7 @@ def widen(tried: dict, choose, extensions: int):
     whose choice is the largest or smallest of its candidates gains `past_edge`'s rate and all are
     chosen again, at most `extensions` times. Returns (chosen, the other return value of the last
     `choose`, the candidates finally tried, the keys whose choice is still at an edge)."""
-    if not isinstance(extensions, int) or extensions < 0:
-        raise ValueError(f"extensions must be an integer >= 0, got {extensions!r}")
+    _check_extensions(extensions)
     tried = {key: sorted(set(float(lr) for lr in rates)) for key, rates in tried.items()}
     for extension in range(extensions + 1):
         chosen, extra = choose(tried)
@@ -55,6 +56,34 @@ def widen(tried: dict, choose, extensions: int):
         if not further or extension == extensions:
             return chosen, extra, tried, sorted(further)
         tried = {key: sorted(rates + [further[key]]) if key in further else rates for key, rates in tried.items()}
+
+
+def widen_shared(grid, choose, extensions: int):
+    """Choose every key's value on one grid shared by all keys, widening it while any key's choice
+    sits at its edge: `choose(grid)` runs every key at every candidate of `grid` (sorted; records
+    already made are reused by the caller's sweep) and returns ({key: chosen value}, anything else).
+    When some key's choice is the grid's largest or smallest candidate, the grid gains `past_edge`'s
+    value on that side (on both sides when choices sit at both) for every key, and all are chosen
+    again, at most `extensions` times. Returns (chosen, the other return value of the last `choose`,
+    the grid finally tried, the keys whose choice is still at its edge).
+
+    Why not `widen`: keys that will be compared should be chosen from the same candidates. Widened
+    each on its own choice, a key whose choice fell inside its grid by noise never meets the values
+    where another key found its peak, and a comparison of the two is then of a tuned key against
+    an untuned one."""
+    _check_extensions(extensions)
+    grid = sorted(set(float(value) for value in grid))
+    for extension in range(extensions + 1):
+        chosen, extra = choose(list(grid))
+        edges = sorted(key for key, value in chosen.items() if at_edge(grid, value))
+        if not edges or extension == extensions:
+            return chosen, extra, grid, edges
+        grid = sorted(set(grid) | {past_edge(grid, chosen[key]) for key in edges})
+
+
+def _check_extensions(extensions) -> None:
+    if not isinstance(extensions, int) or isinstance(extensions, bool) or extensions < 0:
+        raise ValueError(f"extensions must be an integer >= 0, got {extensions!r}")
 
 
 def at_edge(tried, chosen: float) -> bool:

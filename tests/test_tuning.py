@@ -47,3 +47,27 @@ def test_widen_steps_outwards_until_the_choice_is_bracketed_and_reruns_nothing_i
     assert chosen == {"snow": 0.2} and tried == {"snow": [0.05, 0.2]} and edges == ["snow"]
     with pytest.raises(ValueError, match="extensions"):
         tuning.widen({"snow": [0.1, 0.2]}, choose, -1)
+
+
+def test_widen_shared_widens_one_grid_for_every_key_when_any_choice_sits_at_its_edge():
+    # Chapter 03's case: EWC peaks inside the starting grid, the random control beyond its top and the
+    # uniform control below its bottom. Every key must meet every value any key needed.
+    peak = {"ewc": 0.1, "ewc_random": 500.0, "ewc_uniform": 0.0003}
+    asked = []
+
+    def choose(grid):
+        asked.append(list(grid))
+        chosen = {key: min(grid, key=lambda lam: (abs(math.log(lam / p)), lam)) for key, p in peak.items()}
+        return chosen, len(asked)
+
+    chosen, calls, grid, edges = tuning.widen_shared([0.001, 0.01, 0.1, 1.0, 10.0], choose, 2)
+    # Both edges step out at once, for all keys; the random control's peak is met by every key.
+    assert asked[1] == [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0]
+    assert grid == [0.00001, 0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0] and calls == 3
+    assert chosen == {"ewc": 0.1, "ewc_random": 1000.0, "ewc_uniform": 0.0001}
+    assert edges == ["ewc_random"]  # still at the top after two extensions: a bound, said so
+    # Bracketed from the start: one choice, nothing widened.
+    chosen, calls, grid, edges = tuning.widen_shared([0.01, 0.1, 1.0], lambda g: ({"ewc": 0.1}, "once"), 2)
+    assert (chosen, calls, grid, edges) == ({"ewc": 0.1}, "once", [0.01, 0.1, 1.0], [])
+    with pytest.raises(ValueError, match="extensions"):
+        tuning.widen_shared([0.1, 1.0], choose, -1)
