@@ -191,29 +191,39 @@ display(Markdown(
     f"{optimizer.capitalize()} at learning rate {lr:g}, batch {batch_size}, weight decay {weight_decay:g}; "
     f"importance from {importance_examples} training images per task; forward-transfer probe on "
     f"{probe_examples} images per task. λ searched on validation over {search_seeds} seed{'s' * (search_seeds > 1)} "
-    f"from the coarse grid {', '.join(f'{lam:g}' for lam in lambdas)}, shared by the {len(VARIANTS)} variants and "
-    f"widened by up to {lambda_extensions} step{'s' * (lambda_extensions != 1)} while any variant's best sits at "
-    f"its edge{', then half-decades around the best λ of each variant' if lambda_refine else ''}; reported runs on the "
+    f"from the coarse grid {', '.join(f'{lam:g}' for lam in lambdas)}, shared by the {len(VARIANTS)} variants"
+    + (f" and widened by up to {lambda_extensions} step{'s' * (lambda_extensions > 1)} while any variant's best sits "
+       f"at its edge" if lambda_extensions else " (not widened)")
+    + f"{', then half-decades around the best λ of each variant' if lambda_refine else ''}; reported runs on the "
     f"test set over {seeds} seeds. "
     f"Code: {provenance.describe(device)}."))
 
 # %% [markdown]
 # ## Declared contrasts
-# The comparisons this chapter tests, fixed before its results were computed, from its question: is
-# SNIP's saliency a better EWC importance than the Fisher, and does its protection come from *which*
-# parameters it names rather than from having any penalty? This cell stops the notebook before any run
-# if the grid lacks one. After the runs they are tested together (Holm: the chance of any false claim
-# among them is held at 5%), and they alone are the chapter's findings. Everything else below is
-# exploratory and uncorrected for multiplicity.
+# The comparisons this chapter tests, declared from its question before the execution that tests
+# them: is SNIP's saliency a better EWC importance than the Fisher, and does its protection come from
+# *which* parameters it names rather than from having any penalty? SNIP-EWC − EWC and SNIP-EWC − the
+# random-importance control were declared on 2026-12-04, when pages of the chapter's earlier runs
+# existed; SNIP-EWC − the uniform-importance control joined them on 2026-12-06, after the 2026-12-05
+# page had shown it among the exploratory comparisons, and before the re-execution that tests it (its
+# runs all new: that re-execution also changed the validation images, the random control's shuffles
+# and the λ search). This cell stops the notebook before any run if the grid lacks one. After the runs
+# they are tested together (Holm: the chance of any false claim among them is held at 5%), and they
+# alone are the chapter's findings. Everything else below is exploratory and uncorrected for
+# multiplicity.
 #
 # Per benchmark, in average accuracy after the last task (points), paired on seeds (a seed fixes the
 # initialisation, the validation split and the permutations, shared by every strategy):
 # - SNIP-EWC − EWC: does SNIP's saliency protect better, or worse, than the Fisher?
 # - SNIP-EWC − the random-importance control (the Fisher's values at random positions: the same penalty's
 #   size, no information about which parameters matter): does SNIP's choice beat random importances?
+# - SNIP-EWC − the uniform-importance control (every parameter weighted alike: plain L2 to the old
+#   weights): does SNIP's choice beat protecting every parameter equally?
 #
-# Both are two-sided difference tests: no margin of practical equality could be fixed in advance for
-# these benchmarks, so the chapter claims no equality; a difference not detected is only that.
+# SNIP's importance carries information about which parameters matter only if SNIP-EWC is more
+# accurate than both controls. All three are two-sided difference tests: no margin of practical
+# equality could be fixed in advance for these benchmarks, so the chapter claims no equality; a
+# difference not detected is only that.
 #
 # A rerun on a narrower grid keeps the contrasts of what it runs: `benchmarks` drops a benchmark's
 # contrasts with it (the family, and so Holm's correction, is then the ones left, named in the table
@@ -221,7 +231,8 @@ display(Markdown(
 # A contrast edited here to name a strategy or benchmark the grid lacks stops this cell, naming it.
 
 # %% tags=["hide-input"]
-PRIMARY = continual_report.declared_contrasts([("snip_ewc", "ewc"), ("snip_ewc", "ewc_random")], titles, NAMES)
+DECLARED = [("snip_ewc", "ewc"), ("snip_ewc", "ewc_random"), ("snip_ewc", "ewc_uniform")]  # a − b, per benchmark
+PRIMARY = continual_report.declared_contrasts(DECLARED, titles, NAMES)
 # The reported runs' λ comes from the validation search below, but the contrasts select on benchmark, strategy and
 # seed only: the reported grid with a placeholder λ has the same rows, so a contrast it lacks stops here, not later.
 check_contrasts(PRIMARY, continual_report.named_grid(reported_runs(lambda name, strategy: 0.0), label))
@@ -318,9 +329,10 @@ display(table(summary))
 # %% tags=["remove-input"]
 tested = evaluate_contrasts(results, PRIMARY)
 decided = continual_report.decisions(tested, PRIMARY)
-better = continual_report.shown_on(decided, titles, "snip_ewc", ["ewc", "ewc_random"])
-claim = ("SNIP's saliency is the better EWC importance (SNIP-EWC more accurate than both EWC and the random-importance "
-         "control) " + (f"on: {', '.join(better)}." if better else "on no benchmark of this run."))
+better = continual_report.shown_on(decided, titles, "snip_ewc", [b for _, b in DECLARED])
+claim = ("SNIP's saliency is the better EWC importance (SNIP-EWC more accurate than EWC and than both controls, the "
+         "random and the uniform importance) " + (f"on: {', '.join(better)}." if better else
+                                                  "on no benchmark of this run."))
 if dataset == "mnist":
     setup = (f"`{model}`, {epochs} epoch{'s' * (epochs > 1)} per task (Split) and {permuted_epochs} (Permuted), "
              f"{seeds} seeds; van de Ven & Tolias train MLPs of " + " and ".join(
@@ -412,15 +424,16 @@ else:
 means = results.groupby(["benchmark", "strategy"]).avg_acc.mean()
 display(Markdown("\n\n".join(
     f"**{titles[name]}.** Fine-tuning ends at {means[name, 'finetune']:.1f}% average accuracy and joint training at "
-    f"{means[name, 'joint']:.1f}%; EWC reaches {means[name, 'ewc']:.1f}%, SNIP-EWC {means[name, 'snip_ewc']:.1f}% and "
-    f"the random-importance control {means[name, 'ewc_random']:.1f}% (means over {seeds} seeds)."
+    f"{means[name, 'joint']:.1f}%; EWC reaches {means[name, 'ewc']:.1f}%, SNIP-EWC {means[name, 'snip_ewc']:.1f}%, "
+    f"the random-importance control {means[name, 'ewc_random']:.1f}% and the uniform-importance control "
+    f"{means[name, 'ewc_uniform']:.1f}% (means over {seeds} seeds)."
     for name in benchmarks)))
 display(report.Findings(tested, f"{model} on {dataset}: average accuracy after the last task, {seeds} seeds",
-                        lead=f"**Declared contrasts** ({len(PRIMARY)}, fixed before the results; average accuracy, "
-                             f"points, paired on seeds; Holm-adjusted across the {len(PRIMARY)}):"))
+                        lead=f"**Declared contrasts** ({len(PRIMARY)}, declared before the execution that tests them; "
+                             f"average accuracy, points, paired on seeds; Holm-adjusted across the {len(PRIMARY)}):"))
 display(Markdown(
-    "That SNIP's saliency is the better EWC importance (SNIP-EWC more accurate than both EWC and the random-importance "
-    "control, in the tested family) is shown " + (f"on: {', '.join(better)}." if better else "on no benchmark here.") +
+    "That SNIP's saliency is the better EWC importance (SNIP-EWC more accurate than EWC and than both controls, in the "
+    "tested family) is shown " + (f"on: {', '.join(better)}." if better else "on no benchmark here.") +
     f" The Fisher and SNIP importances rank the body's parameters with Spearman correlation {rho:.2f} after the "
     f"first task of {BENCHMARKS[first][2]} (one seed, descriptive)."))
 if dataset == "cifar100":
@@ -441,9 +454,7 @@ blocks = []
 for name in benchmarks:
     lines = [f"**{titles[name]}.**",
              f"- EWC − fine-tuning, average accuracy: {verdict(row(name, 'ewc', 'finetune'))}.",
-             f"- SNIP-EWC − EWC, forgetting: {verdict(row(name, 'snip_ewc', 'ewc', 'forgetting'))}.",
-             f"- SNIP-EWC − the uniform-importance control, average accuracy (the random one is declared, above): "
-             f"{verdict(row(name, 'snip_ewc', 'ewc_uniform'))}."]
+             f"- SNIP-EWC − EWC, forgetting: {verdict(row(name, 'snip_ewc', 'ewc', 'forgetting'))}."]
     above = [c for c in ("ewc_uniform", "ewc_random") if beats(name, "ewc", c)]
     lines.append(f"- EWC is {'above both controls' if len(above) == 2 else 'not above both controls'} in average "
                  f"accuracy: " + "; ".join(f"− {NAMES[c]}: {verdict(row(name, 'ewc', c))}"

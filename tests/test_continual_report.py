@@ -1,6 +1,7 @@
 """The tables and figure chapters 03 and 04 build from a continual sweep's results."""
 
 import math
+import pathlib
 
 import matplotlib
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from snipnb import continual_report as cr
 from snipnb.contrasts import check_contrasts, evaluate_contrasts
+from snipnb.notebook import assigned
 from snipnb.sequence import ContinualRun
 
 matplotlib.use("Agg")
@@ -110,6 +112,14 @@ def test_declared_contrasts_are_checked_on_the_named_grid_and_tested_on_the_resu
     assert decided[("split_task", "ewc_random", "finetune")] == "not detected at this power"
     with pytest.raises(ValueError, match="order"):
         cr.decisions(tested.iloc[::-1], declared)
+
+
+def test_chapter_03_declares_snip_ewc_against_ewc_and_against_both_controls():
+    # SNIP's importance carries information only if SNIP-EWC beats both the random and the uniform
+    # importance; the uniform one was exploratory until 2026-12-06, and must stay in the tested family.
+    source = (pathlib.Path(__file__).parent.parent / "notebooks" / "03_snip_ewc.py").read_text()
+    declared = assigned(source)["DECLARED"]
+    assert sorted(declared) == [("snip_ewc", "ewc"), ("snip_ewc", "ewc_random"), ("snip_ewc", "ewc_uniform")]
 
 
 def test_the_grid_with_a_placeholder_lambda_checks_the_same_rows_as_the_chosen_one():
