@@ -204,6 +204,8 @@ def importance(net: nn.Module, data: ImageData, criterion: str, *, params: list[
     index in its sequence: each task gets a shuffle of its own, as an uninformative importance
     would, rather than one shared by every task of the same size (Permuted MNIST's tasks all are).
     """
+    if not isinstance(task, int) or isinstance(task, bool) or task < 0:
+        raise ValueError(f"task must be an int >= 0 (the task's index in its sequence), got {task!r}")
     device = device or next(net.parameters()).device
     named = dict(net.named_parameters())
     if criterion == "uniform":
@@ -224,8 +226,6 @@ def importance(net: nn.Module, data: ImageData, criterion: str, *, params: list[
 
 def _task_generator(seed: int, task: int) -> torch.Generator:
     """A generator of its own for each (seed, task): distinct pairs give independent streams."""
-    if not isinstance(task, int) or isinstance(task, bool) or task < 0:
-        raise ValueError(f"task must be an int >= 0 (the task's index in its sequence), got {task!r}")
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, task]).generate_state(1, np.uint64)[0]))
 
 

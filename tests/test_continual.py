@@ -303,8 +303,9 @@ def test_the_shuffled_fisher_is_shuffled_anew_for_every_task_and_the_fisher_is_n
     assert not torch.equal(flat("shuffled_fisher", seed=4, task=1), second)  # another seed: another shuffle
     # The Fisher itself, which EWC and SNIP-EWC use, does not depend on the task index.
     assert torch.equal(flat("fisher", task=5), flat("fisher"))
-    with pytest.raises(ValueError, match="task"):
-        flat("shuffled_fisher", task=-1)
+    for criterion in ("shuffled_fisher", "uniform"):
+        with pytest.raises(ValueError, match="task"):
+            flat(criterion, task=-1)
 
 
 def test_the_default_lambda_grid_never_diverges_with_adam():
