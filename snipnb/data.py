@@ -330,6 +330,33 @@ def few_shot_indices(labels: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     return torch.cat(chosen).sort().values.long()
 
 
+VALIDATION_SEED = 0  # draws the one validation set that every run on a dataset shares
+
+
+def validation_split(labels: torch.Tensor, per_class: int | None,
+                     seed: int = VALIDATION_SEED) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(validation indices or None, the indices the k-shot subsets are drawn from) of a training
+    split with these `labels`.
+
+    `per_class` images of every class are held out once (`few_shot_indices` with `seed`), before any
+    k-shot subset is drawn: the validation set is the same for every run's seed, k and method, and
+    disjoint from every subset drawn from the rest. Drawing the subsets from the rest with
+    `few_shot_indices(labels[rest], k, seed)` keeps them nested across k. Without `per_class`
+    nothing is held out and the rest is the whole split.
+    """
+    labels = torch.as_tensor(labels)
+    everything = torch.arange(len(labels))
+    if per_class is None:
+        return None, everything
+    try:
+        held_out = few_shot_indices(labels, per_class, seed)
+    except ValueError as error:
+        raise ValueError(f"val_per_class={per_class} is more than the training split holds: {error}") from None
+    rest = torch.ones(len(labels), dtype=torch.bool)
+    rest[held_out] = False
+    return held_out, everything[rest]
+
+
 def class_split(labels_or_num_classes, n_tasks: int, seed: int | None = None) -> list[list[int]]:
     """Cut the classes into `n_tasks` equal groups, for class-incremental tasks.
 

@@ -204,19 +204,16 @@ def split_target(run: SnowRun) -> tuple[data.ImageData, data.ImageData | None, d
     pixels in [0, 1].
 
     With `val_per_class`, that many images per class of the training split are held out first, the
-    same for every run (drawn with seed 0); the training set is `k` images per class of the rest
+    same for every run (`data.validation_split`); the training set is `k` images per class of the rest
     (the nested subset `few_shot_indices` draws for the seed) or all the rest. The test set is the
     whole test split, or with `test_per_class` the same class-balanced sample of it for every run
     (drawn with seed 0), so paired runs meet the same images.
     """
     train = pretrained.load_split(run.target, True)
     test = pretrained.load_split(run.target, False)
-    val = None
-    if run.val_per_class is not None:
-        held = data.few_shot_indices(train.labels, run.val_per_class, 0)
-        rest = torch.ones(len(train), dtype=torch.bool)
-        rest[held] = False
-        val, train = train.subset(held), train.subset(rest)
+    held, rest = data.validation_split(train.labels, run.val_per_class)
+    val = None if held is None else train.subset(held)
+    train = train.subset(rest)
     if run.k is not None:
         train = train.subset(data.few_shot_indices(train.labels, run.k, run.seed))
     if run.test_per_class is not None:

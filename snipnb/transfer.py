@@ -36,7 +36,6 @@ from .train import default_device, fit
 METHODS = (*PRUNING_METHODS, "scratch")
 TRAIN_BLOCKS = tuple(pretrained.TRAIN_BLOCKS)
 SALIENCY_BATCH = 256  # images per saliency batch; the gradients of all batches are summed
-VAL_SPLIT_SEED = 0  # draws the one validation set every run of a target shares
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +122,7 @@ def target_splits(run: TransferRun) -> tuple[data.ImageData, data.ImageData | No
     0..n-1, pixels in [0, 1].
 
     With `val_per_class`, the validation set is `val_per_class` images per class of the target's
-    training split, drawn once (seed `VAL_SPLIT_SEED`): the same for every seed, k and method, and
+    training split, drawn once (`data.validation_split`): the same for every seed, k and method, and
     disjoint from every k-shot subset, which is drawn from the rest of the split. Without it the
     k-shot subset is drawn from the whole split. The test set is the whole test split, or with
     `test_per_class` the same class-balanced sample of it for every run (drawn with seed 0), so
@@ -131,7 +130,7 @@ def target_splits(run: TransferRun) -> tuple[data.ImageData, data.ImageData | No
     """
     train = pretrained.load_split(run.target, True)
     test = pretrained.load_split(run.target, False)
-    held_out, pool = _validation_split(train, run.val_per_class)
+    held_out, pool = data.validation_split(train.labels, run.val_per_class)
     subset = train.subset(pool[data.few_shot_indices(train.labels[pool], run.k, run.seed)])
     val = None if held_out is None else pretrained.unit_range(train.subset(held_out))
     if run.test_per_class is not None:
@@ -143,20 +142,6 @@ def target_data(run: TransferRun) -> tuple[data.ImageData, data.ImageData]:
     """(k-shot training subset, test set) of `target_splits`."""
     subset, _, test = target_splits(run)
     return subset, test
-
-
-def _validation_split(train: data.ImageData, per_class: int | None) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(validation indices or None, the indices the k-shot subsets are drawn from) of `train`."""
-    everything = torch.arange(len(train))
-    if per_class is None:
-        return None, everything
-    try:
-        held_out = data.few_shot_indices(train.labels, per_class, VAL_SPLIT_SEED)
-    except ValueError as error:
-        raise ValueError(f"val_per_class={per_class} is more than the training split holds: {error}") from None
-    rest = torch.ones(len(train), dtype=torch.bool)
-    rest[held_out] = False
-    return held_out, everything[rest]
 
 
 def _test_sample(test: data.ImageData, per_class: int):
@@ -304,7 +289,7 @@ def grid(source: str, target: str, models, ks, sparsities, methods, train_blocks
     if source_per_seed:
         pretrained.check_source_per_seed(source, settings)
     train = pretrained.load_split(target, True)
-    _, pool = _validation_split(train, settings.get("val_per_class"))
+    _, pool = data.validation_split(train.labels, settings.get("val_per_class"))
     for k in ks:
         data.few_shot_indices(train.labels[pool], k, 0)  # a ValueError naming k if a class is too small
     if settings.get("test_per_class") is not None:

@@ -266,6 +266,22 @@ def test_few_shot_indices_reject_impossible_k(k):
     assert "class 0 with 5" in str(caught.value)
 
 
+def test_a_validation_split_is_held_out_once_and_the_k_shot_subsets_come_from_the_rest():
+    labels = unbalanced_labels()
+    held_out, rest = data.validation_split(labels, 2)
+    assert torch.bincount(labels[held_out]).tolist() == [2] * 4
+    assert sorted(held_out.tolist() + rest.tolist()) == list(range(len(labels)))  # a partition
+    assert torch.equal(held_out, data.validation_split(labels, 2)[0])  # the same every time
+    for seed in range(3):
+        subsets = [set(rest[data.few_shot_indices(labels[rest], k, seed)].tolist()) for k in (1, 2, 3)]
+        assert not subsets[-1] & set(held_out.tolist())
+        assert subsets[0] < subsets[1] < subsets[2]  # still nested
+    none, everything = data.validation_split(labels, None)
+    assert none is None and everything.tolist() == list(range(len(labels)))
+    with pytest.raises(ValueError, match="val_per_class=6"):
+        data.validation_split(labels, 6)
+
+
 def test_class_split_partitions_classes():
     assert data.class_split(10, 5, seed=None) == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
     split = data.class_split(10, 5, seed=0)
