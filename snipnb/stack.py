@@ -30,7 +30,7 @@ from . import devices
 from .loader import DeviceLoader
 from .masks import masks_of, named_weights, remove_masks
 from .train import (History, _autocast, check_labels, check_recipe, label_range, make_optimizer, resolve_device,
-                    seed_everything)
+                    seed_everything, tested_epochs)
 
 
 class Stack:
@@ -156,6 +156,7 @@ def fit_stack(
     eval_amp: bool | None = None,
     eval_batch_size: int | None = None,
     eval_every: int = 1,
+    evaluations: int | None = None,
     val=None,
     progress: bool = True,
     desc: str = "stack",
@@ -164,12 +165,13 @@ def fit_stack(
 
     The models are trained in place (their parameters and buffers are written back at the end) and
     every one is tested on the shared `test` (and `val`, if given) every `eval_every` epochs and after
-    the last. Returns
+    the last, or `evaluations` times spread over the run (`train.tested_epochs`). Returns
     one `History` per run; `seconds` is the stack's wall time divided among its runs.
     `amp`, `eval_amp` and `eval_batch_size` default as in `train.fit` (`snipnb.devices`).
     """
     check_recipe(epochs=epochs, eval_every=eval_every, lr=lr, schedule=schedule, step_every=step_every,
-                 warmup_epochs=warmup_epochs, warmup_steps=warmup_steps)
+                 warmup_epochs=warmup_epochs, warmup_steps=warmup_steps, evaluations=evaluations)
+    tests = set(tested_epochs(epochs, eval_every, evaluations))
     if not len(models) == len(trains) == len(seeds):
         raise ValueError(f"models, trains and seeds must have one entry per run, got {len(models)}, "
                          f"{len(trains)} and {len(seeds)}")
@@ -222,7 +224,7 @@ def fit_stack(
             for history, loss in zip(histories, (loss_sum / n).tolist()):
                 history.train_loss.append(loss)
                 history.images += n
-            if test_loader is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
+            if test_loader is not None and epoch + 1 in tests:
                 for history, acc in zip(histories, evaluate_stack(stack, test_loader, amp=eval_amp)):
                     history.test_epochs.append(epoch + 1)
                     history.test_acc.append(acc)

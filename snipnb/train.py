@@ -125,7 +125,11 @@ def check_labels(labels: tuple[int, int], outputs: int, where: str) -> None:
 
 
 def check_recipe(*, epochs: int, eval_every: int, lr: float, schedule: str, optimizer: str = "sgd",
-                 step_every: int = 0, warmup_epochs: float = 0.0, warmup_steps: int = 0) -> None:
+                 step_every: int = 0, warmup_epochs: float = 0.0, warmup_steps: int = 0,
+                 evaluations: int | None = None) -> None:
+    if evaluations is not None and (isinstance(evaluations, bool) or not isinstance(evaluations, int)
+                                    or evaluations < 1):
+        raise ValueError(f"evaluations must be None or an int >= 1, got {evaluations!r}")
     if warmup_epochs < 0 or warmup_steps < 0:
         raise ValueError(f"warmup_epochs and warmup_steps must be >= 0, got {warmup_epochs} and {warmup_steps}")
     if warmup_epochs and warmup_steps:
@@ -143,6 +147,16 @@ def check_recipe(*, epochs: int, eval_every: int, lr: float, schedule: str, opti
         raise ValueError(f"lr must be > 0, got {lr}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+
+def tested_epochs(epochs: int, eval_every: int = 1, evaluations: int | None = None) -> list[int]:
+    """The epochs after which a run of `epochs` epochs is tested: every `eval_every` and the last, or
+    with `evaluations`, that many spread evenly over the run, the last among them (fewer when the run
+    has fewer epochs). Runs whose lengths differ (a floor in steps lengthens the smallest training
+    sets most) then still have their tests at the same fractions of their budgets."""
+    if evaluations is None:
+        return [e for e in range(1, epochs + 1) if e % eval_every == 0 or e == epochs]
+    return sorted({math.ceil(epochs * i / evaluations) for i in range(1, evaluations + 1)})
 
 
 def resolve_device(device, amp: bool | None, channels_last: bool | None) -> tuple[torch.device, bool, bool]:
@@ -209,6 +223,7 @@ def fit(
     channels_last: bool | None = None,
     eval_batch_size: int | None = None,
     eval_every: int = 1,
+    evaluations: int | None = None,
     val=None,
     penalty: Callable[[], torch.Tensor] | None = None,
     after_step: Callable[[], None] | None = None,
@@ -226,14 +241,17 @@ def fit(
     `DeviceLoader`s. `amp` (bf16 autocast in training) defaults to on for CUDA only, `eval_amp` (in
     testing) to on for CUDA and CPUs with native bf16, `eval_batch_size` to the device's fastest and
     `channels_last` to on for CUDA and the CPU (`snipnb.devices`).
-    The test set is evaluated every `eval_every` epochs and after the last one
-    (`History.test_epochs` says which), and so is `val` if given (`History.test_at_best_val`). The same `seed` on the CPU repeats a run exactly (batch
+    The test set is evaluated every `eval_every` epochs and after the last one, or with
+    `evaluations` that many times spread over the run (`tested_epochs`; `History.test_epochs` says
+    which), and so is `val` if given (`History.test_at_best_val`). The same `seed` on the CPU repeats a run exactly (batch
     order, augmentation).
     Continual-learning strategies hook in with `penalty()`, added to every step's loss (EWC), and
     `after_step()`, called after every optimiser step (PackNet restores its frozen weights there).
     """
     check_recipe(epochs=epochs, eval_every=eval_every, lr=lr, schedule=schedule, optimizer=optimizer,
-                 step_every=step_every, warmup_epochs=warmup_epochs, warmup_steps=warmup_steps)
+                 step_every=step_every, warmup_epochs=warmup_epochs, warmup_steps=warmup_steps,
+                 evaluations=evaluations)
+    tests = set(tested_epochs(epochs, eval_every, evaluations))
     device, amp, channels_last = resolve_device(device, amp, channels_last)
     seed_everything(seed)
 
@@ -270,7 +288,7 @@ def fit(
             loss_sum += loss.detach().float() * len(y)
         history.images += len(train_loader.labels)
         history.train_loss.append(loss_sum.item() / len(train_loader.labels))
-        if test_loader is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
+        if test_loader is not None and epoch + 1 in tests:
             history.test_epochs.append(epoch + 1)
             history.test_acc.append(evaluate(model, test_loader, device=device, amp=eval_amp))
             if val_loader is not None:

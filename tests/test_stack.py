@@ -149,6 +149,15 @@ def test_a_stack_tracks_validation_and_a_step_schedule_like_fit(sets):
         torch.testing.assert_close(many.train_loss, one.train_loss, rtol=1e-4, atol=1e-5)
 
 
+def test_a_stack_spreads_its_tests_over_the_run_as_fit_does(sets):
+    subsets, test = sets
+    recipe = {**RECIPE, "epochs": 4, "evaluations": 2}
+    stacked = fit_stack(runs()[:2], subsets[:2], test, val=test, seeds=[3, 4], device="cpu", **recipe)
+    alone = fit(runs()[0], subsets[0], test, val=test, seed=3, device="cpu", channels_last=False, **recipe)
+    assert alone.test_epochs == [2, 4]
+    assert all(h.test_epochs == [2, 4] and len(h.val_acc) == 2 for h in stacked)
+
+
 def frozen_body(model):
     """A linear probe: only the head trains."""
     for name, p in model.named_parameters():

@@ -3,7 +3,7 @@ import torch
 
 from snipnb import data, models
 from snipnb.pruning import apply_masks, masks_from_scores, scores, weight
-from snipnb.train import evaluate, fit
+from snipnb.train import evaluate, fit, tested_epochs
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +71,18 @@ def test_eval_every_tests_on_schedule_and_always_after_the_last_epoch(mnist_like
     history = fit(net(), train, test, epochs=5, eval_every=2, batch_size=32, progress=False)
     assert history.test_epochs == [2, 4, 5] and len(history.test_acc) == 3
     assert history.best_epoch in (2, 4, 5) and len(history.train_loss) == 5
+
+
+def test_evaluations_spreads_that_many_tests_over_a_run_of_any_length(mnist_like):
+    assert tested_epochs(300, evaluations=6) == [50, 100, 150, 200, 250, 300]
+    assert tested_epochs(43, evaluations=6) == [8, 15, 22, 29, 36, 43]  # the last is always tested
+    assert tested_epochs(3, evaluations=6) == [1, 2, 3]  # fewer epochs than tests: every epoch
+    assert tested_epochs(5, eval_every=2) == [2, 4, 5]  # without evaluations, every eval_every and the last
+    train, test = mnist_like
+    history = fit(net(), train, test, epochs=6, evaluations=3, eval_every=5, val=test, batch_size=32, progress=False)
+    assert history.test_epochs == [2, 4, 6] and len(history.val_acc) == 3
+    with pytest.raises(ValueError, match="evaluations"):
+        fit(net(), train, test, epochs=1, evaluations=0, progress=False)
 
 
 def test_penalty_is_added_to_the_loss_and_after_step_runs_every_step(mnist_like):
