@@ -408,7 +408,7 @@ at_focus = at_focus[at_focus.seed >= budget_first_seed]
 which = "val" if "val_curve" in at_focus and at_focus.val_curve.notna().all() else "test"
 read_on = "validation" if which == "val" else "test"
 has_curves = ("test_curve" in at_focus and at_focus.test_curve.notna().all()
-              and at_focus.test_epochs.map(lambda tested: len(tested) > 1 and tested[0] <= 0.7 * tested[-1]).all())
+              and at_focus.test_epochs.map(stats.shows_late_gain).all())
 late = (stats.late_gain(transfer.curves(at_focus, which), ["model", "variant"], step="epoch", value="acc")
         if has_curves else None)
 rising = [] if late is None else [f"{r.variant} ({r.model})" for r in late.itertuples() if r.reading == "still rising"]

@@ -164,6 +164,16 @@ def seed_means(df: pd.DataFrame, value: str, pair_on, average_over=(), by=()) ->
 
 # Budgets: has a learning curve flattened?
 
+def shows_late_gain(steps, fraction: float = 0.3) -> bool:
+    """Whether a curve tested at `steps` can show `late_gain` over its last `fraction`: it has more
+    than one tested point and one at or before (1 − `fraction`) × its last step. A run tested only
+    at its end, or only near it, cannot say whether it was still rising."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"shows_late_gain: fraction must be in (0, 1), got {fraction!r}")
+    steps = sorted(steps)
+    return len(steps) > 1 and steps[0] <= (1 - fraction) * steps[-1]
+
+
 def late_gain(curves: pd.DataFrame, by, *, step: str = "iteration", value: str = "value", pair_on: str = "seed",
               fraction: float = 0.3, level: float = 0.95) -> pd.DataFrame:
     """How much each group's curves still rose over the last `fraction` of their budget.

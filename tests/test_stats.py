@@ -391,3 +391,15 @@ def test_late_gain_refuses_what_it_cannot_measure():
         stats.late_gain(pd.concat([_curves({"a": 0.0}), _curves({"a": 0.0})]), "method")
     with pytest.raises(ValueError, match="no column"):
         stats.late_gain(_curves({"a": 0.0}), "model")
+
+
+def test_a_curve_shows_a_late_gain_only_with_a_tested_point_before_its_last_stretch():
+    assert stats.shows_late_gain([10, 20, 30])  # 10 <= 0.7 * 30
+    assert stats.shows_late_gain([50, 100, 150, 200, 250, 300])
+    assert not stats.shows_late_gain([30])  # one test: no gain to read
+    assert not stats.shows_late_gain([25, 30])  # both inside the last 30%
+    assert stats.shows_late_gain([24, 30], fraction=0.2)  # 24 <= 0.8 * 30
+    assert not stats.shows_late_gain([])
+    # whatever shows_late_gain accepts, late_gain can read
+    curves = _curves({"a": 0.01}, steps=(700, 1000))
+    assert stats.shows_late_gain([700, 1000]) and len(stats.late_gain(curves, "method")) == 1
