@@ -386,7 +386,8 @@ def test_a_real_chapter_re_renders_from_its_table_number_for_number(tmp_path, mo
     monkeypatch.setenv("SNIPNB_OFFLINE", "1")
     chapter = run_book.Chapter("01_synthetic", "01_few_shot", "Experiment 1 on synthetic data", dict(
         dataset="synthetic", models=["simple_convnet"], ks=[1, 2], sparsities=[0.9], methods=["snip"], seeds=2,
-        epochs=1, results_dir=str(tmp_path / "results")))
+        epochs=1, results_dir=str(tmp_path / "results"), min_steps=0, evaluations=None, val_per_class=5,
+        lr_candidates=[0.01, 0.05], lr_seeds=1, lr_extensions=0))  # the learning-rate search replays too
     monkeypatch.setattr(run_book, "CHAPTERS", [chapter])
     monkeypatch.setattr(run_book, "small_book", lambda out, title, intro: None)
     first, second = tmp_path / "first", tmp_path / "second"
