@@ -153,11 +153,12 @@ CHAPTERS = [
     # ablation; issue 20): its declared SNIP − dense is tested there. LeNet-300-100's cells and ablations on 10
     # seeds, not 5 (issue 20: its runs are cheap, and at 5 its equivalence tests could show only about ±0.5 to
     # ±0.6 points, the size of their margin). 32 minutes at 5 seeds without LeNet-5-Caffe's long runs
-    # (2026-12-04); those are 15 runs of about 800 s (25 times a 2-epoch run's 32 s) on one of two workers.
+    # (2026-12-04); those are 35 runs (every method since cc33194, not 15) of about 800 s (25 times a 2-epoch
+    # run's 32 s) on one of two idle workers; loaded, 1,300 s.
     Chapter("00_snip_mnist", "00_snip_mnist", "SNIP on MNIST: does the paper's Table 1 reproduce?",
             dict(seeds=10, long_epochs_lenet5=50),
-            cost=Cost(2 * 32 + 15 * 800 / 2 / 60, LOADED_CPU, estimated_from="the 5-seed run without LeNet-5-Caffe's "
-                                                                            "length check"),
+            cost=Cost(2 * 32 + 35 * 800 / 2 / 60, LOADED_CPU,
+                      estimated_from="the 5-seed run without LeNet-5-Caffe's length check, and that check's 35 runs"),
             quick=dict(sparsities=[0.98], sparsities_lenet5=[0.99], seeds=2, seeds_lenet5=2, ablation_seeds=2,
                        epochs=1, long_epochs=2, epochs_lenet5=1, speed_iterations=10, workers=1, check_warmup=50),
             # measured before the warm-up check, whose 3 x 100 iterations here add about 8 s (28 ms each)
