@@ -243,17 +243,7 @@ def select_lr(results: pd.DataFrame) -> tuple[float, pd.DataFrame]:
     """(the learning rate with the highest mean validation accuracy after the last epoch, the table
     it was read from) over one model's `lr_grid` runs (`results`: one row per run, as `run_sweep`
     returns them). The table holds the mean `val_acc` per rate and k, and over all runs (`all`).
-    Only the validation accuracy is read; on a tie the smaller rate wins (`tuning.best`)."""
-    view = results[["lr", "model", "k", "seed", "val_acc"]]  # no test column is looked at
-    if view.model.nunique() != 1:
-        raise ValueError(f"select_lr chooses one model's rate, got runs of {sorted(view.model.unique())}")
-    if view.val_acc.isna().any():
-        raise ValueError("select_lr needs runs with a validation set (val_per_class); some have no val_acc")
-    counts = view.groupby("lr").size()
-    if counts.nunique() != 1:
-        raise ValueError(f"select_lr compares learning rates over the same runs, but they have {counts.to_dict()} "
-                         f"runs each")
-    table = view.pivot_table(index="lr", columns="k", values="val_acc", aggfunc="mean")
-    table.columns = [f"k = {k}" for k in table.columns]
-    table["all"] = view.groupby("lr").val_acc.mean()
-    return tuning.best(table["all"]), table
+    Only the validation accuracy is read; on a tie the smaller rate wins (`tuning.select_lr`)."""
+    if results.model.nunique() != 1:
+        raise ValueError(f"select_lr chooses one model's rate, got runs of {sorted(results.model.unique())}")
+    return tuning.select_lr(results, ["k"], lambda k: f"k = {k}")

@@ -445,14 +445,5 @@ def select_lr(results: pd.DataFrame) -> tuple[float, pd.DataFrame]:
     it was read from) over the runs of `lr_grid` (`results`: one row per run, as `run_sweep` returns
     them). The table holds the mean `val_acc` per learning rate and (model, trained blocks, k), and
     over all of them (`all`). Only the validation accuracy is read; on a tie the smaller rate wins."""
-    view = results[["lr", "model", "train_blocks", "k", "seed", "val_acc"]]  # no test column is looked at
-    if view.val_acc.isna().any():
-        raise ValueError("select_lr needs runs with a validation set (val_per_class); some have no val_acc")
-    counts = view.groupby("lr").size()
-    if counts.nunique() != 1:
-        raise ValueError(f"select_lr compares learning rates over the same runs, but they have {counts.to_dict()} "
-                         f"runs each")
-    table = view.pivot_table(index="lr", columns=["model", "train_blocks", "k"], values="val_acc", aggfunc="mean")
-    table.columns = [f"{model} {blocks}, k = {k}" for model, blocks, k in table.columns]
-    table["all"] = view.groupby("lr").val_acc.mean()
-    return tuning.best(table["all"]), table
+    return tuning.select_lr(results, ["model", "train_blocks", "k"],
+                            lambda key: f"{key[0]} {key[1]}, k = {key[2]}")

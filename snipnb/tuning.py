@@ -25,6 +25,25 @@ def best(val_acc: pd.Series) -> float:
     return float(ordered.index[ordered.to_numpy().argmax()])
 
 
+def select_lr(results: pd.DataFrame, by: list[str], label) -> tuple[float, pd.DataFrame]:
+    """(the learning rate with the highest mean validation accuracy after the last epoch, the table
+    it was read from) over the runs of one search (`results`: one row per run, with `lr`, `seed`,
+    `val_acc` and the `by` columns). The table holds the mean `val_acc` per rate and combination of
+    `by` (a column each, named by `label`), and over every run (`all`). Only the validation
+    accuracy is read; on a tie the smaller rate wins (`best`)."""
+    view = results[["lr", *by, "seed", "val_acc"]]  # no test column is looked at
+    if view.val_acc.isna().any():
+        raise ValueError("select_lr needs runs with a validation set (val_per_class); some have no val_acc")
+    counts = view.groupby("lr").size()
+    if counts.nunique() != 1:
+        raise ValueError(f"select_lr compares learning rates over the same runs, but they have {counts.to_dict()} "
+                         f"runs each")
+    table = view.pivot_table(index="lr", columns=list(by), values="val_acc", aggfunc="mean")
+    table.columns = [label(key) for key in table.columns]
+    table["all"] = view.groupby("lr").val_acc.mean()
+    return best(table["all"]), table
+
+
 def past_edge(tried, chosen: float) -> float | None:
     """The next learning rate to try when `chosen` is the largest or smallest of `tried`: one grid
     step further out, the step being the ratio of the two outermost candidates on that side
