@@ -3,7 +3,8 @@ import torch
 
 from snipnb import data, models
 from snipnb.pruning import apply_masks, masks_from_scores, scores, weight
-from snipnb.train import evaluate, fit, tested_epochs
+from snipnb.train import tested_epochs as epochs_tested  # under its own name pytest would collect it as a test
+from snipnb.train import evaluate, fit
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +75,10 @@ def test_eval_every_tests_on_schedule_and_always_after_the_last_epoch(mnist_like
 
 
 def test_evaluations_spreads_that_many_tests_over_a_run_of_any_length(mnist_like):
-    assert tested_epochs(300, evaluations=6) == [50, 100, 150, 200, 250, 300]
-    assert tested_epochs(43, evaluations=6) == [8, 15, 22, 29, 36, 43]  # the last is always tested
-    assert tested_epochs(3, evaluations=6) == [1, 2, 3]  # fewer epochs than tests: every epoch
-    assert tested_epochs(5, eval_every=2) == [2, 4, 5]  # without evaluations, every eval_every and the last
+    assert epochs_tested(300, evaluations=6) == [50, 100, 150, 200, 250, 300]
+    assert epochs_tested(43, evaluations=6) == [8, 15, 22, 29, 36, 43]  # the last is always tested
+    assert epochs_tested(3, evaluations=6) == [1, 2, 3]  # fewer epochs than tests: every epoch
+    assert epochs_tested(5, eval_every=2) == [2, 4, 5]  # without evaluations, every eval_every and the last
     train, test = mnist_like
     history = fit(net(), train, test, epochs=6, evaluations=3, eval_every=5, val=test, batch_size=32, progress=False)
     assert history.test_epochs == [2, 4, 6] and len(history.val_acc) == 3
