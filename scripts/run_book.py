@@ -61,9 +61,8 @@ from traitlets.config import Config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from snipnb import provenance, runs  # noqa: E402
+from snipnb import provenance, runs, sweep  # noqa: E402
 from snipnb.notebook import assigned, unknown_parameters  # noqa: E402
-from snipnb import sweep  # noqa: E402
 from snipnb.sweep import MANIFEST_ENV, REPLAY_ENV  # noqa: E402
 
 BOOK = ROOT / "book"
