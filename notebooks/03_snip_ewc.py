@@ -46,7 +46,8 @@
 # learning rate, so even the stiffest penalty in the grid cannot blow the weights up, which SGD with
 # momentum does at large λ. Each variant gets its own λ on each benchmark, chosen on the
 # validation split (10% of each task's training images, held out, drawn by each seed) over several
-# seeds in two stages: one coarse grid of decades that all four variants run, extended by a decade on
+# seeds of its own (after the reported seeds: a search's winners are never among the compared runs) in
+# two stages: one coarse grid of decades that all four variants run, extended by a decade on
 # a side whenever *any* variant's best sits at that edge, then half-decades around each variant's
 # best. The shared grid is there for the contrasts: a grid widened only on a variant's own choice
 # lets a variant whose best falls inside it by noise never meet the λ where another variant peaks,
@@ -71,7 +72,9 @@ benchmarks = None  # None: split_task and split_class, plus permuted_domain on M
 n_tasks = 5  # Split benchmarks
 permuted_tasks = 10  # Permuted benchmark
 seeds = 5  # reported runs
-search_seeds = 2  # runs per λ in the validation search
+search_seeds = 2  # runs per λ in the validation search, on the seeds after the reported ones
+budget_factor = 2  # budget check: every strategy at its λ also trained this many times the epochs per task; 1: none
+budget_seeds = 3  # seeds of the budget check, read on validation (the first ones: never the λ search's)
 epochs = 10  # per task, Split benchmarks, for every strategy
 permuted_epochs = 1  # per task, Permuted benchmark
 batch_size = 128
@@ -103,7 +106,7 @@ if os.environ.get("SNIPNB_SMOKE"):
     workers = 1  # one process: starting workers would cost more than these seconds of runs
     model, dataset, n_tasks, permuted_tasks, seeds, search_seeds = "lenet300_100", "synthetic", 2, 2, 2, 1
     epochs, permuted_epochs, lambdas, lambda_extensions, importance_examples, probe_examples = 1, 1, [1.0], 0, 16, 32
-    benchmarks, results_dir = ["split_class", "permuted_domain"], tempfile.mkdtemp()
+    benchmarks, results_dir, budget_seeds = ["split_class", "permuted_domain"], tempfile.mkdtemp(), 2
 
 # %% tags=["remove-input"]
 import functools
@@ -134,6 +137,8 @@ for name, value in dict(seeds=seeds, search_seeds=search_seeds, epochs=epochs, p
                         n_tasks=n_tasks, permuted_tasks=permuted_tasks).items():
     checks.integer(name, value, 1)
 checks.integer("lambda_extensions", lambda_extensions, 0)
+checks.integer("budget_factor", budget_factor, 1)
+checks.integer("budget_seeds", budget_seeds, 2 if budget_factor > 1 else 0)  # a paired interval needs two
 checks.one_of("lambda_refine", lambda_refine, (True, False))
 if seeds < 2:
     raise ValueError(f"seeds must be at least 2: the declared contrasts pair runs on seeds, and a paired test needs "
@@ -181,6 +186,11 @@ def reported_runs(lam):
             for name in benchmarks for s in STRATEGIES for seed in range(seeds)]
 
 
+SEARCH_SEEDS = range(seeds, seeds + search_seeds)  # after the reported ones: the search's winners are not compared
+BUDGET_SEEDS = range(budget_seeds)
+BUDGETS = [1, budget_factor] if budget_factor > 1 else []  # epochs per task, as multiples of the chapter's
+
+
 def describe_benchmark(name):
     s = setting(name)
     return f"{BENCHMARKS[name][2]} ({s['n_tasks']} tasks, {s['epochs']} epoch{'s' * (s['epochs'] > 1)} per task)"
@@ -191,12 +201,15 @@ display(Markdown(
     f"{optimizer.capitalize()} at learning rate {lr:g}, batch {batch_size}, weight decay {weight_decay:g}; "
     f"importance from {importance_examples} training images per task; forward-transfer probe on "
     f"{probe_examples} images per task. λ searched on validation over {search_seeds} seed{'s' * (search_seeds > 1)} "
-    f"from the coarse grid {', '.join(f'{lam:g}' for lam in lambdas)}, shared by the {len(VARIANTS)} variants"
+    f"({report.seed_span(SEARCH_SEEDS)}) from the coarse grid "
+    f"{', '.join(f'{lam:g}' for lam in lambdas)}, shared by the {len(VARIANTS)} variants"
     + (f" and widened by up to {lambda_extensions} step{'s' * (lambda_extensions > 1)} while any variant's best sits "
        f"at its edge" if lambda_extensions else " (not widened)")
     + f"{', then half-decades around the best λ of each variant' if lambda_refine else ''}; reported runs on the "
     f"test set over {seeds} seeds. "
-    f"Code: {provenance.describe(device)}."))
+    + (f"Budget check: every strategy also at {budget_factor}× the epochs per task, on "
+       f"{report.seed_span(BUDGET_SEEDS)}, read on validation. " if BUDGETS else "No budget check (budget_factor=1). ")
+    + f"Code: {provenance.describe(device)}."))
 
 # %% [markdown]
 # ## Declared contrasts
@@ -268,7 +281,7 @@ def search_lambda(name):
 
     def choose(tried):  # variant -> its candidate λ
         found = sweep([search_run(name, s, lam, seed) for s in VARIANTS for lam in tried[s]
-                       for seed in range(search_seeds)], desc=f"λ search, {name}")
+                       for seed in SEARCH_SEEDS], desc=f"λ search, {name}")
         means = validation_means(found)
         return {s: tuning.best(means[s]) for s in VARIANTS}, found
 
@@ -317,9 +330,19 @@ display(table(choice))
 results = continual_report.named(sweep(reported_runs(lambda name, s: chosen[name].get(s, 0.0)), desc="sequences"),
                                   label)
 summary = continual_report.summary(results, titles, λ=lambda b, s: f"{chosen[b][s]:g}" if s in chosen[b] else math.nan)
-display(Markdown(f"{len(results)} runs; {results.seconds.sum() / 3600:.2f} device-hours for these and "
-                 f"{search.seconds.sum() / 3600:.2f} for the λ search. Code of the records: "
-                 f"{', '.join(sorted(set(results.code) | set(search.code)))}."))
+# The budget check's runs (shown under "Is the budget long enough?"), here so that the answer can name what rose.
+budget = continual_report.named(sweep(continual_report.budget_runs(
+    reported_runs(lambda name, s: chosen[name].get(s, 0.0)), BUDGET_SEEDS, BUDGETS), desc="budget check"), label
+) if BUDGETS else pd.DataFrame()
+if BUDGETS:
+    budget["budget"] = [e / setting(b)["epochs"] for e, b in zip(budget.epochs, budget.benchmark)]
+    checked = continual_report.budget_check(budget)
+    changes = continual_report.budget_changes(checked, titles, NAMES)
+budget_hours = budget.seconds.sum() / 3600 if BUDGETS else 0.0
+codes = set(results.code) | set(search.code) | set(budget.code if BUDGETS else [])
+display(Markdown(f"{len(results)} runs; {results.seconds.sum() / 3600:.2f} device-hours for these, "
+                 f"{search.seconds.sum() / 3600:.2f} for the λ search and {budget_hours:.2f} for the budget check. "
+                 f"Code of the records: {', '.join(sorted(codes))}."))
 display(table(summary))
 
 # %% [markdown]
@@ -342,6 +365,8 @@ if dataset == "mnist":
 else:
     setup = (f"`{model}` on `{dataset}`, {seeds} seeds; the published protocols (van de Ven & Tolias) are MNIST's, "
              f"so this setup has no published counterpart to be measured against.")
+if BUDGETS:
+    setup += " " + continual_report.budget_note(changes, budget_factor, report.seed_span(BUDGET_SEEDS))
 display(Markdown(continual_report.answer_box(tested, claim, setup)))
 
 # %% tags=["hide-input"]
@@ -364,6 +389,34 @@ comparisons = continual_report.paired_comparisons(results, PAIRS)
 display(table(continual_report.comparison_table(comparisons, PAIRS, titles),
               caption="Exploratory: per-comparison 95% intervals, not corrected for multiplicity (the declared "
                       "contrasts' rows too: their tests are in the findings)"))
+
+# %% [markdown]
+# ## Is the budget long enough?
+# A comparison made while a method is still learning is a comparison early in training. Every
+# strategy, at the λ chosen above, is trained again at `budget_factor` times the epochs per task,
+# beside the same seeds at the chapter's epochs: seeds 0 to `budget_seeds` − 1, which the λ search
+# did not use (its runs won the search on their validation accuracy, so they would read high at the
+# chapter's budget), and read on validation, since whether a budget suffices is a choice. Two
+# readings: the final average accuracy, and the mean of R's diagonal, each task's accuracy right
+# after it was trained (whether the epochs suffice to learn a task, before forgetting takes its
+# share). Paired on seeds; exploratory, uncorrected. "Rose" means the chapter stopped that strategy
+# while it still gained; "no rise detected at this power" says how large a gain the check would have
+# seen. Below it, the declared pairs at both budgets on the same validation runs: whether their
+# sign holds when every strategy trains longer.
+
+# %% tags=["hide-input"]
+if BUDGETS:
+    display(table(continual_report.budget_table(checked, titles, NAMES),
+                  caption=f"Validation accuracy (%) at the chapter's epochs per task and at {budget_factor}× them, "
+                          f"means over {report.seed_span(BUDGET_SEEDS)} (exploratory, uncorrected)"))
+    display(Markdown("\n".join(f"- {how.capitalize()} at the longer budget: {'; '.join(where) or 'none'}."
+                               for how, where in changes.items())))
+    display(table(continual_report.contrasts_at_budgets(budget, DECLARED, titles, BUDGETS),
+                  caption="Exploratory: the declared pairs at each budget, validation average accuracy, difference "
+                          f"[95% CI] over {report.seed_span(BUDGET_SEEDS)}"))
+else:
+    display(Markdown("No budget check in this run (`budget_factor` is 1): the chapter's epochs per task are not "
+                     "shown to suffice."))
 
 # %% [markdown]
 # ## Do SNIP and the Fisher rank parameters alike?
@@ -471,7 +524,9 @@ limits = [f"- Dataset `{dataset}`, model `{model}`; {seeds} seeds for the report
           f"detectable one (the findings and the exploratory table say how small) may exist unseen.",
           f"- Training length: {epochs} epoch{'s' * (epochs > 1)} per task on the Split benchmarks and "
           f"{permuted_epochs} on the Permuted one, for every strategy (joint training: the same epochs over all tasks' "
-          f"data at once).",
+          f"data at once). "
+          + (continual_report.budget_note(changes, budget_factor, report.seed_span(BUDGET_SEEDS)) if BUDGETS else
+             "No budget check was run: whether these epochs suffice is not shown."),
           f"- Importances from {importance_examples} training images per task; one penalty term per past task "
           f"({'online EWC' if online else 'not online EWC'}); the {fisher_labels} Fisher.",
           "- λ is chosen on validation accuracy after the last task; another criterion (say, forgetting) could pick "

@@ -46,7 +46,8 @@
 # trains `epochs` per task; PackNet's retraining after pruning is counted inside them
 # (`retrain_epochs` of the `epochs`). The fraction of its free weights each task keeps is chosen per
 # strategy and benchmark on the validation split (10% of each task's training images, held out), over
-# several seeds; "equal" gives every task the same share of the network. Shuffled SNIP-PackNet is not
+# several seeds of its own (after the reported seeds: a search's winners are never among the compared
+# runs); "equal" gives every task the same share of the network. Shuffled SNIP-PackNet is not
 # searched: it runs at SNIP-PackNet's chosen fraction, the budget it is a control for.
 #
 # **Metrics** from the accuracy matrix $R$ (row $i$: after training task $i$; column $j$: task $j$):
@@ -64,7 +65,9 @@ benchmarks = None  # None: split_task, plus permuted_task on MNIST
 n_tasks = 5  # Split benchmark
 permuted_tasks = 10  # Permuted benchmark
 seeds = 5  # reported runs
-search_seeds = 2  # runs per fraction kept in the validation search
+search_seeds = 2  # runs per fraction kept in the validation search, on the seeds after the reported ones
+budget_factor = 2  # budget check: every strategy at its fraction also trained this many times the epochs/task; 1: none
+budget_seeds = 3  # seeds of the budget check, read on validation (the first ones: never the fraction search's)
 epochs = 10  # per task, Split benchmark, for every strategy (PackNet's retraining included)
 permuted_epochs = 2  # per task, Permuted benchmark (retraining included)
 retrain_epochs = None  # PackNet: of each task's epochs, these retrain after pruning; None: 1, or 0 where a task has 1 epoch
@@ -93,7 +96,7 @@ if os.environ.get("SNIPNB_SMOKE"):
     workers = 1  # one process: starting workers would cost more than these seconds of runs
     model, dataset, n_tasks, permuted_tasks, seeds, search_seeds = "lenet300_100", "synthetic", 2, 2, 2, 1
     epochs, permuted_epochs, keeps, importance_examples, probe_examples = 2, 2, [None, 0.5], 16, 32
-    benchmarks, results_dir = ["split_task", "permuted_task"], tempfile.mkdtemp()
+    benchmarks, results_dir, budget_seeds = ["split_task", "permuted_task"], tempfile.mkdtemp(), 2
 
 # %% tags=["remove-input"]
 import functools
@@ -125,6 +128,8 @@ for name, value in dict(seeds=seeds, search_seeds=search_seeds, epochs=epochs, p
 if seeds < 2:
     raise ValueError(f"seeds must be at least 2: the declared contrasts pair runs on seeds, and a paired test needs "
                      f"two; got seeds={seeds}")
+checks.integer("budget_factor", budget_factor, 1)
+checks.integer("budget_seeds", budget_seeds, 2 if budget_factor > 1 else 0)  # a paired interval needs two
 epochs_per_task = [epochs if BENCHMARKS[b][0] == "split" else permuted_epochs for b in benchmarks]
 if retrain_epochs is None:  # follows the epochs, so that -p epochs 1 needs no second parameter
     retrain_epochs = min(1, min(epochs_per_task) - 1)
@@ -180,6 +185,11 @@ def reported_runs(keep):
             for name in benchmarks for s in STRATEGIES for seed in range(seeds)]
 
 
+SEARCH_SEEDS = range(seeds, seeds + search_seeds)  # after the reported ones: the search's winners are not compared
+BUDGET_SEEDS = range(budget_seeds)
+BUDGETS = [1, budget_factor] if budget_factor > 1 else []  # epochs per task, as multiples of the chapter's
+
+
 def keep_label(keep):
     return "equal" if keep is None or (isinstance(keep, float) and math.isnan(keep)) else f"{keep:g}"
 
@@ -194,9 +204,13 @@ display(Markdown(
     f"**This run:** `{model}` on `{dataset}`: {'; '.join(describe_benchmark(b) for b in benchmarks)}. "
     f"{optimizer.capitalize()} at learning rate {lr:g}, batch {batch_size}, weight decay {weight_decay:g}; SNIP "
     f"scored on {importance_examples} training images per task; forward-transfer probe on {probe_examples} images "
-    f"per task. Fraction kept per task searched on validation over {search_seeds} seed{'s' * (search_seeds > 1)} from "
-    f"{', '.join(keep_label(k) for k in keeps)}; reported runs on the test set over {seeds} seeds. "
-    f"Code: {provenance.describe(device)}."))
+    f"per task. Fraction kept per task searched on validation over {search_seeds} seed{'s' * (search_seeds > 1)} "
+    f"({report.seed_span(SEARCH_SEEDS)}) from {', '.join(keep_label(k) for k in keeps)}; reported runs on the test set "
+    f"over {seeds} seeds. "
+    + (f"Budget check: every strategy also at {budget_factor}× the epochs per task (PackNet's retraining scaled "
+       f"alike), on {report.seed_span(BUDGET_SEEDS)}, read on validation. " if BUDGETS else
+       "No budget check (budget_factor=1). ")
+    + f"Code: {provenance.describe(device)}."))
 
 # %% [markdown]
 # ## Declared contrasts
@@ -260,7 +274,7 @@ display(table(pd.DataFrame({"contrast": [c.name for c in PRIMARY], "test": "diff
 
 # %% tags=["hide-input"]
 search = sweep([ContinualRun(strategy=s, keep=keep, seed=seed, split="val", probe_examples=0, **common, **setting(name))
-                for name in benchmarks for s in SEARCHED for keep in keeps for seed in range(search_seeds)],
+                for name in benchmarks for s in SEARCHED for keep in keeps for seed in SEARCH_SEEDS],
                desc="keep search")
 search = continual_report.named(search, label)
 search["kept"] = search["keep"].map(keep_label)
@@ -296,7 +310,7 @@ at_fraction = continual_report.paired_comparisons(search, EQUAL_CAPACITY, metric
 display(table(continual_report.by_setting_table(at_fraction, EQUAL_CAPACITY, titles, "kept",
                                                 [keep_label(k) for k in keeps]),
               caption=f"Exploratory: each declared pair at each fraction kept (columns), validation average "
-                      f"accuracy, difference [95% CI] over {search_seeds} search seed{'s' * (search_seeds > 1)}"))
+                      f"accuracy, difference [95% CI] over the search's {report.seed_span(SEARCH_SEEDS)}"))
 
 # %% [markdown]
 # ## The sequence, on the test set
@@ -317,9 +331,19 @@ def epochs_per_task(b, s):
 
 summary = continual_report.summary(results, titles, **{"epochs per task": epochs_per_task,
                                                        "kept per task": lambda b, s: chosen.get((b, s), math.nan)})
-display(Markdown(f"{len(results)} runs; {results.seconds.sum() / 3600:.2f} device-hours for these and "
-                 f"{search.seconds.sum() / 3600:.2f} for the search. Code of the records: "
-                 f"{', '.join(sorted(set(results.code) | set(search.code)))}."))
+# The budget check's runs (shown under "Is the budget long enough?"), here so that the answer can name what rose.
+budget = continual_report.named(sweep(continual_report.budget_runs(
+    reported_runs(lambda name, s: best_keep.get((name, s))), BUDGET_SEEDS, BUDGETS), desc="budget check"), label
+) if BUDGETS else pd.DataFrame()
+if BUDGETS:
+    budget["budget"] = [e / setting(b)["epochs"] for e, b in zip(budget.epochs, budget.benchmark)]
+    checked = continual_report.budget_check(budget)
+    changes = continual_report.budget_changes(checked, titles, NAMES)
+budget_hours = budget.seconds.sum() / 3600 if BUDGETS else 0.0
+codes = set(results.code) | set(search.code) | set(budget.code if BUDGETS else [])
+display(Markdown(f"{len(results)} runs; {results.seconds.sum() / 3600:.2f} device-hours for these, "
+                 f"{search.seconds.sum() / 3600:.2f} for the search and {budget_hours:.2f} for the budget check. "
+                 f"Code of the records: {', '.join(sorted(codes))}."))
 display(table(summary))
 
 # %% [markdown]
@@ -338,6 +362,8 @@ claim = (f"SNIP picks better weights for PackNet ({WHAT_BETTER_MEANS}) "
          + (f"on: {', '.join(better)}." if better else "on no benchmark of this run."))
 setup = (f"`{model}` trained from scratch on `{dataset}`, {seeds} seeds; Mallya & Lazebnik add fine-grained tasks to "
          f"an ImageNet-trained VGG-16, so no published figure matches this protocol.")
+if BUDGETS:
+    setup += " " + continual_report.budget_note(changes, budget_factor, report.seed_span(BUDGET_SEEDS))
 display(Markdown(continual_report.answer_box(tested, claim, setup)))
 
 # %% tags=["hide-input"]
@@ -361,6 +387,34 @@ comparisons = continual_report.paired_comparisons(results, PAIRS)
 display(table(continual_report.comparison_table(comparisons, PAIRS, titles),
               caption="Exploratory: per-comparison 95% intervals, not corrected for multiplicity (the declared "
                       "contrasts' rows too: their tests are in the findings)"))
+
+# %% [markdown]
+# ## Is the budget long enough?
+# A comparison made while a method is still learning is a comparison early in training. Every
+# strategy, at the fraction chosen above, is trained again at `budget_factor` times the epochs per
+# task (PackNet's retraining epochs scaled alike), beside the same seeds at the chapter's epochs:
+# seeds 0 to `budget_seeds` − 1, which the fraction search did not use (its runs won the search on
+# their validation accuracy, so they would read high at the chapter's budget), and read on
+# validation, since whether a budget suffices is a choice. Two readings: the final average accuracy,
+# and the mean of R's diagonal, each task's accuracy right after it was trained and pruned. Paired on
+# seeds; exploratory, uncorrected. "Rose" means the chapter stopped that strategy while it still
+# gained; "no rise detected at this power" says how large a gain the check would have seen. Below it,
+# the declared pairs at both budgets on the same validation runs: whether their sign holds when every
+# strategy trains longer.
+
+# %% tags=["hide-input"]
+if BUDGETS:
+    display(table(continual_report.budget_table(checked, titles, NAMES),
+                  caption=f"Validation accuracy (%) at the chapter's epochs per task and at {budget_factor}× them, "
+                          f"means over {report.seed_span(BUDGET_SEEDS)} (exploratory, uncorrected)"))
+    display(Markdown("\n".join(f"- {how.capitalize()} at the longer budget: {'; '.join(where) or 'none'}."
+                               for how, where in changes.items())))
+    display(table(continual_report.contrasts_at_budgets(budget, DECLARED_PAIRS, titles, BUDGETS),
+                  caption="Exploratory: the declared pairs at each budget, validation average accuracy, difference "
+                          f"[95% CI] over {report.seed_span(BUDGET_SEEDS)}"))
+else:
+    display(Markdown("No budget check in this run (`budget_factor` is 1): the chapter's epochs per task are not "
+                     "shown to suffice."))
 
 # %% [markdown]
 # ## Capacity: which task owns how much of every layer
@@ -436,7 +490,9 @@ limits = [f"- Dataset `{dataset}`, model `{model}`; {seeds} seeds for the report
           f"say how small) may exist unseen.",
           f"- {epochs} epochs per task on the Split benchmark and {permuted_epochs} on the Permuted one, for every "
           f"strategy; PackNet spends {retrain_epochs} of them retraining after pruning, so it trains on fewer epochs "
-          f"before pruning than fine-tuning does in all.",
+          f"before pruning than fine-tuning does in all. "
+          + (continual_report.budget_note(changes, budget_factor, report.seed_span(BUDGET_SEEDS)) if BUDGETS else
+             "No budget check was run: whether these epochs suffice is not shown."),
           f"- SNIP scores each task on {importance_examples} training images; the fractions kept searched were "
           f"{', '.join(keep_label(k) for k in keeps)} and are the same for every task of a run; shuffled SNIP-PackNet "
           f"was not searched: it runs at SNIP-PackNet's fraction. The declared contrasts compare each variant at its "

@@ -139,7 +139,7 @@ SNOW_CPU = dict(models=["resnet18"], image_size=32, stem="cifar", seeds=5, epoch
                 lr_candidates={"snow": [0.05, 0.1, 0.2], "ft": [0.01, 0.05, 0.1], "fe": [0.05, 0.1, 0.2],
                                "fo": [0.1, 0.3, 1.0]}, lr_seeds=2, budget_epochs=120)
 CONTINUAL_QUICK = dict(seeds=2, search_seeds=1, epochs=1, permuted_epochs=1, permuted_tasks=3,
-                       importance_examples=128, probe_examples=200)
+                       importance_examples=128, probe_examples=200, budget_factor=1)
 # Like TRANSFER_QUICK, through the ImageNet stem, whose source pretrains in seconds; the search on SNOW's rate only.
 SNOW_QUICK = dict(stem="imagenet", lr_candidates={"snow": [0.05, 0.2]}, lr_seeds=1, lr_extensions=0,
                   ks=[10], focus_k=10, seeds=2, epochs=4, eval_every=2, source_epochs=1, test_per_class=50,
@@ -226,9 +226,12 @@ CHAPTERS = [
             # 61 min for 6,960 run-seconds on two workers; the reported runs stay 3,763 run-seconds, and the search
             # becomes about 9 λ per variant (7 shared decades, 2 half-decades) x 4 variants x 3 seeds per benchmark
             # at its runs' mean seconds (8.2 Split task-IL, 8.0 class-IL, 32.7 Permuted): 5,280 run-seconds.
-            cost=Cost((3763 + 5280) * 61 / 6960, LOADED_CPU,
-                      estimated_from="the 2026-12-05 run's records (seconds per run, wall time per run-second) and "
-                                     "about 9 λ per variant on 3 search seeds"),
+            # The budget check (budget_factor 2 on 3 seeds, the default) trains every strategy on 3 seeds at 1x and
+            # 2x the epochs per task: 3 x (1 + 2) x 376 run-seconds per seed of the reported runs, about 3,390.
+            cost=Cost((3763 + 5280 + 3390) * 61 / 6960, LOADED_CPU,
+                      estimated_from="the 2026-12-05 run's records (seconds per run, wall time per run-second), "
+                                     "about 9 λ per variant on 3 search seeds, and the budget check's 3 seeds at 1× "
+                                     "and 2×"),
             quick=dict(CONTINUAL_QUICK, lambdas=[1.0], lambda_extensions=0, lambda_refine=False), quick_cost=Cost(116 / 60, QUICK_IDLE)),
     # Permuted MNIST at the protocol of van de Ven et al.'s code (snipnb.published.VAN_DE_VEN_PROTOCOL, issue 20):
     # 10 tasks, Adam at lr 1e-4, batch 128, an MLP of two 1000-unit layers, 12 epochs of the 54,000 training
@@ -249,8 +252,11 @@ CHAPTERS = [
             # 33 min for 5 seeds (shared machine), then 11.6 min idle for the 5 added seeds' 50 runs (2026-12-05).
             # The shuffled SNIP-PackNet control (2026-12-06) adds 20 reported runs (10 seeds x 2 benchmarks, not
             # searched): about 20/50 of those 11.6 min. --quick: 136 s for its 32 runs, and 4 more at that pace.
-            cost=Cost(33 + 12 + 20 / 50 * 11.6, LOADED_CPU,
-                      estimated_from="the run without the shuffled control, and the pace of its 5 added seeds"),
+            # The budget check (budget_factor 2 on 3 seeds, the default): the 12 strategy-benchmark runs of a seed
+            # (about 12/50 x 11.6 min) at 1x and 2x the epochs per task, on 3 seeds: about 25 min.
+            cost=Cost(33 + 12 + 20 / 50 * 11.6 + 3 * 3 * 12 / 50 * 11.6, LOADED_CPU,
+                      estimated_from="the run without the shuffled control or the budget check, and the pace of its "
+                                     "5 added seeds"),
             quick=dict(CONTINUAL_QUICK, epochs=2, permuted_epochs=2, keeps=[None, 0.5]),
             quick_cost=Cost(136 * 36 / 32 / 60, QUICK_IDLE, estimated_from="the quick run without the shuffled control")),
     Chapter("04_snip_packnet_cifar100", "04_snip_packnet",

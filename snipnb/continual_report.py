@@ -5,18 +5,21 @@ metrics in percent. `titles` maps a benchmark's name to the title a reader sees,
 
 A chapter declares its primary contrasts (`declared_contrasts`) before any run and checks them
 against its grid (`named_grid`); everything else here (`paired_comparisons`, `comparison_table`) is
-exploratory: per-comparison 95% intervals, not corrected for multiplicity.
+exploratory: per-comparison 95% intervals, not corrected for multiplicity. `budget_check` asks whether
+the chapter's epochs per task suffice: the same strategies trained longer, read on validation.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pandas as pd
 
 from . import plots, stats
 from .contrasts import Contrast
-from .sequence import mean_matrix
+from .continual import PACKNET_STRATEGIES
+from .sequence import ContinualRun, mean_matrix
 
 METRICS = {"avg_acc": "average accuracy", "forgetting": "forgetting", "bwt": "BWT", "fwt": "FWT"}
 
@@ -191,6 +194,130 @@ def seen_accuracy_figure(results: pd.DataFrame, titles: dict[str, str], strategi
             ax.axhline(joint.mean(), color="k", lw=1, ls=":", label="joint")
     plots.shared_legend(fig, axes)
     return fig
+
+
+BUDGET_READINGS = {"avg_acc": "final average accuracy",
+                   "learned_acc": "accuracy on each task right after learning it"}
+
+
+def budget_runs(reported: list[ContinualRun], seeds, budgets) -> list[ContinualRun]:
+    """The budget check's runs: each of `reported` whose seed is in `seeds`, read on validation (no
+    probe), at each multiple in `budgets` of its epochs per task. PackNet's retraining epochs are scaled
+    alike, so that a longer budget keeps its split between training and retraining."""
+    seeds = set(seeds)
+    return [dataclasses.replace(run, split="val", probe_examples=0, epochs=run.epochs * factor,
+                                **({"retrain_epochs": run.retrain_epochs * factor}
+                                   if run.strategy in PACKNET_STRATEGIES else {}))
+            for run in reported if run.seed in seeds for factor in budgets]
+
+
+def learned_accuracy(R) -> float:
+    """The mean of R's diagonal, each task's accuracy right after it was trained: what more epochs per
+    task can raise even where forgetting takes it back. Joint training's R is one row, every task learned
+    at once: its mean."""
+    R = np.asarray(R, dtype=float)
+    return float(R.mean() if len(R) == 1 else np.diagonal(R).mean())
+
+
+def budget_check(runs: pd.DataFrame, baseline: float = 1) -> pd.DataFrame:
+    """What a longer budget changes, per (benchmark, strategy): `runs` has a `budget` column (the epochs
+    per task as a multiple of the chapter's; `baseline` is the chapter's own), `seed`, `avg_acc` and
+    `R`, read on validation. For each reading in `BUDGET_READINGS` (the final average accuracy, and
+    the diagonal of R) and each longer budget: the means at both budgets over the seeds both ran, and
+    the paired difference longer − baseline (`stats.paired_difference`'s columns). A repeated
+    (benchmark, strategy, budget, seed) is refused: it would be paired twice."""
+    keys = ["benchmark", "strategy", "budget", "seed"]
+    missing = [c for c in [*keys, "avg_acc", "R"] if c not in runs.columns]
+    if missing:
+        raise ValueError(f"budget_check: no column {missing}; the runs have {list(runs.columns)}")
+    repeated = runs[runs.duplicated(keys, keep=False)]
+    if len(repeated):
+        raise ValueError(f"budget_check: {len(repeated)} runs repeat a (benchmark, strategy, budget, seed): "
+                         f"{sorted(set(map(tuple, repeated[keys].values.tolist())))[:5]}")
+    if not (runs.budget == baseline).any():
+        raise ValueError(f"budget_check: no run at the baseline budget {baseline}; budgets run: "
+                         f"{sorted(set(runs.budget))}")
+    runs = runs.assign(learned_acc=runs.R.map(learned_accuracy))
+    parts = []
+    for metric in BUDGET_READINGS:
+        diff = stats.paired_difference(runs, metric, baseline={"budget": baseline}, variant=["budget"],
+                                       pair_on=["seed"], group=["benchmark", "strategy"])
+        for i, row in diff.iterrows():  # the means over the seeds that both budgets ran, as the difference is
+            same = runs[(runs.benchmark == row.benchmark) & (runs.strategy == row.strategy)]
+            both = set(same[same.budget == baseline].seed) & set(same[same.budget == row.budget].seed)
+            means = same[same.seed.isin(both)].groupby("budget")[metric].mean()
+            diff.loc[i, ["at_baseline", "at_budget"]] = means[baseline], means[row.budget]
+        parts.append(diff.assign(metric=metric))
+    columns = ["benchmark", "strategy", "metric", "budget", "at_baseline", "at_budget", "diff", "ci_low", "ci_high",
+               "n", "detectable"]
+    return pd.concat(parts, ignore_index=True)[columns]
+
+
+def budget_verdict(row, unit: str = "points") -> str:
+    """One phrase for a `budget_check` row: "rose" or "fell" (by how much, with its 95% CI) where the
+    seeds agree, else "no rise detected at this power" with the change the check would detect."""
+    if row["n"] < 2:
+        return f"{row['diff']:+.2f} {unit} on one seed (no interval)"
+    interval = f"(95% CI {row['ci_low']:+.2f} to {row['ci_high']:+.2f}, {int(row['n'])} seeds)"
+    if row["ci_low"] > 0:
+        return f"rose {row['diff']:+.2f} {unit} {interval}"
+    if row["ci_high"] < 0:
+        return f"fell {row['diff']:+.2f} {unit} {interval}"
+    return (f"no rise detected at this power: {row['diff']:+.2f} {unit} {interval}; the check would detect about "
+            f"±{row['detectable']:.2f}")
+
+
+def budget_table(checked: pd.DataFrame, titles: dict[str, str], strategy_names: dict[str, str]) -> pd.DataFrame:
+    """`budget_check` for a reader: one row per (benchmark title, strategy, reading, longer budget), the
+    means at both budgets and the `budget_verdict`, in the order of `titles` and `strategy_names`."""
+    order = {(b, s): i for i, (b, s) in enumerate((b, s) for b in titles for s in strategy_names)}
+    rows = checked.assign(_order=[order.get((b, s), len(order)) for b, s in zip(checked.benchmark, checked.strategy)])
+    rows = rows.sort_values(["_order", "metric", "budget"], kind="stable")
+    shown = pd.DataFrame({"benchmark": rows.benchmark,
+                          "strategy": rows.strategy.map(lambda s: strategy_names.get(s, s)),
+                          "reading": rows.metric.map(BUDGET_READINGS), "budget": rows.budget.map(lambda f: f"{f:g}×"),
+                          "at the chapter's epochs (%)": rows.at_baseline.round(2),
+                          "at the longer budget (%)": rows.at_budget.round(2),
+                          "longer − chapter's": rows.apply(budget_verdict, axis=1)})
+    return _titled(shown.set_index(["benchmark", "strategy", "reading", "budget"]), titles)
+
+
+def budget_changes(checked: pd.DataFrame, titles: dict[str, str], strategy_names: dict[str, str]) -> dict[str, list]:
+    """Where the longer budget moved a reading with the seeds agreeing: {"rose": [...], "fell": [...]},
+    each entry "title: strategy's reading", in the order of `budget_table`."""
+    changes = {"rose": [], "fell": []}
+    for b, title in titles.items():
+        for s, name in strategy_names.items():
+            for _, row in checked[(checked.benchmark == b) & (checked.strategy == s)].iterrows():
+                if row.n >= 2 and (row.ci_low > 0 or row.ci_high < 0):
+                    changes["rose" if row.ci_low > 0 else "fell"].append(
+                        f"{title}: {name}'s {BUDGET_READINGS[row.metric]} at {row.budget:g}×")
+    return changes
+
+
+def budget_note(changes: dict[str, list], factor: int, seeds_said: str) -> str:
+    """One sentence on what `budget_changes` found at `factor`× the epochs per task, for a chapter's
+    answer and limits: which readings still rose (compared before they flattened), which fell."""
+    said = f"At {factor}× the epochs per task (validation, {seeds_said}), "
+    if changes["rose"]:
+        said += (f"these still rose: {'; '.join(changes['rose'])}; the chapter compares them before their accuracy "
+                 f"flattened")
+    else:
+        said += "no strategy's accuracy rose detectably; a smaller rise may go unseen"
+    if changes["fell"]:
+        said += f"; these fell: {'; '.join(changes['fell'])}"
+    return said + ". See 'Is the budget long enough?'."
+
+
+def contrasts_at_budgets(runs: pd.DataFrame, pairs: list[tuple[str, str]], titles: dict[str, str],
+                         budgets: list) -> pd.DataFrame:
+    """Each pair (a, b) of strategies at every budget of the budget check's `runs` (column `budget`),
+    a − b in average accuracy paired on seeds within the budget: one row per (benchmark title, pair),
+    one column per budget ("2× epochs per task"), difference [95% CI], uncorrected."""
+    compared = paired_comparisons(runs, pairs, metrics=("avg_acc",), within=("budget",))
+    shown = by_setting_table(compared, pairs, titles, "budget", list(budgets))
+    shown.columns = [f"{factor:g}× epochs per task" for factor in budgets]
+    return shown
 
 
 def _titled(table: pd.DataFrame, titles: dict[str, str]) -> pd.DataFrame:

@@ -74,6 +74,18 @@ def answer(results: pd.DataFrame, contrasts, *, setting: str, lead="", needed=No
     return Findings(tested, setting, unit=unit, lead=lead(tested) if callable(lead) else lead, title="Answer")
 
 
+def seed_span(seeds) -> str:
+    """Seeds as a reader says them: "seed 2", "seeds 0 to 2" for consecutive ones, "seeds 0, 2 and 5"."""
+    seeds = sorted(set(int(seed) for seed in seeds))
+    if not seeds:
+        raise ValueError("seed_span: no seeds")
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    if seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"seeds {seeds[0]} to {seeds[-1]}"
+    return f"seeds {', '.join(map(str, seeds[:-1]))} and {seeds[-1]}"
+
+
 def _plain(value):
     """A JSON-ready scalar: numpy numbers as Python ones, NaN as None."""
     if value is None:

@@ -189,3 +189,93 @@ def test_a_choice_is_inside_the_grid_by_the_first_tasks_share(keeps, n_tasks, ch
 def test_a_choice_outside_the_grids_candidates_is_refused():
     with pytest.raises(ValueError, match="0.3"):
         cr.inside_the_grid(0.3, [0.2, 0.25, 0.5])
+
+
+def budget_runs():
+    """'ewc' gains 2 points of final accuracy at 2× on every seed (noisily) and loses 1.5 on the diagonal;
+    'finetune' is unchanged. Seed 3 ran only at 1×, far off, so it must not enter any mean or pair."""
+    rows = []
+    for seed, noise in enumerate((0.1, -0.2, 0.3)):
+        for budget in (1, 2):
+            longer = budget == 2
+            rows.append(dict(benchmark="split_task", strategy="ewc", budget=budget, seed=seed,
+                             avg_acc=80 + seed + 2 * longer + noise * longer,
+                             R=[[90 - 1.5 * longer + noise * longer, 0.0], [85.0, 90 - 1.5 * longer]]))
+            rows.append(dict(benchmark="split_task", strategy="finetune", budget=budget, seed=seed,
+                             avg_acc=60 + seed + noise * longer, R=[[70.0, 0.0], [40.0, 70.0]]))
+    rows.append(dict(benchmark="split_task", strategy="ewc", budget=1, seed=3, avg_acc=0.0, R=[[0.0, 0.0], [0.0, 0.0]]))
+    return pd.DataFrame(rows)
+
+
+def test_learned_accuracy_is_the_diagonal_and_joint_trainings_single_row():
+    assert cr.learned_accuracy([[90, 10], [50, 80]]) == 85
+    assert cr.learned_accuracy([[90, 70, 80]]) == 80
+
+
+def test_the_budget_check_pairs_seeds_both_budgets_ran_and_reads_final_and_diagonal_accuracy():
+    checked = cr.budget_check(budget_runs()).set_index(["strategy", "metric"])
+    final = checked.loc["ewc", "avg_acc"]
+    assert final.budget == 2 and final.n == 3
+    assert final["diff"] == pytest.approx(2 + (0.1 - 0.2 + 0.3) / 3)
+    assert final.at_baseline == pytest.approx(81)  # seeds 0-2 only: seed 3 ran at 1× alone
+    assert final.ci_low > 0
+    diagonal = checked.loc["ewc", "learned_acc"]
+    assert diagonal["diff"] == pytest.approx(-1.5 + (0.1 - 0.2 + 0.3) / 6)
+    assert diagonal.ci_high < 0
+    assert checked.loc["finetune", "learned_acc"]["diff"] == 0
+
+
+def test_the_budget_check_refuses_a_repeated_run_and_a_check_without_the_chapters_budget():
+    runs = budget_runs()
+    with pytest.raises(ValueError, match="repeat"):
+        cr.budget_check(pd.concat([runs, runs.iloc[:1]]))
+    with pytest.raises(ValueError, match="no run at the baseline budget 1"):
+        cr.budget_check(runs[runs.budget == 2])
+
+
+def test_budget_verdicts_say_rose_fell_or_what_the_check_would_detect():
+    checked = cr.budget_check(budget_runs()).set_index(["strategy", "metric"])
+    assert cr.budget_verdict(checked.loc["ewc", "avg_acc"]).startswith("rose +2.07 points")
+    assert cr.budget_verdict(checked.loc["ewc", "learned_acc"]).startswith("fell -1.47 points")
+    flat = cr.budget_verdict(checked.loc["finetune", "avg_acc"])
+    assert flat.startswith("no rise detected at this power") and "would detect about ±" in flat
+    names = {"ewc": "EWC", "finetune": "fine-tuning"}
+    changes = cr.budget_changes(cr.budget_check(budget_runs()), {"split_task": "Split, task-IL"}, names)
+    assert changes == {"rose": ["Split, task-IL: EWC's final average accuracy at 2×"],
+                       "fell": ["Split, task-IL: EWC's accuracy on each task right after learning it at 2×"]}
+
+
+def test_the_budget_table_follows_the_chapters_order_of_strategies():
+    names = {"finetune": "fine-tuning", "ewc": "EWC"}
+    shown = cr.budget_table(cr.budget_check(budget_runs()), {"split_task": "Split, task-IL"}, names)
+    assert list(shown.index.get_level_values("strategy")) == ["fine-tuning"] * 2 + ["EWC"] * 2
+    assert set(shown.index.get_level_values("benchmark")) == {"Split, task-IL"}
+    assert shown.index.get_level_values("budget")[0] == "2×"
+
+
+def test_budget_runs_read_validation_on_the_given_seeds_and_scale_packnets_retraining_with_its_epochs():
+    reported = [ContinualRun(strategy=s, seed=seed, epochs=4, retrain_epochs=1, model="lenet300_100",
+                             dataset="synthetic", synthetic_shape=(1, 28))
+                for s in ("ewc", "packnet") for seed in range(5)]
+    runs = cr.budget_runs(reported, range(2), [1, 3])
+    assert len(runs) == 2 * 2 * 2
+    assert {r.seed for r in runs} == {0, 1}
+    assert {r.split for r in runs} == {"val"} and {r.probe_examples for r in runs} == {0}
+    longer = {r.strategy: r for r in runs if r.epochs == 12}
+    assert longer["packnet"].retrain_epochs == 3  # its share of the budget kept
+    assert longer["ewc"].retrain_epochs == 1  # not PackNet: the field is left as it was
+
+
+def test_the_budget_note_names_what_rose_and_what_fell():
+    said = cr.budget_note({"rose": ["A: x"], "fell": ["B: y"]}, 2, "seeds 0 to 2")
+    assert said.startswith("At 2× the epochs per task (validation, seeds 0 to 2), these still rose: A: x;")
+    assert "these fell: B: y" in said
+    assert "no strategy's accuracy rose detectably" in cr.budget_note({"rose": [], "fell": []}, 2, "seed 0")
+
+
+def test_contrasts_at_budgets_pair_within_each_budget():
+    runs = budget_runs()
+    shown = cr.contrasts_at_budgets(runs, [("ewc", "finetune")], {"split_task": "Split, task-IL"}, [1, 2])
+    assert list(shown.columns) == ["1× epochs per task", "2× epochs per task"]
+    assert shown.iloc[0, 0].startswith("+20.00 [+20.00, +20.00]")  # seeds 0-2 at 1×: seed 3 has no fine-tuning run
+    assert shown.iloc[0, 1].startswith("+22.00 [+22.00, +22.00]")  # both gain the same noise at 2×
