@@ -156,7 +156,7 @@ from snipnb import checks, data, devices, plots, pretrained, provenance, stats, 
 from snipnb.cluster import cluster_executor
 from snipnb.contrasts import Contrast, check_contrasts
 from snipnb.notebook import check_parameters, pick
-from snipnb.report import answer, table
+from snipnb.report import answer, late_gain_table, table
 from snipnb.sweep import config_id, run_sweep
 from snipnb.train import default_device
 
@@ -524,11 +524,9 @@ grid_cell = grid_cell[grid_cell.seed >= search_seeds]
 grid_cell["run"] = [label(row) for _, row in grid_cell.iterrows()]
 has_curves = (val_per_class is not None and len(grid_cell) > 0 and "val_curve" in grid_cell
               and grid_cell.val_curve.notna().all()
-              and grid_cell.test_epochs.map(lambda tested: len(tested) > 1 and tested[0] <= 0.7 * tested[-1]).all())
+              and grid_cell.test_epochs.map(stats.shows_late_gain).all())
 if has_curves:
-    late = transfer.late_gains(grid_cell, "run").set_index("run")
-    display(table(late.rename(columns={"start": "from epoch", "end": "to epoch", "gain": "gain (points)",
-                                       "ci_low": "95% CI low", "ci_high": "95% CI high", "n": "seeds"}),
+    display(table(late_gain_table(transfer.late_gains(grid_cell, "run"), "run", "epoch"),
                   caption=f"Validation accuracy gained over the last 30% of the grid's {epochs} epochs ({models[0]}; "
                           f"methods prune {focus_sparsity:.0%} of `{focus_blocks}`; seeds "
                           f"{', '.join(map(str, sorted(set(grid_cell.seed))))}, each averaged over k)"))

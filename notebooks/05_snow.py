@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -158,7 +158,7 @@ from snipnb import checks, data, devices, plots, pretrained, provenance, snow, s
 from snipnb.cluster import cluster_executor
 from snipnb.contrasts import Contrast, check_contrasts
 from snipnb.notebook import check_parameters, pick
-from snipnb.report import answer, table
+from snipnb.report import answer, late_gain_table, table
 from snipnb.sweep import run_sweep
 from snipnb.train import default_device
 
@@ -476,9 +476,7 @@ if has_curves:
         ax.set_ylabel(f"{read_on} accuracy (%)")
         ax.set_title(f"{model}, k = {k_label(focus_k)}", fontsize="medium")
     plots.shared_legend(fig, axes)
-    display(table(late.set_index(["model", "variant"]).rename(
-        columns={"start": "from epoch", "end": "to epoch", "gain": "gain (points)", "ci_low": "95% CI low",
-                 "ci_high": "95% CI high", "n": "seeds"}),
+    display(table(late_gain_table(late, ["model", "variant"], "epoch"),
                   caption=f"{read_on} accuracy gained over the last 30% of the epochs, seeds "
                           f"{', '.join(map(str, sorted(set(at_focus.seed))))}"))
 else:
@@ -598,8 +596,7 @@ for baseline, others in (("learned", ["snip", "random"]), ("random", ["snip"])):
     for _, row in diffs.iterrows():
         what = f"{SELECTION_NAMES[row.selection]} − {SELECTION_NAMES[baseline]}"
         declared = f"{row.model}, k = {row.shots}: {what}" in {c.name for c in PRIMARY}
-        channel_rows.append((row.model, row.shots, what, stats.verdict(row) + (
-            " (uncorrected: a declared contrast, tested with Holm's correction in the Answer)" if declared else "")))
+        channel_rows.append((row.model, row.shots, what, stats.verdict(row, declared=declared)))
 display(Markdown("\n".join(f"- {model}, k = {k}: {what}: {verdict}." for model, k, what, verdict in channel_rows)
                  if channel_rows else "Only one selection rule was run."))
 learned = snow_main[snow_main.selection == "learned"]
@@ -752,8 +749,7 @@ plots.shared_legend(fig, axes)
 # %% tags=["hide-input"]
 findings = []
 for (model, shots), cell in against_ft.groupby(["model", "shots"], sort=False, observed=True):
-    parts = [f"{row.variant} {stats.verdict(row)}" + (" (uncorrected: a declared contrast, tested with Holm's "
-                                                      "correction in the Answer)" if row.variant == "SNOW" else "")
+    parts = [f"{row.variant} {stats.verdict(row, declared=row.variant == 'SNOW')}"
              for _, row in cell.iterrows() if row.variant in ("SNOW", "FE", "FO")]
     if parts:
         findings.append(f"- **Accuracy against fine-tuning** ({model}, {source} → {target}, k = {shots}; final "

@@ -126,7 +126,7 @@ from snipnb import devices, metarun, plots, provenance, published, stats
 from snipnb.cluster import cluster_executor
 from snipnb.contrasts import Contrast, check_contrasts
 from snipnb.notebook import check_parameters
-from snipnb.report import answer
+from snipnb.report import answer, late_gain_table
 from snipnb.report import table as styled
 from snipnb.sweep import run_sweep
 from snipnb.train import default_device
@@ -272,8 +272,7 @@ plots.shared_legend(fig, [ax])
 
 # %% tags=["hide-input"]
 late = stats.late_gain(val_curves, "method", fraction=0.3)
-display(styled(late.set_index("method").rename(columns={"start": "from it.", "end": "to it.", "gain": "gain (points)",
-                                                      "ci_low": "95% CI low", "ci_high": "95% CI high", "n": "seeds"}),
+display(styled(late_gain_table(late, "method", "it."),
                caption="meta-validation gain over the last 30% of meta-training"))
 
 # %% [markdown]

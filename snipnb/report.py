@@ -74,6 +74,14 @@ def answer(results: pd.DataFrame, contrasts, *, setting: str, lead="", needed=No
     return Findings(tested, setting, unit=unit, lead=lead(tested) if callable(lead) else lead, title="Answer")
 
 
+def late_gain_table(late: pd.DataFrame, index, step: str) -> pd.DataFrame:
+    """`stats.late_gain`'s rows for a reader: indexed by `index`, its columns named in words, the two
+    steps called `step` ("epoch", "it.")."""
+    return late.set_index(index).rename(columns={
+        "start": f"from {step}", "end": f"to {step}", "gain": "gain (points)", "ci_low": "95% CI low",
+        "ci_high": "95% CI high", "n": "seeds"})
+
+
 def seed_span(seeds) -> str:
     """Seeds as a reader says them: "seed 2", "seeds 0 to 2" for consecutive ones, "seeds 0, 2 and 5"."""
     seeds = sorted(set(int(seed) for seed in seeds))

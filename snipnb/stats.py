@@ -78,13 +78,18 @@ def detectable_effect(sd: float, n: int, level: float = 0.95, power: float = 0.8
 
 
 EXPLORATORY = "exploratory: not a declared contrast, not corrected for multiplicity"
+DECLARED_ELSEWHERE = "(uncorrected: a declared contrast, tested with Holm's correction in the Answer)"
 
 
-def verdict(row, unit: str = "points", pairs: str = "seeds", exploratory: bool = False) -> str:
+def verdict(row, unit: str = "points", pairs: str = "seeds", exploratory: bool = False,
+            declared: bool = False) -> str:
     """One phrase for a `paired_difference` row: the difference with its 95% CI, and either that the
     seeds agree on its sign or that no difference was detected at this power, with the smallest
-    effect the run could have detected. `exploratory=True` appends "(EXPLORATORY)": for any
-    comparison that is not among the chapter's declared contrasts."""
+    effect the run could have detected. `exploratory=True` appends `EXPLORATORY`: for any
+    comparison that is not among the chapter's declared contrasts. `declared=True` says that this
+    uncorrected interval is of a declared contrast, whose test (Holm) is in the chapter's Answer."""
+    if exploratory and declared:
+        raise ValueError("verdict: a comparison is either exploratory or declared, not both")
     if row["n"] < 2:
         text = f"{row['diff']:+.2f} {unit} on one seed (no interval)"
     else:
@@ -94,6 +99,8 @@ def verdict(row, unit: str = "points", pairs: str = "seeds", exploratory: bool =
             text += f": {'higher' if row['diff'] > 0 else 'lower'}, and the {pairs} agree"
         else:
             text += f": not detected at this power (the run would detect about ±{row['detectable']:.2f} {unit})"
+    if declared:
+        return f"{text} {DECLARED_ELSEWHERE}"
     return f"{text} ({EXPLORATORY})" if exploratory else text
 
 

@@ -156,13 +156,20 @@ def _recipe(run: Table1Run, device) -> dict:
                 device=device, eval_every=run.eval_every, progress=False)
 
 
+def in_official_window(iterations) -> list[bool]:
+    """Which of the checkpoints at `iterations` (ascending, the last the run's end) the official test.py
+    reads its best test accuracy from: those in the last `OFFICIAL_WINDOW` iterations."""
+    iterations = list(iterations)
+    return [it > iterations[-1] - OFFICIAL_WINDOW for it in iterations]
+
+
 def _result(model, history, steps: int) -> dict:
     """Test error (%) at three checkpoint choices, from the test and validation accuracies of every
     checkpoint: the last one; the one with the best validation accuracy; and the best test accuracy
     over the checkpoints of the last `OFFICIAL_WINDOW` iterations, as the official test.py reports.
     With them the learning curves: validation and test error (%) at every checkpoint's iteration."""
     iterations = [epoch * steps for epoch in history.test_epochs]
-    window = [acc for it, acc in zip(iterations, history.test_acc) if it > iterations[-1] - OFFICIAL_WINDOW]
+    window = [acc for inside, acc in zip(in_official_window(iterations), history.test_acc) if inside]
     best_val = max(range(len(history.val_acc)), key=history.val_acc.__getitem__)  # the first, on ties
     report = sparsity_report(model)
     return dict(final_error=100 * (1 - history.final_acc), best_val_error=100 * (1 - history.test_at_best_val),

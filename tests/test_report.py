@@ -14,3 +14,16 @@ def test_seeds_are_said_as_a_span_where_consecutive(seeds, said):
 def test_no_seeds_is_refused():
     with pytest.raises(ValueError, match="no seeds"):
         seed_span([])
+
+
+def test_the_late_gain_table_names_its_columns_and_steps_in_words():
+    import pandas as pd
+
+    from snipnb.report import late_gain_table
+
+    late = pd.DataFrame([dict(method="snip", start=700, end=1000, gain=1.5, ci_low=0.5, ci_high=2.5, n=5,
+                              reading="still rising")])
+    shown = late_gain_table(late, "method", "it.")
+    assert list(shown.columns) == ["from it.", "to it.", "gain (points)", "95% CI low", "95% CI high", "seeds",
+                                   "reading"]
+    assert shown.loc["snip", "from it."] == 700

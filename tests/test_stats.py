@@ -278,6 +278,16 @@ def test_verdict_labels_what_was_not_declared_as_exploratory():
     assert "exploratory" not in verdict(row) and "not corrected for multiplicity" in EXPLORATORY
 
 
+def test_a_declared_contrasts_uncorrected_interval_points_to_its_test_and_is_never_also_exploratory():
+    from snipnb.stats import DECLARED_ELSEWHERE, verdict
+
+    row = dict(diff=-2.0, ci_low=-3.0, ci_high=-1.0, n=5, detectable=1.0)
+    assert verdict(row, declared=True) == f"{verdict(row)} {DECLARED_ELSEWHERE}"
+    assert "Holm" in DECLARED_ELSEWHERE
+    with pytest.raises(ValueError, match="either exploratory or declared"):
+        verdict(row, exploratory=True, declared=True)
+
+
 def test_a_difference_can_be_tested_against_a_published_value_and_for_equivalence_to_it():
     from snipnb.contrasts import Contrast, describe_contrast, evaluate_contrasts
 

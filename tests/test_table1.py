@@ -136,6 +136,14 @@ def test_the_official_checkpoint_choice_looks_only_at_the_last_10k_iterations():
     assert result["test_error_curve"][1] == pytest.approx(1.0) and result["test_error_curve"][-1] == pytest.approx(10.0)
 
 
+def test_the_official_window_holds_the_checkpoints_after_the_last_10k_iterations_began():
+    from snipnb.table1 import in_official_window
+
+    # 15 epochs of 1,000 iterations: 5,000 is the window's open edge, 6,000 to 15,000 inside (10 checkpoints).
+    assert in_official_window(range(1000, 15_001, 1000)) == [False] * 5 + [True] * 10
+    assert in_official_window([4320]) == [True]  # a run shorter than the window: every checkpoint
+
+
 def test_the_ablation_grid_shares_dense_runs_and_changes_one_thing_at_a_time():
     changes = ablations(long_epochs=5)
     settings = dict(dataset="synthetic", synthetic_shape=(1, 16), epochs=2)
