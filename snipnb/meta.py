@@ -397,11 +397,18 @@ def snip_masks_like(model, params, batch, names: list[str], density: float) -> d
     return {n: torch.stack([m[n] for m in masks]) for n in names}
 
 
-def jaccard(a: dict, b: dict) -> torch.Tensor:
-    """|A ∩ B| / |A ∪ B| of two masks, over all names; a leading task dimension in `b` gives one per task."""
-    both = sum((a[n].bool() & b[n].bool()).flatten(start_dim=b[n].dim() - a[n].dim()).sum(-1) for n in a)
-    either = sum((a[n].bool() | b[n].bool()).flatten(start_dim=b[n].dim() - a[n].dim()).sum(-1) for n in a)
-    return both.float() / either.clamp(min=1).float()
+def jaccard(a: dict, b: dict, mask_dims: int | None = None) -> torch.Tensor:
+    """|A ∩ B| / |A ∪ B| of two masks, over all names. The leading dimensions of `b` that `a` lacks index
+    masks (a task dimension in `b` gives one overlap per task); `mask_dims` says how many leading
+    dimensions index masks where both sides have them (`consecutive_jaccard`)."""
+    def kept(combine) -> torch.Tensor:
+        total = 0
+        for n in a:
+            start = b[n].dim() - a[n].dim() if mask_dims is None else mask_dims
+            total = total + combine(a[n].bool(), b[n].bool()).flatten(start_dim=start).sum(-1)
+        return total
+
+    return kept(torch.logical_and).float() / kept(torch.logical_or).clamp(min=1).float()
 
 
 def layer_chance_jaccard(counts_a: dict, counts_b: dict, sizes: dict) -> torch.Tensor:
@@ -428,6 +435,4 @@ def layer_chance_jaccard(counts_a: dict, counts_b: dict, sizes: dict) -> torch.T
 def consecutive_jaccard(masks: dict) -> torch.Tensor:
     """Jaccard of each episode's mask with the next one's: `masks` hold one mask per episode along
     their first dimension (as `snip_masks_like` returns them); E − 1 values for E episodes."""
-    both = sum((m[:-1].bool() & m[1:].bool()).flatten(1).sum(1) for m in masks.values())
-    either = sum((m[:-1].bool() | m[1:].bool()).flatten(1).sum(1) for m in masks.values())
-    return both.float() / either.clamp(min=1).float()
+    return jaccard({n: m[:-1] for n, m in masks.items()}, {n: m[1:] for n, m in masks.items()}, mask_dims=1)
