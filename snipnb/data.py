@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import numbers
 import os
 import pathlib
 import socket
@@ -338,20 +339,25 @@ def validation_split(labels: torch.Tensor, per_class: int | None,
     """(validation indices or None, the indices the k-shot subsets are drawn from) of a training
     split with these `labels`.
 
-    `per_class` images of every class are held out once (`few_shot_indices` with `seed`), before any
-    k-shot subset is drawn: the validation set is the same for every run's seed, k and method, and
-    disjoint from every subset drawn from the rest. Drawing the subsets from the rest with
-    `few_shot_indices(labels[rest], k, seed)` keeps them nested across k. Without `per_class`
-    nothing is held out and the rest is the whole split.
+    `per_class` images of every class, 1 to one less than the smallest class, are held out once
+    (`few_shot_indices` with `seed`), before any k-shot subset is drawn: the validation set is the
+    same for every run's seed, k and method, and disjoint from every subset drawn from the rest.
+    Drawing the subsets from the rest with `few_shot_indices(labels[rest], k, seed)` keeps them
+    nested across k. Without `per_class` nothing is held out and the rest is the whole split.
     """
     labels = torch.as_tensor(labels)
     everything = torch.arange(len(labels))
     if per_class is None:
         return None, everything
-    try:
-        held_out = few_shot_indices(labels, per_class, seed)
-    except ValueError as error:
-        raise ValueError(f"val_per_class={per_class} is more than the training split holds: {error}") from None
+    classes, sizes = torch.unique(labels, return_counts=True)
+    smallest = int(sizes.argmin())
+    # Holding out a whole class would leave it out of every k-shot subset drawn from the rest, silently.
+    is_int = isinstance(per_class, numbers.Integral) and not isinstance(per_class, bool)
+    if not is_int or not 1 <= per_class < sizes[smallest]:
+        raise ValueError(f"val_per_class must be an int from 1 to {int(sizes[smallest]) - 1}, one less than the "
+                         f"smallest class (class {int(classes[smallest])} with {int(sizes[smallest])} images), so "
+                         f"every class keeps images to draw k-shot subsets from; got val_per_class={per_class!r}")
+    held_out = few_shot_indices(labels, per_class, seed)
     rest = torch.ones(len(labels), dtype=torch.bool)
     rest[held_out] = False
     return held_out, everything[rest]

@@ -282,6 +282,19 @@ def test_a_validation_split_is_held_out_once_and_the_k_shot_subsets_come_from_th
         data.validation_split(labels, 6)
 
 
+def test_a_validation_split_leaves_every_class_images_for_the_k_shot_subsets():
+    # Class 0 has 3 images: holding out 3 would leave none of it for any k-shot subset.
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate([3, 5, 5])])
+    held_out, rest = data.validation_split(labels, 2)
+    assert torch.bincount(labels[rest]).tolist() == [1, 3, 3]
+    for per_class in (3, 4):
+        with pytest.raises(ValueError, match=rf"from 1 to 2, .*class 0 with 3 images.*val_per_class={per_class}"):
+            data.validation_split(labels, per_class)
+    for wrong in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=rf"val_per_class must be an int from 1 to 2.*got val_per_class={wrong}"):
+            data.validation_split(labels, wrong)
+
+
 def test_class_split_partitions_classes():
     assert data.class_split(10, 5, seed=None) == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
     split = data.class_split(10, 5, seed=0)
