@@ -673,18 +673,20 @@ def select_lrs(results: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
     the table it was read from) over the runs of `lr_grid` (`results`: one row per run, as
     `run_sweep` returns them). The table holds the mean `val_acc` per method and learning rate, and
     how many runs each mean is over. Only the validation accuracy is read; on a tie the smaller
-    rate wins."""
+    rate wins. Each method's choice is `tuning.select_lr`'s, with its checks: a validation accuracy
+    for every run, and every rate run on the same (model, seed) cells."""
     view = results[["method", "lr", "model", "seed", "val_acc"]]  # no test column is looked at
-    if view.val_acc.isna().any():
-        raise ValueError("select_lrs needs runs with a validation set (val_per_class); some have no val_acc")
+    chosen = {method: _select_lr(method, runs) for method, runs in view.groupby("method", sort=False)}
     table = view.groupby(["method", "lr"]).val_acc.agg(["mean", "count"]).rename(
         columns={"mean": "val_acc", "count": "runs"})
-    if table.groupby("method").runs.nunique().max() != 1:
-        raise ValueError(f"select_lrs compares a method's learning rates over the same runs, but they have "
-                         f"{table.runs.to_dict()} runs each")
-    chosen = {method: tuning.best(rates.droplevel("method").val_acc)
-              for method, rates in table.groupby("method", sort=False)}
     return chosen, table
+
+
+def _select_lr(method: str, runs: pd.DataFrame) -> float:
+    try:
+        return tuning.select_lr(runs, ["model"], str)[0]
+    except ValueError as error:
+        raise ValueError(f"select_lrs, method {method!r}: {error}") from None
 
 
 def check_ks(target: str, ks) -> None:

@@ -10,6 +10,7 @@ Only validation accuracy is ever read here; the callers hold the test split out 
 
 from __future__ import annotations
 
+import collections
 import math
 
 import pandas as pd
@@ -29,19 +30,29 @@ def select_lr(results: pd.DataFrame, by: list[str], label) -> tuple[float, pd.Da
     """(the learning rate with the highest mean validation accuracy after the last epoch, the table
     it was read from) over the runs of one search (`results`: one row per run, with `lr`, `seed`,
     `val_acc` and the `by` columns). The table holds the mean `val_acc` per rate and combination of
-    `by` (a column each, named by `label`), and over every run (`all`). Only the validation
-    accuracy is read; on a tie the smaller rate wins (`best`)."""
+    `by` (a column each, named by `label`), and over every run (`all`). Every rate must have run the
+    same (`by`, seed) cells, not merely as many. Only the validation accuracy is read; on a tie the
+    smaller rate wins (`best`)."""
     view = results[["lr", *by, "seed", "val_acc"]]  # no test column is looked at
     if view.val_acc.isna().any():
         raise ValueError("select_lr needs runs with a validation set (val_per_class); some have no val_acc")
-    counts = view.groupby("lr").size()
-    if counts.nunique() != 1:
-        raise ValueError(f"select_lr compares learning rates over the same runs, but they have {counts.to_dict()} "
-                         f"runs each")
+    _check_same_cells(view, [*by, "seed"])
     table = view.pivot_table(index="lr", columns=list(by), values="val_acc", aggfunc="mean")
     table.columns = [label(key) for key in table.columns]
     table["all"] = view.groupby("lr").val_acc.mean()
     return best(table["all"]), table
+
+
+def _check_same_cells(view: pd.DataFrame, cell: list[str]) -> None:
+    """A ValueError unless every rate in `view` ran the same `cell`s (each as often): a mean over other
+    seeds or k's, as many of them or not, would compare the rates on different runs."""
+    cells = {lr: collections.Counter(part[cell].itertuples(index=False, name=None)) for lr, part in view.groupby("lr")}
+    first, *others = cells
+    for lr in others:
+        if cells[lr] != cells[first]:
+            only_first, only_other = cells[first] - cells[lr], cells[lr] - cells[first]
+            raise ValueError(f"select_lr compares learning rates over the same runs, but of the cells {cell} rate "
+                             f"{first} alone has {sorted(only_first)} and rate {lr} alone has {sorted(only_other)}")
 
 
 def past_edge(tried, chosen: float) -> float | None:

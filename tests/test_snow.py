@@ -591,6 +591,9 @@ def test_select_lrs_reads_each_methods_validation_accuracy_and_never_the_test_ac
         snowrun.select_lrs(results.assign(val_acc=float("nan")))
     with pytest.raises(ValueError, match="same runs"):
         snowrun.select_lrs(results.iloc[:3])
+    # As many runs per rate, but SNOW's 0.2 on seed 2 where its 0.05 ran seed 1: not the same runs.
+    with pytest.raises(ValueError, match="method 'snow'.*same runs"):
+        snowrun.select_lrs(results.assign(seed=[0, 1, 0, 2, 0, 1, 0, 1]))
 
 
 def test_an_ablation_changes_one_setting_at_a_time():

@@ -71,3 +71,19 @@ def test_widen_shared_widens_one_grid_for_every_key_when_any_choice_sits_at_its_
     assert (chosen, calls, grid, edges) == ({"ewc": 0.1}, "once", [0.01, 0.1, 1.0], [])
     with pytest.raises(ValueError, match="extensions"):
         tuning.widen_shared([0.1, 1.0], choose, -1)
+
+
+def test_select_lr_compares_rates_over_the_same_cells_not_only_as_many():
+    # Each rate has two runs, but 0.1 ran seed 2 where 0.01 ran seed 1: its mean is over another run.
+    results = pd.DataFrame(dict(lr=[0.01, 0.01, 0.1, 0.1], k=1, seed=[0, 1, 0, 2], val_acc=[60.0, 80.0, 70.0, 75.0]))
+    alone = r"same runs.*rate 0.01 alone has \[\(1, 1\)\] and rate 0.1 alone has \[\(1, 2\)\]"
+    with pytest.raises(ValueError, match=alone):
+        tuning.select_lr(results, ["k"], str)
+    # A cell run twice at one rate and missing at another is refused too, though the counts match.
+    doubled = results.assign(seed=[0, 1, 0, 0])
+    with pytest.raises(ValueError, match="same runs"):
+        tuning.select_lr(doubled, ["k"], str)
+    # The same cells in another order: chosen on the mean validation accuracy.
+    same = results.assign(seed=[1, 0, 0, 1])
+    lr, table = tuning.select_lr(same, ["k"], str)
+    assert lr == 0.1 and table.loc[0.1, "all"] == 72.5 and list(table.columns) == ["1", "all"]
