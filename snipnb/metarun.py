@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -40,10 +41,11 @@ PUBLISHED = {"conv4": {"score_dist": "kaiming_uniform", "mask_lr": 0.0075, "bn_i
              "resnet12": {"score_dist": "uniform", "mask_lr": 0.01, "bn_inner": False}}
 MASK_OPTIMIZERS = ("adam", "sgd")
 SCORE_SEED = 1_000_003  # the scores' stream is seed + this: apart from the model's, which `seed` draws
-# The random controls' placement noise is drawn from seed + this, for training, validation and test. Drawn
-# from `seed` itself, its first draw repeated the model's initialisation (torch.rand from the same
+# The random controls' placement noise: one stream per seed and purpose (`noise_seed`), under this key.
+# Drawn from `seed` itself, its first draw repeated the model's initialisation (torch.rand from the same
 # state as the init's uniform draws): the control's first mask was the largest initial weights of conv1.
 NOISE_SEED = 2_000_003
+NOISE_PURPOSES = ("train", "val", "test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,9 +146,19 @@ def initial_scores(run: MetaRun, model, device=None) -> dict[str, torch.Tensor]:
     return {n: s.to(device or "cpu").detach().requires_grad_() for n, s in scores.items()}
 
 
-def noise_stream(run: MetaRun, offset: int = 0) -> torch.Generator:
-    """The generator the random controls draw their placement noise from (`NOISE_SEED`); `offset` 1 for the test episodes."""
-    return torch.Generator().manual_seed(run.seed + NOISE_SEED + offset)
+def noise_seed(seed: int, purpose: str) -> int:
+    """The seed of the random controls' placement noise for run seed `seed` and `purpose` (one of
+    `NOISE_PURPOSES`), from numpy's SeedSequence of (NOISE_SEED, seed, purpose): no two (seed, purpose)
+    share a stream. Sums did: with seed + NOISE_SEED for training and validation and + 1 for test,
+    validation repeated training's draws and seed s's test masks were seed s + 1's training masks."""
+    meta._choice("purpose", purpose, NOISE_PURPOSES)
+    entropy = [NOISE_SEED, seed, NOISE_PURPOSES.index(purpose)]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
+
+
+def noise_stream(run: MetaRun, purpose: str) -> torch.Generator:
+    """The generator the random controls draw their placement noise from for `purpose` (`noise_seed`)."""
+    return torch.Generator().manual_seed(noise_seed(run.seed, purpose))
 
 
 def meta_optimizers(run: MetaRun, params: dict, scores: dict) -> list[torch.optim.Optimizer]:
@@ -170,14 +182,14 @@ def meta_train(run: MetaRun, device=None, progress: bool = False):
     scores = initial_scores(run, model, device)
     optimizers = meta_optimizers(run, params, scores)
     train = _sampler(run, splits, "train", device)
-    noise_generator = noise_stream(run)
+    noise_generator = noise_stream(run, "train")
     history, best = [], (-1.0, 0, None, None)
     train_acc, window = torch.zeros((), device=device), 0  # summed on the device: no host sync per step
 
     def validate(iteration):
         nonlocal best
         val = meta.evaluate(model, run.method, params, scores, _sampler(run, splits, "val", device, 10_000),
-                            run.val_episodes, run.eval_inner, seed=run.seed + NOISE_SEED).mean().item()
+                            run.val_episodes, run.eval_inner, seed=noise_seed(run.seed, "val")).mean().item()
         row = {"iteration": iteration, "val_acc": 100 * val}
         if window:  # mean query accuracy of the meta-training tasks since the last validation
             row["train_acc"] = 100 * train_acc.item() / window
@@ -227,7 +239,7 @@ def run_meta(run: MetaRun, device=None, progress: bool = False) -> dict:
     model, params, scores, history, val, step = meta_train(run, device, progress)
     splits = _splits(run)
     test = meta.evaluate(model, run.method, params, scores, _sampler(run, splits, "test", device, 20_000),
-                         run.test_episodes, run.eval_inner, seed=run.seed + NOISE_SEED + 1)
+                         run.test_episodes, run.eval_inner, seed=noise_seed(run.seed, "test"))
     result = {"test_acc": 100 * test.mean().item(),
               "test_ci95": 100 * 1.96 * test.std().item() / math.sqrt(len(test)) if len(test) > 1 else math.nan,
               "val_acc": 100 * val, "best_iteration": step}

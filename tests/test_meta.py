@@ -673,7 +673,22 @@ def test_the_random_controls_draw_their_noise_apart_from_the_models_initialisati
         return float(torch.corrcoef(torch.stack([noise, weight]))[0, 1])
 
     assert abs(correlation(torch.Generator().manual_seed(run.seed))) > 0.99  # what the old stream did
-    assert abs(correlation(metarun.noise_stream(run))) < 0.2
+    assert abs(correlation(metarun.noise_stream(run, "train"))) < 0.2
+
+
+def test_each_seed_and_purpose_draws_placement_noise_from_a_stream_of_its_own():
+    def draws(seed, purpose):
+        return torch.rand(8, generator=metarun.noise_stream(tiny_run(seed=seed), purpose))
+
+    streams = {(seed, purpose): draws(seed, purpose) for seed in (0, 1) for purpose in metarun.NOISE_PURPOSES}
+    for purpose in ("val", "test"):  # two seeds' validation and test masks differ
+        assert not torch.equal(streams[0, purpose], streams[1, purpose]), purpose
+    for seed in (0, 1):  # within a seed, training, validation and test each have their own
+        assert len({tuple(streams[seed, p].tolist()) for p in metarun.NOISE_PURPOSES}) == 3, seed
+    assert not torch.equal(streams[0, "test"], streams[1, "train"])  # the old sums shared these
+    assert torch.equal(draws(1, "val"), streams[1, "val"])  # and each stream repeats
+    with pytest.raises(ValueError, match="purpose must be one of"):
+        metarun.noise_seed(0, "test2")
 
 
 def test_batch_statistics_norm_is_batch_norm_in_training_mode_to_the_second_derivative():
