@@ -312,21 +312,43 @@ def learned_mask_report(run, model, params, scores, splits, device, episodes: in
     return report
 
 
+OVERLAP_COLUMNS = ("snip_jaccard", "layer_chance_jaccard", "chance_jaccard")  # learned_mask_report's overlap
+
+
+class OlderRecordsError(ValueError):
+    """Records made by older library code lack a number the chapter now reads."""
+
+
+def check_overlap_recorded(rows) -> None:
+    """Raise `OlderRecordsError` if a Sparse-MAML record with a learned mask (density > 0) lacks one of
+    `OVERLAP_COLUMNS`: `layer_chance_jaccard` came later than the others, so older code's records have
+    no chance level to judge their overlap against (a column absent from every record, or NaN in some)."""
+    opened = rows[rows.density > 0]
+    for column in OVERLAP_COLUMNS:
+        lacking = opened.seed.tolist() if column not in rows else opened.seed[opened[column].isna()].tolist()
+        if lacking:
+            raise OlderRecordsError(f"the Sparse-MAML records of seeds {lacking} have a learned mask but no "
+                                    f"{column}: older library code made them; rerun them to judge the overlap")
+
+
 def learned_overlap_line(rows) -> str:
     """One exploratory Markdown line on Sparse-MAML's runs (`rows`, one per seed): how much of the
     network its learned mask adapts, and whether SNIP's mask overlaps it more than their per-layer counts
-    alone would (`snip_jaccard` − `layer_chance_jaccard`, t interval over the seeds that have a mask)."""
+    alone would (`snip_jaccard` − `layer_chance_jaccard`, t interval over the seeds that have a mask: a
+    density above 0). Records from older code without those numbers: `OlderRecordsError`."""
+    check_overlap_recorded(rows)
     density = rows.density.mean()
     if density > 0.999:
         return ("- **Learned sparsity:** none emerged (every score is still above zero at the chosen checkpoint), "
                 "so there is no learned mask to compare with SNIP's.")
-    compared = rows.dropna(subset=["snip_jaccard", "layer_chance_jaccard"])
+    compared = rows[rows.density > 0]
     closed = len(rows) - len(compared)
     closed_note = f" On {closed} of {len(rows)} seeds every score closed: no mask, left out." if closed else ""
     if not len(compared):
-        return (f"- **Learned sparsity:** every learned score closed at the chosen checkpoint on all {len(rows)} seeds: "
-                "Sparse-MAML's inner loop adapts no conv or linear weight, and there is no mask to compare with SNIP's.")
-    j, chance, uniform = (compared[c].mean() for c in ("snip_jaccard", "layer_chance_jaccard", "chance_jaccard"))
+        return (f"- **Learned sparsity:** every learned score closed at the chosen checkpoint on all {len(rows)} "
+                "seeds: Sparse-MAML's inner loop adapts no conv or linear weight, and there is no mask to compare "
+                "with SNIP's.")
+    j, chance, uniform = (compared[c].mean() for c in OVERLAP_COLUMNS)
     _, low, high = stats.t_interval(compared.snip_jaccard - compared.layer_chance_jaccard)
     span = f"[{low:+.3f}, {high:+.3f}] over {len(compared)} seeds" if len(compared) > 1 else "on one seed"
     if math.isnan(low):
@@ -345,19 +367,27 @@ def learned_overlap_line(rows) -> str:
 
 def mask_stability_line(rows) -> str:
     """One exploratory Markdown line on SNIP-MAML's runs (`rows`, one per seed): how much its mask stays
-    the same from one test episode to the next, beside what its controls' fresh masks share by chance."""
+    the same from one test episode to the next, beside what its controls' fresh masks share by chance.
+    The verdict is a paired t interval over seeds of each seed's excess over the larger of its two chance
+    levels; one seed gives no interval and no verdict."""
     same, shuffled, uniform = (rows[c].mean() for c in
                                ("snip_episode_jaccard", "shuffled_chance_jaccard", "uniform_chance_jaccard"))
-    _, low, high = stats.t_interval(rows.snip_episode_jaccard)
-    span = f" [{low:.3f}, {high:.3f}] over {len(rows)} seeds" if len(rows) > 1 else " on one seed"
-    steadier = low > max(shuffled, uniform)
+    chance = rows[["shuffled_chance_jaccard", "uniform_chance_jaccard"]].max(axis=1)
+    excess = (rows.snip_episode_jaccard - chance).dropna()
+    mean, low, high = stats.t_interval(excess)
+    if math.isnan(low):
+        span, call = "on one seed", "one seed, no interval"
+    else:
+        span = f"[{low:+.3f}, {high:+.3f}] over {len(excess)} seeds"
+        call = ("so SNIP-MAML differs from its controls in how stable its mask is from episode to episode as well "
+                "as in which weights it picks" if low > 0 else
+                "so SNIP's consecutive masks share less than the controls' fresh draws do by chance" if high < 0 else
+                "SNIP's mask is not detectably more stable than the controls' fresh draws")
     return (f"- **How fixed is SNIP's mask?** SNIP-MAML's masks on consecutive test episodes overlap with Jaccard "
-            f"{same:.3f}{span}. Its controls draw a fresh mask every episode: two shuffled-SNIP masks share "
-            f"{shuffled:.3f} by chance, two uniform-random masks {uniform:.3f}. "
-            + ("So SNIP-MAML differs from its controls in how stable its mask is from episode to episode as well as "
-               "in which weights it picks" if steadier else
-               "SNIP's mask is not detectably more stable than the controls' fresh draws")
-            + "; a fixed random mask, the same on every episode, which would tell stability from choice, is not run.")
+            f"{same:.3f} (mean over seeds). Its controls draw a fresh mask every episode: two shuffled-SNIP masks "
+            f"share {shuffled:.3f} by chance, two uniform-random masks {uniform:.3f}. SNIP's overlap minus the "
+            f"larger of its seed's two chance levels: {mean:+.3f} {span}; {call}; a fixed random mask, the same on "
+            "every episode, which would tell stability from choice, is not run.")
 
 
 def protocol_table(run: MetaRun):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from snipnb import data, meta, meta_data, metarun, pruning
+from snipnb import data, meta, meta_data, metarun, pruning, stats
 from snipnb.meta_data import EpisodeSampler
 from snipnb.metarun import MetaRun, grid, history_table, run_meta
 from snipnb.models import Net
@@ -285,9 +285,26 @@ def test_the_stability_line_says_whether_snips_mask_is_steadier_than_the_control
     rows = pd.DataFrame({"seed": range(3), "snip_episode_jaccard": [0.60, 0.62, 0.61],
                          "shuffled_chance_jaccard": 0.08, "uniform_chance_jaccard": 0.05})
     line = metarun.mask_stability_line(rows)
-    assert "0.610" in line and "as well as in which weights it picks" in line and "fixed random mask" in line
+    _, low, high = stats.t_interval(rows.snip_episode_jaccard - 0.08)  # the excess over the larger chance level
+    assert f"[{low:+.3f}, {high:+.3f}] over 3 seeds" in line and "0.610" in line
+    assert "as well as in which weights it picks" in line
     chance_level = metarun.mask_stability_line(rows.assign(snip_episode_jaccard=[0.07, 0.09, 0.08]))
     assert "not detectably more stable" in chance_level
+
+
+def test_the_stability_verdict_pairs_each_seed_with_its_own_larger_chance_level():
+    # Overlap and chance rise together from seed to seed: 0.05 above chance on every seed, though the
+    # interval of the overlap alone reaches far below the mean chance level.
+    rows = pd.DataFrame({"seed": range(3), "snip_episode_jaccard": [0.30, 0.51, 0.69],
+                         "shuffled_chance_jaccard": [0.25, 0.45, 0.65], "uniform_chance_jaccard": 0.05})
+    assert stats.t_interval(rows.snip_episode_jaccard)[1] < rows.shuffled_chance_jaccard.mean()
+    assert "as well as in which weights it picks" in metarun.mask_stability_line(rows)
+    # Against the larger level, the uniform control's here, SNIP's mask is no steadier.
+    below_uniform = rows.assign(uniform_chance_jaccard=[0.32, 0.50, 0.72])
+    assert "not detectably more stable" in metarun.mask_stability_line(below_uniform)
+    # One seed: no interval, and no verdict either way.
+    one = metarun.mask_stability_line(rows.iloc[:1])
+    assert "one seed, no interval" in one and "as well as" not in one and "not detectably" not in one
 
 
 def test_consecutive_jaccard_compares_each_episodes_mask_with_the_next():
@@ -651,12 +668,27 @@ def test_the_learned_overlap_is_judged_against_what_the_layer_counts_give_not_a_
     assert "not detected at this power" in line and "0.415" in line and "only slightly" not in line
     above = metarun.learned_overlap_line(rows.assign(layer_chance_jaccard=0.2))
     assert "more than their per-layer counts give by chance" in above
-    one_closed = rows.astype({"snip_jaccard": float}).copy()
-    one_closed.loc[0, ["snip_jaccard", "layer_chance_jaccard", "chance_jaccard"]] = math.nan
+    one_closed = rows.astype({"snip_jaccard": float, "density": float}).copy()
+    one_closed.loc[0, ["density", "snip_jaccard", "layer_chance_jaccard", "chance_jaccard"]] = [0.0] + [math.nan] * 3
     assert "On 1 of 4 seeds every score closed" in metarun.learned_overlap_line(one_closed)
     all_closed = rows.assign(density=0.0, snip_jaccard=math.nan, layer_chance_jaccard=math.nan, chance_jaccard=math.nan)
     line = metarun.learned_overlap_line(all_closed)
     assert "every learned score closed" in line and "nan" not in line
+
+
+def test_the_learned_overlap_tells_closed_scores_by_density_and_refuses_records_without_a_chance_level():
+    rows = pd.DataFrame({"seed": range(3), "density": 0.3, "snip_jaccard": [0.40, 0.42, 0.41],
+                         "layer_chance_jaccard": [0.41, 0.41, 0.42], "chance_jaccard": 0.3 / 1.7})
+    # A seed with a mask but no chance level is older code's record, not a seed whose every score closed.
+    older = rows.astype({"layer_chance_jaccard": float}).copy()
+    older.loc[1, "layer_chance_jaccard"] = math.nan
+    with pytest.raises(metarun.OlderRecordsError, match=r"seeds \[1\] .* no layer_chance_jaccard: older"):
+        metarun.learned_overlap_line(older)
+    with pytest.raises(metarun.OlderRecordsError, match=r"seeds \[0, 1, 2\] .* no layer_chance_jaccard"):
+        metarun.learned_overlap_line(rows.drop(columns="layer_chance_jaccard"))
+    # Without a learned mask there is nothing to judge, so older records need no chance level.
+    all_closed = rows.drop(columns="layer_chance_jaccard").assign(density=0.0, snip_jaccard=math.nan)
+    assert "every learned score closed" in metarun.learned_overlap_line(all_closed)
 
 
 @pytest.mark.parametrize("method", meta.RANDOM_CONTROLS)
