@@ -62,9 +62,13 @@ VAN_DE_VEN_SOURCE = ("GMvandeVen/continual-learning, param_values.py and options
 # META_PROTOCOL_SOURCES.
 # - MAML (Finn et al. 2017): the usage lines of cbfinn/maml main.py at commit 007d776 and its flag
 #   defaults: `--meta_lr` 0.001 (Adam), `--num_filters` 64 unless given (32 on mini-ImageNet), second
-#   order unless `--stop_grad`, 600 test episodes (NUM_TEST_POINTS); on mini-ImageNet 15 queries per
-#   class in meta-training and K at test (`DataGenerator(update_batch_size*2)`). Test-time steps: 10 on mini-ImageNet (`test_num_updates`); on Omniglot the test graph
-#   also runs 10 and reports every step, so which one is the result is not stated there.
+#   order unless `--stop_grad`, 600 test episodes (NUM_TEST_POINTS). Queries per class, by one rule for
+#   both MAML entries: the images per class main.py's DataGenerator draws beyond the K support images, one
+#   number where meta-training and test agree, else each phase named. On mini-ImageNet it draws K + 15 in
+#   meta-training and K * 2 at test (`DataGenerator(update_batch_size*2)`): 15, then K = 1; on Omniglot
+#   `DataGenerator(update_batch_size*2)` in both: K = 1. Test-time steps: 10 on mini-ImageNet
+#   (`test_num_updates`); on Omniglot the test graph also runs 10 and reports every step, so which one is
+#   the result is not stated there.
 # - Sparse-MAML (von Oswald et al. 2021): the Conv-4 5-shot sparse-MAML line of run_sparse_MAML.sh
 #   (Johswald/learning_where_to_learn at e6eb009) and parser.py's defaults: `--hidden_size` 64, `--lr`
 #   0.001 (Adam), first order (`--second_order` off), 400 epochs of 100 meta-batches of 2 tasks, 35
@@ -73,10 +77,10 @@ VAN_DE_VEN_SOURCE = ("GMvandeVen/continual-learning, param_values.py and options
 #   phase") are not stated as such. Its "1-SHOT" Conv-4 line passes `--num_shots_train=5` too.
 META_PROTOCOLS = {
     "MAML, mini-ImageNet 5-way 1-shot": dict(
-        filters=32, k_shot=1, q_query="15 in meta-training, 1 at test", meta_batch=4, iterations=60000, inner_steps=5, eval_inner_steps=10,
-        inner_lr=0.01, outer_lr=0.001, first_order=False, test_episodes=600),
+        filters=32, k_shot=1, q_query="15 in meta-training, 1 at test", meta_batch=4, iterations=60000,
+        inner_steps=5, eval_inner_steps=10, inner_lr=0.01, outer_lr=0.001, first_order=False, test_episodes=600),
     "MAML, Omniglot 5-way 1-shot": dict(
-        filters=64, k_shot=1, q_query=None, meta_batch=32, iterations=40000, inner_steps=1, eval_inner_steps=None,
+        filters=64, k_shot=1, q_query=1, meta_batch=32, iterations=40000, inner_steps=1, eval_inner_steps=None,
         inner_lr=0.4, outer_lr=0.001, first_order=False, test_episodes=600),
     "Sparse-MAML run script, Conv-4 5-way 5-shot": dict(
         filters=64, k_shot=5, q_query=None, meta_batch=2, iterations=40000, inner_steps=35, eval_inner_steps=35,

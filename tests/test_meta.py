@@ -768,8 +768,12 @@ def test_the_protocol_table_sets_this_run_beside_the_published_ones_without_nan(
     assert table.loc["eval_inner_steps", "this run"] == "1"  # None: the run evaluates with inner_steps
     assert table.loc["filters", "this run"] == "16" and table.loc["iterations", "this run"] == "900"
     sparse = "Sparse-MAML run script, Conv-4 5-way 5-shot"
-    assert table.loc[["filters", "inner_steps", "meta_batch", "first_order"], sparse].tolist() == ["64", "35", "2", "True"]
+    settings = ["filters", "inner_steps", "meta_batch", "first_order"]
+    assert table.loc[settings, sparse].tolist() == ["64", "35", "2", "True"]
     # A value the source does not state shows so, never as a guess or NaN.
     assert table.loc["eval_inner_steps", "MAML, Omniglot 5-way 1-shot"] == "not stated"
+    # One rule for MAML's queries per class: one number where meta-training and test agree (Omniglot: K).
+    assert table.loc["q_query", "MAML, Omniglot 5-way 1-shot"] == "1"
+    assert table.loc["q_query", "MAML, mini-ImageNet 5-way 1-shot"] == "15 in meta-training, 1 at test"
     assert not table.isna().any().any() and not table.apply(lambda c: c.str.contains("nan|None")).any().any()
     assert set(published.META_PROTOCOL_SOURCES) == set(published.META_PROTOCOLS)
