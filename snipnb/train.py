@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from tqdm import tqdm
 
-from . import devices
+from . import checks, devices
 from .devices import default_device  # noqa: F401  (its home was here; kept importable from train)
 from .frozen import TensorLoader
 from .loader import DeviceLoader
@@ -154,6 +154,12 @@ def tested_epochs(epochs: int, eval_every: int = 1, evaluations: int | None = No
     with `evaluations`, that many spread evenly over the run, the last among them (fewer when the run
     has fewer epochs). Runs whose lengths differ (a floor in steps lengthens the smallest training
     sets most) then still have their tests at the same fractions of their budgets."""
+    # Checked here too, not only by the recipe's checks: a caller planning the tests alone (a chapter
+    # saying when its runs are tested) would otherwise get a ZeroDivisionError or an empty list.
+    checks.integer("epochs", epochs, 1)
+    checks.integer("eval_every", eval_every, 1)
+    if evaluations is not None:
+        checks.integer("evaluations", evaluations, 1)
     if evaluations is None:
         return [e for e in range(1, epochs + 1) if e % eval_every == 0 or e == epochs]
     return sorted({math.ceil(epochs * i / evaluations) for i in range(1, evaluations + 1)})

@@ -79,6 +79,10 @@ def test_evaluations_spreads_that_many_tests_over_a_run_of_any_length(mnist_like
     assert epochs_tested(43, evaluations=6) == [8, 15, 22, 29, 36, 43]  # the last is always tested
     assert epochs_tested(3, evaluations=6) == [1, 2, 3]  # fewer epochs than tests: every epoch
     assert epochs_tested(5, eval_every=2) == [2, 4, 5]  # without evaluations, every eval_every and the last
+    for wrong, name in ((dict(evaluations=0), "evaluations"), (dict(evaluations=2.5), "evaluations"),
+                        (dict(eval_every=0), "eval_every"), (dict(epochs=0), "epochs")):
+        with pytest.raises(ValueError, match=f"{name} must be"):
+            epochs_tested(**{"epochs": 5, **wrong})
     train, test = mnist_like
     history = fit(net(), train, test, epochs=6, evaluations=3, eval_every=5, val=test, batch_size=32, progress=False)
     assert history.test_epochs == [2, 4, 6] and len(history.val_acc) == 3
