@@ -185,30 +185,46 @@ def run_few_shot_stack(runs: list[FewShotRun], device=None, *, stacked: bool = T
     runs = check_stackable(runs, stack_key)
     device = torch.device(device) if device is not None else default_device()
     cache, built, trains = {}, [], []
-    for run in runs:
-        found = _data(run)
-        model, _ = build_pruned(run.model, found.method, run.sparsity, run.seed, found.train,
-                                saliency_data=found.saliency_data, saliency_per_class=found.saliency_per_class,
-                                device=device, cache=cache, saliency_key=found.saliency_key, bn_mode=run.bn_mode)
+    found = [_data(run) for run in runs]
+    for run, its in zip(runs, found):
+        model, _ = build_pruned(run.model, its.method, run.sparsity, run.seed, its.train,
+                                saliency_data=its.saliency_data, saliency_per_class=its.saliency_per_class,
+                                device=device, cache=cache, saliency_key=its.saliency_key, bn_mode=run.bn_mode)
         built.append(model)
-        trains.append(found.train)
+        trains.append(its.train)
     first = runs[0]
     epochs = trained_epochs(first)
+    # The runs share their stack key's dataset and val_per_class, so one validation set and one test
+    # set (`data.validation_split` holds out the same images for every seed): the first run's are all's.
+    val, test = found[0].val, found[0].test
     recipe = dict(batch_size=first.batch_size, lr=first.lr, weight_decay=first.weight_decay, augment=first.augment,
-                  device=device, eval_every=first.eval_every, evaluations=first.evaluations, val=found.val,
-                  progress=False)
+                  device=device, eval_every=first.eval_every, evaluations=first.evaluations, val=val, progress=False)
     if stacked and len(runs) > 1:
-        histories = fit_stack(built, trains, found.test, epochs, seeds=[r.seed for r in runs], **recipe)
+        histories = fit_stack(built, trains, test, epochs, seeds=[r.seed for r in runs], **recipe)
     else:
-        histories = [fit(m, t, found.test, epochs, seed=r.seed, **recipe) for m, t, r in zip(built, trains, runs)]
+        histories = [fit(m, t, test, epochs, seed=r.seed, **recipe) for m, t, r in zip(built, trains, runs)]
     return [_result(model, history, epochs) for model, history in zip(built, histories)]
 
 
+# The learning-rate search's seeds start here, far above a grid's (0 to seeds − 1). A search run at the
+# chosen rate has the config id of the grid's dense run on the same seed, so seeds numbered right after
+# the grid's would make the search's winners compared runs as soon as a later execution raised `seeds`.
+LR_SEED_BASE = 10_000
+
+
+def search_seeds(count: int) -> range:
+    """The `count` seeds of a learning-rate search (`lr_grid`): `LR_SEED_BASE` onwards, never a grid's."""
+    checks.integer("lr_seeds", count, 1)
+    return range(LR_SEED_BASE, LR_SEED_BASE + count)
+
+
 def grid(models, ks, sparsities, methods, seeds: int, **settings) -> list[FewShotRun]:
-    """Every (model, k, seed) once dense and once per pruning method and sparsity.
+    """Every (model, k, seed) once dense and once per pruning method and sparsity, on seeds 0 to
+    `seeds` − 1 (below `LR_SEED_BASE`, where the learning-rate search's begin).
 
     `settings` are the other `FewShotRun` fields, shared by all runs (dataset, epochs, lr, ...).
     """
+    checks.integer("seeds", seeds, 1, LR_SEED_BASE)
     runs = []
     for model in models:
         for k in ks:
