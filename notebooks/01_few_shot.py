@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -66,7 +66,7 @@ methods = ["snip", "snip_pseudo_labels", "snip_cross_domain", "random", "shuffle
 seeds = 5
 epochs = 30  # passes over the k-shot set, at least: min_steps makes the runs of small k longer
 min_steps = 300  # optimiser steps a run takes at least (fewshot.epochs_for); 0: epochs alone
-evaluations = 6  # tests (and validation checks) spread over each run; None: every eval_every epochs and after the last
+evaluations = 6  # tests (and validation checks) spread over each run; None: every eval_every epochs and the last
 dataset = "cifar100"
 source = None  # cross-domain saliency data; None: the library's default for the dataset
 bn_mode = "eval"  # BatchNorm while scoring SNIP: "eval" (running statistics) or "train" (batch statistics)
@@ -74,12 +74,12 @@ batch_size = 32
 val_per_class = 20  # training images per class held out once as the validation set; None: none
 lr = 0.05  # the learning rate of every run when lr_candidates is empty
 lr_candidates = [0.01, 0.05, 0.1]  # choose each model's rate among these on validation (needs val_per_class); []: lr
-lr_seeds = 2  # seeds of that choice, numbered after the grid's, so its winning runs are not the compared ones
-lr_extensions = 2  # while the chosen lr is the largest or smallest tried, try one grid step further out, at most this often
+lr_seeds = 2  # seeds of that choice, from fewshot.LR_SEED_BASE on: no grid's, so its winners are never compared
+lr_extensions = 2  # while the chosen lr is the edge of those tried, try one step further out, at most this often
 eval_every = 5  # with evaluations = None: test every this many epochs and after the last
-stack = None  # runs trained together as one stacked model; 1 trains them one by one; None: 1 on the CPU (faster there), 32 on a GPU
-focus_sparsity = None  # the sparsity of the accuracy-vs-k plot and the verdicts; None: 0.9, or the nearest in sparsities
-focus_k = None  # the k of the accuracy-vs-sparsity plot, the mask comparison and the BatchNorm ablation; None: 5 or the nearest
+stack = None  # runs trained as one stacked model; 1: one by one; None: 1 on the CPU (faster there), 32 on a GPU
+focus_sparsity = None  # the sparsity of the accuracy-vs-k plot and the verdicts; None: 0.9 or the nearest
+focus_k = None  # k of the accuracy-vs-sparsity plot, the mask comparison, the BatchNorm ablation; None: 5 or nearest
 data_root = None  # None: $SNIPNB_DATA, else ~/.cache/snipnb/data
 device = None  # None: CUDA, else MPS, else CPU
 workers = None  # processes running stacks at once; None: one per CPU core, one on a GPU (snipnb.devices)
@@ -112,7 +112,7 @@ from snipnb import checks, data, devices, fewshot, plots, provenance, stats, tra
 from snipnb.cluster import cluster_executor
 from snipnb.contrasts import Contrast, check_contrasts
 from snipnb.notebook import check_parameters, pick
-from snipnb.report import answer, table
+from snipnb.report import answer, seed_span, table
 from snipnb.sweep import config_id, run_sweep
 from snipnb.train import default_device
 
@@ -120,6 +120,11 @@ check_parameters()
 checks.integer("seeds", seeds, 1)
 checks.integer("lr_seeds", lr_seeds, 1)
 checks.integer("lr_extensions", lr_extensions, 0)
+# The search's seeds start far above any grid's: a search run at the chosen rate has the config id of the
+# grid's dense run on the same seed, so seeds numbered after the grid's would become compared runs as soon
+# as a later execution raised `seeds`.
+search_seeds = fewshot.search_seeds(lr_seeds)
+search_label = seed_span(search_seeds)
 if lr_candidates and val_per_class is None:
     raise ValueError("lr_candidates needs val_per_class: the learning rate is chosen on validation images held out of "
                      "the training split, never on the test split; set val_per_class, or lr_candidates = [] and lr")
@@ -153,14 +158,15 @@ def make_grid(rates):
 runs, bn_runs = make_grid({model: lr for model in models})  # the rates follow from the search below
 lengths = ", ".join(f"{fewshot.trained_epochs(r)} at k = {r.k}" for r in runs if r.model == models[0] and r.seed == 0
                     and r.method == "dense")
-searched = (f"; the learning rate chosen on validation among {lr_candidates} on {lr_seeds} more "
-            f"seed{'s' * (lr_seeds > 1)} of dense runs" if lr_candidates else f"; learning rate {lr:g}, given")
+searched = (f"; the learning rate chosen on validation among {lr_candidates} on dense runs of {search_label}, "
+            f"which no grid uses" if lr_candidates else f"; learning rate {lr:g}, given")
 display(Markdown(
-    f"**This run:** dataset `{dataset}`, {len(runs)} runs ({len(models)} model{'s' if len(models) > 1 else ''} × {len(ks)} values of k × {seeds} "
-    f"seeds × (dense + {len(methods)} methods × {len(sparsities)} sparsities)) plus {len(bn_runs)} for the "
-    f"BatchNorm ablation{searched}; at least {epochs} epochs and {min_steps} optimiser steps a run at batch "
-    f"{batch_size}, so epochs {lengths}; "
-    + (f"{evaluations} tests spread over each run" if evaluations else f"tested every {eval_every} epochs and after the last")
+    f"**This run:** dataset `{dataset}`, {len(runs)} runs ({len(models)} model{'s' if len(models) > 1 else ''} × "
+    f"{len(ks)} values of k × {seeds} seeds × (dense + {len(methods)} methods × {len(sparsities)} sparsities)) "
+    f"plus {len(bn_runs)} for the BatchNorm ablation{searched}; at least {epochs} epochs and {min_steps} optimiser "
+    f"steps a run at batch {batch_size}, so epochs {lengths}; "
+    + (f"{evaluations} tests spread over each run" if evaluations else
+       f"tested every {eval_every} epochs and after the last")
     + (f"; {val_per_class} validation images per class held out of the training split" if val_per_class else
        "; no validation set")
     + f"; cross-domain saliency from `{source_name}`; stacks of up to {stack}. "
@@ -170,9 +176,10 @@ display(Markdown(
 # ## Declared contrasts
 # The comparisons this chapter tests, fixed before its first execution's results were computed, from the
 # write-up's hypotheses and the design's controls; this cell stops the notebook before any run if the grid
-# lacks one. Those results were seen: a review of them found the runs of small $k$ too short (the last of
-# three tests was a run's best in 96% of runs at $k \le 5$) and the learning rate unchosen, so the runs now
-# have a floor in steps and a rate chosen on validation; the contrasts themselves are unchanged.
+# lacks one. The first (MNIST, 10-seed) execution's results were seen: a review of them found the runs of
+# small $k$ too short (the last of three tests was a run's best in 96% of runs at $k \le 5$) and the learning
+# rate unchosen, so the runs now have a floor in steps and a rate chosen on validation; the contrasts
+# themselves are unchanged.
 # After the runs they are tested together (Holm: the chance of any false claim among them is held at 5%),
 # and they alone are the chapter's findings. Everything else below is exploratory and uncorrected.
 #
@@ -218,21 +225,20 @@ else:
 # %% [markdown]
 # ## The learning rate
 # With `lr_candidates`, each model's rate is chosen on validation: dense runs at every candidate and every
-# $k$, on `lr_seeds` seeds numbered after the grid's, so that the dense runs the contrasts compare are not
-# the search's winners (at the chosen rate those won on their own validation accuracy). The highest mean
-# validation accuracy after the last epoch, over every $k$ and seed, picks the rate, and every pruned run
-# of the model shares it: the pruned networks get the dense baseline's tuned rate, not their own. A rate
-# chosen at the largest or smallest candidate says only that the best lies there or beyond, so the grid
-# then gains the next rate one step further out and the choice is made again (at most `lr_extensions`
-# times); a choice still at the edge after that is a bound, not an optimum. No test accuracy is read.
+# $k$, on `lr_seeds` seeds numbered from `fewshot.LR_SEED_BASE`, far above any grid's, so that the dense runs
+# the contrasts compare are never the search's winners (at the chosen rate those won on their own validation
+# accuracy), however many seeds a later execution runs. The highest mean validation accuracy after the last
+# epoch, over every $k$ and seed, picks the rate, and every pruned run of the model shares it: the pruned
+# networks get the dense baseline's tuned rate, not their own. A rate chosen at the largest or smallest
+# candidate says only that the best lies there or beyond, so the grid then gains the next rate one step
+# further out and the choice is made again (at most `lr_extensions` times); a choice still at the edge after
+# that is a bound, not an optimum. No test accuracy is read.
 
 # %% tags=["hide-input"]
 sweep = functools.partial(run_sweep, functools.partial(fewshot.run_few_shot_stack, device=run_device),
                           folder=f"{results_dir}/{dataset}", workers=workers, shard=shard, stack=stack,
                           stack_key=fewshot.stack_key, executor=executor, reuse=reuse,
                           device=functools.partial(provenance.device_name, run_device), progress=False)
-search_seeds = range(seeds, seeds + lr_seeds)
-search_label = f"seed {seeds}" if lr_seeds == 1 else f"seeds {seeds} to {seeds + lr_seeds - 1}"
 
 
 def choose(tried):
@@ -287,24 +293,67 @@ display(Markdown(f"{len(results) + len(bn_results)} runs have results, {hours:.2
 # Every table and verdict after this one is exploratory.
 
 # %% tags=["hide-input", "findings"]
-# Whether each method was still improving when its budget ended, read on validation (the compared runs are
-# not the learning-rate search's): shown under "Is the budget long enough?", and named here, since a contrast
-# with a method still rising compares it before it flattened.
-shown = results[(results.method == "dense") | (results.sparsity == focus_sparsity)]
+# Whether each run was still improving when its budget ended, read on validation (the compared runs are not
+# the learning-rate search's): shown under "Is the budget long enough?", and named here for the runs the
+# declared contrasts read, since a contrast with a method still rising may compare it before it flattened.
+def cell_of(method, sparsity):
+    """A (method, sparsity) cell of the grid; dense has sparsity 0."""
+    return method, 0.0 if method == "dense" else float(sparsity)
+
+
+# Every cell a declared contrast reads: H4's cross-domain SNIP at the highest sparsity as well as the focus's.
+contrast_cells = {cell_of(method, sp) for variant, baseline, sp, _ in pairs for method in (variant, baseline)}
+
+
+def in_contrasts(frame):
+    """Whether each row's (method, sparsity) is a cell some declared contrast reads."""
+    return pd.Series([cell_of(m, sp) in contrast_cells for m, sp in zip(frame.method, frame.sparsity)],
+                     index=frame.index, dtype=bool)
+
+
+def late_label(row):
+    """A late-gain row as the text names it: the method, its sparsity if pruned, k, and the model if several."""
+    pruned = "" if row.method == "dense" else f" at sparsity {row.sparsity:g}"
+    return f"{row.method}{pruned}, k = {row.k}" + (f" ({row.model})" if len(models) > 1 else "")
+
+
+def late_span(rows):
+    """How much of their runs `rows` of the late-gain table span, from their own first and last epochs."""
+    shares = sorted({round(100 * (1 - row.start / row.end)) for row in rows.itertuples()})
+    return f"the last {shares[0]}%" + (f" to {shares[-1]}%" if len(shares) > 1 else "")
+
+
+shown = results[(results.method == "dense") | (results.sparsity == focus_sparsity) | in_contrasts(results)]
 which = "val" if val_per_class is not None else "test"
 read_on = "validation" if which == "val" else "test"
 has_curves = len(shown) > 0 and shown.test_epochs.map(stats.shows_late_gain).all()
-late = (stats.late_gain(transfer.curves(shown, which), ["model", "method", "k"], step="epoch", value="acc")
-        if has_curves else None)
-rising = [] if late is None else [f"{r.method} at k = {r.k}" + (f" ({r.model})" if len(models) > 1 else "")
-                                  for r in late.itertuples() if r.reading == "still rising" and r.k in few_ks]
+late = (stats.late_gain(transfer.curves(shown, which), ["model", "method", "sparsity", "k"], step="epoch",
+                        value="acc") if has_curves else None)
+if late is None:
+    budget = ("; whether their runs were still rising cannot be read: they were tested once, or not before the "
+              "last 30% of their epochs")
+else:
+    read = late[in_contrasts(late) & late.k.isin(few_ks)]
+    rising = [late_label(r) for r in read.itertuples() if r.reading == "still rising"]
+    # Accuracy rises while a cosine schedule anneals to zero whatever the budget: a late gain suggests a
+    # budget too short, it does not prove one.
+    they = "it is" if len(rising) == 1 else "they are"
+    n_read = " or ".join(map(str, sorted(set(read.n))))  # the seeds each cell's interval has
+    budget = ("" if not len(read) else
+              f"; {', '.join(rising)} still rose on {read_on} over {late_span(read)} of the epochs (see 'Is the "
+              f"budget long enough?'), which suggests, without proving, that {they} compared before flattening"
+              if rising else
+              f"; none of the runs they read was detected still rising on {read_on} over {late_span(read)} of "
+              f"the epochs ({n_read} seeds, uncorrected; see 'Is the budget long enough?')")
+# The rate was chosen for dense and shared: the pruned runs train at a rate tuned for their baseline.
+tuned = ("; the learning rate was tuned on validation for dense only and every pruned run shares it, which tilts "
+         "the contrasts with dense (SNIP − dense, H1; cross-domain SNIP − dense, H4) toward dense"
+         if lr_candidates else "")
 display(answer(results, PRIMARY, needed={config_id(r) for r in declared_runs},
                setting=f"{dataset}, {', '.join(models)}: final test accuracy (%)",
                lead=f"{len(PRIMARY)} declared contrasts in final test accuracy on `{dataset}` (points; positive: "
                     f"the first is more accurate), {seeds} seeds, each seed's differences averaged over {over}"
-                    + (f"; {', '.join(rising)} still rose on {read_on} over the last 30% of the epochs (see 'Is the "
-                       f"budget long enough?'), so {'it is' if len(rising) == 1 else 'they are'} compared before "
-                       "flattening" if rising else "") + ":"))
+                    + tuned + budget + ":"))
 
 # %% [markdown]
 # ## Accuracy by k
@@ -379,23 +428,28 @@ for metric, p in paired.items():
 
 # %% [markdown]
 # ## Is the budget long enough?
-# How much each method's accuracy still rose over the last 30% of its epochs, at every $k$ (the focus
-# sparsity for the pruned methods): the mean over seeds of the last test minus the one at or before 70% of
-# the run, with a 95% interval, read on validation when there is a validation set. A method still rising is
-# compared before it flattened: a longer budget might rank it otherwise. Exploratory, uncorrected.
+# How much each run's accuracy still rose late in its budget, at every $k$, for dense, for the pruned methods
+# at the focus sparsity, and for every other (method, sparsity) a declared contrast reads (H4's at the highest
+# sparsity): the mean over seeds of the last test minus the last test at or before 70% of the run (the
+# caption says from which epoch to which), with a 95% interval, read on validation when there is a validation
+# set. The schedule anneals the learning rate to zero (cosine), and accuracy rises during that annealing
+# whatever the budget: a method "still rising" here suggests, without proving, a budget too short for it,
+# and a longer one might rank it otherwise. Exploratory, uncorrected.
 
 # %% tags=["hide-input"]
 if late is not None:
     late_cells = late.assign(cell=[stats.format_difference(r.gain, r.ci_low, r.ci_high, r.n) +
                                    (" ↑" if r.reading == "still rising" else " ↓" if r.reading == "falling" else "")
                                    for r in late.itertuples()])
-    display(table(late_cells.pivot(index=["model", "method"], columns="k", values="cell"),
-                  caption=f"Gain in {read_on} accuracy (points) over the last 30% of the epochs, columns are k; "
-                          f"↑ still rising, ↓ falling (the interval excludes 0)"))
-    display(Markdown("Still rising: " + (", ".join(f"{r.method} at k = {r.k}" + (f" ({r.model})" if len(models) > 1
-                                                                                   else "")
-                                                   for r in late.itertuples() if r.reading == "still rising")
-                                         or "none detected at this power") + "."))
+    # Every method trains the same epochs at a given k (the floor in steps depends on k alone).
+    spans = late.groupby("k").agg(start=("start", "min"), end=("end", "max"))
+    display(table(late_cells.pivot(index=["model", "method", "sparsity"], columns="k", values="cell"),
+                  caption=f"Gain in {read_on} accuracy (points) over {late_span(late)} of each run, columns are k: "
+                          + "; ".join(f"epoch {int(r.start)} to {int(r.end)} at k = {k}" for k, r in spans.iterrows())
+                          + ". ↑ still rising, ↓ falling (the interval excludes 0)"))
+    display(Markdown("Still rising: " + (", ".join(late_label(r) for r in late.itertuples()
+                                                   if r.reading == "still rising")
+                                         or f"none detected at this power ({seeds} seeds, uncorrected)") + "."))
 else:
     display(Markdown("No learning curves to read: these runs were tested once, or not before the last 30% of their "
                      "epochs (`evaluations`, `eval_every`)."))
@@ -461,7 +515,8 @@ def count(rows):
 lines = []
 low_k = focus[(focus.method == "snip") & (focus.k <= 10)]
 if len(low_k):
-    lines.append(f"- **H1** (SNIP at {focus_sparsity} beats dense for k ≤ 10), over (model, k) cells: {count(low_k)}.")
+    lines.append(f"- **H1** (SNIP at {focus_sparsity} beats dense for k ≤ 10), over (model, k) cells: "
+                 f"{count(low_k)}.")
 for model in models:
     snip = focus[(focus.method == "snip") & (focus.model == model)].sort_values("k")
     if len(snip) > 2:

@@ -240,8 +240,8 @@ def lr_grid(lrs, models, ks, seeds, **settings) -> list[FewShotRun]:
     `lrs`: the runs `select_lr` chooses a model's rate from. `settings` are the other `FewShotRun`
     fields and must hold `val_per_class`: the rate is chosen on validation images, never on test.
 
-    Give it seeds the compared grid does not use: at the chosen rate the search's runs are the ones
-    that won on validation, and compared with others they would read high."""
+    `seeds` must not be a grid's (`search_seeds` gives them): at the chosen rate the search's runs are
+    the ones that won on validation, and compared with others they would read high."""
     lrs = sorted(set(lrs))
     if not lrs or any(not lr > 0 for lr in lrs):
         raise ValueError(f"lrs must be a non-empty list of learning rates > 0, got {lrs!r}")
@@ -251,6 +251,9 @@ def lr_grid(lrs, models, ks, seeds, **settings) -> list[FewShotRun]:
     seeds = list(seeds)
     if not seeds:
         raise ValueError("lr_grid needs at least one seed")
+    if min(seeds) < LR_SEED_BASE:
+        raise ValueError(f"lr_grid: seeds {seeds} reach below {LR_SEED_BASE}, where a grid's seeds are; a search run "
+                         f"would share a compared run's config id (use search_seeds)")
     return [FewShotRun(model=model, k=k, seed=seed, lr=lr, **settings)
             for lr in lrs for model in models for k in ks for seed in seeds]
 
