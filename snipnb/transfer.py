@@ -264,14 +264,16 @@ def run_transfer(run: TransferRun, device=None) -> dict:
 
 def grid(source: str, target: str, models, ks, sparsities, methods, train_blocks, seeds: int, *,
          reference_blocks=(), scratch: bool = True, scratch_lr: float | None = None, source_per_seed: bool = False,
-         reference_lrs: dict | None = None, **settings) -> list[TransferRun]:
-    """Every (model, k, seed): dense fine-tuning and each pruning method and sparsity, for every
-    `train_blocks`; dense fine-tuning alone for every `reference_blocks` (e.g. the linear probe, as
-    a reference), at `reference_lrs[blocks]` where given; with `scratch`, the same network trained
-    from scratch (all blocks, batch statistics, at `scratch_lr` if given). `settings` are the other
-    `TransferRun` fields, shared by all runs (`lr` among them). With `source_per_seed`, seed s
-    fine-tunes a source pretrained from seed s (`source_seed`), so that variation over seeds
-    includes the source's; otherwise every run starts from one source.
+         reference_lrs: dict | None = None, first_seed: int = 0, **settings) -> list[TransferRun]:
+    """Every (model, k, seed), `seeds` seeds from `first_seed` on: dense fine-tuning and each pruning
+    method and sparsity, for every `train_blocks`; dense fine-tuning alone for every
+    `reference_blocks` (e.g. the linear probe, as a reference), at `reference_lrs[blocks]` where
+    given; with `scratch`, the same network trained from scratch (all blocks, batch statistics, at
+    `scratch_lr` if given). `settings` are the other `TransferRun` fields, shared by all runs (`lr`
+    among them). With `source_per_seed`, seed s fine-tunes a source pretrained from seed s
+    (`source_seed`), so that variation over seeds includes the source's; otherwise every run starts
+    from one source. A learning-rate search (`lr_grid`) takes `first_seed` past the reported seeds,
+    so that its winning runs are not compared.
 
     Every k is checked against the target's smallest class (less its validation images) here,
     before anything runs.
@@ -286,6 +288,8 @@ def grid(source: str, target: str, models, ks, sparsities, methods, train_blocks
     strays = sorted(set(reference_lrs) - set(reference_blocks))
     if strays:
         raise ValueError(f"reference_lrs names {strays}, which are not among reference_blocks {list(reference_blocks)}")
+    checks.integer("seeds", seeds, 1)
+    checks.integer("first_seed", first_seed, 0)
     if source_per_seed:
         pretrained.check_source_per_seed(source, settings)
     train = pretrained.load_split(target, True)
@@ -297,7 +301,7 @@ def grid(source: str, target: str, models, ks, sparsities, methods, train_blocks
     runs = []
     for model in models:
         for k in ks:
-            for seed in range(seeds):
+            for seed in range(first_seed, first_seed + seeds):
                 common = dict(source=source, target=target, model=model, k=k, **settings,
                               **pretrained.seed_fields(seed, source_per_seed))
                 for blocks in train_blocks:
@@ -318,11 +322,11 @@ def curve_runs(runs, epochs, eval_every: int, seeds: int, first_seed: int = 0) -
     schedule, the cosine decay stretched over it), tested every `eval_every` epochs: the learning
     curves that show whether a grid's budget has flattened (`curves` reads them).
 
-    `first_seed` leaves out the seeds a learning-rate search used: its runs at the chosen rate won
-    on their own validation accuracy, so they read high against the same seeds trained longer.
-    Every configuration of `runs` (a run but for its seed and, with a source per seed, the source
-    that seed names) must hold each of those seeds, or the budgets would be compared on different
-    seeds per configuration."""
+    `first_seed` can leave out seeds a learning-rate search used, were they among `runs`': its runs
+    at the chosen rate won on their own validation accuracy, so they would read high against the
+    same seeds trained longer. Every configuration of `runs` (a run but for its seed and, with a
+    source per seed, the source that seed names) must hold each of those seeds, or the budgets
+    would be compared on different seeds per configuration."""
     checks.integer("eval_every", eval_every, 1)
     checks.integer("seeds", seeds, 1)
     checks.integer("first_seed", first_seed, 0)
@@ -384,27 +388,49 @@ def budget_gains(results: pd.DataFrame, baseline_epochs: int, by) -> pd.DataFram
     """Final **validation** accuracy at each budget (`epochs`) minus at `baseline_epochs`, per group of
     `by`, paired on seeds after averaging each seed's runs over k (`stats.paired_difference`'s
     columns). Only `val_acc` is read, never a test column: whether a budget suffices is a choice,
-    and choices are made on validation."""
+    and choices are made on validation. Every budget of a group must hold the same (seed, k) runs
+    (`check_same_runs_per_budget`)."""
     by = [by] if isinstance(by, str) else list(by)
     if "val_acc" not in results or results.val_acc.isna().any():
         raise ValueError("budget_gains needs runs with a validation set (val_per_class); some have no val_acc")
+    check_same_runs_per_budget(results, by)
     per_seed = stats.seed_means(results, "val_acc", ["seed"], average_over=["k"], by=[*by, "epochs"])
     return stats.paired_difference(per_seed, "val_acc", baseline={"epochs": baseline_epochs}, variant=["epochs"],
                                    pair_on=["seed"], group=by)
 
 
+def check_same_runs_per_budget(results: pd.DataFrame, by) -> None:
+    """A ValueError unless, within each group of `by`, every budget (`epochs`) holds the same (seed, k)
+    runs. A seed's mean over k at one budget and over other k's at another differ by how hard those
+    k's are, not by the budget: an incomplete (sharded) sweep would read as a gain or a loss."""
+    by = [by] if isinstance(by, str) else list(by)
+    for key, group in results.groupby(by, sort=False) if by else [((), results)]:
+        cells = {epochs: set(runs[["seed", "k"]].itertuples(index=False, name=None))
+                 for epochs, runs in group.groupby("epochs")}
+        every = set.union(*cells.values())
+        short = {epochs: sorted(every - held) for epochs, held in cells.items() if held != every}
+        if short:
+            raise ValueError(f"the budgets of {dict(zip(by, key if isinstance(key, tuple) else (key,)))} hold "
+                             f"different (seed, k) runs: {', '.join(f'{e} epochs lacks {m}' for e, m in short.items())}"
+                             f" (an incomplete sweep?); each seed's mean over k would compare different k's")
+
+
 def lr_grid(lrs, source: str, target: str, models, ks, train_blocks, seeds: int, *, scratch: bool = False,
-            **settings) -> list[TransferRun]:
+            first_seed: int = 0, **settings) -> list[TransferRun]:
     """Dense fine-tuning of every `train_blocks` (and with `scratch`, training from scratch), (model,
-    k, seed) at every learning rate in `lrs`: the runs `select_lr` chooses a learning rate from.
-    `settings` are `grid`'s, and must hold `val_per_class`: the choice is made on a validation set,
-    never on the test split."""
+    k, seed) for `seeds` seeds from `first_seed` on, at every learning rate in `lrs`: the runs
+    `select_lr` chooses a learning rate from. A notebook gives `first_seed` = the grid's number of
+    seeds, so the search runs on seeds of its own: run on the reported seeds, its runs at the
+    chosen rate would be compared having won on their own validation accuracy. `settings` are
+    `grid`'s, and must hold `val_per_class`: the choice is made on a validation set, never on the
+    test split."""
     if not lrs or any(not lr > 0 for lr in lrs):
         raise ValueError(f"lrs must be a non-empty list of learning rates > 0, got {lrs!r}")
     if settings.get("val_per_class") is None:
         raise ValueError("lr_grid needs val_per_class: the learning rate is chosen on validation images held out "
                          "of the training split, never on the test split")
-    runs = grid(source, target, models, ks, [], [], train_blocks, seeds, scratch=scratch, **settings)
+    runs = grid(source, target, models, ks, [], [], train_blocks, seeds, scratch=scratch, first_seed=first_seed,
+                **settings)
     return [dataclasses.replace(run, lr=lr) for lr in sorted(set(lrs)) for run in runs]
 
 
@@ -412,20 +438,22 @@ PRUNED = "pruned"  # the key of `baseline_lr_grids` for the rate shared by every
 
 
 def baseline_lr_grids(tried: dict, source: str, target: str, models, ks, train_blocks, reference_blocks, seeds: int,
-                      *, scratch: bool = True, **settings) -> dict[str, list[TransferRun]]:
+                      *, scratch: bool = True, first_seed: int = 0, **settings) -> dict[str, list[TransferRun]]:
     """The searches that give each baseline its own learning rate, one `lr_grid` per key of the dict
     returned, at the rates `tried[key]` lists: `PRUNED`, dense fine-tuning of `train_blocks`, whose
     rate every pruning method on those blocks shares (so the pruned networks get the dense
     baseline's tuned rate); each of `reference_blocks` by its name; and with `scratch`, 'scratch'.
     A reference fine-tuned at another setting's rate can sit far from its own best: fine-tuning
-    every block of a pretrained ResNet-18 at the last block's rate collapsed to chance."""
+    every block of a pretrained ResNet-18 at the last block's rate collapsed to chance. Every search
+    runs `seeds` seeds from `first_seed` on (`lr_grid`)."""
     keys = [PRUNED, *reference_blocks, *(["scratch"] if scratch else [])]
     missing = [key for key in keys if key not in tried]
     if missing:
         raise ValueError(f"tried has no rates for {missing}: give a list of candidate rates for each of {keys}")
     searches = {PRUNED: dict(train_blocks=train_blocks), **{b: dict(train_blocks=[b]) for b in reference_blocks},
                 **({"scratch": dict(train_blocks=[], scratch=True)} if scratch else {})}
-    return {key: lr_grid(tried[key], source, target, models, ks, seeds=seeds, **search, **settings)
+    return {key: lr_grid(tried[key], source, target, models, ks, seeds=seeds, first_seed=first_seed, **search,
+                         **settings)
             for key, search in searches.items()}
 
 

@@ -182,6 +182,11 @@ def test_a_grid_with_a_source_per_seed_pairs_each_seed_with_its_own_source_every
     search = transfer.lr_grid([0.01, 0.1], "synthetic:0-4", "synthetic:5-9", ["resnet18"], [1], ["last_block"], 2,
                               image_size=32, val_per_class=5, source_per_seed=True)
     assert {(r.seed, r.source_seed) for r in search} == {(0, 0), (1, 1)}
+    # A search on the seeds after the grid's 3: each of its seeds needs a source of its own, which no grid run uses.
+    later = transfer.lr_grid([0.01, 0.1], "synthetic:0-4", "synthetic:5-9", ["resnet18"], [1], ["last_block"], 2,
+                             image_size=32, val_per_class=5, source_per_seed=True, first_seed=3)
+    assert {(r.seed, r.source_seed) for r in later} == {(3, 3), (4, 4)}
+    assert not {r.source_seed for r in later} & {r.source_seed for r in runs}
     curve = transfer.curve_runs(runs, [1, 2], 1, 2)
     assert curve and all(r.source_seed == r.seed for r in curve)
     # The budget check on the seeds after a search's: each seed names its own source, and is one configuration's seed.
@@ -335,6 +340,17 @@ def test_select_lr_reads_the_validation_accuracy_and_never_the_test_accuracy():
         transfer.select_lr(results.iloc[:3])
 
 
+def test_a_grid_runs_its_seeds_from_first_seed_on_and_refuses_a_negative_one():
+    grid = functools.partial(transfer.grid, "synthetic:0-4", "synthetic:5-9", ["resnet18"], [1], [0.5], ["snip"],
+                             ["last_block"], 2, image_size=32)
+    assert {r.seed for r in grid()} == {0, 1}
+    later = grid(first_seed=5)
+    assert {r.seed for r in later} == {5, 6} and len(later) == len(grid())
+    assert [dataclasses.replace(r, seed=0) for r in later if r.seed == 5] == [r for r in grid() if r.seed == 0]
+    with pytest.raises(ValueError, match="first_seed"):
+        grid(first_seed=-1)
+
+
 def test_each_baseline_is_searched_at_its_own_rates_and_runs_at_the_rate_chosen_for_it():
     lrs = {transfer.PRUNED: [0.01, 0.05], "all": [0.001, 0.01], "head": [0.1], "scratch": [0.05, 0.2]}
     searches = transfer.baseline_lr_grids(lrs, "synthetic:0-4", "synthetic:5-9", ["resnet18"], [1, 2],
@@ -344,6 +360,11 @@ def test_each_baseline_is_searched_at_its_own_rates_and_runs_at_the_rate_chosen_
                      "all": {("dense", "all", 0.001), ("dense", "all", 0.01)}, "head": {("dense", "head", 0.1)},
                      "scratch": {("scratch", "all", 0.05), ("scratch", "all", 0.2)}}
     assert all(len(runs) == len(lrs[key]) * 2 * 2 for key, runs in searches.items())  # every (k, seed) at each rate
+    # After a grid of 3 seeds: every baseline's search on seeds 3 and 4, none of the grid's.
+    after = transfer.baseline_lr_grids(lrs, "synthetic:0-4", "synthetic:5-9", ["resnet18"], [1, 2], ["last_block"],
+                                       ["head", "all"], 2, image_size=32, val_per_class=5, first_seed=3)
+    assert {key: {r.seed for r in runs} for key, runs in after.items()} == {key: {3, 4} for key in lrs}
+    assert {key: len(runs) for key, runs in after.items()} == {key: len(runs) for key, runs in searches.items()}
     # The sweep's results, one table, split back: the dense 'all' runs and scratch's (also on 'all') apart.
     everything = [r for runs in searches.values() for r in runs]
     results = pd.DataFrame([{**vars(r), "id": config_id(r), "val_acc": 100 * r.lr}
@@ -357,7 +378,8 @@ def test_each_baseline_is_searched_at_its_own_rates_and_runs_at_the_rate_chosen_
             lambda r: pd.concat([r, results[results.method == "scratch"].iloc[:3]])))
     with pytest.raises(ValueError, match=r"tried has no rates for \['scratch'\]"):
         transfer.baseline_lr_grids({k: v for k, v in lrs.items() if k != "scratch"}, "synthetic:0-4", "synthetic:5-9",
-                                   ["resnet18"], [1], ["last_block"], ["head", "all"], 1, image_size=32, val_per_class=5)
+                                   ["resnet18"], [1], ["last_block"], ["head", "all"], 1, image_size=32,
+                                   val_per_class=5)
     # The grid runs each reference at its own rate, scratch at its own, everything else at the shared one.
     runs = transfer.grid("synthetic:0-4", "synthetic:5-9", ["resnet18"], [1], [0.9], ["snip"], ["last_block"], 1,
                          reference_blocks=["head", "all"], scratch_lr=0.2, reference_lrs={"all": 0.001},
@@ -516,3 +538,20 @@ def test_budget_gains_read_final_validation_accuracy_paired_on_seeds():
     assert gains["diff"].iloc[0] == pytest.approx(2 + 3) and gains.n.iloc[0] == 3  # k = 1 and 5 averaged per seed
     with pytest.raises(ValueError, match="val_per_class"):
         transfer.budget_gains(pd.concat([short, longer]).assign(val_acc=math.nan), 10, ["method"])
+
+
+def test_budget_gains_refuse_budgets_that_hold_different_runs():
+    # Every run gains exactly 1 point at 20 epochs; k = 5 reads 40 points above k = 1 at either budget.
+    short = _curve_results({"dense": 0.0, "snip": 0.0}, {"dense": 0.0, "snip": 0.0}, epochs=(5, 10))
+    short = short.assign(val_acc=10.0 * short.k)
+    longer = short.assign(epochs=20, val_acc=short.val_acc + 1)
+    gains = transfer.budget_gains(pd.concat([short, longer]), 10, ["method"])
+    assert list(gains["diff"]) == pytest.approx([1.0, 1.0])
+    # A sharded sweep that lacks seed 0's k = 5 run at 10 epochs: seed 0's mean there is k = 1's alone, and the
+    # gain of seed 0 would read 21 points, not 1. Refused, naming the group, the budget and the missing run.
+    incomplete = pd.concat([short[~((short.seed == 0) & (short.k == 5) & (short.method == "snip"))], longer])
+    with pytest.raises(ValueError, match=r"\{'method': 'snip'\}.*10 epochs lacks \[\(0, 5\)\].*incomplete"):
+        transfer.budget_gains(incomplete, 10, ["method"])
+    # A seed missing at one budget only is refused too (it would drop out of one side of the pairs).
+    with pytest.raises(ValueError, match=r"20 epochs lacks \[\(2, 1\), \(2, 5\)\]"):
+        transfer.budget_gains(pd.concat([short, longer[longer.seed != 2]]), 10, ["method"])
