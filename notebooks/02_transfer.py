@@ -51,8 +51,9 @@
 # images is held out before any $k$-shot subset is drawn: one set for every seed, $k$ and method,
 # disjoint from every subset. With `lr_candidates`, each baseline's learning rate is chosen on it
 # (dense fine-tuning of the pruned blocks, whose rate the pruning methods share; each reference
-# block setting; training from scratch: `lr_seeds` seeds, the highest mean validation accuracy
-# after the last epoch), and every run also reports the test accuracy at the epoch the validation
+# block setting; training from scratch: on `lr_seeds` seeds numbered after the reported ones, so
+# that no compared run took part in the choice; the highest mean validation accuracy after the
+# last epoch), and every run also reports the test accuracy at the epoch the validation
 # set picks (`test_at_best_val`), an honest counterpart of the best test accuracy. The test split
 # only ever gives the numbers reported. A validation set larger than the training set is a luxury
 # real few-shot learning does not have; it tunes the recipe here, it is not part of the method.
@@ -115,7 +116,7 @@ reuse = "same_code"  # or "any": also keep records made by other library code (t
 batch_size = 32
 lr = 0.01  # every fine-tuning run, unless lr_candidates chooses it
 lr_candidates = []  # choose each baseline's lr among these on validation (needs val_per_class); []: lr and scratch_lr
-lr_seeds = 2  # seeds of that choice
+lr_seeds = 2  # seeds of that choice, numbered after the grid's, so its winning runs are not the compared ones
 lr_extensions = 2  # while the chosen lr is the largest or smallest tried, try one grid step further out, at most this often
 val_per_class = None  # training images per class held out for validation, apart from every k-shot subset; None: none
 scratch_lr = 0.05  # training from scratch, unless lr_candidates chooses it: Experiment 1's learning rate
@@ -127,7 +128,8 @@ focus_blocks = None  # the trained blocks of the plots and the verdicts; None: l
 focus_k = None  # the k of the accuracy-vs-sparsity plot; None: 5, or the nearest in ks
 curve_epochs = []  # the budget check, judged on validation (needs val_per_class): dense and SNIP at the focus trained for each of these epochs (epochs among them); []: none
 curve_every = 3  # ... tested every this many epochs
-curve_seeds = 3  # ... on this many seeds, from the first the learning-rate search did not use (seed lr_seeds on); at least 2
+curve_seeds = 3  # ... on the grid's first this many seeds (from seed 0); at least 2
+budget_note = ""  # how the grid's epochs were chosen, where that was outside this notebook (shown under Limits)
 progress = True  # progress bars (the book's chapters are executed without them)
 
 # %% tags=["remove-cell"]
@@ -141,7 +143,7 @@ if os.environ.get("SNIPNB_SMOKE"):
     ks, sparsities, methods, train_blocks, reference_blocks = [1, 2], [0.9], ["snip", "random"], ["last_block"], []
     focus_k, test_per_class, results_dir = 2, 10, tempfile.mkdtemp()
     val_per_class, lr_candidates, lr_seeds, source_per_seed = 5, [0.01, 0.05], 1, True
-    curve_epochs, curve_every, curve_seeds = [1, 2], 1, 2  # seeds 1 and 2: 3 seeds leave 2 after the search's
+    curve_epochs, curve_every, curve_seeds = [1, 2], 1, 2
     os.environ["SNIPNB_CHECKPOINTS"] = tempfile.mkdtemp()  # the smoke source is not cached for later
 
 # %% tags=["remove-input"]
@@ -156,7 +158,7 @@ from snipnb import checks, data, devices, plots, pretrained, provenance, stats, 
 from snipnb.cluster import cluster_executor
 from snipnb.contrasts import Contrast, check_contrasts
 from snipnb.notebook import check_parameters, pick
-from snipnb.report import answer, late_gain_table, table
+from snipnb.report import answer, late_gain_table, seed_span, table
 from snipnb.sweep import config_id, run_sweep
 from snipnb.train import default_device
 
@@ -179,15 +181,12 @@ if curve_epochs and val_per_class is None:
 checks.integer("lr_extensions", lr_extensions, 0)
 checks.integer("lr_seeds", lr_seeds, 1)
 checks.integer("curve_seeds", curve_seeds, 1)
-# The search's runs at the chosen rate won on their own validation accuracy, so on its seeds the grid's budget
-# reads high against the same seeds trained longer: the budget check and its late-gain table leave them out.
-search_seeds = lr_seeds if lr_candidates else 0
-if curve_epochs and (curve_seeds < 2 or search_seeds + curve_seeds > seeds):
-    raise ValueError(f"curve_epochs={curve_epochs} pairs curve_seeds={curve_seeds} seeds (at least 2) that the "
-                     f"learning-rate search did not use: of seeds={seeds}, "
-                     + (f"the search uses the first {search_seeds} (lr_seeds)" if search_seeds else
-                        "no search uses any")
-                     + f", which leaves {seeds - search_seeds}")
+if curve_epochs and not 2 <= curve_seeds <= seeds:
+    raise ValueError(f"curve_epochs={curve_epochs} pairs curve_seeds={curve_seeds} of the grid's seeds={seeds}: at "
+                     f"least 2, and no more than the grid has")
+# After the reported seeds: a search run on them would put its winners, read at the rate they won on their own
+# validation accuracy, among the compared runs.
+search_seeds = range(seeds, seeds + lr_seeds) if lr_candidates else range(0)
 if lr_candidates and val_per_class is None:
     raise ValueError(f"lr_candidates={lr_candidates} needs val_per_class: the learning rate is chosen on validation "
                      f"images held out of the training split, never on the test split")
@@ -256,12 +255,16 @@ else:
 # %% [markdown]
 # ## The source
 # Pretrained before the sweep (a self-pretrained source is cached on disk by its settings): once, or
-# once per seed with `source_per_seed`. Its own test accuracy says how good the features are that
-# the target starts from.
+# once per seed with `source_per_seed`, the learning-rate search's seeds included (they fine-tune
+# sources of their own, which no reported run uses). Its own test accuracy says how good the
+# features are that the target starts from.
 
 # %% tags=["hide-input"]
+search_sources = {(model, pretrained.at_seed(runs[0], seed, source_per_seed).source_seed)
+                  for model in models for seed in search_seeds}
 sources = []
-for model, source_seed in sorted({(run.model, run.source_seed) for run in runs if run.method != "scratch"}):
+for model, source_seed in sorted({(run.model, run.source_seed) for run in runs if run.method != "scratch"}
+                                 | search_sources):
     backbone = pretrained.load_source(source, model, image_size, epochs=source_epochs, seed=source_seed, stem=stem,
                                       device=device, progress=progress)
     meta = backbone.meta
@@ -280,10 +283,10 @@ display(pd.DataFrame(sources))
 # With `lr_candidates`, each baseline gets its own rate: dense fine-tuning of the pruned blocks
 # (every pruning method on those blocks shares its rate, so the pruned networks get the dense
 # baseline's tuned rate), each reference block setting, and training from scratch, each run at every
-# $k$ on `lr_seeds` seeds at each candidate; the mean validation accuracy after the last epoch (%)
-# picks the rate. A rate chosen at the largest or smallest candidate is only a bound, so its grid
-# then gains the next rate one step further out and the choice is made again (at most
-# `lr_extensions` times). No test accuracy is read.
+# $k$ on `lr_seeds` seeds after the reported ones (named below) at each candidate; the mean
+# validation accuracy after the last epoch (%) picks the rate. A rate chosen at the largest or
+# smallest candidate is only a bound, so its grid then gains the next rate one step further out
+# and the choice is made again (at most `lr_extensions` times). No test accuracy is read.
 
 # %% tags=["hide-input"]
 sweep = functools.partial(run_sweep, functools.partial(transfer.run_transfer, device=device),
@@ -295,7 +298,7 @@ sweep = functools.partial(run_sweep, functools.partial(transfer.run_transfer, de
 def choose(tried):
     """Each baseline's rate among `tried[key]`, on validation; runs already recorded are reused."""
     searches = transfer.baseline_lr_grids(tried, source, target, models, ks, train_blocks, reference_blocks, lr_seeds,
-                                          source_per_seed=source_per_seed, **settings)
+                                          source_per_seed=source_per_seed, first_seed=seeds, **settings)
     wanted = [run for search in searches.values() for run in search]
     searched = sweep(wanted)
     if len(searched) < len(wanted):
@@ -318,7 +321,8 @@ if lr_candidates:
     for key in keys:
         lr_table, runs_each = lr_tables[key]
         display(Markdown(f"**{BASELINE_NAMES[key]}: {chosen[key]}** among {tried[key]}, the highest "
-                         f"mean validation accuracy over {runs_each} runs per candidate."
+                         f"mean validation accuracy over {runs_each} runs per candidate "
+                         f"({seed_span(search_seeds)}, after the reported ones)."
                          + (" Still the edge of its grid after the extensions: its best rate may lie further out."
                             if key in edges else "")))
         display(lr_table.round(2))
@@ -499,42 +503,49 @@ display(spread.round(2).unstack("method"))
 
 # %% [markdown]
 # ## Is the budget long enough?
-# Judged on the validation images, never on the test split (whether a budget suffices is a choice),
-# and on the seeds the learning-rate search did not use: the search's runs at the chosen rate won on
-# their own validation accuracy, so they read high against the same seeds trained longer.
+# Judged on the validation images, never on the test split (whether a budget suffices is a choice).
 # First, from the grid's own runs at no extra cost: every method at the focus cell and every
-# baseline (named below), each seed's validation curve averaged over $k$, and what it gained over
-# the last 30% of its epochs (from the latest test at or before 70% of them), paired on seeds
-# (exploratory, uncorrected). "Still rising" means the budget stopped a method that was still
-# improving, so it is compared before it flattened. Then, with `curve_epochs`: dense fine-tuning and
-# SNIP at the focus sparsity, fine-tuning the focus blocks at every $k$, trained again on
-# `curve_seeds` seeds from seed `lr_seeds` on (with a search; else from seed 0) for each budget in
-# `curve_epochs` (the grid's among them), each with its own
-# cosine schedule, tested every `curve_every` epochs. A cosine schedule flattens every curve at its
-# end by construction, so the curves show the shape and the table answers the question: what a
-# longer budget gains in final validation accuracy, paired on seeds after averaging over $k$ within a
-# seed. SNIP − dense at each budget follows in final test accuracy, as a result, not a judgement of
-# the budget.
+# baseline (named below), each seed's validation curve averaged over $k$, and what it gained from
+# its latest test at or before 70% of its epochs to its last (the table names both epochs), paired
+# on seeds (exploratory, uncorrected). Training decays the learning rate to zero on a cosine
+# schedule, and accuracy rises as the rate anneals whatever the budget: "still rising" suggests a
+# budget too short without showing it, and a flat end does not rule one out, for the annealing
+# flattens every curve at its end by construction. The test is the next one, with `curve_epochs`:
+# dense fine-tuning and SNIP at the focus sparsity, fine-tuning the focus blocks at every $k$,
+# trained again on the grid's first `curve_seeds` seeds for each budget in `curve_epochs` (the
+# grid's among them), each with its own cosine schedule, tested every `curve_every` epochs. The
+# curves show the shape and the table answers the question: what another budget gains in final
+# validation accuracy over the grid's, paired on seeds after averaging over $k$ within a seed.
+# SNIP − dense at each budget follows in final test accuracy, as a result, not a judgement of the
+# budget.
 
 # %% tags=["hide-input"]
 grid_cell = results[(results.model == models[0]) & (results.method.isin(["dense", "scratch"]) |
                                                      ((results.train_blocks == focus_blocks) &
                                                       (results.sparsity == focus_sparsity)))].copy()
-grid_cell = grid_cell[grid_cell.seed >= search_seeds]
 grid_cell["run"] = [label(row) for _, row in grid_cell.iterrows()]
 has_curves = (val_per_class is not None and len(grid_cell) > 0 and "val_curve" in grid_cell
               and grid_cell.val_curve.notna().all()
               and grid_cell.test_epochs.map(stats.shows_late_gain).all())
+
+
+def tested_window(late):
+    """The epochs a late-gain table reads from and to, as its rows give them."""
+    starts, ends = sorted(set(late.start)), sorted(set(late.end))
+    if len(starts) == 1 and len(ends) == 1:
+        return f"from epoch {starts[0]} to epoch {ends[0]}"
+    return f"from epoch {' or '.join(map(str, starts))} to epoch {' or '.join(map(str, ends))} (each row says which)"
+
+
 if has_curves:
-    display(table(late_gain_table(transfer.late_gains(grid_cell, "run"), "run", "epoch"),
-                  caption=f"Validation accuracy gained over the last 30% of the grid's {epochs} epochs ({models[0]}; "
-                          f"methods prune {focus_sparsity:.0%} of `{focus_blocks}`; seeds "
-                          f"{', '.join(map(str, sorted(set(grid_cell.seed))))}, each averaged over k)"))
+    late = transfer.late_gains(grid_cell, "run")
+    display(table(late_gain_table(late, "run", "epoch"),
+                  caption=f"Validation accuracy gained {tested_window(late)} ({models[0]}, the grid's {epochs}-epoch "
+                          f"runs; methods prune {focus_sparsity:.0%} of `{focus_blocks}`; {seed_span(grid_cell.seed)}, "
+                          f"each averaged over k)"))
 else:
     display(Markdown("No late-gain table: " + ("this run holds no validation set (`val_per_class`)."
                                                if val_per_class is None else
-                                               f"every seed is the learning-rate search's (seeds={seeds}, "
-                                               f"lr_seeds={lr_seeds})." if not len(grid_cell) else
                                                "the grid's runs were tested once, or not before the last 30% of "
                                                "their epochs, or were recorded before runs kept their curves.")))
 
@@ -542,7 +553,14 @@ else:
 if curve_epochs:
     focus_runs_all = [r for r in runs if r.model == models[0] and r.train_blocks == focus_blocks and
                       (r.method == "dense" or (r.method == "snip" and r.sparsity == focus_sparsity))]
-    budget = sweep(transfer.curve_runs(focus_runs_all, curve_epochs, curve_every, curve_seeds, first_seed=search_seeds))
+    # The grid's first seeds: the search ran on seeds of its own, so none of these runs won a search.
+    wanted = transfer.curve_runs(focus_runs_all, curve_epochs, curve_every, curve_seeds, first_seed=0)
+    budget = sweep(wanted)
+    if len(budget) < len(wanted):
+        # Each seed's mean over k, at budgets missing different runs, would compare different k's (and so would
+        # the SNIP − dense gaps below): stop, as the learning-rate search does.
+        raise RuntimeError(f"the budget check has {len(budget)} of its {len(wanted)} runs (shard {shard} ran its "
+                           f"slice): run every shard, then run again to read it")
     budget["run"] = budget.method.map({"dense": "dense", "snip": f"SNIP {focus_sparsity:.0%}"})
     long = transfer.curves(budget, "val")
     mean_curves = long.groupby(["k", "run", "epochs", "epoch"]).acc.mean().reset_index()
@@ -558,15 +576,15 @@ if curve_epochs:
     for ax in axes[len(ks):]:
         ax.set_visible(False)
     plots.shared_legend(fig, axes[:len(ks)])
-    budget_seeds = ", ".join(map(str, sorted(set(budget.seed))))
-    fig.suptitle(f"Mean validation accuracy over seeds {budget_seeds} ({models[0]}, `{focus_blocks}`; grey: the "
+    budget_seeds = seed_span(budget.seed)
+    fig.suptitle(f"Mean validation accuracy over {budget_seeds} ({models[0]}, `{focus_blocks}`; grey: the "
                  f"grid's {epochs} epochs)", fontsize="medium")
     plt.show()
     gains = transfer.budget_gains(budget, epochs, ["run"])
     gains = gains.assign(reading=[stats.verdict(row, exploratory=True) for _, row in gains.iterrows()])
     display(table(gains[["run", "epochs", "reading"]].rename(columns={"epochs": "budget (epochs)"}),
                   caption=f"Final validation accuracy at each budget minus at {epochs} epochs (points, mean over k "
-                          f"within a seed; seeds {budget_seeds})"))
+                          f"within a seed; {budget_seeds})"))
     per_seed = stats.seed_means(budget, "final_acc", ["seed"], average_over=["k"], by=["run", "epochs"])
     gaps = stats.paired_difference(per_seed, "final_acc", baseline={"run": "dense"}, variant=["run"], pair_on=["seed"],
                                    group=["epochs"])
@@ -664,15 +682,15 @@ display(breaks.unstack("train_blocks").reindex(columns=train_blocks).map(lambda 
 #   before each baseline had its own, fine-tuning every block of the 5–9 pair's source at the last
 #   block's rate collapsed to chance. A rate chosen at the edge of its grid, even after the grid was
 #   widened, is a bound, and "The learning rates" says so.
-# - **The search's winners are in the grid.** With `lr_candidates`, the search trains each baseline
-#   on the first `lr_seeds` seeds, and its runs at the chosen rate are the grid's runs on those seeds
-#   (the same configurations): there dense fine-tuning, each reference setting and scratch are read
-#   at the rate that won on those runs' own validation accuracy, which favours them. The pruning
-#   methods share dense fine-tuning's rate without a search of their own, so on those seeds each
-#   method − dense, the declared SNIP − dense among them, leans towards dense; SNIP against its
-#   controls does not (neither side was searched), and dense − scratch has no known sign (both were).
-#   A search on seeds of its own would need a source pretrained for each of them as well. The budget
-#   check and its late-gain table leave those seeds out; the declared contrasts keep them.
+# - **The pruned runs borrow dense fine-tuning's rate.** With `lr_candidates`, the search trains
+#   each baseline on `lr_seeds` seeds after the reported ones (with `source_per_seed`, each from a
+#   source of its own), so no compared run took part in choosing a rate. The rate the pruning
+#   methods share was chosen for dense fine-tuning, not for them, so each method − dense, the
+#   declared SNIP − dense among them, leans towards dense. SNIP against its controls has no known
+#   sign (neither side was searched), nor has dense − scratch (both were).
+# - **The budget check leans towards "enough".** The rates were chosen for the grid's budget on
+#   this validation set, and the check's other budgets run at those rates untuned: it compares a
+#   tuned budget with untuned longer ones, which favours the grid's.
 # - **One validation set.** The validation images are drawn once and shared by every seed, $k$ and
 #   method, as in chapter 01: the seeds vary the $k$-shot subsets, not the validation set, so the
 #   choice of rates and the budget's reading leave out how another validation draw would move them.
@@ -703,3 +721,7 @@ display(breaks.unstack("train_blocks").reindex(columns=train_blocks).map(lambda 
 # - **The new head is pruned too.** It is part of the trained weights, and one global ranking
 #   covers it. Its fresh weights are smaller than pretrained ones, so global magnitude pruning
 #   can remove it entirely (the collapsed layers above); SNIP's gradient factor keeps it.
+
+# %% tags=["remove-input"]
+if budget_note:  # a chapter whose budget was chosen outside this notebook says how (scripts/run_book.py)
+    display(Markdown(f"- **How the budget was chosen.** {budget_note}"))
