@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -116,7 +116,7 @@ from snipnb.contrasts import Contrast, check_contrasts
 from snipnb.models import INITS
 from snipnb.notebook import check_parameters
 from snipnb.pruning import mask_overlap
-from snipnb.report import answer, table
+from snipnb.report import answer, late_gain_table, table
 from snipnb.sweep import config_id, run_sweep
 from snipnb.train import default_device
 
@@ -414,13 +414,20 @@ def answer_lead(tested):
              f"{len(against_paper)}** Table 1 cells. " if len(against_paper) else "")
             + f"The {len(tested)} declared contrasts, in test error points at the {checkpoint} checkpoint "
               f"(positive: more error than the baseline), on "
-            + " and ".join(f"{contrast_seeds[name]} seeds for {name}" for name in models if name in contrast_seeds)
+            + " and ".join(f"{seeds_said(pairs)} seeds for {name}" for name, pairs in paired_seeds(tested).items())
             + ":")
 
 
-# The seeds each network's contrasts are paired over: its runs at the budget they are tested at.
-contrast_seeds = {name: ablation_seeds if name == "lenet300_100" and gap_epochs[name] != epochs
-                  else setup[name]["seeds"] for name in models}
+def paired_seeds(tested):
+    """Network -> the numbers of seeds its tested contrasts paired (as tested, not as asked: a missing run shows)."""
+    counts = {}
+    for contrast, n in zip(PRIMARY, tested.n):
+        counts.setdefault(contrast.within["model"], set()).add(int(n))
+    return counts
+
+
+def seeds_said(counts):
+    return f"{min(counts)}" if len(counts) == 1 else f"{min(counts)} to {max(counts)}"
 
 
 display(answer(results, PRIMARY, needed={config_id(r) for r in declared_runs}, lead=answer_lead,
@@ -557,9 +564,7 @@ if len(measurable):
                                       fraction=table1.last_stretch(length * steps, steps))
                       for length, group in measurable.groupby("epochs")])
     late = late.assign(iterations=(late.epochs * steps).map("{:,}".format)).drop(columns="epochs")
-    gain_columns = {"start": "from it.", "end": "to it.", "gain": "gain (points)", "ci_low": "95% CI low",
-                    "ci_high": "95% CI high", "n": "seeds"}
-    display(table(late.set_index(["model", "method", "iterations"]).rename(columns=gain_columns),
+    display(table(late_gain_table(late, ["model", "method", "iterations"], "it."),
                   caption="validation accuracy gained over each curve's last stretch at its final learning rate"))
     PLATEAU_FROM = 15_000
     before_decay = measurable[(measurable.epochs * steps > table1.PAPER_STEP_EVERY)
@@ -568,7 +573,7 @@ if len(measurable):
         plateau = stats.late_gain(before_decay, ["model", "method", "epochs"], step="iteration", value="val_acc",
                                   fraction=1 - PLATEAU_FROM / before_decay.iteration.max())
         plateau = plateau.assign(iterations=(plateau.epochs * steps).map("{:,}".format)).drop(columns="epochs")
-        display(table(plateau.set_index(["model", "method", "iterations"]).rename(columns=gain_columns),
+        display(table(late_gain_table(plateau, ["model", "method", "iterations"], "it."),
                       caption=f"validation accuracy gained on the plateau before the first decay, from about "
                               f"{PLATEAU_FROM:,} iterations to the last checkpoint at the starting rate (runs that pass "
                               f"{table1.PAPER_STEP_EVERY:,})"))
@@ -810,7 +815,7 @@ display(Markdown("\n".join(notes) or "No ablation ran."))
 # %% tags=["remove-input"]
 test_images = len(table1.data_of(default_run)[2])
 # The checkpoints (one an epoch) table1 reads the official choice from: those in the last OFFICIAL_WINDOW iterations.
-in_window = lambda length: sum(e * steps > (length * steps) - table1.OFFICIAL_WINDOW for e in range(1, length + 1))
+in_window = lambda length: sum(table1.in_official_window([e * steps for e in range(1, length + 1)]))
 limits = [
     f"- Dataset `{dataset}`: {len(table1.data_of(default_run)[0]):,} training images after holding out 10% for "
     f"validation (one fixed split), {test_images:,} test images. Seeds: {seeds} for LeNet-300-100's Table 1 "
