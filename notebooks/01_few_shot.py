@@ -74,7 +74,7 @@ batch_size = 32
 val_per_class = 20  # training images per class held out once as the validation set; None: none
 lr = 0.05  # the learning rate of every run when lr_candidates is empty
 lr_candidates = [0.01, 0.05, 0.1]  # choose each model's rate among these on validation (needs val_per_class); []: lr
-lr_seeds = 2  # seeds of that choice, from fewshot.LR_SEED_BASE on: no grid's, so its winners are never compared
+lr_seeds = 2  # seeds of that choice, from tuning.SEARCH_SEED_BASE on: no grid's, so its winners are never compared
 lr_extensions = 2  # while the chosen lr is the edge of those tried, try one step further out, at most this often
 eval_every = 5  # with evaluations = None: test every this many epochs and after the last
 stack = None  # runs trained as one stacked model; 1: one by one; None: 1 on the CPU (faster there), 32 on a GPU
@@ -123,7 +123,7 @@ checks.integer("lr_extensions", lr_extensions, 0)
 # The search's seeds start far above any grid's: a search run at the chosen rate has the config id of the
 # grid's dense run on the same seed, so seeds numbered after the grid's would become compared runs as soon
 # as a later execution raised `seeds`.
-search_seeds = fewshot.search_seeds(lr_seeds)
+search_seeds = tuning.search_seeds(lr_seeds)
 search_label = seed_span(search_seeds)
 if lr_candidates and val_per_class is None:
     raise ValueError("lr_candidates needs val_per_class: the learning rate is chosen on validation images held out of "
@@ -225,7 +225,7 @@ else:
 # %% [markdown]
 # ## The learning rate
 # With `lr_candidates`, each model's rate is chosen on validation: dense runs at every candidate and every
-# $k$, on `lr_seeds` seeds numbered from `fewshot.LR_SEED_BASE`, far above any grid's, so that the dense runs
+# $k$, on `lr_seeds` seeds numbered from `tuning.SEARCH_SEED_BASE`, far above any grid's, so that the dense runs
 # the contrasts compare are never the search's winners (at the chosen rate those won on their own validation
 # accuracy), however many seeds a later execution runs. The highest mean validation accuracy after the last
 # epoch, over every $k$ and seed, picks the rate, and every pruned run of the model shares it: the pruned

@@ -206,25 +206,13 @@ def run_few_shot_stack(runs: list[FewShotRun], device=None, *, stacked: bool = T
     return [_result(model, history, epochs) for model, history in zip(built, histories)]
 
 
-# The learning-rate search's seeds start here, far above a grid's (0 to seeds − 1). A search run at the
-# chosen rate has the config id of the grid's dense run on the same seed, so seeds numbered right after
-# the grid's would make the search's winners compared runs as soon as a later execution raised `seeds`.
-LR_SEED_BASE = 10_000
-
-
-def search_seeds(count: int) -> range:
-    """The `count` seeds of a learning-rate search (`lr_grid`): `LR_SEED_BASE` onwards, never a grid's."""
-    checks.integer("lr_seeds", count, 1)
-    return range(LR_SEED_BASE, LR_SEED_BASE + count)
-
-
 def grid(models, ks, sparsities, methods, seeds: int, **settings) -> list[FewShotRun]:
     """Every (model, k, seed) once dense and once per pruning method and sparsity, on seeds 0 to
-    `seeds` − 1 (below `LR_SEED_BASE`, where the learning-rate search's begin).
+    `seeds` − 1 (below `tuning.SEARCH_SEED_BASE`, where the learning-rate searches' begin).
 
     `settings` are the other `FewShotRun` fields, shared by all runs (dataset, epochs, lr, ...).
     """
-    checks.integer("seeds", seeds, 1, LR_SEED_BASE)
+    tuning.check_grid_seeds(seeds)
     runs = []
     for model in models:
         for k in ks:
@@ -240,7 +228,7 @@ def lr_grid(lrs, models, ks, seeds, **settings) -> list[FewShotRun]:
     `lrs`: the runs `select_lr` chooses a model's rate from. `settings` are the other `FewShotRun`
     fields and must hold `val_per_class`: the rate is chosen on validation images, never on test.
 
-    `seeds` must not be a grid's (`search_seeds` gives them): at the chosen rate the search's runs are
+    `seeds` must not be a grid's (`tuning.search_seeds` gives them): at the chosen rate the search's runs are
     the ones that won on validation, and compared with others they would read high."""
     lrs = sorted(set(lrs))
     if not lrs or any(not lr > 0 for lr in lrs):
@@ -248,12 +236,7 @@ def lr_grid(lrs, models, ks, seeds, **settings) -> list[FewShotRun]:
     if settings.get("val_per_class") is None:
         raise ValueError("lr_grid needs val_per_class: the learning rate is chosen on validation images held out "
                          "of the training split, never on the test split")
-    seeds = list(seeds)
-    if not seeds:
-        raise ValueError("lr_grid needs at least one seed")
-    if min(seeds) < LR_SEED_BASE:
-        raise ValueError(f"lr_grid: seeds {seeds} reach below {LR_SEED_BASE}, where a grid's seeds are; a search run "
-                         f"would share a compared run's config id (use search_seeds)")
+    seeds = tuning.check_search_seeds(seeds)
     return [FewShotRun(model=model, k=k, seed=seed, lr=lr, **settings)
             for lr in lrs for model in models for k in ks for seed in seeds]
 

@@ -6,6 +6,9 @@ grid step further out, so a notebook can run it and choose again. `widen` widens
 that key's own choice; `widen_shared` keeps one grid for keys compared with one another (chapter 03's
 EWC variants and their controls) and widens it whenever any key's choice sits at its edge.
 Only validation accuracy is ever read here; the callers hold the test split out of the table.
+
+A search runs on seeds of its own (`search_seeds`, from `SEARCH_SEED_BASE` on), which no grid reaches
+(`check_grid_seeds`) and no search goes below (`check_search_seeds`): chapters 01, 02 and 05 share them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,43 @@ import collections
 import math
 
 import pandas as pd
+
+from . import checks
+
+# A learning-rate search's seeds start here, far above any grid's (0 to seeds - 1). A search run at the
+# chosen rate has the config id of the grid's run at that rate on the same seed, and the resumable sweep
+# reuses it: on the reported seeds the search's winners would be compared at once, and on the seeds right
+# after them as soon as a later execution raised `seeds`.
+SEARCH_SEED_BASE = 10_000
+
+
+def search_seeds(count: int) -> range:
+    """The `count` seeds of a learning-rate search: `SEARCH_SEED_BASE` onwards, never a grid's."""
+    checks.integer("lr_seeds", count, 1)
+    return range(SEARCH_SEED_BASE, SEARCH_SEED_BASE + count)
+
+
+def check_grid_seeds(seeds: int, first_seed: int = 0) -> None:
+    """A ValueError unless a grid's `seeds` seeds from `first_seed` on (reported runs) stay below
+    `SEARCH_SEED_BASE`, where the learning-rate searches' seeds are."""
+    checks.integer("seeds", seeds, 1)
+    checks.integer("first_seed", first_seed, 0)
+    if first_seed + seeds > SEARCH_SEED_BASE:
+        raise ValueError(f"seeds={seeds} from first_seed={first_seed} reach {SEARCH_SEED_BASE}, where the learning-"
+                         f"rate searches' seeds begin: a grid's run would share a search run's config id")
+
+
+def check_search_seeds(seeds, caller: str = "lr_grid") -> list[int]:
+    """`seeds` as a list, or a ValueError if there are none or some lie below `SEARCH_SEED_BASE`, where a
+    grid's are: a search run there would be a compared run, read at the rate it won on its own
+    validation accuracy."""
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError(f"{caller} needs at least one seed")
+    if min(seeds) < SEARCH_SEED_BASE:
+        raise ValueError(f"{caller}: seeds {seeds} reach below {SEARCH_SEED_BASE}, where a grid's seeds are; a search "
+                         f"run would share a compared run's config id (use tuning.search_seeds)")
+    return seeds
 
 
 def best(val_acc: pd.Series) -> float:

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from snipnb import fewshot
+from snipnb import fewshot, tuning
 from snipnb.fewshot import FewShotRun, masks_for, run_few_shot, run_few_shot_stack, stack_key
 
 
@@ -179,20 +179,20 @@ def test_a_run_records_both_curves_and_the_test_accuracy_at_the_checkpoint_valid
 
 
 def test_the_learning_rate_search_runs_dense_on_its_own_seeds_and_reads_only_validation():
-    runs = fewshot.lr_grid([0.1, 0.01], ["simple_convnet"], [1, 2], fewshot.search_seeds(2), dataset="synthetic",
+    runs = fewshot.lr_grid([0.1, 0.01], ["simple_convnet"], [1, 2], tuning.search_seeds(2), dataset="synthetic",
                            val_per_class=10)
     assert len(runs) == 2 * 2 * 2 and {r.method for r in runs} == {"dense"}
-    assert {r.seed for r in runs} == {fewshot.LR_SEED_BASE, fewshot.LR_SEED_BASE + 1}
+    assert {r.seed for r in runs} == {tuning.SEARCH_SEED_BASE, tuning.SEARCH_SEED_BASE + 1}
     assert {r.lr for r in runs} == {0.01, 0.1}
     # However many seeds a grid has, none is a search's: a search's winner is never a compared run.
     compared = fewshot.grid(["simple_convnet"], [1], [0.9], ["snip"], 50, dataset="synthetic", val_per_class=10)
     assert not {r.seed for r in compared} & {r.seed for r in runs}
-    with pytest.raises(ValueError, match="seeds must be <= 10000"):
-        fewshot.grid(["simple_convnet"], [1], [0.9], ["snip"], fewshot.LR_SEED_BASE + 1, dataset="synthetic")
+    with pytest.raises(ValueError, match="reach 10000"):
+        fewshot.grid(["simple_convnet"], [1], [0.9], ["snip"], tuning.SEARCH_SEED_BASE + 1, dataset="synthetic")
     with pytest.raises(ValueError, match="below 10000"):
         fewshot.lr_grid([0.1], ["simple_convnet"], [1], range(5, 7), dataset="synthetic", val_per_class=10)
     with pytest.raises(ValueError, match="val_per_class"):
-        fewshot.lr_grid([0.1], ["simple_convnet"], [1], fewshot.search_seeds(1), dataset="synthetic")
+        fewshot.lr_grid([0.1], ["simple_convnet"], [1], tuning.search_seeds(1), dataset="synthetic")
     results = pd.DataFrame([dict(lr=r.lr, model=r.model, k=r.k, seed=r.seed, val_acc=50.0 + 10 * (r.lr == 0.01),
                                  final_acc=90.0 * (r.lr == 0.1), test_at_best_val=90.0 * (r.lr == 0.1)) for r in runs])
     lr, table = fewshot.select_lr(results)

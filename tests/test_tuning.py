@@ -87,3 +87,25 @@ def test_select_lr_compares_rates_over_the_same_cells_not_only_as_many():
     same = results.assign(seed=[1, 0, 0, 1])
     lr, table = tuning.select_lr(same, ["k"], str)
     assert lr == 0.1 and table.loc[0.1, "all"] == 72.5 and list(table.columns) == ["1", "all"]
+
+
+def test_a_search_runs_on_seeds_of_its_own_that_no_grid_reaches():
+    assert tuning.search_seeds(2) == range(tuning.SEARCH_SEED_BASE, tuning.SEARCH_SEED_BASE + 2)
+    assert tuning.SEARCH_SEED_BASE == 10_000  # chapters 01, 02 and 05's searches: changing it re-runs every search
+    with pytest.raises(ValueError, match="lr_seeds must be >= 1"):
+        tuning.search_seeds(0)
+    # A grid may take every seed below the base, none at it.
+    tuning.check_grid_seeds(tuning.SEARCH_SEED_BASE)
+    tuning.check_grid_seeds(2, first_seed=tuning.SEARCH_SEED_BASE - 2)
+    with pytest.raises(ValueError, match="reach 10000"):
+        tuning.check_grid_seeds(tuning.SEARCH_SEED_BASE + 1)
+    with pytest.raises(ValueError, match="reach 10000"):
+        tuning.check_grid_seeds(2, first_seed=tuning.SEARCH_SEED_BASE - 1)
+    with pytest.raises(ValueError, match="first_seed must be >= 0"):
+        tuning.check_grid_seeds(2, first_seed=-1)
+    # A search takes no seed below it, however few.
+    assert tuning.check_search_seeds(tuning.search_seeds(2)) == [10_000, 10_001]
+    with pytest.raises(ValueError, match="below 10000"):
+        tuning.check_search_seeds([tuning.SEARCH_SEED_BASE - 1, tuning.SEARCH_SEED_BASE])
+    with pytest.raises(ValueError, match="at least one seed"):
+        tuning.check_search_seeds([])
