@@ -51,8 +51,9 @@
 # images is held out before any $k$-shot subset is drawn: one set for every seed, $k$ and method,
 # disjoint from every subset. With `lr_candidates`, each baseline's learning rate is chosen on it
 # (dense fine-tuning of the pruned blocks, whose rate the pruning methods share; each reference
-# block setting; training from scratch: on `lr_seeds` seeds numbered after the reported ones, so
-# that no compared run took part in the choice; the highest mean validation accuracy after the
+# block setting; training from scratch: on `lr_seeds` seeds numbered from 10 000
+# (`tuning.SEARCH_SEED_BASE`), which no grid reaches, so that no compared run took part in the
+# choice, however many seeds an execution runs; the highest mean validation accuracy after the
 # last epoch), and every run also reports the test accuracy at the epoch the validation
 # set picks (`test_at_best_val`), an honest counterpart of the best test accuracy. The test split
 # only ever gives the numbers reported. A validation set larger than the training set is a luxury
@@ -116,7 +117,7 @@ reuse = "same_code"  # or "any": also keep records made by other library code (t
 batch_size = 32
 lr = 0.01  # every fine-tuning run, unless lr_candidates chooses it
 lr_candidates = []  # choose each baseline's lr among these on validation (needs val_per_class); []: lr and scratch_lr
-lr_seeds = 2  # seeds of that choice, numbered after the grid's, so its winning runs are not the compared ones
+lr_seeds = 2  # seeds of that choice, from tuning.SEARCH_SEED_BASE on: no grid's, so its winners are never compared
 lr_extensions = 2  # while the chosen lr is the largest or smallest tried, try one grid step further out, at most this often
 val_per_class = None  # training images per class held out for validation, apart from every k-shot subset; None: none
 scratch_lr = 0.05  # training from scratch, unless lr_candidates chooses it: Experiment 1's learning rate
@@ -184,9 +185,10 @@ checks.integer("curve_seeds", curve_seeds, 1)
 if curve_epochs and not 2 <= curve_seeds <= seeds:
     raise ValueError(f"curve_epochs={curve_epochs} pairs curve_seeds={curve_seeds} of the grid's seeds={seeds}: at "
                      f"least 2, and no more than the grid has")
-# After the reported seeds: a search run on them would put its winners, read at the rate they won on their own
-# validation accuracy, among the compared runs.
-search_seeds = range(seeds, seeds + lr_seeds) if lr_candidates else range(0)
+# Far above any grid's seeds: a search run on a reported seed would put its winners, read at the rate they won on
+# their own validation accuracy, among the compared runs, and seeds numbered right after the reported ones would
+# become reported seeds as soon as a later execution raised `seeds`.
+search_seeds = tuning.search_seeds(lr_seeds) if lr_candidates else range(0)
 if lr_candidates and val_per_class is None:
     raise ValueError(f"lr_candidates={lr_candidates} needs val_per_class: the learning rate is chosen on validation "
                      f"images held out of the training split, never on the test split")
@@ -256,8 +258,9 @@ else:
 # ## The source
 # Pretrained before the sweep (a self-pretrained source is cached on disk by its settings): once, or
 # once per seed with `source_per_seed`, the learning-rate search's seeds included (they fine-tune
-# sources of their own, which no reported run uses). Its own test accuracy says how good the
-# features are that the target starts from.
+# sources of their own, which no reported run uses; chapter 05's search at the same source settings
+# fine-tunes the same ones). Its own test accuracy says how good the features are that the target
+# starts from.
 
 # %% tags=["hide-input"]
 search_sources = {(model, pretrained.at_seed(runs[0], seed, source_per_seed).source_seed)
@@ -283,7 +286,7 @@ display(pd.DataFrame(sources))
 # With `lr_candidates`, each baseline gets its own rate: dense fine-tuning of the pruned blocks
 # (every pruning method on those blocks shares its rate, so the pruned networks get the dense
 # baseline's tuned rate), each reference block setting, and training from scratch, each run at every
-# $k$ on `lr_seeds` seeds after the reported ones (named below) at each candidate; the mean
+# $k$ on `lr_seeds` seeds of its own (named below; no grid reaches them) at each candidate; the mean
 # validation accuracy after the last epoch (%) picks the rate. A rate chosen at the largest or
 # smallest candidate is only a bound, so its grid then gains the next rate one step further out
 # and the choice is made again (at most `lr_extensions` times). No test accuracy is read.
@@ -298,7 +301,8 @@ sweep = functools.partial(run_sweep, functools.partial(transfer.run_transfer, de
 def choose(tried):
     """Each baseline's rate among `tried[key]`, on validation; runs already recorded are reused."""
     searches = transfer.baseline_lr_grids(tried, source, target, models, ks, train_blocks, reference_blocks, lr_seeds,
-                                          source_per_seed=source_per_seed, first_seed=seeds, **settings)
+                                          source_per_seed=source_per_seed, first_seed=search_seeds.start,
+                                          **settings)
     wanted = [run for search in searches.values() for run in search]
     searched = sweep(wanted)
     if len(searched) < len(wanted):
@@ -322,7 +326,7 @@ if lr_candidates:
         lr_table, runs_each = lr_tables[key]
         display(Markdown(f"**{BASELINE_NAMES[key]}: {chosen[key]}** among {tried[key]}, the highest "
                          f"mean validation accuracy over {runs_each} runs per candidate "
-                         f"({seed_span(search_seeds)}, after the reported ones)."
+                         f"({seed_span(search_seeds)}, which no grid reaches)."
                          + (" Still the edge of its grid after the extensions: its best rate may lie further out."
                             if key in edges else "")))
         display(lr_table.round(2))
@@ -683,11 +687,12 @@ display(breaks.unstack("train_blocks").reindex(columns=train_blocks).map(lambda 
 #   block's rate collapsed to chance. A rate chosen at the edge of its grid, even after the grid was
 #   widened, is a bound, and "The learning rates" says so.
 # - **The pruned runs borrow dense fine-tuning's rate.** With `lr_candidates`, the search trains
-#   each baseline on `lr_seeds` seeds after the reported ones (with `source_per_seed`, each from a
-#   source of its own), so no compared run took part in choosing a rate. The rate the pruning
-#   methods share was chosen for dense fine-tuning, not for them, so each method − dense, the
-#   declared SNIP − dense among them, leans towards dense. SNIP against its controls has no known
-#   sign (neither side was searched), nor has dense − scratch (both were).
+#   each baseline on `lr_seeds` seeds of its own, from 10 000, which no grid reaches (with
+#   `source_per_seed`, each from a source of its own), so no compared run took part in choosing a
+#   rate, however many seeds an execution runs. The rate the pruning methods share was chosen for
+#   dense fine-tuning, not for them, so each method − dense, the declared SNIP − dense among them,
+#   leans towards dense. SNIP against its controls has no known sign (neither side was searched),
+#   nor has dense − scratch (both were).
 # - **The budget check leans towards "enough".** The rates were chosen for the grid's budget on
 #   this validation set, and the check's other budgets run at those rates untuned: it compares a
 #   tuned budget with untuned longer ones, which favours the grid's.

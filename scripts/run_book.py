@@ -121,11 +121,12 @@ QUICK_IDLE = "CPU, 2 cores, idle"
 # The learning rate is chosen on a validation split held out of the target's training images (issue 20):
 # the 0.05 of earlier runs came from a pilot read on test accuracy. 20 validation images per class, not
 # 10: at 10 the choice between neighbouring rates was within one validation set's noise. The search runs on
-# seeds 5-6, after the reported 0-4 (as in chapters 01, 03 and 04), so none of its winners is a compared run;
-# the budget check (issue 20) trains dense and SNIP at the focus again for the grid's epochs and twice as many
-# on the reported seeds 0-2, tested every 3 epochs. Seed s fine-tunes a source pretrained from seed s, so the
-# seeds' spread holds source-to-source variation (a single source moved chapter 02's runs by several points),
-# and the search's seeds 5-6 pretrain two sources of their own.
+# seeds 10 000-10 001 (tuning.search_seeds, as in chapters 01 and 05), which no grid reaches, so none of its
+# winners is a compared run however many seeds a later execution runs; the budget check (issue 20) trains
+# dense and SNIP at the focus again for the grid's epochs and twice as many on the reported seeds 0-2, tested
+# every 3 epochs. Seed s fine-tunes a source pretrained from seed s, so the seeds' spread holds source-to-source
+# variation (a single source moved chapter 02's runs by several points), and the search's seeds 10 000-10 001
+# pretrain two sources of their own, which chapter 05's search at the same source settings then finds cached.
 TRANSFER_CPU = dict(image_size=32, train_blocks=["last_block"], reference_blocks=["head", "all"],
                     sparsities=[0.5, 0.9, 0.98], seeds=5, epochs=30, eval_every=15, lr_candidates=[0.01, 0.05, 0.1],
                     val_per_class=20, lr_seeds=2, progress=False, curve_epochs=[30, 60], curve_every=3, curve_seeds=3,
@@ -169,7 +170,7 @@ CHAPTERS = [
             # the 10-seed run found 30 epochs were 30 optimiser steps at k = 1 and 2 (10 and 20 images, batch 32) and
             # the last of three tests a run's best in 96% of runs at k <= 5: every run now takes at least 300 steps
             # (300 epochs at k = 1 and 2, 43 at k = 20) with 6 tests spread over it, and the learning rate is chosen
-            # on 20 validation images per class among 0.01, 0.05 and 0.1 (dense, 2 seeds after the grid's).
+            # on 20 validation images per class among 0.01, 0.05 and 0.1 (dense, on seeds 10 000-10 001: no grid's).
             dict(dataset="mnist", models=["simple_convnet"], sparsities=[0.9, 0.95], seeds=10, val_per_class=20,
                  lr_candidates=[0.01, 0.05, 0.1], lr_seeds=2, min_steps=300, evaluations=6),
             # The 10-seed run at 30 epochs, tested 3 times, cost 52.6 min (2026-12-05) with chapter 02's budget check
@@ -195,13 +196,13 @@ CHAPTERS = [
             # With one source: 86 minutes of runs, 34 pretraining the CIFAR-stem source (2026-12-04, helpers and CI
             # beside it), 30 for the budget check's 60 runs (2026-12-05, chapter 01 beside it). Per seed: five sources
             # at 24 minutes each (3 epochs at the pinned 2 threads, 2026-12-05), and two more for the search's seeds
-            # 5-6 (estimated at the same 24). Each baseline's own rate: 30 runs each of fine-tuning every block and of
-            # scratch, about a minute each on one of two workers; counted in full, none of them a grid run. Not
-            # estimated: the cheap searches of the head and the last block (stored frozen outputs), 10 more runs each
-            # now that their winners are not grid runs.
+            # 10 000-10 001 (estimated at the same 24). Each baseline's own rate: 30 runs each of fine-tuning every
+            # block and of scratch, about a minute each on one of two workers; counted in full, none of them a grid
+            # run. Not estimated: the cheap searches of the head and the last block (stored frozen outputs), 10 more
+            # runs each now that their winners are not grid runs.
             cost=Cost(86 + (5 + 2) * 24 + 30 + 30, LOADED_CPU, estimated_from="the one-source run's parts"),
-            # --quick measured when its search shared seed 0 with the grid: it now also pretrains seed 2's quick
-            # source for the search (through the ImageNet stem; not measured since).
+            # --quick measured when its search shared seed 0 with the grid: it now also pretrains seed 10 000's
+            # quick source for the search (through the ImageNet stem; not measured since).
             quick=TRANSFER_QUICK, quick_cost=Cost(63 / 60, QUICK_IDLE)),
     Chapter("02_transfer_mnist_to_uci", "02_transfer",
             "Experiment 2 across domains: does SNIP help fine-tuning from MNIST to the UCI digits?",
@@ -220,14 +221,14 @@ CHAPTERS = [
             # beside it), and 33 for the budget check's runs. At 60 a run costs 1.5 times as much (the check's 60-epoch
             # runs against the grid's); the check's 60- and 120-epoch runs twice the 30-epoch check's (in proportion to
             # epochs), its 30-epoch runs a third of it (30 of its 90 epochs a seed and configuration: an estimate);
-            # five sources at about 25 minutes each, two more for the search's seeds 5-6 (estimated at the same 25);
-            # each baseline's own rate, 30 runs each of fine-tuning every block and of scratch, about 2 min 15 s each
-            # on one of two workers, counted in full (none of them a grid run). Not estimated: the cheap searches of
-            # the head and the last block, 10 more runs each now that their winners are not grid runs.
+            # five sources at about 25 minutes each, two more for the search's seeds 10 000-10 001 (estimated at the
+            # same 25); each baseline's own rate, 30 runs each of fine-tuning every block and of scratch, about 2 min
+            # 15 s each on one of two workers, counted in full (none of them a grid run). Not estimated: the cheap
+            # searches of the head and the last block, 10 more runs each now that their winners are not grid runs.
             cost=Cost(1.5 * (148 - 33) + 2 * 33 + 33 / 3 + (5 + 2) * 25 + 68, LOADED_CPU,
                       estimated_from="the 30-epoch one-source run's parts"),
-            # --quick measured when its search shared seed 0 with the grid: it now also pretrains seed 2's quick
-            # source for the search (through the ImageNet stem; not measured since).
+            # --quick measured when its search shared seed 0 with the grid: it now also pretrains seed 10 000's
+            # quick source for the search (through the ImageNet stem; not measured since).
             quick=TRANSFER_QUICK, quick_cost=Cost(104 / 60, QUICK_IDLE)),
     Chapter("02_transfer_cifar100", "02_transfer",
             "Experiment 2: does SNIP help fine-tuning ImageNet's ResNet-18 to CIFAR-100?",

@@ -272,12 +272,22 @@ def grid(source: str, target: str, models, ks, sparsities, methods, train_blocks
     `scratch_lr` if given). `settings` are the other `TransferRun` fields, shared by all runs (`lr`
     among them). With `source_per_seed`, seed s fine-tunes a source pretrained from seed s
     (`source_seed`), so that variation over seeds includes the source's; otherwise every run starts
-    from one source. A learning-rate search (`lr_grid`) takes `first_seed` past the reported seeds,
-    so that its winning runs are not compared.
+    from one source. The seeds stay below `tuning.SEARCH_SEED_BASE`, where a learning-rate search's
+    (`lr_grid`) begin, so that no search's winning run is compared.
 
     Every k is checked against the target's smallest class (less its validation images) here,
     before anything runs.
     """
+    tuning.check_grid_seeds(seeds, first_seed)
+    return _runs(source, target, models, ks, sparsities, methods, train_blocks, seeds,
+                 reference_blocks=reference_blocks, scratch=scratch, scratch_lr=scratch_lr,
+                 source_per_seed=source_per_seed, reference_lrs=reference_lrs, first_seed=first_seed, **settings)
+
+
+def _runs(source: str, target: str, models, ks, sparsities, methods, train_blocks, seeds: int, *, reference_blocks=(),
+          scratch: bool = True, scratch_lr: float | None = None, source_per_seed: bool = False,
+          reference_lrs: dict | None = None, first_seed: int = 0, **settings) -> list[TransferRun]:
+    """`grid`'s runs on any seeds, a search's included."""
     unknown = [m for m in methods if m not in METHODS or m == "scratch"]
     if unknown:
         raise ValueError(f"methods must be among {tuple(m for m in METHODS if m != 'scratch')}, got {unknown}")
@@ -416,21 +426,24 @@ def check_same_runs_per_budget(results: pd.DataFrame, by) -> None:
 
 
 def lr_grid(lrs, source: str, target: str, models, ks, train_blocks, seeds: int, *, scratch: bool = False,
-            first_seed: int = 0, **settings) -> list[TransferRun]:
+            first_seed: int = tuning.SEARCH_SEED_BASE, **settings) -> list[TransferRun]:
     """Dense fine-tuning of every `train_blocks` (and with `scratch`, training from scratch), (model,
     k, seed) for `seeds` seeds from `first_seed` on, at every learning rate in `lrs`: the runs
-    `select_lr` chooses a learning rate from. A notebook gives `first_seed` = the grid's number of
-    seeds, so the search runs on seeds of its own: run on the reported seeds, its runs at the
-    chosen rate would be compared having won on their own validation accuracy. `settings` are
-    `grid`'s, and must hold `val_per_class`: the choice is made on a validation set, never on the
-    test split."""
+    `select_lr` chooses a learning rate from. The seeds are at or above `tuning.SEARCH_SEED_BASE`,
+    which no grid reaches: run on a grid's seeds, the search's runs at the chosen rate would be
+    compared having won on their own validation accuracy (with a source per seed, each search seed
+    fine-tunes a source of its own). `settings` are `grid`'s, and must hold `val_per_class`: the
+    choice is made on a validation set, never on the test split."""
     if not lrs or any(not lr > 0 for lr in lrs):
         raise ValueError(f"lrs must be a non-empty list of learning rates > 0, got {lrs!r}")
     if settings.get("val_per_class") is None:
         raise ValueError("lr_grid needs val_per_class: the learning rate is chosen on validation images held out "
                          "of the training split, never on the test split")
-    runs = grid(source, target, models, ks, [], [], train_blocks, seeds, scratch=scratch, first_seed=first_seed,
-                **settings)
+    checks.integer("seeds", seeds, 1)
+    checks.integer("first_seed", first_seed, 0)
+    tuning.check_search_seeds(range(first_seed, first_seed + seeds))
+    runs = _runs(source, target, models, ks, [], [], train_blocks, seeds, scratch=scratch, first_seed=first_seed,
+                 **settings)
     return [dataclasses.replace(run, lr=lr) for lr in sorted(set(lrs)) for run in runs]
 
 
@@ -438,7 +451,8 @@ PRUNED = "pruned"  # the key of `baseline_lr_grids` for the rate shared by every
 
 
 def baseline_lr_grids(tried: dict, source: str, target: str, models, ks, train_blocks, reference_blocks, seeds: int,
-                      *, scratch: bool = True, first_seed: int = 0, **settings) -> dict[str, list[TransferRun]]:
+                      *, scratch: bool = True, first_seed: int = tuning.SEARCH_SEED_BASE,
+                      **settings) -> dict[str, list[TransferRun]]:
     """The searches that give each baseline its own learning rate, one `lr_grid` per key of the dict
     returned, at the rates `tried[key]` lists: `PRUNED`, dense fine-tuning of `train_blocks`, whose
     rate every pruning method on those blocks shares (so the pruned networks get the dense

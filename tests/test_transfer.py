@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from snipnb import pretrained, transfer
+from snipnb import pretrained, transfer, tuning
 from snipnb.sweep import config_id
 from snipnb.train import History
 from snipnb.transfer import TransferRun
@@ -179,14 +179,13 @@ def test_a_grid_with_a_source_per_seed_pairs_each_seed_with_its_own_source_every
     assert {r.source_seed for r in grid()} == {0}  # by default one source
     runs = grid(source_per_seed=True)
     assert len(runs) == len(grid()) and all(r.source_seed == r.seed for r in runs)
+    # The search runs on its own seeds from tuning.SEARCH_SEED_BASE: each needs a source of its own, which no grid
+    # run uses.
     search = transfer.lr_grid([0.01, 0.1], "synthetic:0-4", "synthetic:5-9", ["resnet18"], [1], ["last_block"], 2,
                               image_size=32, val_per_class=5, source_per_seed=True)
-    assert {(r.seed, r.source_seed) for r in search} == {(0, 0), (1, 1)}
-    # A search on the seeds after the grid's 3: each of its seeds needs a source of its own, which no grid run uses.
-    later = transfer.lr_grid([0.01, 0.1], "synthetic:0-4", "synthetic:5-9", ["resnet18"], [1], ["last_block"], 2,
-                             image_size=32, val_per_class=5, source_per_seed=True, first_seed=3)
-    assert {(r.seed, r.source_seed) for r in later} == {(3, 3), (4, 4)}
-    assert not {r.source_seed for r in later} & {r.source_seed for r in runs}
+    base = tuning.SEARCH_SEED_BASE
+    assert {(r.seed, r.source_seed) for r in search} == {(base, base), (base + 1, base + 1)}
+    assert not {r.source_seed for r in search} & {r.source_seed for r in runs}
     curve = transfer.curve_runs(runs, [1, 2], 1, 2)
     assert curve and all(r.source_seed == r.seed for r in curve)
     # The budget check on the seeds after a search's: each seed names its own source, and is one configuration's seed.
@@ -340,7 +339,7 @@ def test_select_lr_reads_the_validation_accuracy_and_never_the_test_accuracy():
         transfer.select_lr(results.iloc[:3])
 
 
-def test_a_grid_runs_its_seeds_from_first_seed_on_and_refuses_a_negative_one():
+def test_a_grid_runs_its_seeds_from_first_seed_on_and_refuses_a_negative_one_or_a_searchs():
     grid = functools.partial(transfer.grid, "synthetic:0-4", "synthetic:5-9", ["resnet18"], [1], [0.5], ["snip"],
                              ["last_block"], 2, image_size=32)
     assert {r.seed for r in grid()} == {0, 1}
@@ -349,6 +348,18 @@ def test_a_grid_runs_its_seeds_from_first_seed_on_and_refuses_a_negative_one():
     assert [dataclasses.replace(r, seed=0) for r in later if r.seed == 5] == [r for r in grid() if r.seed == 0]
     with pytest.raises(ValueError, match="first_seed"):
         grid(first_seed=-1)
+    # A grid's seeds stop below the searches' and a search's start there: no search run is ever a grid run.
+    assert {r.seed for r in grid(first_seed=tuning.SEARCH_SEED_BASE - 2)} == {9_998, 9_999}
+    with pytest.raises(ValueError, match="reach 10000"):
+        grid(first_seed=tuning.SEARCH_SEED_BASE - 1)
+    search = functools.partial(transfer.lr_grid, [0.1], "synthetic:0-4", "synthetic:5-9", ["resnet18"], [1],
+                               ["last_block"], 2, image_size=32, val_per_class=5)
+    assert {r.seed for r in search()} == {10_000, 10_001}
+    with pytest.raises(ValueError, match="below 10000"):
+        search(first_seed=tuning.SEARCH_SEED_BASE - 1)
+    with pytest.raises(ValueError, match="below 10000"):
+        transfer.baseline_lr_grids({transfer.PRUNED: [0.1]}, "synthetic:0-4", "synthetic:5-9", ["resnet18"], [1],
+                                   ["last_block"], [], 2, scratch=False, image_size=32, val_per_class=5, first_seed=2)
 
 
 def test_each_baseline_is_searched_at_its_own_rates_and_runs_at_the_rate_chosen_for_it():
@@ -360,10 +371,12 @@ def test_each_baseline_is_searched_at_its_own_rates_and_runs_at_the_rate_chosen_
                      "all": {("dense", "all", 0.001), ("dense", "all", 0.01)}, "head": {("dense", "head", 0.1)},
                      "scratch": {("scratch", "all", 0.05), ("scratch", "all", 0.2)}}
     assert all(len(runs) == len(lrs[key]) * 2 * 2 for key, runs in searches.items())  # every (k, seed) at each rate
-    # After a grid of 3 seeds: every baseline's search on seeds 3 and 4, none of the grid's.
+    # Every baseline's search on the search seeds, none a grid's; first_seed moves them within the search's range.
+    base = tuning.SEARCH_SEED_BASE
+    assert {key: {r.seed for r in runs} for key, runs in searches.items()} == {key: {base, base + 1} for key in lrs}
     after = transfer.baseline_lr_grids(lrs, "synthetic:0-4", "synthetic:5-9", ["resnet18"], [1, 2], ["last_block"],
-                                       ["head", "all"], 2, image_size=32, val_per_class=5, first_seed=3)
-    assert {key: {r.seed for r in runs} for key, runs in after.items()} == {key: {3, 4} for key in lrs}
+                                       ["head", "all"], 2, image_size=32, val_per_class=5, first_seed=base + 3)
+    assert {key: {r.seed for r in runs} for key, runs in after.items()} == {key: {base + 3, base + 4} for key in lrs}
     assert {key: len(runs) for key, runs in after.items()} == {key: len(runs) for key, runs in searches.items()}
     # The sweep's results, one table, split back: the dense 'all' runs and scratch's (also on 'all') apart.
     everything = [r for runs in searches.values() for r in runs]
