@@ -96,11 +96,11 @@ ks = [None]  # images per class of the target's training split; None: all of it
 seeds = 5
 epochs = 30  # few-shot runs
 full_epochs = None  # runs on the whole training split; None: epochs
-budget_epochs = 0  # the budget check: every method of the grid at focus_k trained again this long (more than the grid's epochs), each with its own schedule, on the seeds after the learning-rate search's; 0: none
+budget_epochs = 0  # the budget check: the grid's runs at focus_k trained again this long (> epochs), all seeds; 0: none
 batch_size = 64
 lrs = {"snow": 0.1, "ft": 0.01, "fe": 0.01, "fo": 0.1}  # the learning rate of each method
 lr_candidates = {}  # method -> rates: choose its rate among them on validation (needs val_per_class); {}: lrs as given
-lr_seeds = 2  # seeds of the learning-rate search (at focus_k)
+lr_seeds = 2  # seeds of the learning-rate search (at focus_k), from tuning.SEARCH_SEED_BASE on: no grid's
 lr_extensions = 2  # while a chosen rate is a grid's largest or smallest, try one step further out, at most this often
 weight_decay = 5e-4
 image_size = 224  # the size the networks run at; a self-pretrained source is pretrained at it
@@ -138,7 +138,7 @@ import tempfile
 if os.environ.get("SNIPNB_SMOKE"):
     workers = 1  # one process: starting workers would cost more than these seconds of runs
     source, target, models, image_size, source_epochs = "synthetic:0-4", "synthetic:5-9", ["resnet18"], 32, 1
-    ks, seeds, epochs, eval_every, test_per_class = [2], 3, 2, 1, 10  # seed 0 searches, 1 and 2 check the budget
+    ks, seeds, epochs, eval_every, test_per_class = [2], 2, 2, 1, 10  # seed 10 000 searches, 0 and 1 check the budget
     budget_epochs = 3
     ablate_m, ablate_sigma, ablate_width_divisor, serving_tasks, timing_batch = [4], [0.0], [16], [1, 2], 8
     val_per_class, lr_candidates, lr_seeds, source_per_seed = 2, {"fo": [0.05, 0.1]}, 1, True
@@ -158,7 +158,7 @@ from snipnb import checks, data, devices, plots, pretrained, provenance, snow, s
 from snipnb.cluster import cluster_executor
 from snipnb.contrasts import Contrast, check_contrasts
 from snipnb.notebook import check_parameters, pick
-from snipnb.report import answer, late_gain_table, table
+from snipnb.report import answer, late_gain_table, seed_span, table
 from snipnb.sweep import run_sweep
 from snipnb.train import default_device
 
@@ -171,12 +171,13 @@ checks.integer("lr_extensions", lr_extensions, 0)
 checks.integer("seeds", seeds, 1)
 checks.integer("epochs", epochs, 1)
 checks.integer("budget_epochs", budget_epochs, 0)
-# The budget check leaves out the learning-rate search's seeds: the grid's runs there won the search on their
-# validation accuracy, so they read high against the same seeds trained longer.
-budget_first_seed = lr_seeds if lr_candidates else 0
-if budget_epochs and seeds - budget_first_seed < 2:
-    raise ValueError(f"budget_epochs={budget_epochs} needs seeds >= {budget_first_seed + 2}: the budget check pairs at "
-                     f"least 2 seeds the learning-rate search did not use (it used {budget_first_seed})")
+if budget_epochs and seeds < 2:
+    raise ValueError(f"budget_epochs={budget_epochs} needs seeds >= 2: the budget check pairs the grid's runs at "
+                     f"focus_k with the same seeds trained longer, and one pair has no interval")
+# Far above any grid's seeds: a search run on a reported seed at the chosen rate is that seed's grid run (one config
+# id), read at the rate it won on its own validation accuracy; seeds right after the reported ones would become
+# reported seeds as soon as a later execution raised `seeds`.
+search_seeds = tuning.search_seeds(lr_seeds) if lr_candidates else range(0)
 focus_k = pick("focus_k", focus_k, ks)
 if data_root is not None:
     os.environ["SNIPNB_DATA"] = str(data_root)  # worker processes read it too
@@ -208,7 +209,7 @@ def make_runs(lrs):
     seed_setting_runs = ([at_seed(seed_setting, s) for s in range(seeds)]
                          if compare_seed_setting and seed_setting != base else [])
     budget_runs = ([dataclasses.replace(r, epochs=budget_epochs) for r in runs
-                    if r.k == focus_k and r.seed >= budget_first_seed] if budget_epochs else [])
+                    if r.k == focus_k] if budget_epochs else [])
     return runs, base, list(dict.fromkeys(runs + [at_seed(base, s) for s in range(seeds)]
                                           + ablation_runs + seed_setting_runs + budget_runs))
 
@@ -221,8 +222,9 @@ if budget_epochs and budget_epochs <= base.epochs:
 
 def search_runs(tried):
     """The learning-rate search's runs over the candidates `tried` (method -> rates)."""
-    return snowrun.lr_grid(tried, source, target, models, focus_k, lr_seeds, **common, epochs=base.epochs, m=m,
-                           width_divisor=width_divisor, source_per_seed=source_per_seed, **learning)
+    return snowrun.lr_grid(tried, source, target, models, focus_k, lr_seeds, first_seed=search_seeds.start, **common,
+                           epochs=base.epochs, m=m, width_divisor=width_divisor, source_per_seed=source_per_seed,
+                           **learning)
 
 
 if lr_candidates:
@@ -286,12 +288,15 @@ else:
 # %% [markdown]
 # ## The source
 # Pretrained before the sweep (a self-pretrained source is cached on disk by its settings): once, or
-# once per seed with `source_per_seed`. Its own test accuracy says how good the features are that
-# every method starts from.
+# once per seed with `source_per_seed`, the learning-rate search's seeds included (they start from
+# sources of their own, which no reported run uses; chapter 02's search at the same source settings
+# fine-tunes the same ones). Its own test accuracy says how good the features are that every method
+# starts from.
 
 # %% tags=["hide-input"]
 sources = []
-for model, source_seed in sorted({(run.model, run.source_seed) for run in all_runs}):
+searched_from = search_runs(lr_candidates) if lr_candidates else []
+for model, source_seed in sorted({(run.model, run.source_seed) for run in all_runs + searched_from}):
     backbone = pretrained.load_source(source, model, image_size, epochs=source_epochs, seed=source_seed, stem=stem,
                                       device=run_device)
     meta = backbone.meta
@@ -308,12 +313,14 @@ display(table(pd.DataFrame(sources)))
 # %% [markdown]
 # ## The learning rates
 # With `lr_candidates`: each named method trained at each of its candidate rates, at the focus $k$,
-# on `lr_seeds` seeds (SNOW with its learned selection, at the chapter's setting); the highest mean
-# accuracy on the validation images held out of the training split (`val_per_class`, after the last
-# epoch) picks the rate every run of that method uses below, SNOW·SNIP, SNOW·random, the
-# seed's setting and the ablations included. A rate chosen at the largest or smallest candidate is
-# only a bound, so the grid then gains the next rate one step further out and the choice is made
-# again (at most `lr_extensions` times). No test accuracy is read.
+# on `lr_seeds` seeds of its own, numbered from 10 000 (`tuning.SEARCH_SEED_BASE`), which no grid
+# reaches, so no compared run takes part in the choice however many seeds an execution runs (SNOW
+# with its learned selection, at the chapter's setting); the highest mean accuracy on the
+# validation images held out of the training split (`val_per_class`, after the last epoch) picks
+# the rate every run of that method uses below, SNOW·SNIP, SNOW·random, the seed's setting and the
+# ablations included. A rate chosen at the largest or smallest candidate is only a bound, so the
+# grid then gains the next rate one step further out and the choice is made again (at most
+# `lr_extensions` times). No test accuracy is read.
 
 # %% tags=["hide-input"]
 folder = f"{results_dir}/{source.replace(':', '_')}_to_{target.replace(':', '_')}"
@@ -343,7 +350,7 @@ if lr_candidates:
     display(table(lr_table.round(2).assign(lr=lr_table.lr.map("{:g}".format)),
                   caption="Mean validation accuracy (%) of each candidate learning rate"))
     display(Markdown("**Chosen:** " + ", ".join(f"{method.upper()} {lr:g}" for method, lr in chosen.items())
-                     + f" ({lr_seeds} seed{'s' * (lr_seeds > 1)} per candidate, k = {k_label(focus_k)})."
+                     + f" ({seed_span(search_seeds)} per candidate, k = {k_label(focus_k)}; no grid reaches them)."
                      + (f" {', '.join(edges)} still chose the edge of {'its' if len(edges) == 1 else 'their'} grid "
                         f"after {lr_extensions} extension{'s' * (lr_extensions != 1)}: the best rate may lie further "
                         f"out." if edges else "")))
@@ -400,11 +407,10 @@ display(Markdown(f"{len(results)} runs and {len(serving)} serving measurements h
 # Every table and verdict after this one is exploratory.
 
 # %% tags=["hide-input", "findings"]
-# Whether each method was still improving when the budget stopped it, read on validation on the seeds the
-# learning-rate search did not use (its winners read high at the end of their runs): shown with the curves below,
-# and named here, since a contrast with a method still rising compares it before it flattened.
+# Whether each method was still improving when the budget stopped it, read on validation on every seed (the
+# learning-rate search ran on seeds of its own): shown with the curves below, and named here, since a contrast with
+# a method still rising compares it before it flattened.
 at_focus = main[main.shots == k_label(focus_k)]
-at_focus = at_focus[at_focus.seed >= budget_first_seed]
 which = "val" if "val_curve" in at_focus and at_focus.val_curve.notna().all() else "test"
 read_on = "validation" if which == "val" else "test"
 has_curves = ("test_curve" in at_focus and at_focus.test_curve.notna().all()
@@ -450,15 +456,15 @@ if len(against_ft):
 
 # %% [markdown]
 # ## Is the budget long enough?
-# Read on the validation images (on test only where no validation set was held out), on the seeds
-# the learning-rate search did not use: accuracy over training at the focus $k$, mean over seeds,
-# every method at the chapter's setting (tested every `eval_every` epochs and after the last). Then
-# each method's gain over the last 30% of its epochs,
+# Read on the validation images (on test only where no validation set was held out), on every
+# seed (the learning-rate search ran on seeds of its own): accuracy over training at the focus
+# $k$, mean over seeds, every method at the chapter's setting (tested every `eval_every` epochs and
+# after the last). Then each method's gain over the last 30% of its epochs,
 # paired over seeds (exploratory, uncorrected): "still rising" means the budget stopped a method that
 # was still improving, so it is compared before it flattened. With `budget_epochs`, every method
-# trained again that long (dashed; each run its own cosine schedule) on the same seeds, since the
-# grid's runs on the search's seeds won it on their validation accuracy: what the longer budget gains in final validation accuracy, and, as a result rather than a
-# judgement of the budget, each method against `FT` at it in final test accuracy.
+# trained again that long (dashed; each run its own cosine schedule) on the same seeds: what the
+# longer budget gains in final validation accuracy, and, as a result rather than a judgement of the
+# budget, each method against `FT` at it in final test accuracy.
 
 # %% tags=["hide-input"]
 if has_curves:
@@ -477,8 +483,7 @@ if has_curves:
         ax.set_title(f"{model}, k = {k_label(focus_k)}", fontsize="medium")
     plots.shared_legend(fig, axes)
     display(table(late_gain_table(late, ["model", "variant"], "epoch"),
-                  caption=f"{read_on} accuracy gained over the last 30% of the epochs, seeds "
-                          f"{', '.join(map(str, sorted(set(at_focus.seed))))}"))
+                  caption=f"{read_on} accuracy gained over the last 30% of the epochs, {seed_span(at_focus.seed)}"))
 else:
     display(Markdown("No learning curves: these runs were tested once or not before the last 30% of their epochs, "
                      "or were recorded before runs kept their curves."))
@@ -497,8 +502,8 @@ if len(budget):
     gained = gained.set_index(["model", "variant"])
     spread = spread.loc[gained.index].assign(**{"longer − grid's": gained.apply(stats.verdict, axis=1)})
     display(table(spread,
-                  caption=f"Final {read_on} accuracy at the grid's budget and at {budget_epochs} epochs, seeds "
-                          f"{', '.join(map(str, sorted(set(budget.seed))))} (exploratory, uncorrected)"))
+                  caption=f"Final {read_on} accuracy at the grid's budget and at {budget_epochs} epochs, "
+                          f"{seed_span(budget.seed)} (exploratory, uncorrected)"))
     budget_verdicts = [f"{r['variant']} − FT at {budget_epochs} epochs ({r['model']}, k = {k_label(focus_k)}, final "
                        f"test accuracy): {stats.verdict(r)}" for _, r in at_longer.iterrows()]
     display(Markdown("\n".join(f"- {v}" for v in budget_verdicts) or "No seed ran FT at the longer budget."))
@@ -822,8 +827,8 @@ display(Markdown("\n".join(findings)))
 # ## Limits
 
 # %% tags=["remove-input"]
-tuning_note = (f"learning rates {rates}; those chosen were chosen at k = {k_label(focus_k)} on {lr_seeds} "
-               f"seed{'s' * (lr_seeds > 1)}, on {val_per_class} images per class held out of the training split, "
+tuning_note = (f"learning rates {rates}; those chosen were chosen at k = {k_label(focus_k)} on "
+               f"{seed_span(search_seeds)}, on {val_per_class} images per class held out of the training split, "
                f"and are used for every k and seed"
                + (f"; {', '.join(edges)} chose the edge of a grid widened {lr_extensions} times, so "
                   f"{'its rate is' if len(edges) == 1 else 'their rates are'} a bound, not an optimum" if edges else "")
@@ -840,12 +845,17 @@ limits = [f"- Source `{source}`, target `{target}`; {seeds} seeds; {epochs} epoc
           "not depend on the load.",
           "- The channel figure shows one run (seed 0), trained again for the figure."]
 if lr_candidates:
-    limits.append(f"- The learning-rate search's runs at the chosen rates are the grid's own runs on "
-                  + ("seed 0" if lr_seeds == 1 else f"seeds 0 to {lr_seeds - 1}") + ": there each searched method is read at the rate that won on those runs' validation "
-                  "accuracy, which favours it. SNOW·SNIP and SNOW·random take learned SNOW's rate without a search, so "
-                  "SNOW·SNIP − SNOW and SNOW·random − SNOW lean towards SNOW, and every ablation against the chapter's "
-                  "setting leans towards the chapter's setting; where both sides were searched (SNOW, FE or FO − FT) "
-                  "the lean has no known sign. The budget check leaves these seeds out.")
+    limits.append(f"- The learning-rate search ran on {seed_span(search_seeds)}, which no grid reaches"
+                  + (" (each from a source of its own)" if source_per_seed else "") + ", so no compared run won it. "
+                  "Its rates were chosen for learned SNOW at the chapter's setting and for each baseline: "
+                  "SNOW·SNIP and SNOW·random take learned SNOW's rate without a search, so SNOW·SNIP − SNOW and "
+                  "SNOW·random − SNOW lean towards SNOW, and every ablation against the chapter's setting leans "
+                  "towards the chapter's setting; where both sides were searched (SNOW, FE or FO − FT) the lean has no "
+                  "known sign.")
+if lr_candidates and budget_epochs:
+    limits.append(f"- The budget check leans towards \"enough\": its {budget_epochs}-epoch runs take the rates "
+                  f"chosen for the grid's {base.epochs} epochs, untuned, so it compares a tuned budget with an untuned "
+                  "longer one.")
 limits.append(f"- SNOW's own settings were set, not chosen on validation: σ = {sigma}, M and the width divisor from the "
               f"seed's report; w's learning rate ({w_lr}), its weight decay, the {sigma_schedule} σ and the {slot_order} "
               "slots by this project, so that the selection can settle. The ablations show what changing one of them "

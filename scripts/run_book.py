@@ -287,19 +287,33 @@ CHAPTERS = [
     # 5-9 pair: 39.5 minutes at these settings (2026-12-05, the five sources already cached, pretrained
     # beforehand; small test runs and benchmarks beside it at the lowest priority). UCI pair: 45 minutes at these
     # settings (2026-12-05, MNIST's five sources cached beforehand; a clean-clone CI beside it for its last 13
-    # minutes). --quick timed idle from an empty cache. The budget check (budget_epochs) trains the focus runs again
-    # at 120 epochs on the 3 seeds the learning-rate search did not use: their seconds at 60 (1,450 s a pair for 5
-    # seeds on one of two workers, from the records) twice, for 3 of the 5 seeds, about 15 min.
+    # minutes). --quick timed idle from an empty cache. Those runs searched the rates on the reported seeds 0-1; the
+    # search now runs on seeds 10 000-10 001 (tuning.search_seeds), so its 8 runs at the chosen rates (4 methods x 2
+    # seeds) are no longer grid runs: at their records' mean seconds (FT about 150 s, FE 45, SNOW 30, FO 15) about
+    # 4 min a pair on one of two workers (an estimate; a widening the new seeds take differently is not counted).
+    # Each search seed starts from a source of its own, the very checkpoint chapter 02's search pretrains (same
+    # source, model, 32 px, CIFAR stem, source epochs and seed), so none is pretrained here when chapter 02 ran first
+    # on this cache, as the book's order has it (else 2 x 24 min for the 5-9 pair, 2 x 25 for UCI, not counted).
+    # The budget check (budget_epochs) trains the focus runs again at 120 epochs on all 5 seeds (3 while the search
+    # shared 2 of them): their seconds at 60 (1,450 s a pair for 5 seeds on one of two workers, from the records)
+    # twice, about 24 min.
     Chapter("05_snow_mnist5to9", "05_snow",
             "SNOW on MNIST digits 5–9 from a ResNet-18 pretrained on digits 0–4: channel pooling against fine-tuning",
             dict(source="mnist:0-4", target="mnist:5-9", source_epochs=3, ks=[10], focus_k=10, test_per_class=200,
                  **SNOW_CPU),
-            cost=Cost(2370 / 60 + 24 * 3 / 5, LOADED_CPU, estimated_from="the run without the budget check, and its runs"),
+            cost=Cost(2370 / 60 + 2 * (148 + 44 + 28 + 16) / 2 / 60 + 24, LOADED_CPU,
+                      estimated_from="the run without the budget check, with its search on the reported seeds, and "
+                                     "its runs' records"),
+            # --quick measured when its search shared seed 0 with the grid: it now runs one more SNOW run and, unless
+            # chapter 02's --quick pretrained it first, seed 10 000's quick source (not measured since).
             quick=SNOW_QUICK, quick_cost=Cost(77 / 60, QUICK_IDLE)),
     Chapter("05_snow_uci_digits", "05_snow",
             "SNOW on the UCI digits from a ResNet-18 pretrained on MNIST: channel pooling against fine-tuning",
             dict(source="mnist", target="uci_digits", source_epochs=1, ks=[5], focus_k=5, **SNOW_CPU),
-            cost=Cost(2711 / 60 + 24 * 3 / 5, LOADED_CPU, estimated_from="the run without the budget check, and its runs"),
+            cost=Cost(2711 / 60 + 2 * (150 + 46 + 32 + 15) / 2 / 60 + 24, LOADED_CPU,
+                      estimated_from="the run without the budget check, with its search on the reported seeds, and "
+                                     "its runs' records"),
+            # --quick: as the 5-9 pair's (one more SNOW run, seed 10 000's quick source unless chapter 02 made it).
             quick=dict(SNOW_QUICK, ks=[5], focus_k=5), quick_cost=Cost(127 / 60, QUICK_IDLE)),
     Chapter("05_snow_imagenet_cifar100", "05_snow",
             "SNOW on CIFAR-100 from ImageNet ResNet-50 and ResNet-18: channel pooling against fine-tuning",

@@ -597,9 +597,20 @@ def grid(source: str, target: str, models, ks, methods, seeds: int, *, lrs: dict
     or SnowRun's). `settings` are the other `SnowRun` fields, shared by all runs; SNOW's own
     (`SNOW_FIELDS`: `m`, `sigma`, `w_lr`, ...) go to SNOW runs only. With `source_per_seed`, seed s
     starts from a source pretrained from seed s (`source_seed`); otherwise every run from one source.
+    The seeds, 0 to `seeds` − 1, stay below `tuning.SEARCH_SEED_BASE`, where the learning-rate search's
+    (`lr_grid`) begin, so that no search's winning run is compared.
 
     Every k is checked against the target's smallest class here, before anything runs.
     """
+    tuning.check_grid_seeds(seeds)
+    return _runs(source, target, models, ks, methods, range(seeds), lrs=lrs, selections=selections,
+                 full_epochs=full_epochs, source_per_seed=source_per_seed, **settings)
+
+
+def _runs(source: str, target: str, models, ks, methods, seeds: range, *, lrs: dict | None = None,
+          selections=("learned",), full_epochs: int | None = None, source_per_seed: bool = False,
+          **settings) -> list[SnowRun]:
+    """`grid`'s runs on the seeds `seeds` (any: a search's included)."""
     for method in methods:
         checks.one_of("method", method, METHODS)
     for selection in selections:
@@ -617,7 +628,7 @@ def grid(source: str, target: str, models, ks, methods, seeds: int, *, lrs: dict
     runs = []
     for model in models:
         for k in ks:
-            for seed in range(seeds):
+            for seed in seeds:
                 for method in methods:
                     common = dict(source=source, target=target, model=model, k=k, method=method, **settings,
                                   **pretrained.seed_fields(seed, source_per_seed))
@@ -635,7 +646,9 @@ def grid(source: str, target: str, models, ks, methods, seeds: int, *, lrs: dict
 def ablation(base: SnowRun, seeds: int, *, source_per_seed: bool = False, **values) -> list[SnowRun]:
     """SNOW's `base` run with one setting changed at a time, for every seed: `ablation(base, 3,
     m=[4, 16], sigma=[0, 0.5])` varies M, then σ. The base itself is not repeated. With
-    `source_per_seed`, seed s starts from a source pretrained from seed s, as in `grid`."""
+    `source_per_seed`, seed s starts from a source pretrained from seed s, as in `grid`, whose seeds
+    these are (below `tuning.SEARCH_SEED_BASE`)."""
+    tuning.check_grid_seeds(seeds)
     runs = []
     for field, options in values.items():
         if field not in SNOW_FIELDS:
@@ -648,11 +661,17 @@ def ablation(base: SnowRun, seeds: int, *, source_per_seed: bool = False, **valu
     return runs
 
 
-def lr_grid(candidates: dict, source: str, target: str, models, k, seeds: int, **settings) -> list[SnowRun]:
+def lr_grid(candidates: dict, source: str, target: str, models, k, seeds: int, *,
+            first_seed: int = tuning.SEARCH_SEED_BASE, **settings) -> list[SnowRun]:
     """Every method in `candidates` (a dict: method -> learning rates) at each of its rates, at one
-    `k`, for (model, seed) with `seeds` seeds: the runs `select_lrs` chooses each method's learning
-    rate from. SNOW runs with its learned selection. `settings` are `grid`'s and must hold
-    `val_per_class`: the choice is made on a validation set, never on the test split."""
+    `k`, for (model, seed) with `seeds` seeds from `first_seed` on: the runs `select_lrs` chooses each
+    method's learning rate from. SNOW runs with its learned selection. `settings` are `grid`'s and
+    must hold `val_per_class`: the choice is made on a validation set, never on the test split.
+
+    The seeds are at or above `tuning.SEARCH_SEED_BASE`, which no grid reaches: on a grid's seeds the
+    search's runs at the chosen rates would be grid runs, compared having won on their own validation
+    accuracy. With `source_per_seed`, each search seed starts from a source of its own, pretrained
+    from that seed (the same checkpoint as chapter 02's search seed at the same source settings)."""
     if not candidates:
         raise ValueError("candidates must map at least one method to its learning rates, got {}")
     for method, rates in candidates.items():
@@ -662,10 +681,14 @@ def lr_grid(candidates: dict, source: str, target: str, models, k, seeds: int, *
     if settings.get("val_per_class") is None:
         raise ValueError("lr_grid needs val_per_class: the learning rates are chosen on validation images held out "
                          "of the training split, never on the test split")
+    checks.integer("seeds", seeds, 1)
+    checks.integer("first_seed", first_seed, 0)
+    searched = range(first_seed, first_seed + seeds)
+    tuning.check_search_seeds(searched)
     settings.pop("selections", None)
     return [run for method, rates in candidates.items() for lr in sorted(set(rates))
-            for run in grid(source, target, models, [k], [method], seeds, lrs={method: lr}, selections=("learned",),
-                            **settings)]
+            for run in _runs(source, target, models, [k], [method], searched, lrs={method: lr},
+                             selections=("learned",), **settings)]
 
 
 def select_lrs(results: pd.DataFrame) -> tuple[dict, pd.DataFrame]:

@@ -368,7 +368,7 @@ def test_an_unsupported_source_is_refused_with_what_is_supported(make):
 
 # ------------------------------------------------------------------------------- runs (snowrun)
 
-from snipnb import pretrained, snowrun, transfer  # noqa: E402
+from snipnb import pretrained, snowrun, transfer, tuning  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -565,8 +565,9 @@ def test_the_learning_rate_search_runs_each_method_at_its_own_rates_on_validatio
     settings = dict(image_size=32, source_epochs=1, epochs=3, val_per_class=5, m=4, sigma=0.05)
     runs = snowrun.lr_grid({"snow": [0.2, 0.05], "fo": [0.5]}, "synthetic:0-4", "synthetic:5-9", ["resnet18"], 2, 2,
                            selections=["snip"], **settings)
+    s0, s1 = tuning.search_seeds(2)  # the search's own seeds, never a grid's
     assert sorted((r.method, r.lr, r.seed) for r in runs) == [
-        ("fo", 0.5, 0), ("fo", 0.5, 1), ("snow", 0.05, 0), ("snow", 0.05, 1), ("snow", 0.2, 0), ("snow", 0.2, 1)]
+        ("fo", 0.5, s0), ("fo", 0.5, s1), ("snow", 0.05, s0), ("snow", 0.05, s1), ("snow", 0.2, s0), ("snow", 0.2, s1)]
     assert all(r.k == 2 and r.val_per_class == 5 and r.epochs == 3 for r in runs)
     # SNOW's own settings reach its runs, and the search is of its learned selection whatever the grid's are.
     assert all((r.selection, r.m, r.sigma) == ("learned", 4, 0.05) for r in runs if r.method == "snow")
@@ -615,11 +616,41 @@ def test_a_grid_with_a_source_per_seed_pairs_each_seed_with_its_own_source():
     assert len(runs) == 6 and all(r.source_seed == r.seed for r in runs)
     search = snowrun.lr_grid({"ft": [0.01]}, "synthetic:0-4", "synthetic:5-9", ["resnet18"], 2, 2, image_size=32,
                              val_per_class=2, source_per_seed=True)
-    assert [(r.seed, r.source_seed) for r in search] == [(0, 0), (1, 1)]
+    base = tuning.SEARCH_SEED_BASE
+    assert [(r.seed, r.source_seed) for r in search] == [(base, base), (base + 1, base + 1)]
+    assert not {r.source_seed for r in search} & {r.source_seed for r in runs}  # sources of its own
+    # At the same source settings chapter 02's search seeds name the same sources (pretrained once, cached by them).
+    same = dict(image_size=32, stem="cifar", source_epochs=3, val_per_class=2, source_per_seed=True)
+    snow_sources = {pretrained.source_key(r) for r in snowrun.lr_grid(
+        {"ft": [0.01]}, "synthetic:0-4", "synthetic:5-9", ["resnet18"], 2, 2, **same)}
+    transfer_sources = {pretrained.source_key(r) for r in transfer.lr_grid(
+        [0.01], "synthetic:0-4", "synthetic:5-9", ["resnet18"], [2], ["last_block"], 2, **same)}
+    assert snow_sources == transfer_sources and len(snow_sources) == 2
     assert pretrained.at_seed(runs[0], 2, source_per_seed=True).source_seed == 2
     assert pretrained.at_seed(runs[0], 2).source_seed == runs[0].source_seed
     with pytest.raises(ValueError, match="ImageNet weights are one source"):
         snowrun.grid("imagenet", "synthetic:5-9", ["resnet18"], [2], ["ft"], 1, source_per_seed=True)
+
+
+def test_a_search_runs_on_seeds_no_grid_or_ablation_reaches():
+    settings = dict(image_size=32, val_per_class=2)
+    search = snowrun.lr_grid({"ft": [0.01, 0.1]}, "synthetic:0-4", "synthetic:5-9", ["resnet18"], 2, 2, **settings)
+    assert {r.seed for r in search} == {10_000, 10_001}
+    later = snowrun.lr_grid({"ft": [0.01]}, "synthetic:0-4", "synthetic:5-9", ["resnet18"], 2, 1,
+                            first_seed=tuning.SEARCH_SEED_BASE + 4, **settings)
+    assert {r.seed for r in later} == {10_004}
+    with pytest.raises(ValueError, match="below 10000"):
+        snowrun.lr_grid({"ft": [0.01]}, "synthetic:0-4", "synthetic:5-9", ["resnet18"], 2, 2, first_seed=0, **settings)
+    with pytest.raises(ValueError, match="first_seed must be >= 0"):
+        snowrun.lr_grid({"ft": [0.01]}, "synthetic:0-4", "synthetic:5-9", ["resnet18"], 2, 2, first_seed=-1,
+                        **settings)
+    grid = snowrun.grid("synthetic:0-4", "synthetic:5-9", ["resnet18"], [2], ["ft"], 3, **settings)
+    assert not {r.seed for r in grid} & {r.seed for r in search}
+    with pytest.raises(ValueError, match="reach 10000"):
+        snowrun.grid("synthetic:0-4", "synthetic:5-9", ["resnet18"], [2], ["ft"], tuning.SEARCH_SEED_BASE + 1,
+                     **settings)
+    with pytest.raises(ValueError, match="reach 10000"):
+        snowrun.ablation(snowrun.SnowRun(model="resnet18", image_size=32), tuning.SEARCH_SEED_BASE + 1, sigma=[0.0])
 
 
 @pytest.mark.parametrize("kwargs, message", [
