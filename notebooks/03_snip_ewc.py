@@ -46,7 +46,8 @@
 # learning rate, so even the stiffest penalty in the grid cannot blow the weights up, which SGD with
 # momentum does at large λ. Each variant gets its own λ on each benchmark, chosen on the
 # validation split (10% of each task's training images, held out, drawn by each seed) over several
-# seeds of its own (after the reported seeds: a search's winners are never among the compared runs) in
+# seeds of its own (from 10,000, which no reported run reaches: a search's winners are never among the
+# compared runs) in
 # two stages: one coarse grid of decades that all four variants run, extended by a decade on
 # a side whenever *any* variant's best sits at that edge, then half-decades around each variant's
 # best. The shared grid is there for the contrasts: a grid widened only on a variant's own choice
@@ -72,7 +73,7 @@ benchmarks = None  # None: split_task and split_class, plus permuted_domain on M
 n_tasks = 5  # Split benchmarks
 permuted_tasks = 10  # Permuted benchmark
 seeds = 5  # reported runs
-search_seeds = 2  # runs per λ in the validation search, on the seeds after the reported ones
+search_seeds = 2  # runs per λ in the validation search, on seeds of its own (from 10,000)
 budget_factor = 2  # budget check: every strategy at its λ also trained this many times the epochs per task; 1: none
 budget_seeds = 3  # seeds of the budget check, read on validation (the first ones: never the λ search's)
 epochs = 10  # per task, Split benchmarks, for every strategy
@@ -186,7 +187,8 @@ def reported_runs(lam):
             for name in benchmarks for s in STRATEGIES for seed in range(seeds)]
 
 
-SEARCH_SEEDS = range(seeds, seeds + search_seeds)  # after the reported ones: the search's winners are not compared
+SEARCH_SEEDS = tuning.search_seeds(search_seeds)  # seeds no reported or budget run reaches: winners never compared
+tuning.check_grid_seeds(max(seeds, budget_seeds))
 BUDGET_SEEDS = range(budget_seeds)
 BUDGETS = [1, budget_factor] if budget_factor > 1 else []  # epochs per task, as multiples of the chapter's
 

@@ -46,8 +46,8 @@
 # trains `epochs` per task; PackNet's retraining after pruning is counted inside them
 # (`retrain_epochs` of the `epochs`). The fraction of its free weights each task keeps is chosen per
 # strategy and benchmark on the validation split (10% of each task's training images, held out), over
-# several seeds of its own (after the reported seeds: a search's winners are never among the compared
-# runs); "equal" gives every task the same share of the network. Shuffled SNIP-PackNet is not
+# several seeds of its own (from 10,000, which no reported run reaches: a search's winners are never
+# among the compared runs); "equal" gives every task the same share of the network. Shuffled SNIP-PackNet is not
 # searched: it runs at SNIP-PackNet's chosen fraction, the budget it is a control for.
 #
 # **Metrics** from the accuracy matrix $R$ (row $i$: after training task $i$; column $j$: task $j$):
@@ -65,7 +65,7 @@ benchmarks = None  # None: split_task, plus permuted_task on MNIST
 n_tasks = 5  # Split benchmark
 permuted_tasks = 10  # Permuted benchmark
 seeds = 5  # reported runs
-search_seeds = 2  # runs per fraction kept in the validation search, on the seeds after the reported ones
+search_seeds = 2  # runs per fraction kept in the validation search, on seeds of its own (from 10,000)
 budget_factor = 2  # budget check: every strategy at its fraction also trained this many times the epochs/task; 1: none
 budget_seeds = 3  # seeds of the budget check, read on validation (the first ones: never the fraction search's)
 epochs = 10  # per task, Split benchmark, for every strategy (PackNet's retraining included)
@@ -106,7 +106,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from snipnb import checks, continual_report, data, devices, plots, provenance, report, stats
+from snipnb import checks, continual_report, data, devices, plots, provenance, report, stats, tuning
 from snipnb.cluster import cluster_executor
 from snipnb.continual import PACKNET_STRATEGIES
 from snipnb.contrasts import check_contrasts, evaluate_contrasts
@@ -185,7 +185,8 @@ def reported_runs(keep):
             for name in benchmarks for s in STRATEGIES for seed in range(seeds)]
 
 
-SEARCH_SEEDS = range(seeds, seeds + search_seeds)  # after the reported ones: the search's winners are not compared
+SEARCH_SEEDS = tuning.search_seeds(search_seeds)  # seeds no reported or budget run reaches: winners never compared
+tuning.check_grid_seeds(max(seeds, budget_seeds))
 BUDGET_SEEDS = range(budget_seeds)
 BUDGETS = [1, budget_factor] if budget_factor > 1 else []  # epochs per task, as multiples of the chapter's
 
