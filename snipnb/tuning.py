@@ -8,7 +8,8 @@ EWC variants and their controls) and widens it whenever any key's choice sits at
 Only validation accuracy is ever read here; the callers hold the test split out of the table.
 
 A search runs on seeds of its own (`search_seeds`, from `SEARCH_SEED_BASE` on), which no grid reaches
-(`check_grid_seeds`) and no search goes below (`check_search_seeds`): chapters 01, 02 and 05 share them.
+(`check_grid_seeds`) and no search goes below (`check_search_seeds`): chapters 01, 02 and 05 share them,
+and the step `widen` repeats, running every key's search and choosing its rate (`search_on_validation`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import math
 import pandas as pd
 
 from . import checks
+from .sweep import config_id
 
 # A learning-rate search's seeds start here, far above any grid's (0 to seeds - 1). A search run at the
 # chosen rate has the config id of the grid's run at that rate on the same seed, and the resumable sweep
@@ -93,6 +95,30 @@ def _check_same_cells(view: pd.DataFrame, cell: list[str]) -> None:
             only_first, only_other = cells[first] - cells[lr], cells[lr] - cells[first]
             raise ValueError(f"select_lr compares learning rates over the same runs, but of the cells {cell} rate "
                              f"{first} alone has {sorted(only_first)} and rate {lr} alone has {sorted(only_other)}")
+
+
+def search_on_validation(searches: dict, sweep, select, shard: str | None = None) -> tuple[dict, dict]:
+    """Run every key's learning-rate search and choose its rate: the step `widen` repeats (its
+    `choose`). `searches` maps each key (a model, a method, a baseline) to the runs of its search;
+    `sweep(runs)` runs all of them at once (records already made are reused) and returns one row per
+    run with its config `id` (`run_sweep`'s table); `select(results)` is given one key's runs only,
+    matched by config id, and returns (that key's rate, the table it was read from). Returns
+    ({key: rate}, {key: table}).
+
+    A sweep on one `shard` returns only the runs some shard has finished: a choice made on part of a
+    search would differ from shard to shard, so a search with fewer runs than asked stops here."""
+    wanted = [run for runs in searches.values() for run in runs]
+    searched = sweep(wanted)
+    if len(searched) < len(wanted):
+        raise RuntimeError(f"the learning-rate search has {len(searched)} of its {len(wanted)} runs (shard {shard} "
+                           f"ran its slice): run every shard, then run again to choose the rates and go on")
+    picks = {}
+    for key, runs in searches.items():
+        part = searched[searched.id.isin({config_id(run) for run in runs})]
+        if len(part) != len(runs):  # a run missing, or one shared with another key's search
+            raise ValueError(f"the {key!r} search has {len(part)} of its {len(runs)} runs in the sweep's results")
+        picks[key] = select(part)
+    return {key: rate for key, (rate, _) in picks.items()}, {key: table for key, (_, table) in picks.items()}
 
 
 def past_edge(tried, chosen: float) -> float | None:

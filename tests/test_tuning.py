@@ -1,9 +1,11 @@
+import dataclasses
 import math
 
 import pandas as pd
 import pytest
 
 from snipnb import tuning
+from snipnb.sweep import config_id
 
 
 def test_best_takes_the_highest_mean_and_the_smaller_rate_on_a_tie():
@@ -109,3 +111,53 @@ def test_a_search_runs_on_seeds_of_its_own_that_no_grid_reaches():
         tuning.check_search_seeds([tuning.SEARCH_SEED_BASE - 1, tuning.SEARCH_SEED_BASE])
     with pytest.raises(ValueError, match="at least one seed"):
         tuning.check_search_seeds([])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    model: str
+    lr: float
+    seed: int
+
+
+def _searches():
+    """Two models' searches; resnet's validation accuracy peaks at 0.1, vgg's at 0.01."""
+    return {model: [_Run(model, lr, seed) for lr in (0.01, 0.1) for seed in tuning.search_seeds(2)]
+            for model in ("resnet", "vgg")}
+
+
+def _records(runs):
+    peak = {"resnet": 0.1, "vgg": 0.01}
+    return pd.DataFrame([dict(id=config_id(r), model=r.model, lr=r.lr, seed=r.seed,
+                              val_acc=80.0 - 10 * (r.lr != peak[r.model]) + r.seed % 2) for r in runs])
+
+
+def test_search_on_validation_chooses_each_key_on_its_own_runs_and_returns_its_table():
+    searches, swept, seen = _searches(), [], {}
+
+    def sweep(runs):
+        swept.append(list(runs))
+        return _records(runs)
+
+    def select(results):
+        seen[results.model.iloc[0]] = set(results.id)
+        return tuning.select_lr(results, ["model"], str)
+
+    chosen, tables = tuning.search_on_validation(searches, sweep, select, shard="0/2")
+    assert swept == [searches["resnet"] + searches["vgg"]]  # one sweep of every search
+    assert seen == {model: {config_id(r) for r in runs} for model, runs in searches.items()}
+    assert chosen == {"resnet": 0.1, "vgg": 0.01}
+    assert list(tables) == ["resnet", "vgg"]
+    assert list(tables["vgg"].columns) == ["vgg", "all"] and tables["vgg"].loc[0.01, "all"] == 80.5
+    assert tables["resnet"].loc[0.01, "all"] == 70.5
+
+
+def test_search_on_validation_stops_when_a_sharded_sweep_returned_fewer_runs_than_asked():
+    searches, selected = _searches(), []
+    select = lambda results: selected.append(results) or (0.1, None)  # noqa: E731
+    with pytest.raises(RuntimeError, match=r"has 7 of its 8 runs \(shard 1/2 ran its slice\): run every shard"):
+        tuning.search_on_validation(searches, lambda runs: _records(runs[1:]), select, shard="1/2")
+    assert not selected  # nothing chosen on part of a search
+    # As many rows as asked, but one run twice and another missing: that key's search is short.
+    with pytest.raises(ValueError, match="'resnet' search has 3 of its 4 runs"):
+        tuning.search_on_validation(searches, lambda runs: _records(runs[4:5] + runs[1:]), select)
