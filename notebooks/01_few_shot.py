@@ -244,14 +244,7 @@ sweep = functools.partial(run_sweep, functools.partial(fewshot.run_few_shot_stac
 def choose(tried):
     """Each model's rate among `tried[model]`, on validation; runs already recorded are reused."""
     searches = {model: fewshot.lr_grid(tried[model], [model], ks, search_seeds, **settings) for model in models}
-    wanted = [run for search in searches.values() for run in search]
-    searched = sweep(wanted)
-    if len(searched) < len(wanted):
-        raise RuntimeError(f"the learning-rate search has {len(searched)} of its {len(wanted)} runs (shard {shard} "
-                           f"ran its slice): run every shard, then run again to choose the rates and go on")
-    picks = {model: fewshot.select_lr(searched[searched.id.isin({config_id(r) for r in search})])
-             for model, search in searches.items()}
-    return {model: rate for model, (rate, _) in picks.items()}, {model: t for model, (_, t) in picks.items()}
+    return tuning.search_on_validation(searches, sweep, fewshot.select_lr, shard)
 
 
 if lr_candidates:
