@@ -303,14 +303,8 @@ def choose(tried):
     searches = transfer.baseline_lr_grids(tried, source, target, models, ks, train_blocks, reference_blocks, lr_seeds,
                                           source_per_seed=source_per_seed, first_seed=search_seeds.start,
                                           **settings)
-    wanted = [run for search in searches.values() for run in search]
-    searched = sweep(wanted)
-    if len(searched) < len(wanted):
-        raise RuntimeError(f"the learning-rate search has {len(searched)} of its {len(wanted)} runs (shard {shard} "
-                           f"ran its slice): run every shard, then run again to choose the rates and go on")
-    picks = {key: transfer.select_lr(part) for key, part in transfer.searched_by(searches, searched).items()}
-    return ({key: lr for key, (lr, _) in picks.items()},
-            {key: (table, len(searches[key]) // len(tried[key])) for key, (_, table) in picks.items()})
+    chosen, tables = tuning.search_on_validation(searches, sweep, transfer.select_lr, shard)
+    return chosen, {key: (table, len(searches[key]) // len(tried[key])) for key, table in tables.items()}
 
 
 BASELINE_NAMES = {transfer.PRUNED: f"Dense fine-tuning of {', '.join(f'`{b}`' for b in train_blocks)} (the pruned runs "
