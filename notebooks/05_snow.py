@@ -324,18 +324,24 @@ display(table(pd.DataFrame(sources)))
 
 # %% tags=["hide-input"]
 folder = f"{results_dir}/{source.replace(':', '_')}_to_{target.replace(':', '_')}"
+search_sweep = functools.partial(run_sweep, functools.partial(snowrun.run_snow, device=run_device),
+                                 folder=f"{folder}/lr_search", workers=workers, shard=shard, executor=executor,
+                                 progress=False, reuse=reuse,
+                                 device=functools.partial(provenance.device_name, run_device))
+
+
+def select(results):
+    """One method's rate and its rows of `snowrun.select_lrs`' table, from that method's search runs."""
+    chosen, rows = snowrun.select_lrs(results)
+    (lr,) = chosen.values()
+    return lr, rows
 
 
 def choose(tried):
     """Each method's rate among `tried`, on validation; runs already recorded are reused."""
-    search = search_runs(tried)
-    searched = run_sweep(functools.partial(snowrun.run_snow, device=run_device), search, f"{folder}/lr_search",
-                         workers=workers, shard=shard, executor=executor, progress=False, reuse=reuse,
-                         device=functools.partial(provenance.device_name, run_device))
-    if len(searched) < len(search):
-        raise RuntimeError(f"the learning-rate search has {len(searched)} of its {len(search)} runs (shard {shard} "
-                           f"ran its slice): run every shard, then run again to choose the rates and go on")
-    return snowrun.select_lrs(searched)
+    searches = {method: search_runs({method: rates}) for method, rates in tried.items()}
+    chosen, tables = tuning.search_on_validation(searches, search_sweep, select, shard)
+    return chosen, pd.concat(tables.values()).sort_index()  # the table select_lrs gives all methods at once
 
 
 edges = []
