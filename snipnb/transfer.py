@@ -30,7 +30,6 @@ from .experiment import METHODS as PRUNING_METHODS
 from .experiment import DATA_FREE_METHODS, masks_for_method, method_scores, scoring
 from .loader import DeviceLoader
 from .pruning import apply_masks, scores
-from .sweep import config_id
 from .train import default_device, fit
 
 METHODS = (*PRUNING_METHODS, "scratch")
@@ -469,17 +468,6 @@ def baseline_lr_grids(tried: dict, source: str, target: str, models, ks, train_b
     return {key: lr_grid(tried[key], source, target, models, ks, seeds=seeds, first_seed=first_seed, **search,
                          **settings)
             for key, search in searches.items()}
-
-
-def searched_by(searches: dict[str, list[TransferRun]], results: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """`results` of the runs of every search in `searches` (`baseline_lr_grids`'), split back into
-    those searches by each run's config id (one row per run, as `run_sweep` returns them)."""
-    parts = {}
-    for key, runs in searches.items():
-        parts[key] = results[results.id.isin({config_id(run) for run in runs})]
-        if len(parts[key]) != len(runs):
-            raise ValueError(f"the {key!r} search has {len(parts[key])} of its {len(runs)} runs in results")
-    return parts
 
 
 def select_lr(results: pd.DataFrame) -> tuple[float, pd.DataFrame]:
