@@ -408,14 +408,9 @@ display(table(continual_report.comparison_table(comparisons, PAIRS, titles),
 
 # %% tags=["hide-input"]
 if BUDGETS:
-    display(table(continual_report.budget_table(checked, titles, NAMES),
-                  caption=f"Validation accuracy (%) at the chapter's epochs per task and at {budget_factor}× them, "
-                          f"means over {report.seed_span(BUDGET_SEEDS)} (exploratory, uncorrected)"))
-    display(Markdown("\n".join(f"- {how.capitalize()} at the longer budget: {'; '.join(where) or 'none'}."
-                               for how, where in changes.items())))
-    display(table(continual_report.contrasts_at_budgets(budget, DECLARED, titles, BUDGETS),
-                  caption="Exploratory: the declared pairs at each budget, validation average accuracy, difference "
-                          f"[95% CI] over {report.seed_span(BUDGET_SEEDS)}"))
+    for shown in continual_report.budget_section(budget, checked, changes, DECLARED, titles, NAMES, BUDGETS,
+                                                 report.seed_span(BUDGET_SEEDS)):
+        display(shown)
 else:
     display(Markdown("No budget check in this run (`budget_factor` is 1): the chapter's epochs per task are not "
                      "shown to suffice."))

@@ -320,6 +320,24 @@ def contrasts_at_budgets(runs: pd.DataFrame, pairs: list[tuple[str, str]], title
     return shown
 
 
+def budget_section(runs: pd.DataFrame, checked: pd.DataFrame, changes: dict[str, list], pairs: list[tuple[str, str]],
+                   titles: dict[str, str], strategy_names: dict[str, str], budgets: list, seeds_said: str) -> list:
+    """What a chapter shows under "Is the budget long enough?", in order, for `display`: the
+    `budget_table` of `checked`, the readings that rose and fell (`changes`), and `pairs` at each
+    budget of the check's `runs` (`contrasts_at_budgets`). `seeds_said` names the check's seeds."""
+    from IPython.display import Markdown
+
+    from .report import table
+    return [table(budget_table(checked, titles, strategy_names),
+                  caption=f"Validation accuracy (%) at the chapter's epochs per task and at {max(budgets):g}× them, "
+                          f"means over {seeds_said} (exploratory, uncorrected)"),
+            Markdown("\n".join(f"- {how.capitalize()} at the longer budget: {'; '.join(where) or 'none'}."
+                               for how, where in changes.items())),
+            table(contrasts_at_budgets(runs, pairs, titles, budgets),
+                  caption=f"Exploratory: the declared pairs at each budget, validation average accuracy, difference "
+                          f"[95% CI] over {seeds_said}")]
+
+
 def _titled(table: pd.DataFrame, titles: dict[str, str]) -> pd.DataFrame:
     """`table` with its first index level, the benchmark's name, replaced by its title."""
     names = table.index.get_level_values(0)

@@ -279,3 +279,14 @@ def test_contrasts_at_budgets_pair_within_each_budget():
     assert list(shown.columns) == ["1× epochs per task", "2× epochs per task"]
     assert shown.iloc[0, 0].startswith("+20.00 [+20.00, +20.00]")  # seeds 0-2 at 1×: seed 3 has no fine-tuning run
     assert shown.iloc[0, 1].startswith("+22.00 [+22.00, +22.00]")  # both gain the same noise at 2×
+
+
+def test_the_budget_section_shows_the_check_what_moved_and_the_pairs_at_each_budget_in_order():
+    runs = budget_runs()
+    checked = cr.budget_check(runs)
+    titles, names = {"split_task": "Split, task-IL"}, {"finetune": "fine-tuning", "ewc": "EWC"}
+    check, moved, pairs = cr.budget_section(runs, checked, cr.budget_changes(checked, titles, names),
+                                            [("ewc", "finetune")], titles, names, [1, 2], "seeds 0 to 2")
+    assert "at 2× them, means over seeds 0 to 2" in check.caption
+    assert moved.data.startswith("- Rose at the longer budget: Split, task-IL: EWC's final average accuracy")
+    assert list(pairs.data.columns) == ["1× epochs per task", "2× epochs per task"]
