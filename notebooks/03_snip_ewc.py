@@ -333,15 +333,14 @@ results = continual_report.named(sweep(reported_runs(lambda name, s: chosen[name
                                   label)
 summary = continual_report.summary(results, titles, λ=lambda b, s: f"{chosen[b][s]:g}" if s in chosen[b] else math.nan)
 # The budget check's runs (shown under "Is the budget long enough?"), here so that the answer can name what rose.
-budget = continual_report.named(sweep(continual_report.budget_runs(
-    reported_runs(lambda name, s: chosen[name].get(s, 0.0)), BUDGET_SEEDS, BUDGETS), desc="budget check"), label
-) if BUDGETS else pd.DataFrame()
+budget = continual_report.budget_records(functools.partial(sweep, desc="budget check"),
+                                         reported_runs(lambda name, s: chosen[name].get(s, 0.0)), BUDGET_SEEDS, BUDGETS,
+                                         label) if BUDGETS else pd.DataFrame(columns=["seconds", "code"])
 if BUDGETS:
-    budget["budget"] = [e / setting(b)["epochs"] for e, b in zip(budget.epochs, budget.benchmark)]
     checked = continual_report.budget_check(budget)
     changes = continual_report.budget_changes(checked, titles, NAMES)
-budget_hours = budget.seconds.sum() / 3600 if BUDGETS else 0.0
-codes = set(results.code) | set(search.code) | set(budget.code if BUDGETS else [])
+budget_hours = budget.seconds.sum() / 3600
+codes = set(results.code) | set(search.code) | set(budget.code)
 display(Markdown(f"{len(results)} runs; {results.seconds.sum() / 3600:.2f} device-hours for these, "
                  f"{search.seconds.sum() / 3600:.2f} for the λ search and {budget_hours:.2f} for the budget check. "
                  f"Code of the records: {', '.join(sorted(codes))}."))

@@ -211,6 +211,16 @@ def budget_runs(reported: list[ContinualRun], seeds, budgets) -> list[ContinualR
             for run in reported if run.seed in seeds for factor in budgets]
 
 
+def budget_records(sweep, reported: list[ContinualRun], seeds, budgets, names: dict[tuple[str, str], str]):
+    """The budget check's records: `budget_runs` of `reported` through the chapter's `sweep` (runs ->
+    results table), benchmarks `named` by `names`, each with its `budget`: its epochs per task over
+    its reported run's, the multiple `budget_check` pairs on."""
+    chapter_epochs = {(run.benchmark, run.scenario): run.epochs for run in reported}
+    found = sweep(budget_runs(reported, seeds, budgets))
+    found["budget"] = [e / chapter_epochs[key] for e, key in zip(found.epochs, zip(found.benchmark, found.scenario))]
+    return named(found, names)
+
+
 def learned_accuracy(R) -> float:
     """The mean of R's diagonal, each task's accuracy right after it was trained: what more epochs per
     task can raise even where forgetting takes it back. Joint training's R is one row, every task learned

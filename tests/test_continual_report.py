@@ -1,5 +1,6 @@
 """The tables and figure chapters 03 and 04 build from a continual sweep's results."""
 
+import dataclasses
 import math
 import pathlib
 
@@ -290,3 +291,20 @@ def test_the_budget_section_shows_the_check_what_moved_and_the_pairs_at_each_bud
     assert "at 2× them, means over seeds 0 to 2" in check.caption
     assert moved.data.startswith("- Rose at the longer budget: Split, task-IL: EWC's final average accuracy")
     assert list(pairs.data.columns) == ["1× epochs per task", "2× epochs per task"]
+
+
+def test_budget_records_sweep_the_check_name_benchmarks_and_give_each_run_its_multiple():
+    reported = [ContinualRun(strategy="ewc", seed=seed, epochs=epochs, benchmark=benchmark, scenario="task",
+                             model="lenet300_100", dataset="synthetic", synthetic_shape=(1, 28))
+                for benchmark, epochs in (("split", 3), ("permuted", 1)) for seed in range(3)]
+    swept = []
+
+    def sweep(runs):
+        swept.extend(runs)
+        return pd.DataFrame([dataclasses.asdict(r) for r in runs])
+
+    found = cr.budget_records(sweep, reported, range(2), [1, 2], {("split", "task"): "split_task",
+                                                                 ("permuted", "task"): "permuted_task"})
+    assert len(swept) == 2 * 2 * 2 and {r.split for r in swept} == {"val"}
+    assert sorted(zip(found.benchmark, found.epochs, found.budget)) == sorted(
+        [("split_task", 3, 1.0), ("split_task", 6, 2.0), ("permuted_task", 1, 1.0), ("permuted_task", 2, 2.0)] * 2)
