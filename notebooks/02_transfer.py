@@ -261,6 +261,9 @@ else:
 # sources of their own, which no reported run uses; chapter 05's search at the same source settings
 # fine-tunes the same ones). Its own test accuracy says how good the features are that the target
 # starts from.
+# Sources are pretrained in bf16 autocast where the machine does bf16 natively (under half the time of fp32
+# through the CIFAR stem: benchmarks/RESULTS.md), in fp32 elsewhere: the `precision` column says which;
+# the fine-tuning that follows trains in fp32 either way.
 
 # %% tags=["hide-input"]
 search_sources = {(model, pretrained.at_seed(runs[0], seed, source_per_seed).source_seed)
@@ -276,7 +279,7 @@ for model, source_seed in sorted({(run.model, run.source_seed) for run in runs i
                             **{"top-1 (%)": meta["imagenet_top1"], "as measured by": "torchvision's weights meta"}))
     else:
         sources.append(dict(model=model, stem=meta["stem"], trained_on=source, seed=meta["seed"], epochs=meta["epochs"],
-                            image_size=meta["image_size"],
+                            image_size=meta["image_size"], precision=meta.get("precision", "fp32"),
                             **{"test accuracy (%)": round(meta["test_acc"], 2), "as measured by": "this project"}))
     del backbone
 display(pd.DataFrame(sources))

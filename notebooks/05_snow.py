@@ -292,6 +292,9 @@ else:
 # sources of their own, which no reported run uses; chapter 02's search at the same source settings
 # fine-tunes the same ones). Its own test accuracy says how good the features are that every method
 # starts from.
+# Sources are pretrained in bf16 autocast where the machine does bf16 natively (under half the time of fp32
+# through the CIFAR stem: benchmarks/RESULTS.md), in fp32 elsewhere: the `precision` column says which;
+# the fine-tuning that follows trains in fp32 either way.
 
 # %% tags=["hide-input"]
 sources = []
@@ -305,7 +308,7 @@ for model, source_seed in sorted({(run.model, run.source_seed) for run in all_ru
                         "top-1 (%)": meta["imagenet_top1"], "as measured by": "torchvision's weights meta"})
     else:
         sources.append({"model": model, "trained on": source, "seed": meta["seed"], "epochs": meta["epochs"],
-                        "image size": meta["image_size"],
+                        "image size": meta["image_size"], "precision": meta.get("precision", "fp32"),
                         "test accuracy (%)": meta["test_acc"], "as measured by": "this project"})
     del backbone
 display(table(pd.DataFrame(sources)))

@@ -114,6 +114,10 @@ class Chapter:
 
 # Measured 2026-12-04 with two workers while helpers' tests shared the machine (load 1 to 20): upper bounds.
 LOADED_CPU = "CPU, 2 cores, shared"
+# Sources pretrain in bf16 where the CPU does it natively (snipnb.pretrained.pretrain_precision): 2.16x
+# (min of 2 seeds; median 2.24x) against the fp32 pretraining the source costs below were measured in
+# (benchmarks/RESULTS.md, "Sources pretrained in bf16").
+SOURCE_BF16_SPEEDUP = 2.16
 # `--quick --only CHAPTER --out DIR` on real MNIST / UCI digits from an empty checkpoint cache (a source
 # pretrained in the run), nothing else running (2026-12-04; chapter 03 on 2026-12-05).
 QUICK_IDLE = "CPU, 2 cores, idle"
@@ -200,7 +204,8 @@ CHAPTERS = [
             # block and of scratch, about a minute each on one of two workers; counted in full, none of them a grid
             # run. Not estimated: the cheap searches of the head and the last block (stored frozen outputs), 10 more
             # runs each now that their winners are not grid runs.
-            cost=Cost(86 + (5 + 2) * 24 + 30 + 30, LOADED_CPU, estimated_from="the one-source run's parts"),
+            cost=Cost(86 + (5 + 2) * 24 / SOURCE_BF16_SPEEDUP + 30 + 30, LOADED_CPU,
+                      estimated_from="the one-source run's parts, its sources at the bf16 speed-up"),
             # --quick measured when its search shared seed 0 with the grid: it now also pretrains seed 10 000's
             # quick source for the search (through the ImageNet stem; not measured since).
             quick=TRANSFER_QUICK, quick_cost=Cost(63 / 60, QUICK_IDLE)),
@@ -225,8 +230,8 @@ CHAPTERS = [
             # same 25); each baseline's own rate, 30 runs each of fine-tuning every block and of scratch, about 2 min
             # 15 s each on one of two workers, counted in full (none of them a grid run). Not estimated: the cheap
             # searches of the head and the last block, 10 more runs each now that their winners are not grid runs.
-            cost=Cost(1.5 * (148 - 33) + 2 * 33 + 33 / 3 + (5 + 2) * 25 + 68, LOADED_CPU,
-                      estimated_from="the 30-epoch one-source run's parts"),
+            cost=Cost(1.5 * (148 - 33) + 2 * 33 + 33 / 3 + (5 + 2) * 25 / SOURCE_BF16_SPEEDUP + 68, LOADED_CPU,
+                      estimated_from="the 30-epoch one-source run's parts, its sources at the bf16 speed-up"),
             # --quick measured when its search shared seed 0 with the grid: it now also pretrains seed 10 000's
             # quick source for the search (through the ImageNet stem; not measured since).
             quick=TRANSFER_QUICK, quick_cost=Cost(104 / 60, QUICK_IDLE)),
@@ -293,7 +298,8 @@ CHAPTERS = [
     # 4 min a pair on one of two workers (an estimate; a widening the new seeds take differently is not counted).
     # Each search seed starts from a source of its own, the very checkpoint chapter 02's search pretrains (same
     # source, model, 32 px, CIFAR stem, source epochs and seed), so none is pretrained here when chapter 02 ran first
-    # on this cache, as the book's order has it (else 2 x 24 min for the 5-9 pair, 2 x 25 for UCI, not counted).
+    # on this cache, as the book's order has it (else 2 x 24 min in fp32 for the 5-9 pair, 2 x 25 for UCI, about
+    # half that in bf16; not counted).
     # The budget check (budget_epochs) trains the focus runs again at 120 epochs on all 5 seeds (3 while the search
     # shared 2 of them): their seconds at 60 (1,450 s a pair for 5 seeds on one of two workers, from the records)
     # twice, about 24 min.

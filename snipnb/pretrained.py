@@ -73,6 +73,11 @@ DOWNLOAD_TIMEOUT_S = 30.0
 # notebook's kernel (2 threads on the report's machine) would otherwise make two different sources
 # under one name. 2 is what chapters 02 and 05 were pretrained at. On a GPU it changes nothing.
 PRETRAIN_THREADS = 2
+# What a source is pretrained in: bf16 autocast where the device does bf16 natively, fp32 elsewhere.
+# A source is one draw for the fine-tuning that follows (chapters pretrain one per seed), so what
+# matters is that it is as good, which its test accuracy shows, and it is made in under half the time
+# through the CIFAR stem on a CPU with AMX (benchmarks/RESULTS.md). The fine-tuning runs stay fp32.
+PRECISIONS = ("fp32", "bf16")
 
 
 def _check_choice(argument: str, value, allowed) -> None:
@@ -366,7 +371,7 @@ def save_checkpoint(model: Backbone, meta: dict, path) -> pathlib.Path:
 # What a checkpoint's metadata must match when asked for: every setting `pretrain` is keyed by,
 # and the input shape the weights take.
 CHECKED = ("model", "stem", "dataset", "classes", "epochs", "seed", "image_size", "in_channels", "lr",
-           "batch_size", "weight_decay", "augment", "threads")
+           "batch_size", "weight_decay", "augment", "threads", "precision")
 
 
 def load_checkpoint(path, **expected) -> tuple[Backbone, dict]:
@@ -427,9 +432,11 @@ def _check_state(expected: dict, found: dict, what: str) -> None:
 
 def pretrain_settings(model: str, dataset: str, classes=None, epochs: int = 5, seed: int = 0, *, image_size: int = 32,
                       lr: float = 0.1, batch_size: int = 128, weight_decay: float = 5e-4,
-                      stem: str = "imagenet", threads: int = PRETRAIN_THREADS) -> dict:
+                      stem: str = "imagenet", threads: int = PRETRAIN_THREADS, precision: str = "fp32") -> dict:
     """The settings a pretrained source is keyed and checked by (its checkpoint's name and metadata).
-    `threads` is among them: on the CPU another thread count makes other weights."""
+    `threads` and `precision` are among them: on the CPU another thread count, and bf16 against fp32
+    anywhere, make other weights."""
+    _check_choice("precision", precision, PRECISIONS)
     _check_choice("model", model, ARCHITECTURES)
     check_image_size(model, image_size, stem)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -439,12 +446,24 @@ def pretrain_settings(model: str, dataset: str, classes=None, epochs: int = 5, s
     name, picked = parse_split(spec)
     return {"model": model, "stem": stem, "dataset": name, "classes": None if picked is None else list(picked),
             "epochs": epochs, "seed": seed, "image_size": image_size, "lr": lr, "batch_size": batch_size,
-            "weight_decay": weight_decay, "augment": data.recipe_defaults(name)["augment"], "threads": threads}
+            "weight_decay": weight_decay, "augment": data.recipe_defaults(name)["augment"], "threads": threads,
+            "precision": precision}
+
+
+def pretrain_precision(device=None, amp: bool | None = None) -> str:
+    """What a source pretrains in on `device` (default: `devices.default_device()`): with `amp=None`,
+    "bf16" where the device does bf16 natively (`devices.bf16_native`) and "fp32" elsewhere;
+    `amp=False` "fp32"; `amp=True` "bf16", or "fp32" with one warning where bf16 is not native."""
+    device = torch.device(device) if device is not None else devices.default_device()
+    if amp is None:
+        return "bf16" if devices.bf16_native(device) else "fp32"
+    return "bf16" if devices.autocast_enabled(device, amp, "training") else "fp32"
 
 
 def pretrain(model: str, dataset: str, classes=None, epochs: int = 5, seed: int = 0, *, image_size: int = 32,
              lr: float = 0.1, batch_size: int = 128, weight_decay: float = 5e-4, stem: str = "imagenet",
-             threads: int = PRETRAIN_THREADS, cache_dir=None, device=None, progress: bool = True) -> pathlib.Path:
+             threads: int = PRETRAIN_THREADS, amp: bool | None = None, cache_dir=None, device=None,
+             progress: bool = True) -> pathlib.Path:
     """Train `model` with `stem` (`build`) from scratch on `classes` of `dataset` (all if None) and
     return its checkpoint.
 
@@ -455,11 +474,15 @@ def pretrain(model: str, dataset: str, classes=None, epochs: int = 5, seed: int 
     defaults (crop-and-flip augmentation for CIFAR only), on `threads` CPU threads whatever the caller
     runs at (`PRETRAIN_THREADS`), so the same settings make the same bits on any thread count; another
     CPU's instruction set (`cpu_capability` in the metadata) or a GPU may still differ in the last bits.
+    Training runs in bf16 autocast or fp32 as `pretrain_precision(device, amp)` says (default: bf16
+    where the device does it natively); the precision is one of the settings.
     """
     from .train import fit  # the training floor, needed only to pretrain
 
+    precision = pretrain_precision(device, amp)
     settings = pretrain_settings(model, dataset, classes, epochs, seed, image_size=image_size, lr=lr,
-                                 batch_size=batch_size, weight_decay=weight_decay, stem=stem, threads=threads)
+                                 batch_size=batch_size, weight_decay=weight_decay, stem=stem, threads=threads,
+                                 precision=precision)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     path = checkpoint_dir(cache_dir) / f"{model}-{settings['dataset']}-{key}.pt"
     if path.is_file():
@@ -476,6 +499,7 @@ def pretrain(model: str, dataset: str, classes=None, epochs: int = 5, seed: int 
                          stem=stem)
         history = fit(backbone, unit_range(train), unit_range(test), epochs, lr=lr, batch_size=batch_size,
                       weight_decay=weight_decay, augment=augment, device=device, eval_every=epochs, seed=seed,
+                      amp=precision == "bf16",
                       progress=progress, desc=f"pretrain {model} ({stem} stem) on {spec}")
         made_on = provenance.device_name(device)  # inside, so it names the pinned thread count
     meta = {**settings, "in_channels": in_channels, "num_classes": train.num_classes,
@@ -487,13 +511,13 @@ def pretrain(model: str, dataset: str, classes=None, epochs: int = 5, seed: int 
 
 
 def load_source(source: str, model: str = "resnet18", image_size: int | None = None, *, epochs: int = 5,
-                seed: int = 0, stem: str = "imagenet", cache_dir=None, device=None,
+                seed: int = 0, stem: str = "imagenet", amp: bool | None = None, cache_dir=None, device=None,
                 progress: bool = False) -> Backbone:
     """The pretrained backbone `source` names, with the head it was trained with.
 
     `source` is 'imagenet' (torchvision's weights, `image_size` default 224, the ImageNet stem only)
     or a dataset the project pretrains on itself, with classes if not all: 'mnist', 'mnist:0-4'
-    (`image_size` default 32, `epochs`, `seed` and `stem` of the pretraining; cached, see `pretrain`).
+    (`image_size` default 32, `epochs`, `seed`, `stem` and `amp` of the pretraining; cached, see `pretrain`).
     """
     _check_choice("stem", stem, STEMS)
     if source == "imagenet":
@@ -506,9 +530,10 @@ def load_source(source: str, model: str = "resnet18", image_size: int | None = N
     except ValueError as error:
         raise ValueError(f"source={source!r} is neither 'imagenet' nor a dataset to pretrain on: {error}") from None
     image_size = 32 if image_size is None else image_size
-    path = pretrain(model, name, classes, epochs, seed, image_size=image_size, stem=stem, cache_dir=cache_dir,
+    path = pretrain(model, name, classes, epochs, seed, image_size=image_size, stem=stem, amp=amp, cache_dir=cache_dir,
                     device=device, progress=progress)
-    settings = pretrain_settings(model, name, classes, epochs, seed, image_size=image_size, stem=stem)
+    settings = pretrain_settings(model, name, classes, epochs, seed, image_size=image_size, stem=stem,
+                                 precision=pretrain_precision(device, amp))
     return load_checkpoint(path, **settings)[0]
 
 

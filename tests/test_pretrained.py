@@ -231,6 +231,40 @@ def test_a_source_has_the_same_bits_whatever_thread_count_the_caller_runs_at(che
     assert pretrained.pretrain_settings(**settings, threads=1) != pretrained.pretrain_settings(**settings)
 
 
+def test_a_source_pretrains_in_bf16_only_where_the_device_does_it_natively(monkeypatch):
+    monkeypatch.setattr(devices, "_warned", set())
+    for native in (True, False):
+        monkeypatch.setattr(devices, "bf16_native", lambda device, native=native: native)
+        assert pretrained.pretrain_precision("cpu") == ("bf16" if native else "fp32")
+        assert pretrained.pretrain_precision("cpu", amp=False) == "fp32"
+    with pytest.warns(UserWarning, match="running training in fp32 instead"):
+        assert pretrained.pretrain_precision("cpu", amp=True) == "fp32"  # asked for, not native: said, not silent
+
+
+def test_the_precision_a_source_was_pretrained_in_is_what_trains_it_and_part_of_its_name(tmp_path, monkeypatch):
+    monkeypatch.setattr(devices, "bf16_native", lambda device: True)
+    trained_with = []
+    real_fit = fit
+
+    def recording_fit(*args, **kwargs):
+        trained_with.append(kwargs.get("amp"))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr("snipnb.train.fit", recording_fit)
+    asked = dict(model="resnet18", dataset="synthetic", classes=[0, 1], epochs=1, seed=0, cache_dir=tmp_path,
+                 device="cpu", progress=False)
+    bf16, fp32 = pretrained.pretrain(**asked), pretrained.pretrain(**asked, amp=False)
+    assert trained_with == [True, False]
+    assert bf16 != fp32  # two sources, cached under two names
+    assert torch.load(bf16)["meta"]["precision"] == "bf16" and torch.load(fp32)["meta"]["precision"] == "fp32"
+    assert pretrained.pretrain(**asked) == bf16 and len(trained_with) == 2  # the cache, not another pretraining
+    with pytest.raises(ValueError, match="precision is 'bf16' there, 'fp32' was asked for"):
+        pretrained.load_checkpoint(bf16, precision="fp32")
+    loaded = pretrained.load_source("synthetic:0-1", "resnet18", 32, epochs=1, amp=False, cache_dir=tmp_path,
+                                    device="cpu")
+    assert loaded.meta["precision"] == "fp32"
+
+
 def test_a_pretraining_killed_while_saving_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
     def dies_half_way(obj, f):
         f.write(b"half a checkpoint")
