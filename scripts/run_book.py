@@ -157,13 +157,18 @@ CHAPTERS = [
     # LeNet-5-Caffe's dense and SNIP runs also for 50 epochs (27,000 iterations, as LeNet-300-100's length
     # ablation; issue 20): its declared SNIP − dense is tested there. LeNet-300-100's cells and ablations on 10
     # seeds, not 5 (issue 20: its runs are cheap, and at 5 its equivalence tests could show only about ±0.5 to
-    # ±0.6 points, the size of their margin). 32 minutes at 5 seeds without LeNet-5-Caffe's long runs
-    # (2026-12-04); those are 35 runs (every method since cc33194, not 15) of about 800 s (25 times a 2-epoch
-    # run's 32 s) on one of two idle workers; loaded, 1,300 s.
+    # ±0.6 points, the size of their margin). Executed at these settings on 2026-12-06 (its page): 320 runs whose
+    # table holds 13.7 hours of run time on two workers, 10.5 of them LeNet-5-Caffe's 35 long runs (median 909 s;
+    # about 720 s on an idle worker, up to 1,700 beside helpers' tests). Its wall time is no measurement: it went
+    # on across three sessions from its committed records, paused for CI and losing the runs in flight at each
+    # stop. So the cost is its runs' time on an idle worker over two workers: the table's medians for the 70
+    # LeNet-300-100 runs at 50 epochs (84 s), the 180 at 8 (13.5 s) and LeNet-5-Caffe's 35 at 2 (35 s), most of
+    # them run on a quiet machine, and 720 s for LeNet-5-Caffe's 35 at 50 (idle, 2026-12-06).
     Chapter("00_snip_mnist", "00_snip_mnist", "SNIP on MNIST: does the paper's Table 1 reproduce?",
             dict(seeds=10, long_epochs_lenet5=50),
-            cost=Cost(2 * 32 + 35 * 800 / 2 / 60, LOADED_CPU,
-                      estimated_from="the 5-seed run without LeNet-5-Caffe's length check, and that check's 35 runs"),
+            cost=Cost((70 * 84 + 180 * 13.5 + 35 * 35 + 35 * 720) / 2 / 60, QUICK_IDLE,
+                      estimated_from="its 2026-12-06 runs' seconds on an idle worker, over two workers (the "
+                                     "execution spanned three sessions)"),
             quick=dict(sparsities=[0.98], sparsities_lenet5=[0.99], seeds=2, seeds_lenet5=2, ablation_seeds=2,
                        epochs=1, long_epochs=2, epochs_lenet5=1, speed_iterations=10, workers=1, check_warmup=50),
             # measured before the warm-up check, whose 3 x 100 iterations here add about 8 s (28 ms each)
