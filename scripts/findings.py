@@ -19,6 +19,8 @@ before building the book; a test checks the committed files are up to date.
 
 from __future__ import annotations
 
+import csv
+import gzip
 import io
 import json
 import pathlib
@@ -247,17 +249,35 @@ def provenance_of(nb) -> dict | None:
     return None
 
 
+def runs_made_by(file: str, nb) -> tuple[str, str]:
+    """(the library codes, the commits) that made the runs a page shows, from its run table: "—" each
+    where it names none."""
+    meta = nb.metadata.get("snipnb", {}).get("runs")
+    if not meta:
+        return "—", "—"
+    codes = ", ".join(f"`{code}`" for code in meta["codes"]) or "—"
+    table = (BOOK / file).parent / meta["table"]
+    if not table.exists():
+        return codes, "—"
+    with gzip.open(table, "rt", newline="") as rows:
+        commits = sorted({row["commit"][:10] for row in csv.DictReader(rows) if row.get("commit")})
+    return codes, ", ".join(f"`{commit}`" for commit in commits) or "—"
+
+
 def render_reproducibility(found) -> str:
     lines = ["<!-- Written by scripts/findings.py from the executed chapters; do not edit by hand. -->", "",
              "# Reproducibility", "",
              "Every executed chapter's page states the commit it ran at and a hash of the library code "
-             "(`snipnb/`) that made its runs; every run's record carries both, with the versions and the "
-             "device. They are collected here, from the pages. `bash scripts/run_book.sh --list` gives each "
+             "(`snipnb/`) it ran with; every run's record carries both, with the versions and the device. "
+             "A page rendered from an earlier execution's records (`run_book.sh --from-tables`, or a chapter "
+             "that went on across machines from its committed records) ran at a later commit than its runs: "
+             "the last two columns name the library code and commits that made the runs, from its run "
+             "table. They are collected here, from the pages. `bash scripts/run_book.sh --list` gives each "
              "chapter's measured cost on the project's machine, a 2-core x86-64 CPU with no GPU; a chapter's "
              "run table (`book/data/`, where published) holds every run's record.", "",
              "```{list-table} What each executed chapter ran with, as its page states it",
              ":header-rows: 1", "", "* - Chapter", "  - Commit", "  - Library code", "  - snipnb / torch",
-             "  - Device", "  - Executed"]
+             "  - Device", "  - Executed", "  - Runs made by", "  - at commit"]
     for file, nb in found:
         meta = provenance_of(nb)
         if meta is None:
@@ -265,7 +285,8 @@ def render_reproducibility(found) -> str:
         run = nb.metadata.get("papermill", {})
         when = (run.get("end_time") or "")[:10] or "—"
         lines += [f"* - {{doc}}`{file}`", f"  - `{meta['commit']}`", f"  - `{meta['code']}`",
-                  f"  - {meta['snipnb']} / {meta['torch']}", f"  - {meta['device']}", f"  - {when}"]
+                  f"  - {meta['snipnb']} / {meta['torch']}", f"  - {meta['device']}", f"  - {when}",
+                  *(f"  - {made}" for made in runs_made_by(file, nb))]
     lines += ["```", "", "To check a chapter against its code: `git checkout COMMIT`, then "
               "`bash scripts/run_book.sh --only CHAPTER` reruns it, reusing any run whose record "
               "names the same library code and config.", ""]

@@ -78,3 +78,18 @@ def test_the_reproducibility_page_names_each_chapters_commit_and_code(book):
 
     assert f"`{code_version()['code']}`" in page and "{doc}`experiments/a`" in page
     assert "experiments/b" not in page  # no page, no row
+
+
+def test_a_page_rendered_from_earlier_records_names_the_code_and_commit_that_made_its_runs(book):
+    # A page re-rendered at a later commit (from its run table) states that commit in its run line; the
+    # runs it shows were made by other code at another commit, which only the table knows.
+    nb = chapter(None, f"**This run:** 2 runs. Code: {describe('cpu')}.")
+    nb.metadata["snipnb"] = {"runs": {"codes": ["d12f1fa4eaa8132b"], "runs": 2, "table": "../data/a.csv.gz"}}
+    nbformat.write(nb, book / "experiments" / "a.ipynb")
+    (book / "data").mkdir()
+    pd.DataFrame({"id": ["x", "y"], "code": ["d12f1fa4eaa8132b"] * 2,
+                  "commit": ["3f4c19b1d57e76f37ef0b291a505083d6f2b9a36"] * 2}).to_csv(book / "data" / "a.csv.gz",
+                                                                                      index=False)
+    findings.main([])
+    row = (book / "reproducibility.md").read_text().split("{doc}`experiments/a`")[1]
+    assert "  - `d12f1fa4eaa8132b`\n  - `3f4c19b1d5`" in row
