@@ -282,9 +282,9 @@ CHAPTERS = [
             # searched): about 20/50 of those 11.6 min. --quick: 136 s for its 32 runs, and 4 more at that pace.
             # The budget check (budget_factor 2 on 3 seeds, the default): the 12 strategy-benchmark runs of a seed
             # (about 12/50 x 11.6 min) at 1x and 2x the epochs per task, on 3 seeds: about 25 min.
-            cost=Cost(33 + 12 + 20 / 50 * 11.6 + 3 * 3 * 12 / 50 * 11.6, LOADED_CPU,
-                      estimated_from="the run without the shuffled control or the budget check, and the pace of its "
-                                     "5 added seeds"),
+            # Executed at these settings on 2026-12-06 (its page): 65 min of wall time, 17 of them paused (SIGSTOP)
+            # while CI ran, so 48 min of running, alone on 2 cores of an Intel Xeon but for its first 6 minutes.
+            cost=Cost(48, "CPU, 2 cores, mostly idle"),
             quick=dict(CONTINUAL_QUICK, epochs=2, permuted_epochs=2, keeps=[None, 0.5]),
             quick_cost=Cost(136 * 36 / 32 / 60, QUICK_IDLE, estimated_from="the quick run without the shuffled control")),
     Chapter("04_snip_packnet_cifar100", "04_snip_packnet",
