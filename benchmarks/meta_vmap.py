@@ -5,7 +5,9 @@ Variants, all on the same meta-batches, timed in turn (interleaved) after one wa
 - `vmap, textbook norm`: the tasks as one vmap, BatchNorm as `(x - mean) * rsqrt(var + eps) * w + b`
   (the library's until 2026-12-05, and what a researcher would write);
 - `loop, textbook norm`: the same norm, the tasks in a Python loop;
-- `loop, library norm`: the library's `BatchStatNorm2d` (centred once, per-channel factors folded);
+- `loop, folded norm, means`: centred once and the per-channel factors folded, with `mean` (the
+  library's from 2026-12-05 to 2026-12-06);
+- `loop, library norm`: the library's `BatchStatNorm2d` (the same, its means as sums times 1/n);
 - `vmap, library norm`: the library's norm under vmap, what a GPU runs;
 - `loop, F.batch_norm`: PyTorch's kernel, for reference only: under vmap its second-order gradient is
   wrong (`meta.BatchStatNorm2d`), so the library cannot use it where it vmaps.
@@ -41,6 +43,13 @@ def textbook_norm(self, x):
     return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
 
+def folded_mean_norm(self, x):
+    centred = x - x.mean((0, 2, 3), keepdim=True)
+    var = centred.square().mean((0, 2, 3), keepdim=True)
+    scale = torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1)
+    return torch.addcmul(self.bias.view(1, -1, 1, 1), centred, scale)
+
+
 def torch_norm(self, x):
     return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
 
@@ -48,6 +57,7 @@ def torch_norm(self, x):
 VARIANTS = {  # name: (vectorize, norm's forward or None for the library's)
     "vmap, textbook norm": (True, textbook_norm),
     "loop, textbook norm": (False, textbook_norm),
+    "loop, folded norm, means": (False, folded_mean_norm),
     "loop, library norm": (False, None),
     "vmap, library norm": (True, None),
     "loop, F.batch_norm": (False, torch_norm),

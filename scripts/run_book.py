@@ -336,13 +336,15 @@ CHAPTERS = [
             # meta-validation still rose over the last 30% of the budget (+1.6 [+0.2, +2.9] and +0.8 [+0.3, +1.3]
             # points), about half their rise at 1,000: a third tripling. Validated every 300, as often per
             # budget as before. 2 h 15 min at 3,000 (2026-12-05, small test runs beside it at the lowest priority),
-            # before a meta-batch's tasks were looped on the CPU (1.5x in CPU time: benchmarks/RESULTS.md).
+            # before a meta-batch's tasks were looped on the CPU (1.5x in CPU time: benchmarks/RESULTS.md) and
+            # BatchNorm's means became sums (1.06x more, medians of CPU time: the same file).
             dict(dataset="mnist_rotations", filters=16, inner_steps=1, eval_inner_steps=3, inner_lr=0.4,
                  iterations=9000, eval_every=300, val_episodes=50, seeds=5, progress=False),
             # The notebook's default methods: 8 since SNIP-MAML's random control became two (shuffled SNIP and a
             # uniform random mask), each as costly as the old one; the costs below were measured with 7.
-            cost=Cost(3 * 135 / 1.5 * 8 / 7, LOADED_CPU,
-                      estimated_from="the 3,000-iteration run of 7 methods and the 1.5x faster meta-batch since"),
+            cost=Cost(3 * 135 / 1.5 / 1.06 * 8 / 7, LOADED_CPU,
+                      estimated_from="the 3,000-iteration run of 7 methods and the 1.5x and 1.06x faster "
+                                     "meta-batches since"),
             quick=dict(iterations=20, eval_every=10, val_episodes=10, test_episodes=100, seeds=2),
             quick_cost=Cost(56 / 60 * 8 / 7, QUICK_IDLE, estimated_from="the quick run of 7 methods")),
 ]
