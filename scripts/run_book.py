@@ -256,10 +256,11 @@ CHAPTERS = [
             # at its runs' mean seconds (8.2 Split task-IL, 8.0 class-IL, 32.7 Permuted): 5,280 run-seconds.
             # The budget check (budget_factor 2 on 3 seeds, the default) trains every strategy on 3 seeds at 1x and
             # 2x the epochs per task: 3 x (1 + 2) x 376 run-seconds per seed of the reported runs, about 3,390.
-            cost=Cost((3763 + 5280 + 3390) * 61 / 6960, LOADED_CPU,
-                      estimated_from="the 2026-12-05 run's records (seconds per run, wall time per run-second), "
-                                     "about 9 λ per variant on 3 search seeds, and the budget check's 3 seeds at 1× "
-                                     "and 2×"),
+            # That estimate was (3,763 + 5,280 + 3,390) x 61 / 6,960 = 109 min. Executed at these settings on
+            # 2026-12-06 (its page), at 2f02374: 10 min until a pause for CI and the session's end (its 156 runs
+            # kept, those in flight lost), then 59 min resumed from them, alone on 2 cores of an Intel Xeon but
+            # for about 5 min of a benchmark and tests at the lowest priority: 69 min of running for 600 runs.
+            cost=Cost(69, "CPU, 2 cores, mostly idle"),
             quick=dict(CONTINUAL_QUICK, lambdas=[1.0], lambda_extensions=0, lambda_refine=False), quick_cost=Cost(116 / 60, QUICK_IDLE)),
     # Permuted MNIST at the protocol of van de Ven et al.'s code (snipnb.published.VAN_DE_VEN_PROTOCOL, issue 20):
     # 10 tasks, Adam at lr 1e-4, batch 128, an MLP of two 1000-unit layers, 12 epochs of the 54,000 training
