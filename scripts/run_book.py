@@ -187,9 +187,10 @@ CHAPTERS = [
             # them fixed and 3 tests (2.9 s each) and 0.048 s a step (from k = 1 and 2 against k = 10: 30 and 120
             # steps). A run now: 6 tests and 6 validation checks of 200 images (about 18 s) and about 300 steps (about
             # 14 s), so about 32 s; runs: 560 and the search's 30 (3 rates x 5 k x 2 seeds), 10 more per widening.
-            cost=Cost(53 * (590 / 560) * (32 / 11.1), LOADED_CPU, estimated_from="the 10-seed run at 30 epochs and a "
-                                                                                 "fixed rate, scaled by its run table's "
-                                                                                 "seconds per test and per step"),
+            # That estimate was 53 x (590 / 560) x (32 / 11.1) = 161 min. Executed at these settings on 2026-12-06
+            # (its page), at 9023123: 77 min of wall time, 8 of them paused (SIGSTOP) while CI ran, so 69 min of
+            # running for 590 runs, alone on 2 cores of an Intel Xeon but for a one-minute benchmark beside it.
+            cost=Cost(69, "CPU, 2 cores, mostly idle"),
             # --quick keeps 5 epochs, the given rate and one test; the validation set stays (its checkpoint is read).
             quick=dict(ks=[1, 5], sparsities=[0.9], methods=["snip", "random"], seeds=2, epochs=5, eval_every=5,
                        lr_candidates=[], min_steps=0, evaluations=None), quick_cost=Cost(27 / 60, QUICK_IDLE)),
