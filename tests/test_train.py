@@ -135,6 +135,39 @@ def test_step_schedule_decays_by_gamma_every_step_every_steps():
             schedule="step", progress=False)
 
 
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_the_fused_update_on_the_cpu_is_the_loops_update(kind):
+    from snipnb.train import make_optimizer
+
+    torch.manual_seed(0)
+    start, x = torch.randn(50, 20), torch.randn(64, 50)
+    trained = {}
+    for fused in (False, True):
+        weight = torch.nn.Parameter(start.clone())
+        optimizer, scheduler = make_optimizer([weight], 20, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2,
+                                              schedule="cosine", warmup_steps=3, optimizer=kind, fused=fused)
+        assert optimizer.defaults["fused"] is (True if fused else None)
+        for _ in range(20):
+            optimizer.zero_grad()
+            (x @ weight).tanh().square().mean().backward()
+            optimizer.step()
+            scheduler.step()
+        trained[fused] = weight.detach()
+    moved = (trained[False] - start).abs().max()
+    assert moved > 1e-2  # the steps did something, and the same thing both ways:
+    torch.testing.assert_close(trained[True], trained[False], rtol=0, atol=1e-5)
+
+
+def test_the_fused_update_is_the_default_on_the_cpu_only():
+    from snipnb.train import make_optimizer
+
+    recipe = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.0, schedule="constant")
+    on_cpu, _ = make_optimizer(iter([torch.nn.Parameter(torch.zeros(3))]), 10, **recipe)  # a generator, as fit passes
+    assert on_cpu.defaults["fused"] is True and len(on_cpu.param_groups[0]["params"]) == 1
+    elsewhere, _ = make_optimizer([torch.nn.Parameter(torch.zeros(3, device="meta"))], 10, **recipe)
+    assert elsewhere.defaults["fused"] is None  # PyTorch's own default (foreach on a GPU), not False
+
+
 def test_validation_picks_the_checkpoint_without_looking_at_the_test_set(mnist_like):
     train, test = mnist_like
     val = train.subset(torch.arange(40))
