@@ -92,9 +92,10 @@ class BatchStatNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Centred once, and the per-channel factors folded before they meet the feature map: two
-        # full-size ops fewer, which the second-order backward pays again (1.1x a meta-batch on the
+        # full-size ops fewer, which the second-order backward pays again (1.16x a meta-batch on the
         # CPU). Means as sums times 1/n: a mean's backward divides the whole feature map by n, a
-        # sum's only expands, and the scaling stays per channel (1.1x more; benchmarks/RESULTS.md).
+        # sum's only expands, and the scaling stays per channel (1.06x more in medians of CPU time;
+        # benchmarks/RESULTS.md).
         inv_n = x.shape[1] / x.numel()
         centred = x - x.sum((0, 2, 3), keepdim=True) * inv_n
         var = (centred * centred).sum((0, 2, 3), keepdim=True) * inv_n
