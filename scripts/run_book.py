@@ -343,10 +343,13 @@ CHAPTERS = [
             dict(dataset="mnist_rotations", filters=16, inner_steps=1, eval_inner_steps=3, inner_lr=0.4,
                  iterations=9000, eval_every=300, val_episodes=50, seeds=5, progress=False),
             # The notebook's default methods: 8 since SNIP-MAML's random control became two (shuffled SNIP and a
-            # uniform random mask), each as costly as the old one; the costs below were measured with 7.
-            cost=Cost(3 * 135 / 1.5 / 1.06 * 8 / 7, LOADED_CPU,
-                      estimated_from="the 3,000-iteration run of 7 methods and the 1.5x and 1.06x faster "
-                                     "meta-batches since"),
+            # uniform random mask), each as costly as the old one. Estimated first from the 3,000-iteration run of
+            # 7 methods and the faster meta-batches since: 3 x 135 / 1.5 / 1.06 x 8 / 7 = 4 h 51. Its execution at
+            # these settings (2026-12-06, at 9023123) ran twice that: its first 6 runs (ANIL, MAML, BOIL and the
+            # three masked methods, seed 0) took 1,525 to 1,873 s each on one of two workers (median 1,558 s;
+            # the longest spans an 8.5-minute pause for CI; benchmarks and tests beside them at a lower priority),
+            # so 40 runs x 1,558 s / 2 workers.
+            cost=Cost(40 * 1558 / 2 / 60, LOADED_CPU, estimated_from="its first 6 runs at these settings"),
             quick=dict(iterations=20, eval_every=10, val_episodes=10, test_episodes=100, seeds=2),
             quick_cost=Cost(56 / 60 * 8 / 7, QUICK_IDLE, estimated_from="the quick run of 7 methods")),
 ]
