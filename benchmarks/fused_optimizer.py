@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import platform
 import statistics
 import time
 from unittest import mock
@@ -36,6 +35,7 @@ import torch
 import torchvision
 
 from snipnb import data, models, train
+from snipnb.provenance import device_name
 
 
 
@@ -56,14 +56,6 @@ CASES = {  # case: (model, input channels and size, classes, images per class, f
     "resnet18_last_block": (lambda: (torch.manual_seed(0), last_block())[1], (256, 8), 5, 64,
                             dict(batch_size=32, lr=0.05)),
 }
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "cpu"
 
 
 def epoch(model, images, recipe, fused: bool, seed: int) -> tuple[float, float]:
@@ -92,7 +84,7 @@ def main():
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
-    print(f"device: cpu ({_cpu_name()}, {torch.get_num_threads()} threads); torch {torch.__version__}; "
+    print(f"device: {device_name('cpu')}; torch {torch.__version__}; "
           f"{args.repeats} interleaved epochs per variant after one warm-up; load average {os.getloadavg()[0]:.1f}")
     rows = []
     for name in args.cases:
