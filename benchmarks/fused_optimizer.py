@@ -6,7 +6,7 @@ The fused update does it in one pass. Both variants train the same model from th
 weights on the same batches in the same order, one epoch per timing, in turn (interleaved), after one
 warm-up epoch each; only `make_optimizer`'s `fused` differs.
 
-Cases, the chapters' recipes at MNIST's shape (synthetic images, so no data is needed):
+Cases, the chapters' recipes on synthetic images of their inputs' shapes (so no data is needed):
 - `lenet300_100`, SGD with Nesterov momentum, batch 100 (chapters 00, 03 and 04);
 - `mlp1000`, Adam at lr 1e-4, batch 128 (van de Ven's standard Permuted MNIST, chapter 03's
   `03_snip_ewc_permuted_standard`);
@@ -38,10 +38,10 @@ from snipnb import data, models, train
 from snipnb.provenance import device_name
 
 
-
 def last_block() -> torch.nn.Module:
     """ResNet-18's last stage and a 5-class head: what chapters 02 and 05 train, on the frozen stages'
     stored outputs (256 x 8 x 8 at 32 px through the CIFAR stem)."""
+    torch.manual_seed(0)
     resnet = torchvision.models.resnet18()
     return torch.nn.Sequential(resnet.layer4, resnet.avgpool, torch.nn.Flatten(), torch.nn.Linear(512, 5))
 
@@ -53,8 +53,7 @@ CASES = {  # case: (model, input channels and size, classes, images per class, f
                 dict(batch_size=128, lr=1e-4, optimizer="adam", weight_decay=0.0)),
     "simple_convnet": (lambda: models.build("simple_convnet", 10, in_channels=1, image_size=28, seed=0), (1, 28), 10,
                        100, dict(batch_size=32, lr=0.05)),
-    "resnet18_last_block": (lambda: (torch.manual_seed(0), last_block())[1], (256, 8), 5, 64,
-                            dict(batch_size=32, lr=0.05)),
+    "resnet18_last_block": (last_block, (256, 8), 5, 64, dict(batch_size=32, lr=0.05)),
 }
 
 
