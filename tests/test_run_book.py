@@ -124,6 +124,21 @@ def test_refreshing_a_placeholder_changes_no_byte(tmp_path):
     assert b"has not been executed" in first
 
 
+def test_an_unexecuted_page_says_why_in_its_own_chapters_words(tmp_path):
+    # An on-demand chapter that needs only time (MNIST at a long protocol) must not claim it lacks data.
+    standard = run_book.CHAPTERS_BY_NAME["03_snip_ewc_permuted_standard"]
+    cifar = run_book.CHAPTERS_BY_NAME["03_snip_ewc_cifar100"]
+    default = dataclasses.replace(run_book.CHAPTERS_BY_NAME["03_snip_ewc_mnist"], name="zz_unrun")
+    assert run_book.label_unrun([standard, cifar, default], tmp_path) == []
+
+    def banner(chapter):
+        return nbformat.read(tmp_path / f"{chapter.name}.ipynb", as_version=4).cells[1].source
+    assert standard.unexecuted in banner(standard) and "data or compute" not in banner(standard)
+    assert "data or compute" in banner(cifar)
+    assert "has not been run since its notebook was written" in banner(default)
+    assert str(standard.cost) in banner(standard)
+
+
 def test_an_unexecuted_page_is_its_question_under_the_banner_without_empty_result_sections(tmp_path):
     chapter = run_book.CHAPTERS_BY_NAME["01_few_shot_cifar100"]
     run_book.placeholder(chapter, tmp_path, "it needs CIFAR-100")
