@@ -277,8 +277,8 @@ CHAPTERS = [
             # the fused update), which made the update 1.35x faster: 100 x 20 / 1.35 / 2 workers.
             cost=Cost(100 * 20 / 1.35 / 2, "CPU, 2 cores, idle",
                       estimated_from="its training steps' CPU time, not a run at these settings"),
-            unexecuted="at the protocol's budget it takes about half a day on a 2-core CPU, and no machine this "
-                       "project had has yet given it that time (MNIST is all it needs)",
+            unexecuted="MNIST is all it needs, but no machine this project had has yet given it the time its "
+                       "protocol's budget takes on a CPU (below)",
             on_demand=True),
     Chapter("03_snip_ewc_cifar100", "03_snip_ewc",
             "Experiment 3 on Split CIFAR-100: can SNIP saliency replace the Fisher in EWC?",
