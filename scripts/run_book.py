@@ -356,8 +356,14 @@ CHAPTERS = [
             # these settings (2026-12-06, at 9023123) ran twice that: its first 6 runs (ANIL, MAML, BOIL and the
             # three masked methods, seed 0) took 1,525 to 1,873 s each on one of two workers (median 1,558 s;
             # the longest spans an 8.5-minute pause for CI; benchmarks and tests beside them at a lower priority),
-            # so 40 runs x 1,558 s / 2 workers.
-            cost=Cost(40 * 1558 / 2 / 60, LOADED_CPU, estimated_from="its first 6 runs at these settings"),
+            # so 40 runs x 1,558 s / 2 workers = 8 h 39 min. Executed at these settings from 2026-12-06 to 12-07
+            # (its page), at 9023123: its 40 runs' seconds in its table sum to 15.7 h (984 to 1,972 s a run,
+            # median 1,332 s), on one of two workers each. The wall time is no measurement: the execution went on
+            # across three sessions from its committed records, paused for CI and losing the runs in flight at
+            # each stop; CI and tests ran beside some runs. So the cost is the table's run time over two workers.
+            cost=Cost(56508 / 2 / 60, LOADED_CPU,
+                      estimated_from="its 2026-12-07 runs' seconds over two workers (the execution spanned three "
+                                     "sessions)"),
             quick=dict(iterations=20, eval_every=10, val_episodes=10, test_episodes=100, seeds=2),
             quick_cost=Cost(56 / 60 * 8 / 7, QUICK_IDLE, estimated_from="the quick run of 7 methods")),
 ]
