@@ -166,7 +166,9 @@ def render_summary(found) -> str:
               + ", ".join(f"{n} {d}" for d, n in tally.items()) + ".", ""]
     lines += ["```{list-table} Every chapter's primary contrasts: the effect is variant − baseline in the "
               "chapter's metric and unit, mean over seeds, with its family-adjusted (Bonferroni) interval, "
-              "which holds for all of a chapter's contrasts at once; the verdict is Holm's at 5%.",
+              "which holds for all of a chapter's contrasts at once; the verdict is Holm's at 5%, whose steps after "
+              "the first are less strict than Bonferroni's, so a contrast can differ from 0 while its interval "
+              "still reaches 0.",
               ":header-rows: 1", ":name: summary-table", "",
               "* - Chapter", "  - Contrast", "  - Metric", "  - Effect [adjusted CI]", "  - Published",
               "  - Verdict"]
