@@ -362,8 +362,8 @@ CHAPTERS = [
             # across three sessions from its committed records, paused for CI and losing the runs in flight at
             # each stop; CI and tests ran beside some runs. So the cost is the table's run time over two workers.
             cost=Cost(56508 / 2 / 60, LOADED_CPU,
-                      estimated_from="its 2026-12-07 runs' seconds over two workers (the execution spanned three "
-                                     "sessions)"),
+                      estimated_from="its runs' seconds over two workers (the execution spanned three sessions, "
+                                     "2026-12-06 to 12-07)"),
             quick=dict(iterations=20, eval_every=10, val_episodes=10, test_episodes=100, seeds=2),
             quick_cost=Cost(56 / 60 * 8 / 7, QUICK_IDLE, estimated_from="the quick run of 7 methods")),
 ]
