@@ -31,9 +31,9 @@ each default chapter at the tiny budget `Chapter.quick` gives it, on the real da
 An execution of the book's chapters can outlive the machine it started on: while a chapter runs, the
 records its `results_dir` holds from the current library code are written every few minutes
 (`$SNIPNB_CHECKPOINT_MINUTES`, default 10) to `book/data/unfinished/<chapter>.csv.gz`, a run table
-like the published ones. Commit it, and a later execution of the chapter, on any machine, puts those
-records back before it starts and trains only the runs they lack. The table goes once the chapter's
-own is published.
+like the published ones. Commit it, and a later execution of the chapter, on any machine that runs
+at the same precision (bf16 where the device has it natively, else fp32), puts those records back
+before it starts and trains only the runs they lack. The table goes once the chapter's own is published.
 """
 
 from __future__ import annotations
@@ -682,24 +682,38 @@ def save_unfinished(chapter: Chapter, parameters: dict) -> int:
 
 def restore_unfinished(chapter: Chapter, parameters: dict) -> int:
     """Put back the records of the chapter's unfinished table that its results_dir lacks; return how
-    many. A table of another library code's runs restores nothing: those would not be reused."""
+    many. A table of another library code's runs restores nothing: those would not be reused. Nor
+    does one made at another precision than this machine's (`provenance.precision_of`): a chapter
+    resumed on a CPU without native bf16 would otherwise mix fp32 runs into bf16 ones unseen."""
     path = unfinished_path(chapter)
     if not path.exists():
         return 0
     results_dir, code = results_dir_of(chapter, parameters), provenance.source_hash()
+    here = provenance.precision_of(provenance.device_name())
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
     try:
         stored = runs.records(path)
     except ValueError as error:
         raise SystemExit(f"{chapter.name}: {error}") from None
-    missing = [(folder, record) for folder, record in stored if record["code"] == code
-               and not (results_dir / folder / f"{record['id']}.json").exists()]
+
+    def elsewhere(record: dict) -> bool:  # a record naming no device cannot be told apart: kept
+        made = provenance.precision_of(record.get("device"))
+        return made is not None and made != here
+
+    ours = [(folder, record) for folder, record in stored if record["code"] == code and not elsewhere(record)]
+    missing = [(folder, record) for folder, record in ours if not (results_dir / folder / f"{record['id']}.json").exists()]
     for folder, record in missing:
         sweep.save_record(results_dir / folder, record)
-    if len(missing) < len(stored):
-        other = sum(record["code"] != code for _, record in stored)
-        if other:
-            print(f"   {chapter.name}: {other} runs in {path.relative_to(ROOT)} were made by other library code "
-                  f"than this ({code}); not put back")
+    other = sum(record["code"] != code for _, record in stored)
+    if other:
+        print(f"   {chapter.name}: {other} runs in {shown} were made by other library code "
+              f"than this ({code}); not put back")
+    set_aside = [record for _, record in stored if record["code"] == code and elsewhere(record)]
+    if set_aside:
+        made_on = "; ".join(sorted({record["device"] for record in set_aside}))
+        print(f"   {chapter.name}: {len(set_aside)} runs in {shown} were made at another precision "
+              f"({made_on}) than this machine's ({here}); not put back: resume on such a machine, "
+              f"or remove the table to start over here")
     return len(missing)
 
 

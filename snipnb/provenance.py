@@ -81,6 +81,15 @@ def device_name(device=None) -> str:
     return f"{device.type} ({precision})"
 
 
+def precision_of(name: str | None) -> str | None:
+    """The precision part of a `device_name` ('bf16 evaluation', 'bf16 training and evaluation',
+    'fp32'), or None for a record that names no device. Runs that differ in it are different
+    experiments (a CPU with native bf16 also pretrains its sources in bf16), not repeats."""
+    if not name:
+        return None
+    return name.rsplit("(", 1)[-1].rstrip(")").rsplit("; ", 1)[-1]
+
+
 def describe(device=None) -> str:
     """One line for the top of a chapter: commit, code hash, versions and device."""
     v = code_version()

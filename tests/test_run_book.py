@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib.util
+import json
 import pathlib
 import shutil
 import sys
@@ -528,3 +529,48 @@ def test_an_unfinished_execution_resumes_from_its_committed_table_on_another_mac
     assert run_book.restore_unfinished(chapter, parameters) == 3
     assert {p.name: p.read_bytes() for p in (results / "mnist").glob("*.json")} == saved
     assert run_book.restore_unfinished(chapter, parameters) == 0  # what is there is kept, not written again
+
+
+def test_an_unfinished_table_made_at_another_precision_is_not_mixed_into_this_machines_runs(tmp_path, monkeypatch, capsys):
+    # A session may land on a CPU without native bf16: its fp32 runs (and fp32-pretrained sources)
+    # must not join a chapter whose other runs were made in bf16, nor the other way round.
+    from snipnb import provenance, sweep
+
+    monkeypatch.setattr(run_book, "UNFINISHED", tmp_path / "unfinished")
+    (tmp_path / "unfinished").mkdir()
+    chapter = run_book.Chapter("zz_test", "00_snip_mnist", "test")
+    parameters = {"results_dir": str(tmp_path / "results")}
+    results = pathlib.Path(parameters["results_dir"])
+
+    @dataclasses.dataclass(frozen=True)
+    class Toy:
+        seed: int
+
+    made_on = {0: "cpu (x86_64, 1 threads; bf16 evaluation)", 1: "cpu (x86_64, 2 threads; bf16 evaluation)",
+               2: "cpu (x86_64, 2 threads; fp32)", 3: "NVIDIA H100 80GB HBM3 (bf16 training and evaluation)", 4: None}
+    for seed, device in made_on.items():
+        sweep.write_record(results / "mnist", Toy(seed), {"acc": seed}, 1.0, device=device)
+    assert run_book.save_unfinished(chapter, parameters) == 5
+    shutil.rmtree(results)
+
+    monkeypatch.setattr(provenance, "device_name", lambda device=None: "cpu (x86_64, 2 threads; bf16 evaluation)")
+    assert run_book.restore_unfinished(chapter, parameters) == 3  # the thread count is no precision; no name, no claim
+    back = {json.loads(p.read_text())["config"]["seed"] for p in (results / "mnist").glob("*.json")}
+    assert back == {0, 1, 4}
+    said = capsys.readouterr().out
+    assert "2 runs" in said and "another precision" in said and "(bf16 evaluation)" in said
+
+    shutil.rmtree(results)
+    monkeypatch.setattr(provenance, "device_name", lambda device=None: "cpu (x86_64, 2 threads; fp32)")
+    assert run_book.restore_unfinished(chapter, parameters) == 2  # the fp32 run, and the one naming no device
+
+
+def test_precision_of_reads_the_precision_a_device_name_states():
+    from snipnb import provenance
+
+    assert provenance.precision_of("cpu (x86_64, 2 threads; bf16 evaluation)") == "bf16 evaluation"
+    assert provenance.precision_of("cpu (aarch64, 1 threads; fp32)") == "fp32"
+    assert provenance.precision_of("NVIDIA A100-SXM4-40GB (bf16 training and evaluation)") == "bf16 training and evaluation"
+    assert provenance.precision_of("mps (fp32)") == "fp32"
+    assert provenance.precision_of(None) is None
+    assert provenance.precision_of(provenance.device_name("cpu")) in ("fp32", "bf16 evaluation")
