@@ -503,21 +503,25 @@ def test_banners_labels_a_page_whose_notebook_changed_and_runs_nothing(tiny, tmp
         run_book.main(["--banners", "--only", "tiny"])
 
 
+@dataclasses.dataclass(frozen=True)
+class Toy:  # a run's config, for the unfinished-table tests
+    seed: int
+
+
+def unfinished_chapter(tmp_path, monkeypatch):
+    """A chapter whose unfinished table and results_dir live in `tmp_path`: (chapter, parameters, results)."""
+    monkeypatch.setattr(run_book, "UNFINISHED", tmp_path / "unfinished")
+    (tmp_path / "unfinished").mkdir()
+    parameters = {"results_dir": str(tmp_path / "results")}
+    return run_book.Chapter("zz_test", "00_snip_mnist", "test"), parameters, pathlib.Path(parameters["results_dir"])
+
+
 def test_an_unfinished_execution_resumes_from_its_committed_table_on_another_machine(tmp_path, monkeypatch):
     # Background runs end with the session and a later session may start on a fresh machine with an
     # empty results/: only what is committed survives, so the records so far must travel in git.
     from snipnb import provenance, sweep
 
-    monkeypatch.setattr(run_book, "UNFINISHED", tmp_path / "unfinished")
-    (tmp_path / "unfinished").mkdir()
-    chapter = run_book.Chapter("zz_test", "00_snip_mnist", "test")
-    parameters = {"results_dir": str(tmp_path / "results")}
-    results = pathlib.Path(parameters["results_dir"])
-
-    @dataclasses.dataclass(frozen=True)
-    class Toy:
-        seed: int
-
+    chapter, parameters, results = unfinished_chapter(tmp_path, monkeypatch)
     ours = [sweep.write_record(results / "mnist", Toy(seed), {"acc": 0.5 + seed}, 1.0) for seed in range(3)]
     other = sweep.make_record(Toy(9), {"acc": 0.1}, 1.0, code={**provenance.code_version(), "code": "0" * 16})
     sweep.save_record(results / "mnist", other)
@@ -536,16 +540,7 @@ def test_an_unfinished_table_made_at_another_precision_is_not_mixed_into_this_ma
     # must not join a chapter whose other runs were made in bf16, nor the other way round.
     from snipnb import provenance, sweep
 
-    monkeypatch.setattr(run_book, "UNFINISHED", tmp_path / "unfinished")
-    (tmp_path / "unfinished").mkdir()
-    chapter = run_book.Chapter("zz_test", "00_snip_mnist", "test")
-    parameters = {"results_dir": str(tmp_path / "results")}
-    results = pathlib.Path(parameters["results_dir"])
-
-    @dataclasses.dataclass(frozen=True)
-    class Toy:
-        seed: int
-
+    chapter, parameters, results = unfinished_chapter(tmp_path, monkeypatch)
     made_on = {0: "cpu (x86_64, 1 threads; bf16 evaluation)", 1: "cpu (x86_64, 2 threads; bf16 evaluation)",
                2: "cpu (x86_64, 2 threads; fp32)", 3: "NVIDIA H100 80GB HBM3 (bf16 training and evaluation)", 4: None}
     for seed, device in made_on.items():
