@@ -700,15 +700,20 @@ def restore_unfinished(chapter: Chapter, parameters: dict) -> int:
         made = provenance.precision_of(record.get("device"))
         return made is not None and made != here
 
-    ours = [(folder, record) for folder, record in stored if record["code"] == code and not elsewhere(record)]
+    ours, other, set_aside = [], 0, []
+    for folder, record in stored:
+        if record["code"] != code:
+            other += 1
+        elif elsewhere(record):
+            set_aside.append(record)
+        else:
+            ours.append((folder, record))
     missing = [(folder, record) for folder, record in ours if not (results_dir / folder / f"{record['id']}.json").exists()]
     for folder, record in missing:
         sweep.save_record(results_dir / folder, record)
-    other = sum(record["code"] != code for _, record in stored)
     if other:
         print(f"   {chapter.name}: {other} runs in {shown} were made by other library code "
               f"than this ({code}); not put back")
-    set_aside = [record for _, record in stored if record["code"] == code and elsewhere(record)]
     if set_aside:
         made_on = "; ".join(sorted({record["device"] for record in set_aside}))
         print(f"   {chapter.name}: {len(set_aside)} runs in {shown} were made at another precision "
