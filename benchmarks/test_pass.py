@@ -200,9 +200,10 @@ def main():
     load_after = os.getloadavg()[0]
     from snipnb.provenance import device_name
 
+    bf16_peak = (f"{peaks['bf16']:.0f} GFLOP/s (2048² matmul)" if native
+                 else f"{peaks['bf16']:.2f} GFLOP/s (not native: emulated, 512² matmul)")
     print(f"device: {device_name('cpu')}, 1 thread per process; torch {torch.__version__}; {_data()[2]}; "
-          f"peak on one core: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.{0 if native else 2}f} GFLOP/s"
-          f"{'' if native else ' (not native: emulated, 512² matmul)'} (2048² matmul); "
+          f"peak on one core: fp32 {peaks['fp32']:.0f} GFLOP/s (2048² matmul), bf16 {bf16_peak}; "
           f"{args.repeats} interleaved repeats, each in a fresh process; load average {load_before:.1f} before, "
           f"{load_after:.1f} after")
     print("| model | job | variant | batch | allocator | precision | CPU s min | CPU s median | of which kernel | "
