@@ -886,6 +886,12 @@ def list_chapters(chapters: list[Chapter]) -> None:
           + (f"; estimated, not measured, for {', '.join(estimated)}" if estimated else "")
           + (f"; --quick ≈ {duration(sum(quick))}" if quick else "")
           + (f" for the {len(quick)} of {len(default)} measured" if quick and len(quick) < len(default) else ""))
+    here = provenance.device_name()
+    if here.startswith("cpu (") and provenance.precision_of(here) == "fp32":
+        print(f"\nThis machine runs the library in fp32 ({here}); the costs above were measured on CPUs with native "
+              "bf16 (AVX512-BF16 or AMX). Here chapters 02 and 05 pretrain their sources about 6x slower an image and "
+              "train their runs in fp32, so they take several times their listed cost (benchmarks/RESULTS.md, "
+              "\"The same on a CPU without native bf16\").")
     print("\nParameters each chapter sets (beside its notebook's defaults; --quick sets its own over them):")
     for c in chapters:
         print(f"  {c.name}: {c.parameters}" + (f"\n  {'':{len(c.name)}}  --quick: {c.quick}" if c.quick else ""))
