@@ -61,7 +61,7 @@ from traitlets.config import Config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from snipnb import provenance, runs, sweep  # noqa: E402
+from snipnb import devices, provenance, runs, sweep  # noqa: E402
 from snipnb.notebook import assigned, unknown_parameters  # noqa: E402
 from snipnb.sweep import MANIFEST_ENV, REPLAY_ENV  # noqa: E402
 
@@ -880,15 +880,15 @@ def list_chapters(chapters: list[Chapter]) -> None:
     default = [c for c in chapters if not c.on_demand]
     total = sum(c.cost.minutes or 0 for c in default)
     quick = [c.quick_cost.minutes for c in default if c.quick_cost is not None and c.quick_cost.minutes is not None]
-    devices = sorted({c.cost.device for c in default})
+    measured_on = sorted({c.cost.device for c in default})
     estimated = [c.name for c in default if c.cost.estimated_from]
-    print(f"\n{len(default)} default chapters: ≈ {duration(total)} one after the other ({'; '.join(devices)})"
+    print(f"\n{len(default)} default chapters: ≈ {duration(total)} one after the other ({'; '.join(measured_on)})"
           + (f"; estimated, not measured, for {', '.join(estimated)}" if estimated else "")
           + (f"; --quick ≈ {duration(sum(quick))}" if quick else "")
           + (f" for the {len(quick)} of {len(default)} measured" if quick and len(quick) < len(default) else ""))
-    here = provenance.device_name()
-    if here.startswith("cpu (") and provenance.precision_of(here) == "fp32":
-        print(f"\nThis machine runs the library in fp32 ({here}); the costs above were measured on CPUs with native "
+    here = devices.default_device()
+    if here.type == "cpu" and not devices.bf16_native(here):
+        print(f"\nThis machine runs the library in fp32 ({provenance.device_name(here)}); the costs above were measured on CPUs with native "
               "bf16 (AVX512-BF16 or AMX). Here chapters 02 and 05 pretrain their sources about 6x slower an image and "
               "train their runs in fp32, so they take several times their listed cost (benchmarks/RESULTS.md, "
               "\"The same on a CPU without native bf16\").")
