@@ -175,15 +175,16 @@ def test_list_has_a_header_aligned_columns_the_books_order_and_a_total(capsys):
 @pytest.mark.parametrize("device, native, warned", [("cpu", False, True), ("cpu", True, False), ("mps", False, False)])
 def test_list_warns_that_a_cpu_without_native_bf16_takes_longer_than_the_costs_it_lists(capsys, monkeypatch,
                                                                                        device, native, warned):
-    # The costs were measured with native bf16; a CPU without it pretrains chapter 02's and 05's sources
-    # about 6x slower, and a reader planning a run on such a laptop should learn it before, not hours in.
+    # The costs were measured with native bf16; a CPU without it runs every chapter slower and pretrains
+    # chapter 02's and 05's sources about 6x slower, and a reader planning a run on such a laptop should
+    # learn it before, not hours in.
     monkeypatch.setattr(run_book.devices, "default_device", lambda: run_book.devices.torch.device(device))
     monkeypatch.setattr(run_book.devices, "bf16_native", lambda _: native)
     assert run_book.main(["--list"]) == 0
     out = capsys.readouterr().out
     assert ("runs the library in fp32" in out) == warned
     if warned:
-        assert "threads; fp32)" in out and "several times their listed cost" in out
+        assert "threads; fp32)" in out and "every chapter takes longer" in out and "several times their listed cost" in out
 
 
 def test_an_estimated_cost_says_so_and_from_what():
