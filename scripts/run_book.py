@@ -892,7 +892,7 @@ def list_chapters(chapters: list[Chapter]) -> None:
         # training epoch 1.6-2.1x, a test pass 2.9x, chapter 05's fp32 runs 2.4-2.5x, a source 6x an image.
         print(f"\nThis machine runs the library in fp32 ({provenance.device_name(here)}); the costs above were measured on CPUs with native "
               "bf16 (AVX512-BF16 or AMX), and every chapter takes longer here: on a CPU with AVX2 only, training took about "
-              "2x and testing about 3x as long. Chapters 02 and 05 also pretrain their sources about 6x slower an image, "
+              "2-2.5x and testing about 3x as long. Chapters 02 and 05 also pretrain their sources about 6x slower an image, "
               "so they take several times their listed cost (benchmarks/RESULTS.md, "
               "\"The same on a CPU without native bf16\").")
     print("\nParameters each chapter sets (beside its notebook's defaults; --quick sets its own over them):")
