@@ -889,11 +889,13 @@ def list_chapters(chapters: list[Chapter]) -> None:
     here = devices.default_device()
     if here.type == "cpu" and not devices.bf16_native(here):
         # Measured on a 2-core AVX2 EPYC against the machines with native bf16 (benchmarks/RESULTS.md): a
-        # training epoch 1.6-2.1x, a test pass 2.9x, chapter 05's fp32 runs 2.4-2.5x, a source 6x an image.
-        print(f"\nThis machine runs the library in fp32 ({provenance.device_name(here)}); the costs above were measured on CPUs with native "
-              "bf16 (AVX512-BF16 or AMX), and every chapter takes longer here: on a CPU with AVX2 only, training took about "
-              "2-2.5x and testing about 3x as long. Chapters 02 and 05 also pretrain their sources about 6x slower an image, "
-              "so they take several times their listed cost (benchmarks/RESULTS.md, "
+        # training epoch 1.6-2.1x, a test pass 2.9x, chapter 05's fp32 runs 2.4-2.9x (SNOW's 1.6-2.4x), a
+        # source 6x an image. A faster CPU with more cores may not be slower, hence "on as many cores".
+        print(f"\nThis machine runs the library in fp32 ({provenance.device_name(here)}); the costs above were "
+              "measured on 2 cores of CPUs with native bf16 (AVX512-BF16 or AMX), and without it every chapter takes "
+              "longer on as many cores: on 2 cores with AVX2 only, training took about 2-2.5x and testing about 3x "
+              "as long. Chapters 02 and 05 also pretrain their sources about 6x slower an image, so they take "
+              "several times their listed cost (benchmarks/RESULTS.md, "
               "\"The same on a CPU without native bf16\").")
     print("\nParameters each chapter sets (beside its notebook's defaults; --quick sets its own over them):")
     for c in chapters:
