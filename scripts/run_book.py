@@ -331,6 +331,10 @@ CHAPTERS = [
     Chapter("05_snow_uci_digits", "05_snow",
             "SNOW on the UCI digits from a ResNet-18 pretrained on MNIST: channel pooling against fine-tuning",
             dict(source="mnist", target="uci_digits", source_epochs=1, ks=[5], focus_k=5, **SNOW_CPU),
+            # Executed at these settings on 2026-12-07 on the AVX2-only EPYC (no native bf16: sources and runs in
+            # fp32), across sessions: its 135 records hold 6.1 run-hours (3.1 h with two workers) and its seven
+            # sources took 35-40 min each, about 7.5 h in all there; not a cost for the CPUs with native bf16
+            # the listing is for, so the estimate stays.
             cost=Cost(2711 / 60 + 2 * (150 + 46 + 32 + 15) / 2 / 60 + 24, LOADED_CPU,
                       estimated_from="the run without the budget check, with its search on the reported seeds, and "
                                      "its runs' records"),
