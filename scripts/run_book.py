@@ -673,11 +673,19 @@ def own_records(results_dir: pathlib.Path) -> list[tuple[str, dict]]:
     return found
 
 
-def save_unfinished(chapter: Chapter, parameters: dict) -> int:
-    """Write the chapter's records so far (`own_records`) to its unfinished table; return how many."""
-    found = own_records(results_dir_of(chapter, parameters))
+def save_unfinished(chapter: Chapter, parameters: dict, manifest: pathlib.Path | None = None) -> int:
+    """Write the chapter's records so far (`own_records`) to its unfinished table; return how many.
+    Chapters of one notebook share its results_dir (05's two pairs, 02's, 03's), so with the execution's
+    `manifest` only the folders its sweeps started are the chapter's, and those its table already holds
+    (runs put back whose sweeps have not started again yet)."""
+    results_dir, path = results_dir_of(chapter, parameters), unfinished_path(chapter)
+    found = own_records(results_dir)
+    if manifest is not None:
+        ours = {(ROOT / sweep["folder"]).resolve() for sweep in runs.sweeps_started(manifest)}
+        if path.exists():
+            ours |= {(results_dir / folder).resolve() for folder, _ in runs.records(path)}
+        found = [(folder, record) for folder, record in found if (results_dir / folder).resolve() in ours]
     if found:
-        path = unfinished_path(chapter)
         tmp = path.with_name(f".{path.name}.tmp")
         runs.write_table(tmp, found)
         os.replace(tmp, path)  # a commit made meanwhile never takes half a table
@@ -765,9 +773,10 @@ def run(chapter: Chapter, out: pathlib.Path, parameters: dict, log_output: bool,
         restored = restore_unfinished(chapter, parameters)
         if restored:
             print(f"   {chapter.name}: {restored} runs put back from {unfinished_path(chapter).relative_to(ROOT)}")
-        checkpoint = lambda: save_unfinished(chapter, parameters)  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
         executed, manifest = pathlib.Path(tmp) / target.name, pathlib.Path(tmp) / "manifest.jsonl"
+        if resumable:
+            checkpoint = lambda: save_unfinished(chapter, parameters, manifest)  # noqa: E731
         progress = Progress(chapter.name, manifest, checkpoint=checkpoint,
                             checkpoint_every=60 * float(os.environ.get("SNIPNB_CHECKPOINT_MINUTES", 10)))
         progress.start()

@@ -550,6 +550,29 @@ def test_an_unfinished_execution_resumes_from_its_committed_table_on_another_mac
     assert run_book.restore_unfinished(chapter, parameters) == 0  # what is there is kept, not written again
 
 
+def test_an_unfinished_table_holds_only_its_chapters_folders_when_two_chapters_share_a_results_dir(tmp_path, monkeypatch):
+    # Chapter 05's two pairs run one notebook into one results_dir: executed one after the other, the
+    # second pair's table took the first pair's 135 runs as its own.
+    from snipnb import runs, sweep
+
+    chapter, parameters, results = unfinished_chapter(tmp_path, monkeypatch)
+    for seed in range(3):
+        sweep.write_record(results / "uci", Toy(seed), {"acc": seed}, 1.0)  # the other chapter's, finished
+    put_back = sweep.write_record(results / "five" / "search", Toy(7), {"acc": 7}, 1.0)
+    sweep.write_record(results / "five", Toy(8), {"acc": 8}, 1.0)
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text(json.dumps({"folder": str(results / "five"), "total": 2, "todo": []}) + "\n")
+    table = run_book.unfinished_path(chapter)
+
+    assert run_book.save_unfinished(chapter, parameters, manifest) == 1  # only the sweep this execution started
+    assert {folder for folder, _ in runs.records(table)} == {"five"}
+    # A run put back from the chapter's table stays in it while its sweep has not started again.
+    runs.write_table(table, [("five/search", json.loads(put_back.read_text()))])
+    assert run_book.save_unfinished(chapter, parameters, manifest) == 2
+    assert {folder for folder, _ in runs.records(table)} == {"five", "five/search"}
+    assert run_book.save_unfinished(chapter, parameters) == 5  # without a manifest: every record of this code
+
+
 def test_an_unfinished_table_made_at_another_precision_is_not_mixed_into_this_machines_runs(tmp_path, monkeypatch, capsys):
     # A session may land on a CPU without native bf16: its fp32 runs (and fp32-pretrained sources)
     # must not join a chapter whose other runs were made in bf16, nor the other way round.
