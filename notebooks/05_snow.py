@@ -96,7 +96,10 @@ ks = [None]  # images per class of the target's training split; None: all of it
 seeds = 5
 epochs = 30  # few-shot runs
 full_epochs = None  # runs on the whole training split; None: epochs
-budget_epochs = 0  # the budget check: the grid's runs at focus_k trained again this long (> epochs), all seeds; 0: none
+budget_epochs = None  # the budget check: the grid's runs at focus_k trained again this long (> epochs), all seeds;
+# or a list of increasing budgets, a ladder: the first trains every method again, each next one only the methods the
+# step before it found still gaining on validation (needs val_per_class); None: no check
+budget_note = ""  # how the budget or its ladder was chosen, where that was outside this notebook (shown under Limits)
 batch_size = 64
 lrs = {"snow": 0.1, "ft": 0.01, "fe": 0.01, "fo": 0.1}  # the learning rate of each method
 lr_candidates = {}  # method -> rates: choose its rate among them on validation (needs val_per_class); {}: lrs as given
@@ -139,7 +142,7 @@ if os.environ.get("SNIPNB_SMOKE"):
     workers = 1  # one process: starting workers would cost more than these seconds of runs
     source, target, models, image_size, source_epochs = "synthetic:0-4", "synthetic:5-9", ["resnet18"], 32, 1
     ks, seeds, epochs, eval_every, test_per_class = [2], 2, 2, 1, 10  # seed 10 000 searches, 0 and 1 check the budget
-    budget_epochs = 3
+    budget_epochs = [3, 4]  # a ladder: 4 trains only what still gained at 3
     ablate_m, ablate_sigma, ablate_width_divisor, serving_tasks, timing_batch = [4], [0.0], [16], [1, 2], 8
     val_per_class, lr_candidates, lr_seeds, source_per_seed = 2, {"fo": [0.05, 0.1]}, 1, True
     results_dir = tempfile.mkdtemp()
@@ -159,7 +162,7 @@ from snipnb.cluster import cluster_executor
 from snipnb.contrasts import Contrast, check_contrasts
 from snipnb.notebook import check_parameters, pick
 from snipnb.report import answer, late_gain_table, seed_span, table
-from snipnb.sweep import run_sweep
+from snipnb.sweep import config_id, run_sweep
 from snipnb.train import default_device
 
 check_parameters()
@@ -170,10 +173,13 @@ checks.integer("lr_seeds", lr_seeds, 1)
 checks.integer("lr_extensions", lr_extensions, 0)
 checks.integer("seeds", seeds, 1)
 checks.integer("epochs", epochs, 1)
-checks.integer("budget_epochs", budget_epochs, 0)
-if budget_epochs and seeds < 2:
+ladder = checks.budgets("budget_epochs", budget_epochs)
+if ladder and seeds < 2:
     raise ValueError(f"budget_epochs={budget_epochs} needs seeds >= 2: the budget check pairs the grid's runs at "
                      f"focus_k with the same seeds trained longer, and one pair has no interval")
+if len(ladder) > 1 and val_per_class is None:
+    raise ValueError(f"budget_epochs={budget_epochs}: a ladder decides which methods train longer on validation "
+                     f"images held out of the training split (val_per_class), never on the test split")
 # Far above any grid's seeds: a search run on a reported seed at the chosen rate is that seed's grid run (one config
 # id), read at the rate it won on its own validation accuracy; seeds right after the reported ones would become
 # reported seeds as soon as a later execution raised `seeds`.
@@ -208,14 +214,13 @@ def make_runs(lrs):
     at_seed = functools.partial(pretrained.at_seed, source_per_seed=source_per_seed)
     seed_setting_runs = ([at_seed(seed_setting, s) for s in range(seeds)]
                          if compare_seed_setting and seed_setting != base else [])
-    budget_runs = ([dataclasses.replace(r, epochs=budget_epochs) for r in runs
-                    if r.k == focus_k] if budget_epochs else [])
+    budget_runs = [dataclasses.replace(r, epochs=ladder[0]) for r in runs if r.k == focus_k] if ladder else []
     return runs, base, list(dict.fromkeys(runs + [at_seed(base, s) for s in range(seeds)]
                                           + ablation_runs + seed_setting_runs + budget_runs))
 
 
 runs, base, all_runs = make_runs(lrs)
-if budget_epochs and budget_epochs <= base.epochs:
+if ladder and ladder[0] <= base.epochs:
     raise ValueError(f"budget_epochs={budget_epochs} must be more than the {base.epochs} epochs the grid trains at "
                      f"focus_k={focus_k}: the budget check asks what a longer budget changes")
 
@@ -251,7 +256,7 @@ display(Markdown(
     f"{image_size} px through the {stem} stem (the last stage sees {side}×{side}); k ∈ "
     f"{{{', '.join(k_label(k) for k in ks)}}} images per class; {seeds} seeds; {len(runs)} runs of {len(methods)} "
     f"methods (SNOW with channels {', '.join(selections)}), "
-    f"{len(all_runs) - len(runs)} more for the ablations{' and the budget check' * bool(budget_epochs)} at k = "
+    f"{len(all_runs) - len(runs)} more for the ablations{' and the budget check' * bool(ladder)} at k = "
     f"{k_label(focus_k)}; {epochs} epochs for few-shot "
     f"runs{whole_split}, batch {batch_size}, learning rates {rates}; SNOW with "
     f"M = {'N/' + str(width_divisor) if m is None else m}, width divisor {width_divisor}, σ = {sigma} "
@@ -267,17 +272,19 @@ display(Markdown(
 # a difference test: "as well as" would need an equivalence margin, which the paper does not give),
 # SNOW·SNIP − SNOW (does choosing the channels by SNIP beat learning them?) and SNOW·SNIP −
 # SNOW·random (does SNIP's choice beat a random one?). Tested together with Holm's correction; every
-# other interval below is exploratory and uncorrected.
+# other interval below is exploratory and uncorrected. With a budget ladder (`budget_epochs` a list),
+# a contrast with a side whose validation accuracy settled at a longer budget than the grid's is also
+# tested with each side at its settled budget, in the same family: the comparison at convergence.
 
 # %% tags=["hide-input"]
 SNOW_SIDES = {"SNOW": {"method": "snow", "selection": "learned"}, "SNOW·SNIP": {"method": "snow", "selection": "snip"},
               "SNOW·random": {"method": "snow", "selection": "random"}, "FT": {"method": "ft"}}
 present = {name for name, side in SNOW_SIDES.items()
            if side["method"] in methods and side.get("selection", selections[0]) in selections}
+DECLARED = [(model, a, b) for model in models
+            for a, b in (("SNOW", "FT"), ("SNOW·SNIP", "SNOW"), ("SNOW·SNIP", "SNOW·random")) if {a, b} <= present]
 PRIMARY = [Contrast(f"{model}, k = {k_label(focus_k)}: {a} − {b}", "final_acc", SNOW_SIDES[a], SNOW_SIDES[b],
-                    within={"model": model, "k": focus_k})
-           for model in models for a, b in (("SNOW", "FT"), ("SNOW·SNIP", "SNOW"), ("SNOW·SNIP", "SNOW·random"))
-           if {a, b} <= present]
+                    within={"model": model, "k": focus_k}) for model, a, b in DECLARED]
 if PRIMARY:
     check_contrasts(PRIMARY, runs)
     display(table(pd.DataFrame({"contrast": [c.name for c in PRIMARY]}),
@@ -370,9 +377,38 @@ else:
 # ## Run
 
 # %% tags=["hide-input"]
-results = run_sweep(functools.partial(snowrun.run_snow, device=run_device), all_runs, folder, workers=workers,
-                    shard=shard, executor=executor, device=functools.partial(provenance.device_name, run_device),
-                    progress=False, reuse=reuse)
+sweep_runs = functools.partial(run_sweep, functools.partial(snowrun.run_snow, device=run_device), folder=folder,
+                               workers=workers, shard=shard, executor=executor, progress=False, reuse=reuse,
+                               device=functools.partial(provenance.device_name, run_device))
+results = sweep_runs(all_runs)
+NAMES = {"ft": "FT", "fe": "FE", "fo": "FO"}
+SELECTION_NAMES = {"learned": "SNOW", "snip": "SNOW·SNIP", "random": "SNOW·random"}
+
+
+def variant_of(method, selection):
+    return SELECTION_NAMES[selection] if method == "snow" else NAMES[method]
+
+
+# The budget ladder: each budget after the first trains again only the focus runs of the methods whose last step
+# (the grid's epochs to the first budget, then from budget to budget) gained on validation.
+trained_at = {base.epochs: [r for r in runs if r.k == focus_k]}
+if ladder:
+    trained_at[ladder[0]] = [dataclasses.replace(r, epochs=ladder[0]) for r in trained_at[base.epochs]]
+steps_of = [base.epochs] + ladder
+for shorter, longer, next_budget in zip(steps_of, steps_of[1:], steps_of[2:]):
+    ids = {config_id(r) for length in (shorter, longer) for r in trained_at[length]}
+    step_runs = results[results.id.isin(ids)]
+    if len(step_runs) < len(ids):  # a shard's run: the ladder waits for every result of the step before it
+        break
+    step = stats.budget_steps(step_runs.assign(variant=[variant_of(*ms) for ms in zip(step_runs.method,
+                                                                                           step_runs.selection)]),
+                              "val_acc", [shorter, longer], group=["model", "variant"])
+    still_gaining = set(zip(step.model[step.ci_low > 0], step.variant[step.ci_low > 0]))
+    trained_at[next_budget] = [dataclasses.replace(r, epochs=next_budget) for r in trained_at[longer]
+                               if (r.model, variant_of(r.method, r.selection)) in still_gaining]
+    if not trained_at[next_budget]:
+        break
+    results = pd.concat([results, sweep_runs(trained_at[next_budget])], ignore_index=True)
 # Timed one at a time: runs timed side by side would slow each other down.
 serving = run_sweep(functools.partial(snowrun.run_serving, device=run_device), serving_runs, f"{folder}/serving",
                     shard=shard, executor=executor, device=functools.partial(provenance.device_name, run_device),
@@ -381,12 +417,9 @@ results["shots"] = pd.Categorical(results.k.map(k_label), [k_label(k) for k in k
 results["m"] = results.m.map(lambda v: "N/d" if v is None or v != v else ",".join(map(str, v))
                              if isinstance(v, list) else str(int(v)))
 chapter_m = "N/d" if m is None else ",".join(map(str, m)) if isinstance(m, (list, tuple)) else str(m)
-NAMES = {"ft": "FT", "fe": "FE", "fo": "FO"}
-SELECTION_NAMES = {"learned": "SNOW", "snip": "SNOW·SNIP", "random": "SNOW·random"}
-results["variant"] = [SELECTION_NAMES[s] if method == "snow" else NAMES[method]
-                      for method, s in zip(results.method, results.selection)]
+results["variant"] = [variant_of(method, s) for method, s in zip(results.method, results.selection)]
 # The budget check's runs are the grid's at focus_k trained longer: kept apart, every other table is the grid's.
-is_budget = (results.epochs == budget_epochs) & (results.shots == k_label(focus_k))
+is_budget = results.epochs.isin(ladder) & (results.shots == k_label(focus_k))
 budget, results = results[is_budget], results[~is_budget]
 
 
@@ -430,24 +463,51 @@ late = (stats.late_gain(transfer.curves(at_focus, which), ["model", "variant"], 
 rising = [] if late is None else [f"{r.variant} ({r.model})" for r in late.itertuples() if r.reading == "still rising"]
 # Under the cosine schedule the rate reaches 0 at the end, so a method stopped early need not rise late: the
 # budget check says it instead. A method that gains at `budget_epochs` had not converged at the grid's epochs.
+steps, settled = None, pd.DataFrame(columns=["model", "variant", "budget", "settled"])
 gained = None
 if len(budget):
     judged_on = "val_acc" if which == "val" else "final_acc"
-    both = pd.concat([at_focus[at_focus.seed.isin(set(budget.seed))].assign(budget=base.epochs),
-                      budget.assign(budget=budget_epochs)])
-    gained = stats.paired_difference(both, judged_on, baseline={"budget": base.epochs}, variant=["budget"],
-                                     pair_on=["seed"], group=["model", "variant"])
+    both = pd.concat([at_focus[at_focus.seed.isin(set(budget.seed))], budget])
+    steps = stats.budget_steps(both, judged_on, [base.epochs] + ladder, group=["model", "variant"])
+    gained = steps[steps["from"] == base.epochs]
+    if which == "val":  # a budget is settled on validation only: on test it would be a choice made on the test split
+        settled = stats.settled_budgets(steps, base.epochs)
 unconverged = [] if gained is None else [f"{r.variant} ({r.model}: {r.diff:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}])"
                                          for r in gained.itertuples() if r.ci_low > 0]
-display(answer(main, PRIMARY, setting=f"{source} → {target}, {', '.join(models)}: final test accuracy (%)",
+# Each declared contrast at the grid's budget, as declared; and where a side's validation accuracy settled at a longer
+# budget of the ladder, the same contrast with each side at its settled budget, in the same Holm family.
+settled_at = {(r.model, r.variant): int(r.budget) for r in settled.itertuples()}
+settled_longer = {(r.model, r.variant): r for r in settled.itertuples() if r.budget != base.epochs}
+
+
+def at_epochs(contrast, variant_epochs, baseline_epochs, name):
+    return dataclasses.replace(contrast, name=name, variant={**contrast.variant, "epochs": variant_epochs},
+                               baseline={**contrast.baseline, "epochs": baseline_epochs})
+
+
+answer_contrasts = [at_epochs(c, base.epochs, base.epochs, c.name) for c in PRIMARY]
+for contrast, (model, a, b) in zip(PRIMARY, DECLARED):
+    at_a, at_b = settled_at.get((model, a), base.epochs), settled_at.get((model, b), base.epochs)
+    if (at_a, at_b) != (base.epochs, base.epochs):
+        answer_contrasts.append(at_epochs(contrast, at_a, at_b, f"{contrast.name}, each at its settled budget ({a} {at_a}, "
+                                                      f"{b} {at_b} epochs)"))
+settled_words = ", ".join(f"{v} ({m}) at {r.budget} epochs" + ("" if r.settled else ", still gaining there")
+                          for (m, v), r in settled_longer.items())
+display(answer(pd.concat([main, budget]), answer_contrasts,
+               setting=f"{source} → {target}, {', '.join(models)}: final test accuracy (%)",
                lead=f"{len(PRIMARY)} declared contrasts in final test accuracy at k = {k_label(focus_k)} (points; "
                     f"positive: the first more accurate), {seeds} seeds, at {epochs} epochs"
                     + (f", where {', '.join(rising)} still rose on {read_on} over the last 30% of the epochs (see "
                        f"'Is the budget long enough?'), so {'it is' if len(rising) == 1 else 'they are'} compared "
                        "before flattening" if rising else "")
-                    + (f"; trained {budget_epochs} epochs, {', '.join(unconverged)} gained {read_on} accuracy "
+                    + (f"; trained {ladder[0]} epochs, {', '.join(unconverged)} gained {read_on} accuracy "
                        f"(points, 95% CI, uncorrected), so {'it was' if len(unconverged) == 1 else 'they were'} "
-                       f"compared before converging" if unconverged else "") + ":"))
+                       f"compared before converging" if unconverged else "")
+                    + (f"; on the budget ladder ({', '.join(map(str, ladder))} epochs) validation accuracy settled "
+                       f"for {settled_words}, every other method at {base.epochs}: the {len(answer_contrasts) - len(PRIMARY)} "
+                       f"contrast{'s' * (len(answer_contrasts) - len(PRIMARY) != 1)} with a side there "
+                       f"{'are' if len(answer_contrasts) - len(PRIMARY) != 1 else 'is'} tested again with each side at its "
+                       f"settled budget, in the same family" if settled_longer else "") + ":"))
 
 # %% [markdown]
 # ## Accuracy
@@ -488,7 +548,9 @@ if len(against_ft):
 # was still improving, so it is compared before it flattened. With `budget_epochs`, every method
 # trained again that long (dashed; each run its own cosine schedule) on the same seeds: what the
 # longer budget gains in final validation accuracy, and, as a result rather than a judgement of the
-# budget, each method against `FT` at it in final test accuracy.
+# budget, each method against `FT` at it in final test accuracy. With a ladder of budgets, each next
+# one (dotted, then dash-dotted) trains again only the methods whose last step still gained; a
+# method's budget is settled where a step gains nothing detectable.
 
 # %% tags=["hide-input"]
 if has_curves:
@@ -500,8 +562,11 @@ if has_curves:
             mean = tested[(tested.model == model) & (tested.variant == variant)].groupby("epoch").acc.mean()
             ax.plot(mean.index, mean.values, marker=".", label=variant, color=f"C{i}")
             if longer is not None:
-                mean = longer[(longer.model == model) & (longer.variant == variant)].groupby("epoch").acc.mean()
-                ax.plot(mean.index, mean.values, ls="--", lw=1, color=f"C{i}")
+                for length, style in zip(ladder, ["--", ":", "-.", (0, (1, 4))] * len(ladder)):
+                    part = longer[(longer.model == model) & (longer.variant == variant) & (longer.epochs == length)]
+                    if len(part):
+                        mean = part.groupby("epoch").acc.mean()
+                        ax.plot(mean.index, mean.values, ls=style, lw=1, color=f"C{i}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{read_on} accuracy (%)")
         ax.set_title(f"{model}, k = {k_label(focus_k)}", fontsize="medium")
@@ -514,17 +579,20 @@ else:
 budget_verdicts = []
 if len(budget):
     at_longer = stats.paired_difference(budget, "final_acc", baseline={"variant": "FT"}, variant=["variant"],
-                                        pair_on=["seed"], group=["model"])
-    spread = stats.summarize(both, ["model", "variant", "budget"], judged_on).pivot(
-        index=["model", "variant"], columns="budget", values="mean ± std")
-    spread.columns = [f"{length} epochs (%)" for length in spread.columns]
-    gained = gained.set_index(["model", "variant"])
-    spread = spread.loc[gained.index].assign(**{"longer − grid's": gained.apply(stats.verdict, axis=1)})
+                                        pair_on=["seed"], group=["model", "epochs"])
+    spread = stats.summarize(both, ["model", "variant", "epochs"], judged_on).pivot(
+        index=["model", "variant"], columns="epochs", values="mean ± std")
+    spread.columns = [f"{int(length)} epochs (%)" for length in spread.columns]
+    spread = spread.loc[gained.set_index(["model", "variant"]).index]
+    for (shorter, length), step in steps.groupby(["from", "to"]):
+        spread[f"{int(length)} − {int(shorter)}"] = step.set_index(["model", "variant"]).apply(stats.verdict, axis=1)
     display(table(spread,
-                  caption=f"Final {read_on} accuracy at the grid's budget and at {budget_epochs} epochs, "
-                          f"{seed_span(budget.seed)} (exploratory, uncorrected)"))
-    budget_verdicts = [f"{r['variant']} − FT at {budget_epochs} epochs ({r['model']}, k = {k_label(focus_k)}, final "
-                       f"test accuracy): {stats.verdict(r)}" for _, r in at_longer.iterrows()]
+                  caption=f"Final {read_on} accuracy at the grid's budget and at "
+                          f"{', '.join(map(str, ladder))} epochs (each next budget trains only what the step before "
+                          f"it found still gaining), {seed_span(budget.seed)}; each step's gain paired over seeds "
+                          f"(exploratory, uncorrected)"))
+    budget_verdicts = [f"{r['variant']} − FT at {int(r['epochs'])} epochs ({r['model']}, k = {k_label(focus_k)}, "
+                       f"final test accuracy): {stats.verdict(r)}" for _, r in at_longer.iterrows()]
     display(Markdown("\n".join(f"- {v}" for v in budget_verdicts) or "No seed ran FT at the longer budget."))
 
 # %% [markdown]
@@ -830,9 +898,13 @@ if sigma_part is not None and 0.0 in set(sigma_part.sigma) and sigma != 0:
         findings.append(f"- **No selection noise** (σ = 0, the top-M of w in training too) against σ = {sigma}, "
                         f"{sigma_schedule} ({models[0]}, k = {k_label(focus_k)}): {stats.verdict(d.iloc[0])}.")
 if unconverged:
-    findings.append(f"- **Not converged at {epochs} epochs**: trained {budget_epochs}, {', '.join(unconverged)} gained "
+    findings.append(f"- **Not converged at {epochs} epochs**: trained {ladder[0]}, {', '.join(unconverged)} gained "
                     f"{read_on} accuracy (points, 95% CI, uncorrected), so the contrasts with "
-                    f"{'it' if len(unconverged) == 1 else 'them'} above are read before convergence.")
+                    f"{'it' if len(unconverged) == 1 else 'them'} at {epochs} epochs are read before convergence.")
+if settled_longer:
+    findings.append(f"- **Settled budgets** (budget ladder {', '.join(map(str, ladder))} epochs; a step that gains "
+                    f"nothing detectable on {read_on} at this power settles it): {settled_words}; every other method at "
+                    f"{base.epochs}. The Answer tests the declared contrasts with a side there again at those budgets.")
 findings += [f"- **Longer budget**: {v}." for v in budget_verdicts]
 display(Markdown("\n".join(findings)))
 
@@ -875,10 +947,12 @@ if lr_candidates:
                   "SNOW·random − SNOW lean towards SNOW, and every ablation against the chapter's setting leans "
                   "towards the chapter's setting; where both sides were searched (SNOW, FE or FO − FT) the lean has no "
                   "known sign.")
-if lr_candidates and budget_epochs:
-    limits.append(f"- The budget check leans towards \"enough\": its {budget_epochs}-epoch runs take the rates "
+if lr_candidates and ladder:
+    limits.append(f"- The budget check leans towards \"enough\": its {', '.join(map(str, ladder))}-epoch runs take the rates "
                   f"chosen for the grid's {base.epochs} epochs, untuned, so it compares a tuned budget with an untuned "
                   "longer one.")
+if budget_note:
+    limits.append(f"- **How the budget was chosen.** {budget_note}")
 limits.append(f"- SNOW's own settings were set, not chosen on validation: σ = {sigma}, M and the width divisor from the "
               f"seed's report; w's learning rate ({w_lr}), its weight decay, the {sigma_schedule} σ and the {slot_order} "
               "slots by this project, so that the selection can settle. The ablations show what changing one of them "

@@ -34,3 +34,18 @@ def _within(argument, value, least, most) -> None:
         raise ValueError(f"{argument} must be >= {least}, got {value!r}")
     if most is not None and value > most:
         raise ValueError(f"{argument} must be <= {most}, got {value!r}")
+
+
+def budgets(argument: str, value) -> list[int]:
+    """A budget parameter that is none (None or 0), one budget (an int), or a ladder of budgets (a
+    list of increasing ints), as the list of its budgets."""
+    if value is None or (not isinstance(value, bool) and isinstance(value, numbers.Integral) and value == 0):
+        return []
+    if not isinstance(value, (list, tuple)):
+        integer(argument, value, 1)
+        return [value]
+    for i, length in enumerate(value):
+        integer(f"{argument}[{i}]", length, 1)
+    if not value or any(longer <= shorter for shorter, longer in zip(value, value[1:])):
+        raise ValueError(f"{argument} must be increasing budgets, got {value!r}")
+    return list(value)

@@ -226,3 +226,47 @@ def late_gain(curves: pd.DataFrame, by, *, step: str = "iteration", value: str =
         rows.append(dict(cell, start=min(starts), end=max(ends), gain=mean, ci_low=low, ci_high=high, n=len(gains),
                          reading=reading))
     return pd.DataFrame(rows)
+
+
+def budget_steps(runs: pd.DataFrame, value: str, budgets, *, budget: str = "epochs", group=("model", "variant"),
+                 pair_on=("seed",), level: float = 0.95) -> pd.DataFrame:
+    """What each doubling (or any step) of a training budget gained: per group of `group` and each
+    pair of consecutive `budgets` (increasing values of the column `budget`), the paired difference
+    of `value` at the longer budget minus at the shorter on the runs trained at both
+    (`paired_difference`). Columns: group, `from`, `to`, diff, ci_low, ci_high, n, wins, detectable.
+    A group not trained at a budget has no row for the steps that touch it."""
+    budgets = list(budgets)
+    if len(budgets) < 2 or any(shorter >= longer for shorter, longer in zip(budgets, budgets[1:])):
+        raise ValueError(f"budget_steps: budgets must be at least two increasing values, got {budgets!r}")
+    group, pair_on = list(group), list(pair_on)
+    steps = []
+    for shorter, longer in zip(budgets, budgets[1:]):
+        both = runs[runs[budget].isin([shorter, longer])]
+        gained = paired_difference(both, value, baseline={budget: shorter}, variant=[budget], pair_on=pair_on,
+                                   group=group, level=level)
+        if len(gained):
+            steps.append(gained.drop(columns=[budget]).assign(**{"from": shorter, "to": longer}))
+    columns = group + ["from", "to", "diff", "ci_low", "ci_high", "n", "wins", "detectable"]
+    return pd.concat(steps, ignore_index=True)[columns] if steps else pd.DataFrame(columns=columns)
+
+
+def settled_budgets(steps: pd.DataFrame, first, group=("model", "variant")) -> pd.DataFrame:
+    """Per group of `budget_steps`' rows, the budget its value stopped gaining at: from `first` (the
+    grid's budget), each step whose gain's interval lies above 0 moves on to the longer budget; the
+    first step that shows no gain stops there (`settled` True: the next budget gained nothing detectable
+    at this power, which is no proof that nothing was left), and a group that gained at every step it was
+    trained ends at its longest budget with `settled` False (still gaining). A group with no step from
+    `first` stays there, unsettled. Columns: group, `budget`, `settled`."""
+    group = list(group)
+    rows = []
+    for key, part in steps.groupby(group, sort=False):
+        at, settled = first, False
+        by_start = {row["from"]: row for _, row in part.iterrows()}
+        while at in by_start:
+            step = by_start[at]
+            if not step["ci_low"] > 0:
+                settled = True
+                break
+            at = step["to"]
+        rows.append(dict(zip(group, key if isinstance(key, tuple) else (key,)), budget=at, settled=settled))
+    return pd.DataFrame(rows, columns=group + ["budget", "settled"])

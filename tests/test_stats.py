@@ -413,3 +413,33 @@ def test_a_curve_shows_a_late_gain_only_with_a_tested_point_before_its_last_stre
     # whatever shows_late_gain accepts, late_gain can read
     curves = _curves({"a": 0.01}, steps=(700, 1000))
     assert stats.shows_late_gain([700, 1000]) and len(stats.late_gain(curves, "method")) == 1
+
+
+def _finals(accuracy: dict, seeds=4):
+    """Final accuracies: (variant, epochs) -> mean; each seed adds its own offset, the same at every budget,
+    plus a little noise, so pairing on seeds matters."""
+    rng = np.random.default_rng(1)
+    return pd.DataFrame([dict(model="resnet18", variant=v, epochs=e, seed=s, val_acc=acc + 3 * s + 0.1 * rng.standard_normal())
+                         for (v, e), acc in accuracy.items() for s in range(seeds)])
+
+
+def test_budget_steps_pair_each_budget_with_the_next_on_the_same_seeds():
+    runs = _finals({("SNOW", 60): 50, ("SNOW", 120): 58, ("SNOW", 240): 58.2, ("FT", 60): 70, ("FT", 120): 70.1})
+    steps = stats.budget_steps(runs, "val_acc", [60, 120, 240])
+    snow = steps[steps.variant == "SNOW"].set_index("from")
+    assert list(snow.to) == [120, 240] and snow.loc[60, "diff"] == pytest.approx(8, abs=0.2)
+    assert snow.loc[60, "ci_low"] > 7  # the seeds' offsets cancel in the pairs: an unpaired interval would be wide
+    ft = steps[steps.variant == "FT"]
+    assert list(ft["from"]) == [60] and int(ft.n.iloc[0]) == 4  # FT never trained at 240: no step touches it
+    with pytest.raises(ValueError, match="increasing"):
+        stats.budget_steps(runs, "val_acc", [120, 60])
+
+
+def test_a_budget_settles_at_the_first_step_that_gains_nothing_detectable():
+    runs = _finals({("SNOW", 60): 50, ("SNOW", 120): 58, ("SNOW", 240): 58, ("FT", 60): 70, ("FT", 120): 70,
+                    ("BOIL", 60): 40, ("BOIL", 120): 45})
+    settled = stats.settled_budgets(stats.budget_steps(runs, "val_acc", [60, 120, 240]), 60).set_index("variant")
+    assert settled.loc["SNOW", "budget"] == 120 and settled.loc["SNOW", "settled"]  # 120 -> 240 gained nothing
+    assert settled.loc["FT", "budget"] == 60 and settled.loc["FT", "settled"]
+    # BOIL gained at its only step and was trained no longer: still gaining at its longest budget
+    assert settled.loc["BOIL", "budget"] == 120 and not settled.loc["BOIL", "settled"]
