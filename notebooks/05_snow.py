@@ -587,10 +587,10 @@ if len(budget):
     for (shorter, length), step in steps.groupby(["from", "to"]):
         spread[f"{int(length)} − {int(shorter)}"] = step.set_index(["model", "variant"]).apply(stats.verdict, axis=1)
     display(table(spread,
-                  caption=f"Final {read_on} accuracy at the grid's budget and at "
-                          f"{', '.join(map(str, ladder))} epochs (each next budget trains only what the step before "
-                          f"it found still gaining), {seed_span(budget.seed)}; each step's gain paired over seeds "
-                          f"(exploratory, uncorrected)"))
+                  caption=f"Final {read_on} accuracy at the grid's budget and at each budget of the ladder "
+                          f"({', '.join(map(str, ladder))} epochs) that trained: each next one trains only what the "
+                          f"step before it found still gaining, {seed_span(budget.seed)}; each step's gain paired "
+                          f"over seeds (exploratory, uncorrected)"))
     budget_verdicts = [f"{r['variant']} − FT at {int(r['epochs'])} epochs ({r['model']}, k = {k_label(focus_k)}, "
                        f"final test accuracy): {stats.verdict(r)}" for _, r in at_longer.iterrows()]
     display(Markdown("\n".join(f"- {v}" for v in budget_verdicts) or "No seed ran FT at the longer budget."))
@@ -947,8 +947,9 @@ if lr_candidates:
                   "SNOW·random − SNOW lean towards SNOW, and every ablation against the chapter's setting leans "
                   "towards the chapter's setting; where both sides were searched (SNOW, FE or FO − FT) the lean has no "
                   "known sign.")
-if lr_candidates and ladder:
-    limits.append(f"- The budget check leans towards \"enough\": its {', '.join(map(str, ladder))}-epoch runs take the rates "
+if lr_candidates and len(budget):
+    trained_budgets = ", ".join(str(int(length)) for length in sorted(set(budget.epochs)))
+    limits.append(f"- The budget check leans towards \"enough\": its {trained_budgets}-epoch runs take the rates "
                   f"chosen for the grid's {base.epochs} epochs, untuned, so it compares a tuned budget with an untuned "
                   "longer one.")
 if budget_note:
