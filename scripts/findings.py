@@ -161,8 +161,9 @@ def render_summary(found) -> str:
     decisions = [r.get("decision") for r in rows]
     tally = {d: decisions.count(d) for d in dict.fromkeys(decisions)}
     chapters_tested = len({r["file"] for r in rows})
-    lines += [f"{len(rows)} primary contrasts, declared before the results in {chapters_tested} executed chapters "
-              f"and tested within each chapter with Holm's correction: "
+    lines += [f"{len(rows)} primary contrasts, declared in {chapters_tested} executed chapters before their results "
+              f"(a chapter's Limits name any added after a result was seen) and tested within each chapter with "
+              f"Holm's correction: "
               + ", ".join(f"{n} {d}" for d, n in tally.items()) + ".", ""]
     lines += ["```{list-table} Every chapter's primary contrasts: the effect is variant − baseline in the "
               "chapter's metric and unit, mean over seeds, with its family-adjusted (Bonferroni) interval, "

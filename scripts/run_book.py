@@ -342,7 +342,9 @@ CHAPTERS = [
             # Executed at these settings on 2026-12-07 on the AVX2-only EPYC (no native bf16: sources and runs in
             # fp32), across sessions: its 135 records hold 6.1 run-hours (3.1 h with two workers) and its seven
             # sources took 35-40 min each, about 7.5 h in all there; not a cost for the CPUs with native bf16
-            # the listing is for, so the estimate stays.
+            # the listing is for, so the estimate stays. Extended the same day at 481af14 from its published records
+            # (-P 05_snow_uci_digits reuse any): the ladder trained learned SNOW's 5 focus runs at 240 epochs (not
+            # 480: 240 gained nothing detectable), about 9 min of wall time on 2 cores with the notebook around them.
             cost=Cost(2711 / 60 + 2 * (150 + 46 + 32 + 15) / 2 / 60 + 24, LOADED_CPU,
                       estimated_from="the run without the budget check, with its search on the reported seeds, and "
                                      "its runs' records"),

@@ -59,7 +59,7 @@ def test_the_summary_table_and_forest_plot_carry_each_tested_contrast(book):
     # The effect with its family-adjusted interval, signed with a true minus where negative.
     assert f"{first['diff']:+.2f} [{first['adjusted_low']:+.2f}, {first['adjusted_high']:+.2f}]" in summary
     assert "+0.50 (Lee et al. 2019)" in summary  # the published value beside ours, with its source
-    assert "2 primary contrasts, declared before the results in 1 executed chapters" in summary
+    assert "2 primary contrasts, declared in 1 executed chapters before their results" in summary
     assert "forest.svg" in summary
     svg = (book / "figures" / "forest.svg").read_text()
     assert svg.startswith("<?xml") and "SNIP − dense against the paper" in svg
