@@ -489,10 +489,11 @@ answer_contrasts = [at_epochs(c, base.epochs, base.epochs, c.name) for c in PRIM
 for contrast, (model, a, b) in zip(PRIMARY, DECLARED):
     at_a, at_b = settled_at.get((model, a), base.epochs), settled_at.get((model, b), base.epochs)
     if (at_a, at_b) != (base.epochs, base.epochs):
-        answer_contrasts.append(at_epochs(contrast, at_a, at_b, f"{contrast.name}, each at its settled budget ({a} {at_a}, "
-                                                      f"{b} {at_b} epochs)"))
+        name = f"{contrast.name}, each at its settled budget ({a} {at_a}, {b} {at_b} epochs)"
+        answer_contrasts.append(at_epochs(contrast, at_a, at_b, name))
 settled_words = ", ".join(f"{v} ({m}) at {r.budget} epochs" + ("" if r.settled else ", still gaining there")
                           for (m, v), r in settled_longer.items())
+again = len(answer_contrasts) - len(PRIMARY)
 display(answer(pd.concat([main, budget]), answer_contrasts,
                setting=f"{source} → {target}, {', '.join(models)}: final test accuracy (%)",
                lead=f"{len(PRIMARY)} declared contrasts in final test accuracy at k = {k_label(focus_k)} (points; "
@@ -504,10 +505,9 @@ display(answer(pd.concat([main, budget]), answer_contrasts,
                        f"(points, 95% CI, uncorrected), so {'it was' if len(unconverged) == 1 else 'they were'} "
                        f"compared before converging" if unconverged else "")
                     + (f"; on the budget ladder ({', '.join(map(str, ladder))} epochs) validation accuracy settled "
-                       f"for {settled_words}, every other method at {base.epochs}: the {len(answer_contrasts) - len(PRIMARY)} "
-                       f"contrast{'s' * (len(answer_contrasts) - len(PRIMARY) != 1)} with a side there "
-                       f"{'are' if len(answer_contrasts) - len(PRIMARY) != 1 else 'is'} tested again with each side at its "
-                       f"settled budget, in the same family" if settled_longer else "") + ":"))
+                       f"for {settled_words}, every other method at {base.epochs}: the {again} contrast"
+                       f"{'s' * (again != 1)} with a side there {'are' if again != 1 else 'is'} tested again with each "
+                       f"side at its settled budget, in the same family" if settled_longer else "") + ":"))
 
 # %% [markdown]
 # ## Accuracy
