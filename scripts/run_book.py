@@ -22,7 +22,10 @@ Each executed chapter's runs are published beside it as one table, `book/data/<c
 (`snipnb.runs`): the sweep records the notebook used, which `$SNIPNB_MANIFEST` makes `run_sweep`
 name. `--from-tables` rebuilds those records from the tables into a temporary results folder and
 executes the chapters on them with `reuse="any"`, so a clean clone re-renders the book number for
-number and trains nothing (`$SNIPNB_REPLAY` makes a run without a record an error).
+number and trains nothing (`$SNIPNB_REPLAY` makes a run without a record an error). `--extend`
+puts those records back into each chapter's own results_dir instead (beside any there) and executes
+it with `reuse="any"`: only the runs the table lacks train (more seeds, a longer budget), and the
+page names every library code its runs came from.
 
 `--out DIR` writes the executed notebooks (and their tables, in DIR/data) there instead, and makes
 a small book of them in DIR, so trying a setting never touches the committed report. `--quick` runs
@@ -816,6 +819,22 @@ def run(chapter: Chapter, out: pathlib.Path, parameters: dict, log_output: bool,
     return published
 
 
+def put_back_published(chapter: Chapter, pages: pathlib.Path, results_dir: pathlib.Path) -> int:
+    """--extend: write the records of the chapter's published run table (named by its page in `pages`,
+    checked against it as `replay_source` checks them) that `results_dir` lacks into it; return how
+    many. A record already there stays as it is."""
+    with tempfile.TemporaryDirectory(prefix=f"{chapter.name}-") as staged:
+        replay_source(chapter, pages, staged)
+        added = 0
+        for record in sorted(pathlib.Path(staged).rglob("*.json")):
+            there = results_dir / record.relative_to(staged)
+            if not there.exists():
+                there.parent.mkdir(parents=True, exist_ok=True)
+                there.write_bytes(record.read_bytes())
+                added += 1
+    return added
+
+
 def replay_source(chapter: Chapter, pages: pathlib.Path, results_dir: str) -> dict:
     """Rebuild the records of a chapter's published table into `results_dir`, checked against the page
     that names it; return the parameters that page was executed with. Raises SystemExit, one line
@@ -939,6 +958,11 @@ def main(argv=None) -> int:
     parser.add_argument("--from-tables", nargs="?", const=BOOK_CHAPTERS, default=None, type=pathlib.Path,
                         metavar="DIR", help="re-render the chapters from their published run tables, training nothing "
                                             "(the pages in DIR name them; default: the book's)")
+    parser.add_argument("--extend", nargs="?", const=BOOK_CHAPTERS, default=None, type=pathlib.Path, metavar="DIR",
+                        help="execute the chapters on top of their published runs: each one's run table (named by "
+                             "its page in DIR; default: the book's) is put back into its results_dir and kept "
+                             "whatever code made it (reuse any), so only the runs it lacks train (more seeds, a "
+                             "longer budget); the page names every code its runs came from")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="a parameter for every selected chapter that declares it (YAML value)")
     parser.add_argument("-P", nargs=3, action="append", default=[], metavar=("CHAPTER", "NAME", "VALUE"),
@@ -954,10 +978,13 @@ def main(argv=None) -> int:
     if args.list:
         list_chapters(chapters)
         return 0
-    if args.quick and args.from_tables:
-        raise SystemExit("--quick runs the chapters, --from-tables re-renders them without running: choose one")
+    modes = [flag for flag, given in (("--quick", args.quick), ("--from-tables", args.from_tables),
+                                      ("--extend", args.extend)) if given]
+    if len(modes) > 1:
+        raise SystemExit(f"{' and '.join(modes)}: --quick runs the chapters at a tiny budget, --from-tables re-renders "
+                         f"them without running, --extend runs them on top of their published runs: choose one")
     if args.banners:
-        if args.quick or args.from_tables or args.out or args.only or args.p or args.P:
+        if modes or args.out or args.only or args.p or args.P:
             raise SystemExit("--banners labels the whole book and runs nothing: it takes no other option")
         marked = label_unrun(chapters, BOOK_CHAPTERS)
         write_findings()
@@ -1003,9 +1030,10 @@ def main(argv=None) -> int:
         for c in chosen:
             if c.name not in takers:
                 print(f"   {c.name} has no parameter {name!r}; not passed to it")
-    managed = {"results_dir", "reuse"} if args.from_tables else {"results_dir"} if args.quick else set()
+    managed = ({"results_dir", "reuse"} if args.from_tables else {"results_dir"} if args.quick
+               else {"reuse"} if args.extend else set())
     for name in managed & (set(everyone) | {n for given in mine.values() for n in given}):
-        raise SystemExit(f"{'--from-tables' if args.from_tables else '--quick'} sets {name} itself; do not pass it")
+        raise SystemExit(f"{modes[0]} sets {name} itself; do not pass it")
 
     with contextlib.ExitStack() as stack:
         plans = []
@@ -1018,12 +1046,15 @@ def main(argv=None) -> int:
                 results_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{c.name}-"))
                 base = {**c.parameters, **c.quick, "results_dir": results_dir}
             else:
-                base = dict(c.parameters)
+                base = {**c.parameters, **({"reuse": "any"} if args.extend else {})}
             parameters = {**base, **{k: v for k, v in everyone.items() if k in known[c.name]}, **mine[c.name]}
             plans.append((c, parameters))
         found = [p for c, parameters in plans for p in problems(c, parameters)]
         if found:
             raise SystemExit("; ".join(found))
+        for c, parameters in plans if args.extend else []:  # a chapter with no published table stops all here
+            put_back = put_back_published(c, args.extend.resolve(), results_dir_of(c, parameters))
+            print(f"   {c.name}: {put_back} published runs put back beside the records in its results_dir")
 
         out.mkdir(parents=True, exist_ok=True)
         if book:

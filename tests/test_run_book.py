@@ -607,3 +607,22 @@ def test_precision_of_reads_the_precision_a_device_name_states():
     assert provenance.precision_of("mps (fp32)") == "fp32"
     assert provenance.precision_of(None) is None
     assert provenance.precision_of(provenance.device_name("cpu")) in ("fp32", "bf16 evaluation")
+
+
+def test_extend_trains_only_the_runs_a_published_table_lacks(tiny, tmp_path, capfd):
+    import shutil
+
+    import pandas as pd
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run_book.main(["--only", "tiny", "--out", str(first)]) == 0
+    shutil.rmtree(tmp_path / "results")  # a clean clone: only the page and its table
+    assert run_book.main(["--only", "tiny", "--out", str(second), "--extend", str(first), "-p", "seeds", "4"]) == 0
+    assert "tiny: 3 published runs put back" in capfd.readouterr().out
+    published, extended = (pd.read_csv(d / "data" / "tiny.csv.gz").set_index("seed") for d in (first, second))
+    assert list(extended.index) == [0, 1, 2, 3]  # seed 3 trained; the train function is not seeded, so a
+    assert extended.acc.loc[[0, 1, 2]].tolist() == published.acc.tolist()  # retrained seed would differ
+    with pytest.raises(SystemExit, match="--extend sets reuse itself"):
+        run_book.main(["--only", "tiny", "--out", str(second), "--extend", str(first), "-p", "reuse", "any"])
+    with pytest.raises(SystemExit, match="choose one"):
+        run_book.main(["--only", "tiny", "--out", str(second), "--extend", str(first), "--from-tables", str(first)])
