@@ -600,9 +600,14 @@ def placeholder(chapter: Chapter, out: pathlib.Path, reason: str) -> None:
 
 # --- running ---------------------------------------------------------------------------------------
 
-# The kernel runs on this machine: Unix sockets (IPC) instead of TCP on localhost, which ipykernel
-# warns about at every start ("Kernel is running over TCP without encryption"). Windows has no IPC.
-KERNEL_CONFIG = Config({"KernelManager": {"transport": "tcp" if os.name == "nt" else "ipc"}})
+def kernel_config(socket_dir: str) -> Config:
+    """The kernel runs on this machine: Unix sockets (IPC) instead of TCP on localhost, which ipykernel
+    warns about at every start ("Kernel is running over TCP without encryption"). Windows has no IPC.
+    The sockets go in `socket_dir`: by default they are made in the working directory (the repository)
+    and a kernel that is killed leaves them there."""
+    if os.name == "nt":
+        return Config({"KernelManager": {"transport": "tcp"}})
+    return Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(socket_dir, "kernel")}})
 # The kernel draws its figures into the page only with the inline backend. ipykernel picks it only when
 # MPLBACKEND is unset, and the tests export MPLBACKEND=Agg: a kernel that inherits that draws every
 # figure into nothing, and the page silently has no figures.
@@ -798,7 +803,7 @@ def run(chapter: Chapter, out: pathlib.Path, parameters: dict, log_output: bool,
                              **({REPLAY_ENV: "1"} if replay else {})):
                 papermill.execute_notebook(str(notebook_of(chapter)), str(executed), parameters=parameters,
                                            cwd=str(ROOT), log_output=log_output, progress_bar=not log_output,
-                                           config=KERNEL_CONFIG)
+                                           config=kernel_config(tmp))
         except Exception as error:  # the notebook's own error message is the useful part
             reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
             print(f"!! {chapter.name} did not run: {reason}", file=sys.stderr)

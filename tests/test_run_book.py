@@ -626,3 +626,20 @@ def test_extend_trains_only_the_runs_a_published_table_lacks(tiny, tmp_path, cap
         run_book.main(["--only", "tiny", "--out", str(second), "--extend", str(first), "-p", "reuse", "any"])
     with pytest.raises(SystemExit, match="choose one"):
         run_book.main(["--only", "tiny", "--out", str(second), "--extend", str(first), "--from-tables", str(first)])
+
+
+def test_the_kernels_sockets_live_in_a_folder_of_the_run_not_in_the_repository(tiny, tmp_path):
+    # A kernel killed with its run (a session ending, Ctrl-C twice) leaves its IPC sockets behind: they
+    # must not be left in the repository, which is the kernel's working directory.
+    nb = nbformat.read(run_book.NOTEBOOKS / "tiny.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "import json, ipykernel.connect\n"
+        "info = json.load(open(ipykernel.connect.get_connection_file()))\n"
+        "print(info['transport'], info['ip'])"))
+    nbformat.write(nb, run_book.NOTEBOOKS / "tiny.ipynb")
+    assert run_book.main(["--only", "tiny", "--out", str(tmp_path / "out")]) == 0
+    transport, ip = outputs(tmp_path / "out" / "tiny.ipynb")[-1].split()
+    assert transport == "ipc"
+    sockets = pathlib.Path(ip).parent
+    assert run_book.ROOT not in sockets.parents and sockets != run_book.ROOT and sockets != pathlib.Path(".")
+    assert not sockets.exists()  # the run's folder went with it
