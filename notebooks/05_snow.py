@@ -403,7 +403,8 @@ for shorter, longer, next_budget in zip(steps_of, steps_of[1:], steps_of[2:]):
     step = stats.budget_steps(step_runs.assign(variant=[variant_of(*ms) for ms in zip(step_runs.method,
                                                                                            step_runs.selection)]),
                               "val_acc", [shorter, longer], group=["model", "variant"])
-    still_gaining = set(zip(step.model[step.ci_low > 0], step.variant[step.ci_low > 0]))
+    gaining = step[stats.step_gained(step)]
+    still_gaining = set(zip(gaining.model, gaining.variant))
     trained_at[next_budget] = [dataclasses.replace(r, epochs=next_budget) for r in trained_at[longer]
                                if (r.model, variant_of(r.method, r.selection)) in still_gaining]
     if not trained_at[next_budget]:
@@ -473,7 +474,7 @@ if len(budget):
     if which == "val":  # a budget is settled on validation only: on test it would be a choice made on the test split
         settled = stats.settled_budgets(steps, base.epochs)
 unconverged = [] if gained is None else [f"{r.variant} ({r.model}: {r.diff:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}])"
-                                         for r in gained.itertuples() if r.ci_low > 0]
+                                         for r in gained[stats.step_gained(gained)].itertuples()]
 # Each declared contrast at the grid's budget, as declared; and where a side's validation accuracy settled at a longer
 # budget of the ladder, the same contrast with each side at its settled budget, in the same Holm family.
 settled_at = {(r.model, r.variant): int(r.budget) for r in settled.itertuples()}

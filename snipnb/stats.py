@@ -250,9 +250,15 @@ def budget_steps(runs: pd.DataFrame, value: str, budgets, *, budget: str = "epoc
     return pd.concat(steps, ignore_index=True)[columns] if steps else pd.DataFrame(columns=columns)
 
 
+def step_gained(steps: pd.DataFrame) -> pd.Series:
+    """Which rows of `budget_steps` gained: those whose interval of the gain lies above 0 (at the steps'
+    level, uncorrected). The one rule by which a budget ladder climbs and a budget settles."""
+    return steps["ci_low"] > 0
+
+
 def settled_budgets(steps: pd.DataFrame, first, group=("model", "variant")) -> pd.DataFrame:
     """Per group of `budget_steps`' rows, the budget its value stopped gaining at: from `first` (the
-    grid's budget), each step whose gain's interval lies above 0 moves on to the longer budget; the
+    grid's budget), each step that gained (`step_gained`) moves on to the longer budget; the
     first step that shows no gain stops there (`settled` True: the next budget gained nothing detectable
     at this power, which is no proof that nothing was left), and a group that gained at every step it was
     trained ends at its longest budget with `settled` False (still gaining). A group with no step from
@@ -261,10 +267,10 @@ def settled_budgets(steps: pd.DataFrame, first, group=("model", "variant")) -> p
     rows = []
     for key, part in steps.groupby(group, sort=False):
         at, settled = first, False
-        by_start = {row["from"]: row for _, row in part.iterrows()}
+        by_start = {row["from"]: row for _, row in part.assign(gained=step_gained(part)).iterrows()}
         while at in by_start:
             step = by_start[at]
-            if not step["ci_low"] > 0:
+            if not step["gained"]:
                 settled = True
                 break
             at = step["to"]

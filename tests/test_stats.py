@@ -437,8 +437,13 @@ def test_budget_steps_pair_each_budget_with_the_next_on_the_same_seeds():
 
 def test_a_budget_settles_at_the_first_step_that_gains_nothing_detectable():
     runs = _finals({("SNOW", 60): 50, ("SNOW", 120): 58, ("SNOW", 240): 58, ("FT", 60): 70, ("FT", 120): 70,
-                    ("BOIL", 60): 40, ("BOIL", 120): 45})
-    settled = stats.settled_budgets(stats.budget_steps(runs, "val_acc", [60, 120, 240]), 60).set_index("variant")
+                    ("BOIL", 60): 40, ("BOIL", 120): 45, ("FO", 60): 60, ("FO", 120): 52})
+    steps = stats.budget_steps(runs, "val_acc", [60, 120, 240])
+    # the ladder's rule: a step gained only where its interval lies above 0; a detected loss is no gain
+    gaining = steps[stats.step_gained(steps)]
+    assert sorted(zip(gaining.variant, gaining["from"])) == [("BOIL", 60), ("SNOW", 60)]
+    settled = stats.settled_budgets(steps, 60).set_index("variant")
+    assert settled.loc["FO", "budget"] == 60 and settled.loc["FO", "settled"]  # longer was worse: stays at 60
     assert settled.loc["SNOW", "budget"] == 120 and settled.loc["SNOW", "settled"]  # 120 -> 240 gained nothing
     assert settled.loc["FT", "budget"] == 60 and settled.loc["FT", "settled"]
     # BOIL gained at its only step and was trained no longer: still gaining at its longest budget
