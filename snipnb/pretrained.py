@@ -475,7 +475,9 @@ def pretrain(model: str, dataset: str, classes=None, epochs: int = 5, seed: int 
     runs at (`PRETRAIN_THREADS`), so the same settings make the same bits on any thread count; another
     CPU's instruction set (`cpu_capability` in the metadata) or a GPU may still differ in the last bits.
     Training runs in bf16 autocast or fp32 as `pretrain_precision(device, amp)` says (default: bf16
-    where the device does it natively); the precision is one of the settings.
+    where the device does it natively); the precision is one of the settings. A pretraining killed
+    part-way goes on from its last finished epoch at the next call with the same settings, to the same
+    bits (`fit`'s `state_file`, kept beside the checkpoint as `<name>.partial` until it is saved).
     """
     from .train import fit  # the training floor, needed only to pretrain
 
@@ -494,12 +496,15 @@ def pretrain(model: str, dataset: str, classes=None, epochs: int = 5, seed: int 
     train, test = load_split(spec, True), load_split(spec, False)
     in_channels = train.images.shape[1]
     device = torch.device(device) if device is not None else devices.default_device()
+    # The training state after each epoch, beside the checkpoint-to-be: a pretraining killed part-way (a
+    # machine taken back) goes on from its last epoch at the next call, to the same bits.
+    partial = path.with_suffix(".partial")
     with devices.cpu_threads(threads):
         backbone = build(model, train.num_classes, in_channels, image_size, train.mean, train.std, seed=seed,
                          stem=stem)
         history = fit(backbone, unit_range(train), unit_range(test), epochs, lr=lr, batch_size=batch_size,
                       weight_decay=weight_decay, augment=augment, device=device, eval_every=epochs, seed=seed,
-                      amp=precision == "bf16",
+                      amp=precision == "bf16", state_file=partial,
                       progress=progress, desc=f"pretrain {model} ({stem} stem) on {spec}")
         made_on = provenance.device_name(device)  # inside, so it names the pinned thread count
     meta = {**settings, "in_channels": in_channels, "num_classes": train.num_classes,
@@ -507,7 +512,9 @@ def pretrain(model: str, dataset: str, classes=None, epochs: int = 5, seed: int 
             "train_loss": history.train_loss[-1], "seconds": history.seconds, "snipnb_version": __version__,
             "torch_version": str(torch.__version__), "device": made_on,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    return save_checkpoint(backbone, meta, path)
+    saved = save_checkpoint(backbone, meta, path)
+    partial.unlink()
+    return saved
 
 
 def load_source(source: str, model: str = "resnet18", image_size: int | None = None, *, epochs: int = 5,

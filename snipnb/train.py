@@ -9,7 +9,10 @@ here handles them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import pathlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -247,6 +250,7 @@ def fit(
     penalty: Callable[[], torch.Tensor] | None = None,
     after_step: Callable[[], None] | None = None,
     seed: int = 0,
+    state_file: str | os.PathLike | None = None,
     progress: bool = True,
     desc: str = "train",
 ) -> History:
@@ -266,7 +270,16 @@ def fit(
     order, augmentation).
     Continual-learning strategies hook in with `penalty()`, added to every step's loss (EWC), and
     `after_step()`, called after every optimiser step (PackNet restores its frozen weights there).
+    `state_file`: the training state (model, optimiser, schedule, the random generators, the history)
+    is written there after every epoch, and a call that finds it there goes on from it, so a run
+    killed part-way (a machine taken back) loses at most an epoch and ends as the uninterrupted run
+    would, bit for bit on the same CPU. Delete it when the run is done. A state written by another
+    recipe (epochs, seed, lr, batch size, steps per epoch) is refused; the hooks' own state is not
+    kept, so `state_file` refuses them.
     """
+    if state_file is not None and (penalty is not None or after_step is not None):
+        raise ValueError("fit: state_file keeps the model, optimiser, schedule and data order, not the own state of a "
+                         "penalty or after_step hook (EWC's anchors, PackNet's frozen weights): drop one or the other")
     check_recipe(epochs=epochs, eval_every=eval_every, lr=lr, schedule=schedule, optimizer=optimizer,
                  step_every=step_every, warmup_epochs=warmup_epochs, warmup_steps=warmup_steps,
                  evaluations=evaluations)
@@ -286,8 +299,13 @@ def fit(
     val_loader = _loader(val, eval_batch_size, device, channels_last, False, False, seed) if val is not None else None
     labels = label_range(train_loader.labels)
     history = History()
+    recipe = dict(epochs=epochs, seed=seed, lr=lr, batch_size=batch_size, steps_per_epoch=len(train_loader),
+                  optimizer=type(optimizer).__name__, schedule=schedule)
+    first = 0
+    if state_file is not None and os.path.exists(state_file):
+        first = _resume(state_file, recipe, model, optimizer, scheduler, train_loader.generator, history)
     start = time.perf_counter()
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(range(first, epochs), initial=first, total=epochs, desc=desc, disable=not progress, leave=False)
     for epoch in bar:
         model.train()
         loss_sum = torch.zeros((), device=device)
@@ -313,5 +331,45 @@ def fit(
             if val_loader is not None:
                 history.val_acc.append(evaluate(model, val_loader, device=device, amp=eval_amp))
             bar.set_postfix(loss=f"{history.train_loss[-1]:.3f}", acc=f"{history.test_acc[-1]:.3f}")
-    history.seconds = time.perf_counter() - start
+        if state_file is not None:
+            so_far = dataclasses.replace(history, seconds=history.seconds + time.perf_counter() - start)
+            _save_state(state_file, epoch + 1, recipe, model, optimizer, scheduler, train_loader.generator, so_far)
+    history.seconds += time.perf_counter() - start
     return history
+
+
+def _save_state(path, epochs_done: int, recipe: dict, model, optimizer, scheduler, generator, history: History) -> None:
+    state = dict(epochs_done=epochs_done, recipe=recipe, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                 scheduler=scheduler.state_dict(), loader_rng=generator.get_state(), torch_rng=torch.get_rng_state(),
+                 cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                 python_rng=random.getstate(), numpy_rng=np.random.get_state(), history=dataclasses.asdict(history))
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:  # a run killed while writing leaves the previous epoch's state whole, and no half-written file
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _resume(path, recipe: dict, model, optimizer, scheduler, generator, history: History) -> int:
+    """Put the state `_save_state` wrote back in place; return how many epochs it had done."""
+    state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: it holds Python's RNG state
+    if state["recipe"] != recipe:
+        differ = {k: (state["recipe"].get(k), v) for k, v in recipe.items() if state["recipe"].get(k) != v}
+        raise ValueError(f"fit: {os.fspath(path)} holds the state of another run (saved, asked: {differ}); delete it "
+                         "or give this run another state_file")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["loader_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"]:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    random.setstate(state["python_rng"])
+    np.random.set_state(state["numpy_rng"])
+    for name, value in state["history"].items():
+        setattr(history, name, value)
+    return state["epochs_done"]

@@ -265,16 +265,21 @@ def test_the_precision_a_source_was_pretrained_in_is_what_trains_it_and_part_of_
     assert loaded.meta["precision"] == "fp32"
 
 
-def test_a_pretraining_killed_while_saving_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
-    def dies_half_way(obj, f):
+def test_a_pretraining_killed_while_saving_leaves_no_checkpoint_in_the_cache(tmp_path, monkeypatch):
+    save = torch.save
+
+    def dies_half_way_through_the_checkpoint(obj, f):
+        if "meta" not in obj:  # the training state after an epoch: written whole
+            return save(obj, f)
         f.write(b"half a checkpoint")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(torch, "save", dies_half_way)
+    monkeypatch.setattr(torch, "save", dies_half_way_through_the_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         pretrained.pretrain("resnet18", "synthetic", classes=[0, 1], epochs=1, cache_dir=tmp_path, device="cpu",
                             progress=False)
-    assert list(tmp_path.iterdir()) == []
+    # no file a later run could take for a finished checkpoint: only the last epoch's state, to go on from
+    assert [p.suffix for p in tmp_path.iterdir()] == [".partial"]
 
 
 # --- the CIFAR stem ---------------------------------------------------------------------------------
@@ -424,3 +429,19 @@ def test_a_cached_file_that_holds_another_source_is_refused_naming_the_field(che
         pretrained.load_checkpoint(target)
     with pytest.raises(TypeError, match="cannot check \\['colour'\\]"):
         pretrained.load_checkpoint(checkpoint, colour="red")
+
+
+def test_a_pretraining_killed_part_way_goes_on_from_its_last_epoch_to_the_same_source(tmp_path, monkeypatch):
+    from test_train import killed_at_the_second_save
+
+    asked = dict(model="resnet18", dataset="synthetic", classes=[0, 1], epochs=2, seed=0, device="cpu", progress=False)
+    whole = pretrained.pretrain(**asked, cache_dir=tmp_path / "whole")
+    revive = killed_at_the_second_save(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        pretrained.pretrain(**asked, cache_dir=tmp_path / "killed")
+    revive()
+    assert [p.suffix for p in (tmp_path / "killed").iterdir()] == [".partial"]  # no checkpoint, one epoch's state
+    resumed = pretrained.pretrain(**asked, cache_dir=tmp_path / "killed")
+    assert [p.name for p in (tmp_path / "killed").iterdir()] == [resumed.name] == [whole.name]  # the state is gone
+    first, second = torch.load(whole)["state_dict"], torch.load(resumed)["state_dict"]
+    assert all(torch.equal(first[name], second[name]) for name in first)

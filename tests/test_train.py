@@ -191,3 +191,43 @@ def test_a_warm_up_in_steps_trains_as_the_same_warm_up_in_epochs(mnist_like, mon
     assert seen == [7, 7]
     for a, b in zip(by_steps.parameters(), by_epochs.parameters()):
         assert torch.equal(a, b)
+
+
+def killed_at_the_second_save(monkeypatch):
+    """`fit` dies as a machine taken back would, after its second epoch but before writing its state."""
+    import snipnb.train as train_module
+
+    real, saves = train_module._save_state, []
+
+    def save(*args, **kwargs):
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_save_state", save)
+    return lambda: monkeypatch.setattr(train_module, "_save_state", real)
+
+
+def test_a_run_killed_part_way_goes_on_from_its_state_file_to_the_same_bits(mnist_like, tmp_path, monkeypatch):
+    train, test = mnist_like
+    kw = dict(epochs=3, lr=0.05, batch_size=32, augment=True, seed=7, progress=False)
+    whole_model = net(seed=1)
+    whole = fit(whole_model, train, test, **kw)
+    state = tmp_path / "run.state"
+    revive = killed_at_the_second_save(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(net(seed=1), train, test, state_file=state, **kw)
+    revive()
+    assert torch.load(state, weights_only=False)["epochs_done"] == 1  # epoch 2 was lost with the kill
+    torch.manual_seed(123)  # a new process: other global generators, and a model built anew (other weights)
+    resumed_model = net(seed=2)
+    resumed = fit(resumed_model, train, test, state_file=state, **kw)
+    assert resumed.train_loss == whole.train_loss and resumed.test_acc == whole.test_acc
+    assert resumed.test_epochs == whole.test_epochs and resumed.images == whole.images
+    for name, value in whole_model.state_dict().items():
+        assert torch.equal(value, resumed_model.state_dict()[name]), name
+    with pytest.raises(ValueError, match="another run.*seed"):
+        fit(net(seed=1), train, test, state_file=state, **{**kw, "seed": 8})
+    with pytest.raises(ValueError, match="penalty or after_step"):
+        fit(net(seed=1), train, test, state_file=tmp_path / "other.state", after_step=lambda: None, **kw)
