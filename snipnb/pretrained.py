@@ -47,6 +47,7 @@ from torch import nn
 
 from . import __version__, checks, data, devices, frozen, provenance
 from .data import _offline, _socket_timeout
+from .files import write_atomically
 from .models import Net
 from .masks import named_weights
 from .pruning import prunable
@@ -353,19 +354,8 @@ def checkpoint_dir(root=None) -> pathlib.Path:
 def save_checkpoint(model: Backbone, meta: dict, path) -> pathlib.Path:
     """Write weights and metadata to a temporary file, then rename it into place: a run killed while
     writing leaves no file under `path` that a later run could take for a finished checkpoint."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"state_dict": state, "meta": meta}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomically(path, lambda f: torch.save({"state_dict": state, "meta": meta}, f))
 
 
 # What a checkpoint's metadata must match when asked for: every setting `pretrain` is keyed by,

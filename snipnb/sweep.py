@@ -34,6 +34,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import devices, provenance
+from .files import write_atomically
 
 
 def config_id(config) -> str:
@@ -77,15 +78,7 @@ def make_record(config, result: dict, seconds: float, *, code: dict | None = Non
 
 def save_record(folder, record: dict) -> pathlib.Path:
     """Store a record atomically: a reader sees the whole record or none of it."""
-    path = pathlib.Path(folder) / f"{record['id']}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(record, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return write_atomically(pathlib.Path(folder) / f"{record['id']}.json", lambda f: json.dump(record, f), mode="w")
 
 
 def write_record(folder, config, result: dict, seconds: float, *, code: dict | None = None,

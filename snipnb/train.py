@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import pathlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from . import checks, devices
 from .devices import default_device  # noqa: F401  (its home was here; kept importable from train)
+from .files import write_atomically
 from .frozen import TensorLoader
 from .loader import DeviceLoader
 
@@ -343,15 +343,7 @@ def _save_state(path, epochs_done: int, recipe: dict, model, optimizer, schedule
                  scheduler=scheduler.state_dict(), loader_rng=generator.get_state(), torch_rng=torch.get_rng_state(),
                  cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                  python_rng=random.getstate(), numpy_rng=np.random.get_state(), history=dataclasses.asdict(history))
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:  # a run killed while writing leaves the previous epoch's state whole, and no half-written file
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, lambda f: torch.save(state, f))  # a kill while writing keeps the last epoch's whole
 
 
 def _resume(path, recipe: dict, model, optimizer, scheduler, generator, history: History) -> int:
